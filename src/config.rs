@@ -1,0 +1,542 @@
+//! Typed configuration: the original's 16 `utils.py` settings, per-role model settings, and the
+//! folders. Layering is file (`propersim.toml`) < environment (`PROPERSIM_*`) < CLI flags; the CLI
+//! layer is applied by `main.rs`, which owns clap.
+//!
+//! Every choice the original made with a substring test on `TRAIN_MODE` is an enum here; the
+//! original label is still derived (`train_mode_label`) because output names and users rely on it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Error for a bad configuration value: names the key and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config key `{key}`: `{value}` is not allowed; choose one of: {allowed}")]
+    BadValue { key: String, value: String, allowed: String },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// Declares a string-valued enum with its config spellings (first spelling is canonical).
+macro_rules! choice {
+    ($(#[$m:meta])* $name:ident { $($var:ident => [$($s:literal),+]),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => choice!(@first $($s),+)),+ }
+            }
+            pub fn allowed() -> String {
+                [$(choice!(@first $($s),+)),+].join(", ")
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let l = s.trim().to_ascii_lowercase();
+                $( if [$($s),+].iter().any(|c| c.eq_ignore_ascii_case(&l)) { return Ok($name::$var); } )+
+                Err(Self::allowed())
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.as_str()) }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = StrOrNum::deserialize(d)?.0;
+                s.parse().map_err(|allowed| serde::de::Error::custom(format!("`{s}` is not allowed; choose one of: {allowed}")))
+            }
+        }
+    };
+    (@first $f:literal $(, $r:literal)*) => { $f };
+}
+
+/// Accepts `30` as well as `"30"` for numeric-looking choices.
+struct StrOrNum(String);
+impl<'de> Deserialize<'de> for StrOrNum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            I(i64),
+            B(bool),
+        }
+        Ok(StrOrNum(match V::deserialize(d)? {
+            V::S(s) => s,
+            V::I(i) => i.to_string(),
+            V::B(b) => b.to_string(),
+        }))
+    }
+}
+
+choice!(
+    /// How the assistant is trained between days.
+    TrainMethod { Dpo => ["dpo"], Kto => ["kto"], None => ["none", "wo_train"] });
+choice!(
+    /// Whether and where the assistant writes a reason next to its suggestion.
+    ReasonMode { None => ["none", "noreason"], Before => ["before", "reasonleft"], After => ["after", "reasonright"] });
+choice!(
+    /// What one interaction record in the assistant's memory holds (A = action, S = suggestion,
+    /// C = score, R = reason; `9C1` = C in 10% of records).
+    MemoryLevel {
+        A => ["A"], As => ["AS"], Asc => ["ASC"], As9c1 => ["AS9C1"], As8c2 => ["AS8C2"],
+        Ascr => ["ASCR"], Asc9r1 => ["ASC9R1"], Asc8r2 => ["ASC8R2"],
+    });
+choice!(
+    /// `separate`: one evaluator call per rubric dimension; `all`: one call for every dimension.
+    Evaluation { Separate => ["separate", "seperate"], All => ["all"] });
+choice!(
+    /// Probability (percent) that the first ranking candidate is forced to "No Recommendation".
+    NoRecRatio { P0 => ["0", "norec0"], P30 => ["30", "norec30"], P70 => ["70", "norec70"], P100 => ["100", "norec100"] });
+choice!(
+    /// Which past preference pairs join each day's training set.
+    ReplayBuffer { Equally200 => ["equally200"], Equally400 => ["equally400"], HalfToday => ["halftoday"] });
+choice!(
+    /// LLM provider for one role.
+    ProviderKind { Local => ["local"], OpenAi => ["openai"], Gemini => ["gemini"], Scripted => ["scripted"] });
+choice!(
+    /// Model roles; each has its own provider settings.
+    Role { User => ["user"], Evaluator => ["evaluator"], Assistant => ["assistant"], Summarizer => ["summarizer"], Embedding => ["embedding"] });
+
+impl NoRecRatio {
+    pub fn probability(self) -> f64 {
+        match self {
+            NoRecRatio::P0 => 0.0,
+            NoRecRatio::P30 => 0.3,
+            NoRecRatio::P70 => 0.7,
+            NoRecRatio::P100 => 1.0,
+        }
+    }
+}
+
+impl MemoryLevel {
+    /// (probability of including the score, probability of including the reason) in a record.
+    pub fn score_reason_probability(self) -> (f64, f64) {
+        match self {
+            MemoryLevel::A | MemoryLevel::As => (0.0, 0.0),
+            MemoryLevel::Asc => (1.0, 0.0),
+            MemoryLevel::As9c1 => (0.1, 0.0),
+            MemoryLevel::As8c2 => (0.2, 0.0),
+            MemoryLevel::Ascr => (1.0, 1.0),
+            MemoryLevel::Asc9r1 => (1.0, 0.1),
+            MemoryLevel::Asc8r2 => (1.0, 0.2),
+        }
+    }
+    pub fn includes_suggestion(self) -> bool {
+        self != MemoryLevel::A
+    }
+    /// The original switches its summaries to the score-aware prompt for ASC* levels.
+    pub fn score_aware_summaries(self) -> bool {
+        matches!(self, MemoryLevel::Asc | MemoryLevel::As9c1 | MemoryLevel::As8c2 | MemoryLevel::Ascr | MemoryLevel::Asc9r1 | MemoryLevel::Asc8r2)
+    }
+}
+
+impl ReplayBuffer {
+    pub fn size(self) -> Option<usize> {
+        match self {
+            ReplayBuffer::Equally200 => Some(200),
+            ReplayBuffer::Equally400 => Some(400),
+            ReplayBuffer::HalfToday => None,
+        }
+    }
+}
+
+/// Settings for one role's model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub provider: ProviderKind,
+    /// Model name (API), local GGUF/folder path, or HF repo id.
+    #[serde(default)]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key (the key itself is never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Optional chat template overriding the model's own (local provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Requests in flight at once for this role's provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// USD per million prompt / completion tokens, for the ledger's cost estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_prompt_per_mtok: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_completion_per_mtok: Option<f64>,
+    /// Request timeout in seconds (HTTP providers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+}
+
+impl RoleConfig {
+    pub fn scripted() -> Self {
+        RoleConfig {
+            provider: ProviderKind::Scripted,
+            model: "scripted".into(),
+            base_url: None,
+            api_key_env: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            max_tokens: None,
+            repeat_penalty: None,
+            seed: None,
+            chat_template: None,
+            concurrency: None,
+            price_prompt_per_mtok: None,
+            price_completion_per_mtok: None,
+            timeout_s: None,
+        }
+    }
+    /// The default with no configuration: a small local instruct model (see README for why).
+    pub fn default_local(role: Role) -> Self {
+        let mut r = RoleConfig::scripted();
+        r.provider = ProviderKind::Local;
+        r.model = match role {
+            Role::Embedding => DEFAULT_EMBEDDING_MODEL.into(),
+            _ => DEFAULT_CHAT_MODEL.into(),
+        };
+        r
+    }
+}
+
+/// Default chat model for every role when nothing is configured (fetched with hf-hub).
+pub const DEFAULT_CHAT_MODEL: &str = "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF";
+pub const DEFAULT_EMBEDDING_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The simulation settings: the original's 16 options.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSettings {
+    /// 1. user persona seed to fork (`storage/<seed>`).
+    pub fork: String,
+    /// 2. sim code: the save folder under `storage/`.
+    pub sim: String,
+    /// 3. assistant model label (the `[roles.assistant]` table says how to reach it).
+    pub assistant_model: String,
+    /// 4. dpo / kto / none.
+    pub train_method: TrainMethod,
+    /// 5. give the assistant the user's rubric in its system prompt.
+    pub persona_given: bool,
+    /// 6. none / before / after.
+    pub reason_mode: ReasonMode,
+    /// 7. retrieve similar past interactions for the assistant's prompt.
+    pub memory_retrieval: bool,
+    /// 8. two candidates per step, scored and paired.
+    pub ranking: bool,
+    /// 9. what an assistant memory record holds.
+    pub memory_level: MemoryLevel,
+    /// 10. evaluator model label (the `[roles.evaluator]` table says how to reach it).
+    pub evaluator_model: String,
+    /// 11. separate / all.
+    pub evaluation: Evaluation,
+    /// 12. 0 / 30 / 70 / 100.
+    pub forced_norec_ratio: NoRecRatio,
+    /// 13. drive from a browser (true) or headless (false).
+    pub visualization: bool,
+    /// 14. equally200 / equally400 / halftoday.
+    pub replay_buffer: ReplayBuffer,
+    /// 15. the user rewrites low-scoring suggestions and the pair is suggestion vs revision.
+    pub user_revision: bool,
+    /// 16. run the MMLU check after each day's training.
+    pub daily_mmlu: bool,
+    /// Seed for every random choice of the engine (not the LLMs').
+    pub seed: u64,
+    /// Tiles a persona walks per step; default sec_per_step / 10 (one tile per 10 s).
+    pub tiles_per_step: Option<usize>,
+    /// Bounded retries of an LLM task before its fallback.
+    pub task_retries: usize,
+    /// Stop cleanly once the ledger's estimated cost passes this many USD.
+    pub budget_usd: Option<f64>,
+    /// Path of an MMLU dataset file (JSONL) for the daily check.
+    pub mmlu_path: Option<PathBuf>,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            fork: "base_the_ville_persona_1".into(),
+            sim: "propersim_run".into(),
+            assistant_model: "llama-3.3-70b".into(),
+            train_method: TrainMethod::Dpo,
+            persona_given: false,
+            reason_mode: ReasonMode::None,
+            memory_retrieval: true,
+            ranking: true,
+            memory_level: MemoryLevel::As,
+            evaluator_model: "gemini-2.0".into(),
+            evaluation: Evaluation::Separate,
+            forced_norec_ratio: NoRecRatio::P0,
+            visualization: false,
+            replay_buffer: ReplayBuffer::Equally200,
+            user_revision: false,
+            daily_mmlu: false,
+            seed: 42,
+            tiles_per_step: None,
+            task_retries: 3,
+            budget_usd: None,
+            mmlu_path: None,
+        }
+    }
+}
+
+/// Folders the program reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub storage: PathBuf,
+    pub seeds: Option<PathBuf>,
+    pub assets: PathBuf,
+    pub temp_storage: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            storage: "storage".into(),
+            seeds: None,
+            assets: "environment".into(),
+            temp_storage: "temp_storage".into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sim: SimSettings,
+    pub paths: Paths,
+    /// `[roles.<role>]` tables; a missing role uses the default local model.
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+impl Config {
+    /// Parse TOML text; unknown keys and bad values name the key.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
+        for name in cfg.roles.keys() {
+            name.parse::<Role>().map_err(|allowed| ConfigError::BadValue { key: format!("roles.{name}"), value: name.clone(), allowed })?;
+        }
+        Ok(cfg)
+    }
+
+    /// Load `path` if given (it must exist), else `propersim.toml` if present, else defaults;
+    /// then apply `PROPERSIM_*` environment variables.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                Config::from_toml(&text, p)?
+            }
+            None if Path::new("propersim.toml").exists() => {
+                let p = Path::new("propersim.toml");
+                Config::from_toml(&std::fs::read_to_string(p)?, p)?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Environment layer. Folder variables are `PROPERSIM_STORAGE`, `PROPERSIM_SEEDS`,
+    /// `PROPERSIM_ASSETS`, `PROPERSIM_TEMP_STORAGE`; any sim setting is `PROPERSIM_<KEY>`
+    /// (e.g. `PROPERSIM_TRAIN_METHOD=kto`).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("PROPERSIM_STORAGE") {
+            self.paths.storage = v.into();
+        }
+        if let Some(v) = get("PROPERSIM_SEEDS") {
+            self.paths.seeds = Some(v.into());
+        }
+        if let Some(v) = get("PROPERSIM_ASSETS") {
+            self.paths.assets = v.into();
+        }
+        if let Some(v) = get("PROPERSIM_TEMP_STORAGE") {
+            self.paths.temp_storage = v.into();
+        }
+        for key in SimSettings::KEYS {
+            if let Some(v) = get(&format!("PROPERSIM_{}", key.to_ascii_uppercase())) {
+                self.sim.set(key, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings of one role, or the default local model.
+    pub fn role(&self, role: Role) -> RoleConfig {
+        self.roles.get(role.as_str()).cloned().unwrap_or_else(|| RoleConfig::default_local(role))
+    }
+
+    /// `--provider scripted`: every role answers from the offline scripted brain.
+    pub fn set_all_providers(&mut self, kind: ProviderKind) {
+        for role in Role::ALL {
+            let mut rc = self.role(*role);
+            rc.provider = kind;
+            if kind == ProviderKind::Scripted {
+                rc.model = "scripted".into();
+            }
+            self.roles.insert(role.as_str().to_string(), rc);
+        }
+    }
+}
+
+fn bad(key: &str, value: &str, allowed: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue { key: key.into(), value: value.into(), allowed: allowed.into() }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(key, v, "true, false")),
+    }
+}
+
+impl SimSettings {
+    /// Keys settable by name (environment variables and `--set key=value`).
+    pub const KEYS: &'static [&'static str] = &[
+        "fork", "sim", "assistant_model", "train_method", "persona_given", "reason_mode", "memory_retrieval", "ranking",
+        "memory_level", "evaluator_model", "evaluation", "forced_norec_ratio", "visualization", "replay_buffer",
+        "user_revision", "daily_mmlu", "seed", "tiles_per_step", "task_retries", "budget_usd", "mmlu_path",
+    ];
+
+    /// Set one setting from text, with an error naming the key and the allowed values.
+    pub fn set(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        fn choice<T: FromStr<Err = String>>(key: &str, v: &str) -> Result<T, ConfigError> {
+            v.parse::<T>().map_err(|allowed| bad(key, v, allowed))
+        }
+        match key {
+            "fork" => self.fork = v.into(),
+            "sim" => self.sim = v.into(),
+            "assistant_model" => self.assistant_model = v.into(),
+            "evaluator_model" => self.evaluator_model = v.into(),
+            "train_method" => self.train_method = choice(key, v)?,
+            "reason_mode" => self.reason_mode = choice(key, v)?,
+            "memory_level" => self.memory_level = choice(key, v)?,
+            "evaluation" => self.evaluation = choice(key, v)?,
+            "forced_norec_ratio" => self.forced_norec_ratio = choice(key, v)?,
+            "replay_buffer" => self.replay_buffer = choice(key, v)?,
+            "persona_given" => self.persona_given = parse_bool(key, v)?,
+            "memory_retrieval" => self.memory_retrieval = parse_bool(key, v)?,
+            "ranking" => self.ranking = parse_bool(key, v)?,
+            "visualization" => self.visualization = parse_bool(key, v)?,
+            "user_revision" => self.user_revision = parse_bool(key, v)?,
+            "daily_mmlu" => self.daily_mmlu = parse_bool(key, v)?,
+            "seed" => self.seed = v.trim().parse().map_err(|_| bad(key, v, "a non-negative integer"))?,
+            "task_retries" => self.task_retries = v.trim().parse().map_err(|_| bad(key, v, "a non-negative integer"))?,
+            "tiles_per_step" => self.tiles_per_step = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?),
+            "budget_usd" => self.budget_usd = Some(v.trim().parse().map_err(|_| bad(key, v, "a number of USD"))?),
+            "mmlu_path" => self.mmlu_path = Some(v.into()),
+            _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),
+        }
+        Ok(())
+    }
+
+    /// The original `TRAIN_MODE` string, built from its 14 parts exactly as `utils.py` joins them:
+    /// `{AGENT_MODEL}_{TRAIN_METHOD}_{PERSONA_GIVEN}_{REASON_}_{MEMORY_RET}_{RANKING}_{AGENT_MEMORY_LEVEL}_
+    /// {EVALUATOR}_{EVALUATE_SEPERATE}_{FORCE_NOREC_RATIO}_{VISUALIZATION}_{REPLAY_BUFFER}_{REC_REVISION}_{MMLU_EVAL}`.
+    pub fn train_mode_label(&self) -> String {
+        let parts: [&str; 14] = [
+            &self.assistant_model,
+            match self.train_method {
+                TrainMethod::Dpo => "DPO",
+                TrainMethod::Kto => "KTO",
+                TrainMethod::None => "wo_train",
+            },
+            if self.persona_given { "givenpersona" } else { "" },
+            match self.reason_mode {
+                ReasonMode::None => "noreason",
+                ReasonMode::Before => "reasonleft",
+                ReasonMode::After => "reasonright",
+            },
+            if self.memory_retrieval { "ret_suggest" } else { "wo_mem_suggest" },
+            if self.ranking { "ranking" } else { "" },
+            self.memory_level.as_str(),
+            &self.evaluator_model,
+            match self.evaluation {
+                Evaluation::Separate => "seperate",
+                Evaluation::All => "",
+            },
+            match self.forced_norec_ratio {
+                NoRecRatio::P0 => "norec0",
+                NoRecRatio::P30 => "norec30",
+                NoRecRatio::P70 => "norec70",
+                NoRecRatio::P100 => "norec100",
+            },
+            if self.visualization { "vis" } else { "novis" },
+            self.replay_buffer.as_str(),
+            if self.user_revision { "recrev" } else { "recnorev" },
+            if self.daily_mmlu { "mmlueval" } else { "" },
+        ];
+        parts.join("_")
+    }
+
+    /// Tiles walked per step: configured, or one tile per 10 simulated seconds.
+    pub fn tiles_per_step(&self, sec_per_step: u64) -> usize {
+        self.tiles_per_step.unwrap_or((sec_per_step / 10).max(1) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_label_matches_original_readme() {
+        assert_eq!(
+            SimSettings::default().train_mode_label(),
+            "llama-3.3-70b_DPO__noreason_ret_suggest_ranking_AS_gemini-2.0_seperate_norec0_novis_equally200_recnorev_"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[sim]\nbogus = 1\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_allowed() {
+        let e = Config::from_toml("[sim]\nmemory_level = \"XYZ\"\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("memory_level") && e.contains("ASC9R1"), "{e}");
+        let mut s = SimSettings::default();
+        let e = s.set("forced_norec_ratio", "50").unwrap_err().to_string();
+        assert!(e.contains("forced_norec_ratio") && e.contains("0, 30, 70, 100"), "{e}");
+        let e = Config::from_toml("[roles.painter]\nprovider = \"local\"\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("roles.painter") && e.contains("evaluator"), "{e}");
+    }
+
+    #[test]
+    fn env_layer_overrides_file() {
+        let mut c = Config::from_toml("[sim]\ntrain_method = \"dpo\"\nforced_norec_ratio = 30\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.sim.forced_norec_ratio, NoRecRatio::P30);
+        c.apply_env(|k| (k == "PROPERSIM_TRAIN_METHOD").then(|| "kto".to_string())).unwrap();
+        assert_eq!(c.sim.train_method, TrainMethod::Kto);
+        assert!(c.sim.train_mode_label().contains("_KTO_"));
+    }
+}

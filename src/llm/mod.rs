@@ -1,0 +1,85 @@
+//! The LLM layer. Every use of a model is a [`Task`]: it builds messages, parses the reply into a
+//! typed value, and has a fallback. Providers only move text. [`Llm`] routes a task to its role's
+//! provider, retries bad replies, and records each call.
+
+pub mod client;
+pub mod task;
+
+pub use client::{Llm, TaskOutcome};
+pub use task::{extract_json, Task};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(c: impl Into<String>) -> Self {
+        Message { role: "system".into(), content: c.into() }
+    }
+    pub fn user(c: impl Into<String>) -> Self {
+        Message { role: "user".into(), content: c.into() }
+    }
+    pub fn assistant(c: impl Into<String>) -> Self {
+        Message { role: "assistant".into(), content: c.into() }
+    }
+}
+
+/// Sampling settings sent with a request (None = provider default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub repeat_penalty: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+/// A chat request as providers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub sampling: Sampling,
+}
+
+/// A provider's answer, with token counts when the provider reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatReply {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Transport-level retries the provider made (429/5xx/timeouts).
+    pub retries: u32,
+}
+
+/// Errors a provider reports after its own retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("authentication failed ({status}): check the API key in the environment variable named by `api_key_env`: {message}")]
+    Auth { status: u16, message: String },
+    #[error("the provider rejected the request ({status}): {message}")]
+    BadRequest { status: u16, message: String },
+    #[error("the provider failed after {attempts} attempts: {message}")]
+    Exhausted { attempts: u32, message: String },
+    #[error("unreadable reply from the provider: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Something that turns messages into text (and, optionally, text into vectors).
+pub trait ChatProvider: Send + Sync {
+    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>>;
+    fn embed<'a>(&'a self, _model: &'a str, _texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
+        Box::pin(async { Err(ProviderError::Other("this provider has no embeddings".into())) })
+    }
+    /// Short name for the ledger and the cache key (`openai`, `gemini`, `local`, ...).
+    fn name(&self) -> &str;
+}
