@@ -1,6 +1,12 @@
 //! propersim: ProPerSim as one Rust program. See ARCHITECTURE.md for the code map.
 
+pub mod assistant;
 pub mod config;
 pub mod llm;
+pub mod memory;
 pub mod model;
+pub mod sim;
 pub mod storage;
+pub mod suggestion;
+pub mod user;
+pub mod world;

@@ -73,7 +73,7 @@ impl Llm {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let text = match backend {
                 Backend::Scripted => {
-                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, attempt));
+                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, attempt + 1000 * task.sample_index()));
                     task.scripted(&mut rng)
                 }
                 Backend::Provider(_p) => bail!("providers are not wired yet"),

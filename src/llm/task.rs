@@ -19,6 +19,11 @@ pub trait Task: Send + Sync {
     /// The offline scripted brain's reply text for this task (a test/benchmark provider, never a
     /// model). It goes through `parse` like any reply.
     fn scripted(&self, rng: &mut ChaCha8Rng) -> String;
+    /// Distinguishes independent samples of the same prompt (ranking candidates): it is mixed
+    /// into the sampling seed and the cache key, so two candidates are two draws, not one.
+    fn sample_index(&self) -> u32 {
+        0
+    }
 }
 
 /// Find the first JSON object in a model reply: accepts code fences and prose around it.

@@ -4,3 +4,6 @@ pub mod atomic;
 pub mod pyjson;
 
 pub use atomic::{append_jsonl, read_jsonl, write_atomic, write_json_py};
+pub mod sim;
+
+pub use sim::{Environment, EnvTile, Meta, SimDir};

@@ -1,0 +1,165 @@
+//! The assistant's memory: the structured daily memory (never reset across days) plus every past
+//! interaction with its embedding, for retrieval of the most relevant ones.
+
+use anyhow::Result;
+use chrono::NaiveDateTime;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::MemoryLevel;
+use crate::memory::{Interaction, StructuredMemory};
+use crate::sim::clock::fmt_prompt_time;
+
+/// One remembered interaction (the all-time log, `state/assistant_memory.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub step: u64,
+    pub time: NaiveDateTime,
+    pub text: String,
+    pub recommended: bool,
+    #[serde(skip)]
+    pub embedding: Vec<f32>,
+}
+
+/// Retrieval weights: relevance dominates; recency favours newer records (the original's recency
+/// term was inverted and its importance term constant).
+pub const W_RELEVANCE: f32 = 3.0;
+pub const W_RECENCY: f32 = 0.5;
+pub const RECENCY_DECAY: f32 = 0.995;
+
+/// The text a memory record holds at a memory level: action, suggestion, score, reason.
+pub fn record_text(level: MemoryLevel, user: &str, action: &str, suggestion: &str, score: &str, reason: &str, rng: &mut ChaCha8Rng) -> String {
+    let mut t = format!("{user}'s action: {action}");
+    if level.includes_suggestion() {
+        t.push_str(&format!("\nAssistant's suggestion: {suggestion}"));
+    }
+    let (p_score, p_reason) = level.score_reason_probability();
+    if p_score > 0.0 && (p_score >= 1.0 || rng.gen_bool(p_score)) {
+        t.push_str(&format!("\nScore: {score}/4"));
+        if p_reason > 0.0 && (p_reason >= 1.0 || rng.gen_bool(p_reason)) {
+            t.push_str(&format!(", Reason: {reason}"));
+        }
+    }
+    t
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AssistantMemory {
+    pub structured: StructuredMemory,
+    #[serde(skip)]
+    pub all: Vec<Record>,
+}
+
+impl Default for AssistantMemory {
+    fn default() -> Self {
+        AssistantMemory { structured: StructuredMemory::new(1), all: Vec::new() }
+    }
+}
+
+impl AssistantMemory {
+    /// Indices of the `k` records most relevant to `focal` (cosine), newer ones breaking ties.
+    pub fn retrieve(&self, focal: &[f32], k: usize) -> Vec<usize> {
+        let n = self.all.len();
+        if n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let rel: Vec<f32> = self.all.iter().map(|r| cosine(focal, &r.embedding)).collect();
+        let rec: Vec<f32> = (0..n).map(|i| RECENCY_DECAY.powi((n - 1 - i) as i32)).collect();
+        let (rel, rec) = (min_max(&rel), min_max(&rec));
+        let mut idx: Vec<usize> = (0..n).collect();
+        let score = |i: usize| W_RELEVANCE * rel[i] + W_RECENCY * rec[i];
+        idx.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(b.cmp(&a)));
+        idx.truncate(k);
+        idx
+    }
+
+    /// The memory block of the prompt: summaries, this hour, then the retrieved and the most
+    /// recent interactions in time order.
+    pub fn render(&self, retrieved: &[usize], with_recent: bool) -> String {
+        let mut out = self.structured.render();
+        let mut picks: Vec<usize> = retrieved.to_vec();
+        if with_recent {
+            picks.extend(self.all.len().saturating_sub(crate::memory::structured::RECENT)..self.all.len());
+        }
+        picks.sort_unstable();
+        picks.dedup();
+        // Entries already shown under "this hour" are not repeated.
+        let hour_steps: Vec<u64> = self.structured.hour.iter().map(|i| i.step).collect();
+        let extra: Vec<&Record> = picks.iter().map(|&i| &self.all[i]).filter(|r| !hour_steps.contains(&r.step)).collect();
+        if !extra.is_empty() {
+            out.push_str("Related moments:\n");
+            for r in extra {
+                out.push_str(&format!("{}\n{}\n", fmt_prompt_time(r.time), r.text));
+            }
+        }
+        out
+    }
+
+    pub fn push(&mut self, r: Record) {
+        self.all.push(r);
+    }
+
+    pub fn interaction(r: &Record, score: Option<f64>) -> Interaction {
+        Interaction { step: r.step, time: r.time, text: r.text.clone(), recommended: r.recommended, score }
+    }
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() || a.is_empty() {
+        return 0.0;
+    }
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+fn min_max(v: &[f32]) -> Vec<f32> {
+    let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    if (hi - lo).abs() < 1e-12 {
+        vec![0.5; v.len()]
+    } else {
+        v.iter().map(|x| (x - lo) / (hi - lo)).collect()
+    }
+}
+
+pub fn load_log(path: &std::path::Path, before_step: u64) -> Result<Vec<Record>> {
+    Ok(crate::storage::read_jsonl::<Record>(path)?.into_iter().filter(|r| r.step < before_step).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rec(step: u64, e: Vec<f32>) -> Record {
+        Record { step, time: chrono::NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(8, 0, 0).unwrap(), text: format!("r{step}"), recommended: true, embedding: e }
+    }
+
+    #[test]
+    fn retrieval_prefers_relevant_then_recent() {
+        let mut m = AssistantMemory::default();
+        m.push(rec(0, vec![1.0, 0.0]));
+        m.push(rec(1, vec![0.0, 1.0]));
+        m.push(rec(2, vec![1.0, 0.0]));
+        let got = m.retrieve(&[1.0, 0.0], 2);
+        assert_eq!(got, vec![2, 0], "both relevant, the newer first");
+        assert_eq!(m.retrieve(&[0.0, 1.0], 1), vec![1]);
+    }
+
+    #[test]
+    fn memory_levels_change_record_text() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let a = record_text(MemoryLevel::A, "Ana", "cooking", "Add salt", "3.0", "good", &mut rng);
+        let asx = record_text(MemoryLevel::As, "Ana", "cooking", "Add salt", "3.0", "good", &mut rng);
+        let ascr = record_text(MemoryLevel::Ascr, "Ana", "cooking", "Add salt", "3.0", "good", &mut rng);
+        assert!(!a.contains("Add salt"));
+        assert!(asx.contains("Add salt") && !asx.contains("Score"));
+        assert!(ascr.contains("Score: 3.0/4") && ascr.contains("Reason: good"));
+    }
+}

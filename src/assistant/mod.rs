@@ -1,0 +1,8 @@
+//! The assistant (ProPerAssistant): memory, prompts, the suggestion task and its records.
+
+pub mod memory;
+pub mod prompt;
+pub mod records;
+pub mod suggest;
+
+pub use memory::AssistantMemory;

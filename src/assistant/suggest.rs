@@ -1,0 +1,86 @@
+//! The assistant's suggestion task.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::config::{ReasonMode, Role};
+use crate::llm::task::json_str;
+use crate::llm::{extract_json, Message, Task};
+use crate::suggestion::{Suggestion, NO_REC};
+
+/// One candidate: the model's answer to the step's prompt.
+pub struct Suggest<'a> {
+    pub system: &'a str,
+    pub user: &'a str,
+    pub mode: ReasonMode,
+    /// Candidate number (independent samples of the same prompt).
+    pub sample: u32,
+    /// For the scripted brain only: the action, to pick a fitting canned suggestion.
+    pub action: &'a str,
+}
+
+/// A parsed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub suggestion: Suggestion,
+    pub reason: Option<String>,
+}
+
+impl Task for Suggest<'_> {
+    type Output = Answer;
+    fn name(&self) -> &'static str {
+        "suggest"
+    }
+    fn role(&self) -> Role {
+        Role::Assistant
+    }
+    fn messages(&self) -> Vec<Message> {
+        vec![Message::system(self.system), Message::user(self.user)]
+    }
+    fn sample_index(&self) -> u32 {
+        self.sample
+    }
+    fn parse(&self, reply: &str) -> Result<Answer, String> {
+        let v = extract_json(reply).ok_or("no JSON object with a Suggestion")?;
+        let s = json_str(&v, "suggestion").ok_or("`Suggestion` missing")?;
+        if s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c) || ('\u{0400}'..='\u{04ff}').contains(&c)) {
+            return Err("not in English".into());
+        }
+        if s.trim().is_empty() || s.len() > 600 {
+            return Err(format!("suggestion of {} characters", s.len()));
+        }
+        let reason = json_str(&v, "reason");
+        if self.mode != ReasonMode::None && reason.is_none() {
+            return Err("`Reason` missing".into());
+        }
+        Ok(Answer { suggestion: Suggestion::from_text(&s), reason })
+    }
+    fn fallback(&self) -> Answer {
+        Answer { suggestion: Suggestion::NoRec, reason: (self.mode != ReasonMode::None).then(|| NO_REC.to_string()) }
+    }
+    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
+        for _ in 0..self.sample {
+            rng.next_u64();
+        }
+        const IDEAS: &[&str] = &[
+            "Take a two-minute stretch before you carry on with {a}.",
+            "Put on a playlist you love while {a}.",
+            "Drink a glass of water; you have been {a} for a while.",
+            "Jot down one idea that came up while {a}.",
+            "Open a window for some fresh air while {a}.",
+            "Try a new seasonal decoration idea after {a}.",
+            "Plan a themed dinner for friends once you finish {a}.",
+            "Sketch a quick design idea when you pause {a}.",
+            "Call a friend for a short chat after {a}.",
+            "Set a timer so {a} doesn't eat the whole afternoon.",
+        ];
+        let s = if rng.gen_bool(0.45) { NO_REC.to_string() } else { IDEAS.choose(rng).expect("non-empty").replace("{a}", self.action) };
+        match self.mode {
+            ReasonMode::None => json!({ "Suggestion": s }).to_string(),
+            ReasonMode::After => format!("{{\"Suggestion\": {}, \"Reason\": \"It suits the moment.\"}}", json!(s)),
+            ReasonMode::Before => format!("{{\"Reason\": \"It suits the moment.\", \"Suggestion\": {}}}", json!(s)),
+        }
+    }
+}

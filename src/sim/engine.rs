@@ -1,0 +1,289 @@
+//! The simulation state machine: one call to [`Engine::step`] turns `environment/<n>.json` into
+//! `movement/<n>.json`, in the original's order: the user moves first, then the assistant
+//! suggests and the user judges. State is checkpointed after every step, so a killed run resumes
+//! from its last complete step.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::clock::{fmt_curr_time, Clock};
+use super::hooks::DayHook;
+use super::movement::{movement_json, PersonaEntry};
+use super::turn::{turn, Moment};
+use crate::assistant::memory::{load_log, record_text, Record};
+use crate::assistant::records::pairs_file;
+use crate::assistant::AssistantMemory;
+use crate::config::Config;
+use crate::llm::Llm;
+use crate::memory::{Interaction, StructuredMemory};
+use crate::storage::{append_jsonl, write_atomic, Meta, SimDir};
+use crate::user::memory::AssociativeMemory;
+use crate::user::{UserAgent, UserState};
+use crate::world::maze::Maze;
+use crate::world::spatial::SpatialMemory;
+
+const CHECKPOINT: &str = "state/checkpoint.json";
+const ASSISTANT_LOG: &str = "state/assistant_memory.jsonl";
+const RECORDS: &str = "records.jsonl";
+
+/// What is saved after every step.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    next_step: u64,
+    user: UserState,
+    user_memory: AssociativeMemory,
+    spatial: SpatialMemory,
+    evaluator: StructuredMemory,
+    evaluated_today: Vec<Interaction>,
+    assistant: AssistantMemory,
+}
+
+pub struct Engine {
+    pub cfg: Config,
+    pub sim: SimDir,
+    pub meta: Meta,
+    pub clock: Clock,
+    pub maze: Arc<Maze>,
+    pub llm: Arc<Llm>,
+    pub user_name: String,
+    pub assistant_name: String,
+    pub user: UserAgent,
+    /// The user's memory of evaluated suggestions (reset each morning, as in the original).
+    pub evaluator: StructuredMemory,
+    pub evaluated_today: Vec<Interaction>,
+    pub assistant: AssistantMemory,
+    pub next_step: u64,
+    pub hook: Option<Box<dyn DayHook>>,
+    /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
+    pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
+}
+
+impl Engine {
+    /// Open a sim folder (freshly forked, or to resume from its checkpoint).
+    pub fn open(cfg: Config, sim: SimDir, maze: Arc<Maze>, llm: Arc<Llm>) -> Result<Engine> {
+        let meta = sim.meta()?;
+        let clock = Clock::new(&meta.start_date, meta.sec_per_step)?;
+        if meta.persona_names.len() < 2 {
+            bail!("{}: persona_names must list the user and the assistant", sim.path("reverie/meta.json").display());
+        }
+        let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
+        let mut user = UserAgent::load(&sim.bootstrap(&user_name)).with_context(|| format!("loading persona {user_name}"))?;
+        let mut engine = Engine {
+            user: {
+                let env0 = sim.read_env(0)?.with_context(|| "environment/0.json is missing")?;
+                let t = env0.get(&user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
+                user.state.tile = (t.x.max(0) as usize, t.y.max(0) as usize);
+                user
+            },
+            cfg,
+            meta,
+            clock,
+            maze,
+            llm,
+            user_name,
+            assistant_name,
+            evaluator: StructuredMemory::new(3),
+            evaluated_today: Vec::new(),
+            assistant: AssistantMemory::default(),
+            next_step: 0,
+            hook: None,
+            token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
+            sim,
+        };
+        engine.load_checkpoint()?;
+        Ok(engine)
+    }
+
+    fn load_checkpoint(&mut self) -> Result<()> {
+        let p = self.sim.path(CHECKPOINT);
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let cp: Checkpoint = serde_json::from_str(&text).with_context(|| format!("reading checkpoint {}", p.display()))?;
+        self.next_step = cp.next_step;
+        self.user.state = cp.user;
+        let embeddings = std::mem::take(&mut self.user.memory.embeddings);
+        self.user.memory = cp.user_memory;
+        self.user.memory.embeddings = embeddings;
+        self.user.spatial = cp.spatial;
+        self.evaluator = cp.evaluator;
+        self.evaluated_today = cp.evaluated_today;
+        self.assistant = cp.assistant;
+        // Logs may hold lines of the step that was cut short: keep only finished steps.
+        let log = self.sim.path(ASSISTANT_LOG);
+        self.assistant.all = load_log(&log, self.next_step)?;
+        rewrite_jsonl(&log, &self.assistant.all)?;
+        truncate_jsonl_by_step(&self.sim.path(RECORDS), self.next_step)?;
+        truncate_jsonl_by_step(&self.sim.path(&pairs_file(self.clock.day(self.next_step))), self.next_step)?;
+        Ok(())
+    }
+
+    /// Embeddings of remembered interactions (after a resume they come from the cache).
+    async fn ensure_embeddings(&mut self) -> Result<()> {
+        for r in self.assistant.all.iter_mut().filter(|r| r.embedding.is_empty()) {
+            r.embedding = self.llm.embed(&r.text).await?;
+        }
+        Ok(())
+    }
+
+    pub fn steps_per_day(&self) -> u64 {
+        self.clock.steps_per_day()
+    }
+
+    /// Compute step `self.next_step` from its environment file and write its movement file.
+    pub async fn step(&mut self) -> Result<Value> {
+        let step = self.next_step;
+        let env = self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?;
+        let now = self.clock.time(step);
+        self.ensure_embeddings().await?;
+
+        // Day boundary at the second step of each day (00:02:30), as the original: the user's
+        // evaluation memory resets and yesterday's preference data goes to training.
+        if step % self.steps_per_day() == 1 {
+            self.evaluator.reset();
+            self.evaluated_today.clear();
+            if step > 1 {
+                let day = self.clock.day(step) - 1;
+                if let Some(h) = self.hook.as_mut() {
+                    h.day_ended(day, &self.sim.path(&pairs_file(day)))?;
+                }
+                self.save_personas()?;
+            }
+        }
+        if let Some(h) = self.hook.as_mut() {
+            h.before_step(step)?;
+        }
+
+        let tile = env.get(&self.user_name).map(|t| (t.x.max(0) as usize, t.y.max(0) as usize)).unwrap_or(self.user.state.tile);
+        let tile = if self.maze.tile(tile.0, tile.1).is_some() { tile } else { self.user.state.tile };
+        let tps = self.cfg.sim.tiles_per_step(self.meta.sec_per_step);
+        let u = self.user.step(&self.llm, &self.maze, now, tile, tps).await?;
+
+        let assistant_tile = env.get(&self.assistant_name).map(|t| [t.x, t.y]).unwrap_or([0, 0]);
+        let mut a_entry = PersonaEntry::idle(assistant_tile, &self.user_name);
+        let mut tokens = 0usize;
+        if !u.asleep {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let moment = Moment { step, now, user_name: &self.user_name, assistant_name: &self.assistant_name, profile: &self.user.profile, action: &u.action, walking: u.walking };
+            let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;
+            let score = r.shown_judgement.score_string();
+            let shown_text = r.shown.suggestion.text().to_string();
+            // Into both memories: the shown suggestion with its score.
+            let text = record_text(self.cfg.sim.memory_level, &self.user_name, &r.user_action, &shown_text, &score, &r.shown_judgement.reason, &mut rng);
+            let embedding = self.llm.embed(&text).await?;
+            let rec = Record { step, time: now, text, recommended: !r.shown.suggestion.is_norec(), embedding };
+            append_jsonl(&self.sim.path(ASSISTANT_LOG), &rec)?;
+            let score_aware = self.cfg.sim.memory_level.score_aware_summaries();
+            self.assistant.structured.add(&self.llm, "the assistant", &self.user_name, score_aware, AssistantMemory::interaction(&rec, Some(r.shown_judgement.total))).await?;
+            self.assistant.push(rec);
+            let seen = Interaction {
+                step,
+                time: now,
+                text: format!("{}'s action: {}\nSuggestion: {}\nMy score: {}/4", self.user_name, r.user_action, shown_text, score),
+                recommended: !r.shown.suggestion.is_norec(),
+                score: Some(r.shown_judgement.total),
+            };
+            self.evaluator.add(&self.llm, "the user", &self.user_name, true, seen.clone()).await?;
+            self.evaluated_today.push(seen);
+            append_jsonl(&self.sim.path(RECORDS), &r.record)?;
+            if let Some(p) = &r.pair {
+                append_jsonl(&self.sim.path(&pairs_file(self.clock.day(step))), p)?;
+            }
+            let reason = r.shown.reason.clone().unwrap_or_default();
+            tokens = (self.token_counter)(&shown_text) + (self.token_counter)(&reason) + (self.token_counter)(&format!("{} is {}", self.user_name, r.user_action));
+            a_entry = PersonaEntry::suggesting(assistant_tile, &self.user_name, r.user_action, shown_text, score, r.shown_judgement.reason.clone());
+        }
+        let u_entry = PersonaEntry::user([u.tile.0 as i64, u.tile.1 as i64], u.emoji, u.description, &u.walked);
+        let mv = movement_json(&self.user_name, u_entry, &self.assistant_name, a_entry, &fmt_curr_time(now), u.walking, tokens);
+        self.sim.write_movement(step, &mv)?;
+        self.next_step = step + 1;
+        self.write_checkpoint()?;
+        Ok(mv)
+    }
+
+    fn write_checkpoint(&self) -> Result<()> {
+        let cp = CheckpointRef {
+            next_step: self.next_step,
+            user: &self.user.state,
+            user_memory: &self.user.memory,
+            spatial: &self.user.spatial,
+            evaluator: &self.evaluator,
+            evaluated_today: &self.evaluated_today,
+            assistant: &self.assistant,
+        };
+        write_atomic(&self.sim.path(CHECKPOINT), &serde_json::to_vec(&cp)?)
+    }
+
+    /// Save persona folders and `meta.json` (at each day's end and on exit).
+    pub fn save_personas(&mut self) -> Result<()> {
+        let now = self.clock.time(self.next_step);
+        let dir = self.sim.bootstrap(&self.user_name);
+        self.user.save(&dir, now)?;
+        crate::user::eval_store::save(&dir.join("evaluation_memory"), &self.user_name, self.evaluated_today.iter().map(|i| (i.time, i.text.as_str())))?;
+        let adir = self.sim.bootstrap(&self.assistant_name);
+        crate::user::eval_store::save(&adir.join("evaluation_memory"), &self.assistant_name, self.assistant.all.iter().map(|r| (r.time, r.text.as_str())))?;
+        self.meta.step = self.next_step;
+        self.meta.curr_time = fmt_curr_time(now);
+        self.sim.write_meta(&self.meta)
+    }
+
+    /// Write the headless driver's environment for the next step from the last movement
+    /// (the original's `generate_fake_environment`).
+    pub fn write_next_environment(&self) -> Result<()> {
+        let step = self.next_step;
+        if step == 0 {
+            return Ok(());
+        }
+        let prev = self.sim.read_movement(step - 1)?.with_context(|| format!("movement/{} is missing", step - 1))?;
+        let mut env = crate::storage::Environment::new();
+        if let Some(Value::Object(ps)) = prev.get("persona") {
+            for (name, p) in ps {
+                let xy = p.get("movement").and_then(Value::as_array).cloned().unwrap_or_default();
+                let (x, y) = (xy.first().and_then(Value::as_i64).unwrap_or(0), xy.get(1).and_then(Value::as_i64).unwrap_or(0));
+                env.insert(name.clone(), crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
+            }
+        }
+        self.sim.write_env(step, &env)
+    }
+
+    pub fn sim_path(&self, rel: &str) -> PathBuf {
+        self.sim.path(rel)
+    }
+}
+
+#[derive(Serialize)]
+struct CheckpointRef<'a> {
+    next_step: u64,
+    user: &'a UserState,
+    user_memory: &'a AssociativeMemory,
+    spatial: &'a SpatialMemory,
+    evaluator: &'a StructuredMemory,
+    evaluated_today: &'a [Interaction],
+    assistant: &'a AssistantMemory,
+}
+
+fn rewrite_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
+    let mut out = Vec::new();
+    for it in items {
+        out.extend(serde_json::to_vec(it)?);
+        out.push(b'\n');
+    }
+    write_atomic(path, &out)
+}
+
+/// Drop lines whose `step` is not below `next_step` (the interrupted step's partial output).
+fn truncate_jsonl_by_step(path: &std::path::Path, next_step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let rows: Vec<Value> = crate::storage::read_jsonl(path)?;
+    let keep: Vec<&Value> = rows.iter().filter(|v| v.get("step").and_then(Value::as_u64).map(|s| s < next_step).unwrap_or(false)).collect();
+    if keep.len() != rows.len() {
+        rewrite_jsonl(path, &keep)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The simulation loop and its drivers.
+
+pub mod clock;
+pub mod engine;
+pub mod hooks;
+pub mod movement;
+pub mod turn;
+
+pub use engine::Engine;
