@@ -4,3 +4,5 @@ pub mod config;
 pub mod llm;
 pub mod model;
 pub mod storage;
+pub mod world;
+pub mod assets;
