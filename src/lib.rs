@@ -1,5 +1,6 @@
 //! propersim: ProPerSim as one Rust program. See ARCHITECTURE.md for the code map.
 
+pub mod assets;
 pub mod assistant;
 pub mod config;
 pub mod llm;
