@@ -1,3 +1,261 @@
-fn main() {
-    println!("propersim: under construction");
+//! The `propersim` command line. Each subcommand parses its flags, layers them over the
+//! configuration file and environment, and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use propersim::config::{Config, ProviderKind};
+use propersim::sim::setup::{ensure_assets, open_engine, Open};
+
+#[derive(Parser)]
+#[command(name = "propersim", version, about = "ProPerSim in Rust: a proactive, personalized assistant simulation")]
+struct Cli {
+    /// Configuration file (default: propersim.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a simulation (headless with --novis).
+    Run(RunArgs),
+    /// Download the map assets and the 32 persona seeds.
+    Assets {
+        #[command(subcommand)]
+        what: AssetsCmd,
+    },
+    /// Benchmark the engine on the scripted brain (steps/s).
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum AssetsCmd {
+    /// Fetch and verify the assets (from the pinned public ProPerSim commit, or --url).
+    Fetch {
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+}
+
+/// Folders (each also settable by environment variable or the config file).
+#[derive(Args, Clone, Default)]
+struct PathArgs {
+    /// Where sims are written (and seeds looked up first) [env: PROPERSIM_STORAGE].
+    #[arg(long)]
+    storage: Option<PathBuf>,
+    /// Extra folder to look for persona seeds in [env: PROPERSIM_SEEDS].
+    #[arg(long)]
+    seeds: Option<PathBuf>,
+    /// Map assets, laid out like the original static_dirs/assets [env: PROPERSIM_ASSETS].
+    #[arg(long)]
+    assets: Option<PathBuf>,
+    /// The temp_storage handshake folder [env: PROPERSIM_TEMP_STORAGE].
+    #[arg(long)]
+    temp_storage: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    /// Persona seed to fork (e.g. base_the_ville_persona_1).
+    #[arg(long)]
+    fork: Option<String>,
+    /// Sim code: the folder under storage/ to write.
+    #[arg(long)]
+    sim: Option<String>,
+    /// Continue an existing sim from its last complete step.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Replace an existing sim of the same name.
+    #[arg(long)]
+    force: bool,
+    /// Every role answers from the offline scripted brain (a test/benchmark provider, not a model).
+    #[arg(long, value_name = "KIND")]
+    provider: Option<String>,
+    /// Set any [sim] setting, e.g. --set train_method=kto --set forced_norec_ratio=30.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(flatten)]
+    paths: PathArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Run until the sim has lived this many days in total (576 steps each; default 1).
+    #[arg(long, conflicts_with = "steps")]
+    days: Option<u64>,
+    /// Run this many more steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Headless: no browser needed.
+    #[arg(long, conflicts_with = "vis")]
+    novis: bool,
+    /// Drive from a browser page.
+    #[arg(long)]
+    vis: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Steps to time.
+    #[arg(long, default_value_t = 576)]
+    steps: u64,
+}
+
+fn load_config(path: Option<&PathBuf>, s: &SimArgs) -> Result<Config> {
+    let mut cfg = Config::load(path.map(|p| p.as_path()))?;
+    apply_paths(&mut cfg, &s.paths);
+    if let Some(f) = &s.fork {
+        cfg.sim.fork = f.clone();
+    }
+    if let Some(n) = &s.sim {
+        cfg.sim.sim = n.clone();
+    }
+    for kv in &s.sets {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set `{kv}`: expected KEY=VALUE"))?;
+        cfg.sim.set(k.trim(), v.trim())?;
+    }
+    if let Some(p) = &s.provider {
+        let kind: ProviderKind = p.parse().map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
+        cfg.set_all_providers(kind);
+    }
+    Ok(cfg)
+}
+
+fn apply_paths(cfg: &mut Config, p: &PathArgs) {
+    if let Some(v) = &p.storage {
+        cfg.paths.storage = v.clone();
+    }
+    if let Some(v) = &p.seeds {
+        cfg.paths.seeds = Some(v.clone());
+    }
+    if let Some(v) = &p.assets {
+        cfg.paths.assets = v.clone();
+    }
+    if let Some(v) = &p.temp_storage {
+        cfg.paths.temp_storage = v.clone();
+    }
+}
+
+fn open_mode(s: &SimArgs) -> Open {
+    if s.resume {
+        Open::Resume
+    } else if s.force {
+        Open::Force
+    } else {
+        Open::Fork
+    }
+}
+
+async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
+    let mut cfg = load_config(cli_config, &a.sim)?;
+    if a.vis {
+        cfg.sim.visualization = true;
+    }
+    if a.novis {
+        cfg.sim.visualization = false;
+    }
+    if cfg.sim.visualization {
+        bail!("`run --vis` (drop-in mode for the original frontend) is not available in this build; use `--novis`");
+    }
+    ensure_assets(&cfg)?;
+    let mut engine = open_engine(&cfg, open_mode(&a.sim))?;
+    let per_day = engine.steps_per_day();
+    let target = match (a.days, a.steps) {
+        (_, Some(s)) => engine.next_step + s,
+        (d, None) => d.unwrap_or(1) * per_day,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nInterrupted: finishing the current step and saving...");
+            s2.store(true, Ordering::SeqCst);
+        }
+    });
+    eprintln!("Simulating `{}` (mode {}) from step {} to {}.", cfg.sim.sim, cfg.sim.train_mode_label(), engine.next_step, target);
+    let summary = propersim::sim::headless::run(&mut engine, target, !a.quiet, stop).await?;
+    eprintln!(
+        "{} steps in {:.1}s ({:.0} steps/s); now at step {}. LLM calls: {}, fallbacks: {}. Output: {}",
+        summary.steps,
+        summary.seconds,
+        summary.steps as f64 / summary.seconds.max(1e-9),
+        engine.next_step,
+        engine.llm.calls(),
+        engine.llm.fallbacks(),
+        engine.sim.root.display()
+    );
+    if summary.interrupted {
+        eprintln!("Resume with: propersim run --novis --sim {} --resume", cfg.sim.sim);
+    }
+    Ok(())
+}
+
+async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
+    let mut cfg = load_config(cli_config, &a.sim)?;
+    cfg.set_all_providers(ProviderKind::Scripted);
+    let tmp = tempfile::tempdir()?;
+    let seeds = cfg.paths.storage.clone();
+    cfg.paths.seeds = Some(cfg.paths.seeds.clone().unwrap_or(seeds));
+    cfg.paths.storage = tmp.path().join("storage");
+    cfg.paths.temp_storage = tmp.path().join("temp_storage");
+    cfg.sim.sim = "bench".into();
+    let mut engine = open_engine(&cfg, Open::Fork)?;
+    let summary = propersim::sim::headless::run(&mut engine, a.steps, false, Arc::new(AtomicBool::new(false))).await?;
+    let per_step_ms = summary.seconds * 1000.0 / summary.steps.max(1) as f64;
+    println!(
+        "scripted headless run: {} steps in {:.3} s = {:.0} steps/s ({:.3} ms/step; the original sleeps 100 ms per step: {:.0}x)",
+        summary.steps,
+        summary.seconds,
+        summary.steps as f64 / summary.seconds.max(1e-9),
+        per_step_ms,
+        100.0 / per_step_ms.max(1e-9)
+    );
+    Ok(())
+}
+
+fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathArgs) -> Result<()> {
+    let mut cfg = Config::load(cli_config.map(|p| p.as_path()))?;
+    apply_paths(&mut cfg, &paths);
+    let mut opts = propersim::assets::FetchOptions::new(&cfg.paths.assets, &cfg.paths.storage)?;
+    if let Some(u) = url {
+        opts.url = u;
+    }
+    let r = propersim::assets::fetch(&opts)?;
+    println!("Installed {} verified files ({} bytes) into {} and {}.", r.files, r.file_bytes, r.assets_dir.display(), r.storage_dir.display());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PROPERSIM_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let cfg = cli.config.clone();
+    let result = match cli.command {
+        Command::Run(a) => run(cfg.as_ref(), a).await,
+        Command::Bench(a) => bench(cfg.as_ref(), a).await,
+        Command::Assets { what: AssetsCmd::Fetch { url, paths } } => tokio::task::block_in_place(|| assets_fetch(cfg.as_ref(), url, paths)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -2,8 +2,10 @@
 
 pub mod clock;
 pub mod engine;
+pub mod headless;
 pub mod hooks;
 pub mod movement;
+pub mod setup;
 pub mod turn;
 
 pub use engine::Engine;

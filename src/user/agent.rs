@@ -220,7 +220,7 @@ impl UserAgent {
     async fn choose_address(&mut self, llm: &Llm, maze: &Maze, desc: &str) -> Result<String> {
         let mut parts = self.profile.living_area.split(':');
         let (world, sector, home_arena) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let arenas: Vec<String> = self.spatial.arenas_in(&world, &sector).into_iter().filter(|a| !maze.address_tiles(&format!("{world}:{sector}:{a}")).is_empty()).collect();
+        let arenas: Vec<String> = self.spatial.arenas_in(&world, &sector).into_iter().map(str::to_string).filter(|a| !maze.address_tiles(&format!("{world}:{sector}:{a}")).is_empty()).collect();
         let arena = if is_sleep(desc) && arenas.contains(&home_arena) {
             home_arena
         } else if arenas.is_empty() {
@@ -228,7 +228,7 @@ impl UserAgent {
         } else {
             llm.run(&ChoosePlace { profile: &self.profile, action: desc, what: "area", within: format!("{sector}"), options: &arenas }).await?.value
         };
-        let objects: Vec<String> = self.spatial.objects_in(&world, &sector, &arena).into_iter().filter(|o| !maze.address_tiles(&format!("{world}:{sector}:{arena}:{o}")).is_empty()).collect();
+        let objects: Vec<String> = self.spatial.objects_in(&world, &sector, &arena).into_iter().map(str::to_string).filter(|o| !maze.address_tiles(&format!("{world}:{sector}:{arena}:{o}")).is_empty()).collect();
         if objects.is_empty() {
             return Ok(format!("{world}:{sector}:{arena}"));
         }

@@ -132,7 +132,8 @@ impl Task for DailyPlan<'_> {
 /// Split "1) foo. 2) bar." into ["foo.", "bar."].
 pub fn numbered_items(text: &str) -> Vec<String> {
     let re = regex::Regex::new(r"\d+\)\s*").expect("static regex");
-    re.split(text).map(str::trim).filter(|s| s.len() > 3).map(str::to_string).collect()
+    // Text before "1)" is a lead-in ("John Lin typically"), not an item.
+    re.split(text).skip(1).map(str::trim).filter(|s| s.len() > 3).map(str::to_string).collect()
 }
 
 /// One activity for each hour of the day.
@@ -271,14 +272,14 @@ impl Task for Decompose<'_> {
         vec![(self.activity.to_string(), self.minutes)]
     }
     fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let phases = ["getting started with", "focused on", "continuing with", "finishing up"];
+        let phases = ["getting started", "in full swing", "keeping at it", "wrapping up"];
         let n = rng.gen_range(2..=4).min((self.minutes / 10).max(1) as usize);
         let base = (self.minutes / 5 / n as u32) * 5;
         let subs: Vec<Value> = (0..n)
             .map(|i| {
                 let m = if i + 1 == n { self.minutes - base * (n as u32 - 1) } else { base };
-                let phase = if n == 1 { "focused on" } else { phases[(i * 3 / (n - 1)).min(3)] };
-                json!({"task": format!("{} ({phase} it)", self.activity), "minutes": m})
+                let phase = if n == 1 { "in full swing" } else { phases[(i * 3 / (n - 1)).min(3)] };
+                json!({"task": format!("{} ({phase})", self.activity), "minutes": m})
             })
             .collect();
         json!({ "subtasks": subs }).to_string()
@@ -518,7 +519,7 @@ mod tests {
     #[test]
     fn strip_time_and_items() {
         assert_eq!(strip_time("make breakfast at 8:00 am"), "make breakfast");
-        assert_eq!(numbered_items("1) Foo. 2) Bar baz."), vec!["Foo.", "Bar baz."]);
+        assert_eq!(numbered_items("Ana typically 1) Foo. 2) Bar baz."), vec!["Foo.", "Bar baz."]);
     }
 
     #[test]

@@ -1,0 +1,29 @@
+//! Shared test helpers: where the original's data is, and skipping loudly when it is absent.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `../shared/frontend_server` (or `$PROPERSIM_SHARED/frontend_server`), if present.
+pub fn frontend_server() -> Option<PathBuf> {
+    let base = std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let p = base.join("frontend_server");
+    p.join("storage/base_the_ville_persona_1").is_dir().then_some(p)
+}
+
+/// Return early from a test, printing the marker CI greps for.
+#[macro_export]
+macro_rules! need {
+    ($opt:expr, $what:expr) => {
+        match $opt {
+            Some(v) => v,
+            None => {
+                println!("PROPERSIM-SKIP: {} not found", $what);
+                return;
+            }
+        }
+    };
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_propersim"))
+}
