@@ -149,3 +149,62 @@ async fn forced_norec_ratio_holds() {
         assert_eq!(r["candidates"][0], "No Recommendation");
     }
 }
+
+#[test]
+fn the_example_config_parses_to_the_defaults() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("propersim.toml");
+    let cfg = Config::from_toml(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
+    assert_eq!(cfg, Config::default());
+    // Uncommenting every [sim] line must parse too (the example stays in sync with the keys).
+    let text = std::fs::read_to_string(&p).unwrap();
+    let mut uncommented = String::new();
+    let mut in_sim = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_sim = line == "[sim]";
+        }
+        match line.strip_prefix("# ") {
+            Some(rest) if in_sim && rest.contains(" = ") && !rest.starts_with(' ') => uncommented.push_str(rest),
+            _ => uncommented.push_str(line),
+        }
+        uncommented.push('\n');
+    }
+    let full = Config::from_toml(&uncommented, &p).unwrap();
+    assert_eq!(full.sim.budget_usd, Some(30.0));
+}
+
+#[test]
+fn cli_reports_bad_config_clearly() {
+    let out = std::process::Command::new(common::bin()).args(["run", "--novis", "--set", "memory_level=XYZ"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory_level") && err.contains("ASC8R2"), "{err}");
+    let out = std::process::Command::new(common::bin()).args(["run", "--novis", "--provider", "telepathy"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("scripted"), "{err}");
+}
+
+#[test]
+fn rewriting_a_seed_keeps_python_formatting() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real seeds)");
+    // The seed files the original wrote with json.dumps(indent=2) come back byte for byte.
+    for rel in ["reverie/meta.json", "personas/John Lin/bootstrap_memory/spatial_memory.json"] {
+        let p = fs.join("storage/base_the_ville_persona_7").join(rel);
+        let original = std::fs::read_to_string(&p).unwrap();
+        let v: Value = serde_json::from_str(&original).unwrap();
+        assert_eq!(propersim::storage::pyjson::to_string_indent2(&v).unwrap(), original.trim_end_matches('\n'), "{rel}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false).unwrap();
+    let meta = sd.meta().unwrap();
+    assert_eq!(meta.fork_sim_code, "base_the_ville_persona_7");
+    assert_eq!(meta.persona_names, vec!["John Lin", "Eddy Lin"]);
+    sd.write_meta(&meta).unwrap();
+    assert_eq!(sd.meta().unwrap(), meta);
+    let env = sd.read_env(0).unwrap().unwrap();
+    assert_eq!((env["John Lin"].x, env["John Lin"].y), (5, 10));
+    sd.write_env(1, &env).unwrap();
+    let original_env = std::fs::read_to_string(fs.join("storage/base_the_ville_persona_7/environment/0.json")).unwrap();
+    assert_eq!(std::fs::read_to_string(sd.env_path(1)).unwrap(), original_env.trim_end());
+    assert!(propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false).is_err(), "no silent overwrite");
+}

