@@ -3,4 +3,5 @@
 pub mod config;
 pub mod llm;
 pub mod model;
+pub mod report;
 pub mod storage;
