@@ -59,15 +59,7 @@ fn polylines(points: &[Option<(f64, f64)>]) -> Vec<Vec<(f64, f64)>> {
     runs
 }
 
-fn series(
-    svg: &mut String,
-    id: &str,
-    color: &str,
-    dashed: bool,
-    square: bool,
-    points: &[Option<(f64, f64)>],
-    tips: &[String],
-) {
+fn series(svg: &mut String, id: &str, color: &str, dashed: bool, square: bool, points: &[Option<(f64, f64)>], tips: &[String]) {
     let _ = writeln!(svg, r#"<g id="{id}" class="series" fill="none" stroke="{color}" stroke-width="2.5">"#);
     for run in polylines(points) {
         let coords: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
@@ -105,11 +97,14 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="13">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // Long sim names (the original's TRAIN_MODE labels) shrink the title instead of overflowing.
+    let title = format!("Daily mean score and recommendations per awake hour: {sim}");
+    let title_size = (17.0 * 85.0 / title.chars().count() as f64).clamp(8.0, 17.0);
     let _ = writeln!(
         svg,
-        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="17" font-weight="bold">{}</text>"#,
+        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="{title_size:.1}" font-weight="bold">{}</text>"#,
         WIDTH / 2.0,
-        xml(&format!("Daily mean score and recommendations per awake hour: {sim}"))
+        xml(&title)
     );
 
     // Gridlines and both y axes, four intervals each.
@@ -126,7 +121,10 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
             trim_num(rate_max * k as f64 / 4.0)
         );
     }
-    let _ = writeln!(svg, r##"  <rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444444" stroke-width="1"/>"##);
+    let _ = writeln!(
+        svg,
+        r##"  <rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444444" stroke-width="1"/>"##
+    );
     let _ = writeln!(
         svg,
         r#"  <text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle" fill="{SCORE_COLOR}" font-size="14">Mean score (0–4)</text>"#,
@@ -139,9 +137,14 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         right + 48.0,
         TOP + plot_h / 2.0
     );
+    // Label at most ~20 days so rotated labels never overlap; every day keeps its tick.
+    let label_every = days.len().div_ceil(20).max(1);
     for (i, d) in days.iter().enumerate() {
         let x = x_of(i);
         let _ = writeln!(svg, r##"  <line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444444"/>"##, bottom + 5.0);
+        if i % label_every != 0 {
+            continue;
+        }
         let _ = writeln!(
             svg,
             r#"  <text transform="translate({:.1},{:.1}) rotate(-40)" text-anchor="end">{}</text>"#,
@@ -150,7 +153,8 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
             xml(&d.date)
         );
     }
-    let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">Day</text>"#, LEFT + plot_w / 2.0, HEIGHT - 12.0);
+    let _ =
+        writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">Day</text>"#, LEFT + plot_w / 2.0, HEIGHT - 12.0);
     if days.is_empty() {
         let _ = writeln!(
             svg,
@@ -162,25 +166,26 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
     svg.push_str("</g>\n");
 
     let score_pts: Vec<Option<(f64, f64)>> = days.iter().enumerate().map(|(i, d)| d.mean_score.map(|v| (x_of(i), y_score(v)))).collect();
-    let score_tips: Vec<String> = days
-        .iter()
-        .map(|d| format!("{}: mean score {}", d.date, d.mean_score.map_or("-".to_owned(), |v| format!("{v:.3}"))))
-        .collect();
+    let score_tips: Vec<String> =
+        days.iter().map(|d| format!("{}: mean score {}", d.date, d.mean_score.map_or("-".to_owned(), |v| format!("{v:.3}")))).collect();
     series(&mut svg, "series-mean-score", SCORE_COLOR, false, false, &score_pts, &score_tips);
-    let rate_pts: Vec<Option<(f64, f64)>> = days
+    let rate_pts: Vec<Option<(f64, f64)>> =
+        days.iter().enumerate().map(|(i, d)| d.recs_per_awake_hour.is_finite().then(|| (x_of(i), y_rate(d.recs_per_awake_hour)))).collect();
+    let rate_tips: Vec<String> = days
         .iter()
-        .enumerate()
-        .map(|(i, d)| d.recs_per_awake_hour.is_finite().then(|| (x_of(i), y_rate(d.recs_per_awake_hour))))
+        .map(|d| format!("{}: {:.2} recommendations per awake hour ({} of {} steps)", d.date, d.recs_per_awake_hour, d.recs, d.steps))
         .collect();
-    let rate_tips: Vec<String> =
-        days.iter().map(|d| format!("{}: {:.2} recommendations per awake hour ({} of {} steps)", d.date, d.recs_per_awake_hour, d.recs, d.steps)).collect();
     series(&mut svg, "series-recs-per-hour", RATE_COLOR, true, true, &rate_pts, &rate_tips);
 
     // Legend, above the plot on the right.
     let lx = right - 330.0;
     let ly = TOP - 22.0;
     let _ = writeln!(svg, r#"<g id="legend" font-size="13">"#);
-    let _ = writeln!(svg, r#"  <line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{SCORE_COLOR}" stroke-width="2.5"/>"#, lx + 28.0);
+    let _ = writeln!(
+        svg,
+        r#"  <line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{SCORE_COLOR}" stroke-width="2.5"/>"#,
+        lx + 28.0
+    );
     let _ = writeln!(svg, r#"  <circle cx="{:.1}" cy="{ly:.1}" r="4.5" fill="{SCORE_COLOR}"/>"#, lx + 14.0);
     let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Mean score</text>"#, lx + 36.0, ly + 4.5);
     let lx2 = lx + 130.0;

@@ -258,12 +258,7 @@ fn add_record(days: &mut IndexMap<String, DayAcc>, rec: &Value, path: &Path, lin
     // Days without a shown suggestion in the movement files are not reported.
     let Some(day) = days.get_mut(date_of(time)) else { return Ok(()) };
     let Some(shown) = rec.get("shown").and_then(Value::as_u64) else { return Ok(()) };
-    let Some(dims) = rec
-        .get("dimensions")
-        .and_then(Value::as_array)
-        .and_then(|d| d.get(shown as usize))
-        .and_then(Value::as_object)
-    else {
+    let Some(dims) = rec.get("dimensions").and_then(Value::as_array).and_then(|d| d.get(shown as usize)).and_then(Value::as_object) else {
         return Ok(());
     };
     for (name, res) in dims {
@@ -318,7 +313,6 @@ pub fn compute(sim_dir: &Path) -> Result<Vec<DayMetrics>> {
         add_record(&mut days, rec, &records, i + 1)?;
     }
 
-    let hours_per_step = meta.sec_per_step / 3600.0;
     Ok(days
         .into_iter()
         .map(|(date, d)| {
@@ -338,7 +332,8 @@ pub fn compute(sim_dir: &Path) -> Result<Vec<DayMetrics>> {
                 norecs: d.norecs,
                 norec_mean: d.norec.mean(),
                 success_rate: d.all.success_rate(),
-                recs_per_awake_hour: d.recs as f64 / (d.steps as f64 * hours_per_step),
+                // recs / (steps · sec_per_step / 3600), ordered so 150 s/step gives exact decimals.
+                recs_per_awake_hour: d.recs as f64 * 3600.0 / (d.steps as f64 * meta.sec_per_step),
                 dimensions,
             }
         })
