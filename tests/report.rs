@@ -134,7 +134,8 @@ fn close(a: Option<f64>, b: Option<f64>, what: &str) {
     }
 }
 
-fn check_against_oracle(sim_dir: &Path, assistant: &str, got: &[DayMetrics]) {
+/// `decisions_per_hour` is 3600 / sec_per_step: 24 for the original's 150 s steps.
+fn check_against_oracle(sim_dir: &Path, assistant: &str, decisions_per_hour: f64, got: &[DayMetrics]) {
     let (order, days) = oracle(sim_dir, assistant);
     assert_eq!(got.iter().map(|d| d.date.clone()).collect::<Vec<_>>(), order);
     for g in got {
@@ -149,7 +150,7 @@ fn check_against_oracle(sim_dir: &Path, assistant: &str, got: &[DayMetrics]) {
         let success =
             (!o.scores.is_empty()).then(|| o.scores.iter().filter(|s| s.is_some_and(|x| x >= 3.0)).count() as f64 / o.scores.len() as f64);
         close(g.success_rate, success, &w("success_rate"));
-        close(Some(g.recs_per_awake_hour), Some(o.recs as f64 / (o.steps as f64 / 24.0)), &w("recs_per_awake_hour"));
+        close(Some(g.recs_per_awake_hour), Some(o.recs as f64 / (o.steps as f64 / decisions_per_hour)), &w("recs_per_awake_hour"));
         let mut names: Vec<&String> = o.dim_total.keys().filter(|k| o.dim_total[*k] > 0).collect();
         names.sort();
         let mut got_names: Vec<&String> = g.dimensions.keys().collect();
@@ -170,7 +171,7 @@ fn fixture_matches_oracle_and_hand_checked_values() {
     let tmp = tempfile::tempdir().unwrap();
     copy_tree(&fixture_dir(), &tmp.path().join("report_sim"));
     let days = report::report(tmp.path(), "report_sim").unwrap();
-    check_against_oracle(&tmp.path().join("report_sim"), "Eddy Lin", &days);
+    check_against_oracle(&tmp.path().join("report_sim"), "Eddy Lin", 24.0, &days);
 
     // By hand from the fixture (see the step list in tests/fixtures/report_sim/README.md).
     assert_eq!(days.len(), 2);
@@ -275,16 +276,17 @@ const NOREC_TEXTS: [&str; 5] =
     ["No Recommendation", "\"No Recommendation\"", "{\"Suggestion\": No Recommendation}", "no recommendation", " NO RECOMMENDATION "];
 const DIMS: [&str; 4] = ["Personal_Preference", "Timing", "Frequency", "Communication_&_Safety"];
 
-/// Writes `steps` movement files from February 13, 00:00:00 on (150 s a step) and records.jsonl.
-fn generate_sim(dir: &Path, seed: u64, steps: u64, user: &str, assistant: &str) {
+/// Writes `steps` movement files from February 13, 00:00:00 on (`sec_per_step` apart) and
+/// records.jsonl. The user sleeps from 23:00 to 07:00 and so gets no suggestions then.
+fn generate_sim(dir: &Path, seed: u64, steps: u64, sec_per_step: i64, user: &str, assistant: &str) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     fs::create_dir_all(dir.join("movement")).unwrap();
     let start = chrono::NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(0, 0, 0).unwrap();
     let mut records = String::new();
     for step in 0..steps {
-        let t = start + chrono::Duration::seconds(150 * step as i64);
+        let t = start + chrono::Duration::seconds(sec_per_step * step as i64);
         let curr_time = t.format("%B %d, %Y, %H:%M:%S").to_string();
-        let hour = step % 576 / 24;
+        let hour = chrono::Timelike::hour(&t);
         let asleep = !(7..23).contains(&hour);
         let (sugg, score): (Value, Value) = if asleep || rng.gen_bool(0.05) {
             (if rng.gen_bool(0.5) { json!("") } else { Value::Null }, Value::Null)
@@ -351,21 +353,29 @@ fn generate_sim(dir: &Path, seed: u64, steps: u64, user: &str, assistant: &str) 
 #[test]
 fn generated_sims_match_oracle() {
     let tmp = tempfile::tempdir().unwrap();
-    for seed in [7u64, 2024] {
-        let sim = format!("gen_{seed}");
-        // A bit over three days, the last one partial; no meta.json, so the assistant is detected.
-        generate_sim(&tmp.path().join(&sim), seed, 3 * 576 + 300, "Sam Moore", "Ada Park");
-        let days = report::report(tmp.path(), &sim).unwrap();
-        assert_eq!(days.len(), 4);
-        assert!(days.iter().all(|d| d.steps > 0 && d.dimensions.len() == 4));
-        check_against_oracle(&tmp.path().join(&sim), "Ada Park", &days);
+    let ada = "Ada Park";
 
-        // Naming the assistant in meta.json gives the same answer.
-        let meta = json!({"persona_names": ["Sam Moore", "Ada Park"], "sec_per_step": 150});
-        fs::create_dir_all(tmp.path().join(&sim).join("reverie")).unwrap();
-        fs::write(tmp.path().join(&sim).join("reverie/meta.json"), meta.to_string()).unwrap();
-        assert_eq!(report::report(tmp.path(), &sim).unwrap(), days);
-    }
+    // The original's 150 s steps over a day and a half; no meta.json at all, so the assistant is
+    // detected and the step length defaults to 150 s.
+    let dir = tmp.path().join("gen_150");
+    generate_sim(&dir, 7, 860, 150, "Sam Moore", ada);
+    let days = report::report(tmp.path(), "gen_150").unwrap();
+    assert_eq!(days.len(), 2);
+    assert!(days.iter().all(|d| d.steps > 0 && d.recs > 0 && d.norecs > 0 && d.dimensions.len() == 4));
+    check_against_oracle(&dir, ada, 24.0, &days);
+    // Naming the assistant in meta.json gives the same answer.
+    fs::create_dir_all(dir.join("reverie")).unwrap();
+    fs::write(dir.join("reverie/meta.json"), json!({"persona_names": ["Sam Moore", ada], "sec_per_step": 150}).to_string()).unwrap();
+    assert_eq!(report::report(tmp.path(), "gen_150").unwrap(), days);
+
+    // Ten-minute steps (6 decisions an hour) over four and a bit days, meta.json without names.
+    let dir = tmp.path().join("gen_600");
+    generate_sim(&dir, 2024, 4 * 144 + 60, 600, "Sam Moore", ada);
+    fs::create_dir_all(dir.join("reverie")).unwrap();
+    fs::write(dir.join("reverie/meta.json"), json!({"sec_per_step": 600}).to_string()).unwrap();
+    let days = report::report(tmp.path(), "gen_600").unwrap();
+    assert_eq!(days.len(), 5);
+    check_against_oracle(&dir, ada, 6.0, &days);
 }
 
 #[test]
@@ -383,7 +393,7 @@ fn bad_input_gives_clear_errors() {
     assert!(err("fresh").contains("no movement files"), "{}", err("fresh"));
 
     // Two personas with suggestions and no meta.json: refuse to guess.
-    generate_sim(&tmp.path().join("two"), 1, 500, "Sam Moore", "Ada Park");
+    generate_sim(&tmp.path().join("two"), 1, 310, 150, "Sam Moore", "Ada Park");
     let mv = tmp.path().join("two/movement/300.json");
     let text = fs::read_to_string(&mv).unwrap().replacen("\"suggestion\": \"\"", "\"suggestion\": \"\\\"Hi\\\"\"", 1);
     fs::write(&mv, text).unwrap();
@@ -394,7 +404,7 @@ fn bad_input_gives_clear_errors() {
     assert!(err("two").contains("3.json"), "{}", err("two"));
 
     // A sim whose assistant never spoke yet: an empty report, and the files still written.
-    generate_sim(&tmp.path().join("quiet"), 3, 20, "Sam Moore", "Ada Park"); // 00:00-00:50, asleep
+    generate_sim(&tmp.path().join("quiet"), 3, 20, 150, "Sam Moore", "Ada Park"); // 00:00-00:50, asleep
     let text = report::run_report_command(tmp.path(), "quiet", false).unwrap();
     assert!(text.contains("no step with an assistant suggestion"), "{text}");
     assert_eq!(fs::read_to_string(tmp.path().join("quiet/metrics.json")).unwrap(), "[]");
