@@ -6,6 +6,7 @@ pub mod config;
 pub mod llm;
 pub mod memory;
 pub mod model;
+pub mod report;
 pub mod sim;
 pub mod storage;
 pub mod suggestion;

@@ -1,0 +1,232 @@
+//! The paper's figure as a self-contained SVG written by hand (no plotting dependency): daily
+//! mean score on a 0–4 left axis and recommendations per awake hour on a right axis, by day.
+//! Each series is a `<g>` with a stable id (`series-mean-score`, `series-recs-per-hour`) so tools
+//! and tests can find it; every point has a `<title>` tooltip with its exact value.
+
+use std::fmt::Write;
+
+use super::DayMetrics;
+
+const WIDTH: f64 = 860.0;
+const HEIGHT: f64 = 480.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 80.0;
+const TOP: f64 = 70.0;
+const BOTTOM: f64 = 110.0;
+const SCORE_MAX: f64 = 4.0;
+const SCORE_COLOR: &str = "#1f77b4";
+const RATE_COLOR: &str = "#d95f02";
+
+/// Escape text for XML content and attribute values.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\t' && c != '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Top of the right axis: at least 24 (one decision per 2.5 min), rounded up to a multiple of 4
+/// so its four intervals line up with the score axis' gridlines at whole numbers.
+fn rate_axis_max(days: &[DayMetrics]) -> f64 {
+    let max = days.iter().map(|d| d.recs_per_awake_hour).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    (max / 4.0).ceil().max(6.0) * 4.0
+}
+
+fn trim_num(v: f64) -> String {
+    let s = format!("{v:.1}");
+    s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+}
+
+/// A polyline through consecutive present points; a missing value breaks the line.
+fn polylines(points: &[Option<(f64, f64)>]) -> Vec<Vec<(f64, f64)>> {
+    let mut runs = vec![Vec::new()];
+    for p in points {
+        match p {
+            Some(xy) => runs.last_mut().expect("runs is never empty").push(*xy),
+            None => runs.push(Vec::new()),
+        }
+    }
+    runs.retain(|r| !r.is_empty());
+    runs
+}
+
+fn series(svg: &mut String, id: &str, color: &str, dashed: bool, square: bool, points: &[Option<(f64, f64)>], tips: &[String]) {
+    let _ = writeln!(svg, r#"<g id="{id}" class="series" fill="none" stroke="{color}" stroke-width="2.5">"#);
+    for run in polylines(points) {
+        let coords: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let dash = if dashed { r#" stroke-dasharray="7 4""# } else { "" };
+        let _ = writeln!(svg, r#"  <polyline points="{}"{dash}/>"#, coords.join(" "));
+    }
+    for (p, tip) in points.iter().zip(tips) {
+        let Some((x, y)) = p else { continue };
+        let shape = if square {
+            format!(r#"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{color}" stroke="white" stroke-width="1">"#, x - 4.0, y - 4.0)
+        } else {
+            format!(r#"<circle cx="{x:.1}" cy="{y:.1}" r="4.5" fill="{color}" stroke="white" stroke-width="1">"#)
+        };
+        let close = if square { "</rect>" } else { "</circle>" };
+        let _ = writeln!(svg, "  {shape}<title>{}</title>{close}", xml(tip));
+    }
+    svg.push_str("</g>\n");
+}
+
+/// The chart for simulation `sim`. Days without an evaluated step leave a gap in the score line.
+pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let bottom = TOP + plot_h;
+    let right = LEFT + plot_w;
+    let rate_max = rate_axis_max(days);
+    let n = days.len().max(1) as f64;
+    let x_of = |i: usize| LEFT + (i as f64 + 0.5) * plot_w / n;
+    let y_score = |v: f64| bottom - v.clamp(0.0, SCORE_MAX) / SCORE_MAX * plot_h;
+    let y_rate = |v: f64| bottom - v.clamp(0.0, rate_max) / rate_max * plot_h;
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // Long sim names (the original's TRAIN_MODE labels) shrink the title instead of overflowing.
+    let title = format!("Daily mean score and recommendations per awake hour: {sim}");
+    let title_size = (17.0 * 85.0 / title.chars().count() as f64).clamp(8.0, 17.0);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="{title_size:.1}" font-weight="bold">{}</text>"#,
+        WIDTH / 2.0,
+        xml(&title)
+    );
+
+    // Gridlines and both y axes, four intervals each.
+    svg.push_str("<g id=\"axes\">\n");
+    for k in 0..=4 {
+        let y = bottom - k as f64 / 4.0 * plot_h;
+        let _ = writeln!(svg, r##"  <line x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#dddddd" stroke-width="1"/>"##);
+        let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="end" fill="{SCORE_COLOR}">{}</text>"#, LEFT - 8.0, y + 4.5, k);
+        let _ = writeln!(
+            svg,
+            r#"  <text x="{:.1}" y="{:.1}" text-anchor="start" fill="{RATE_COLOR}">{}</text>"#,
+            right + 8.0,
+            y + 4.5,
+            trim_num(rate_max * k as f64 / 4.0)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"  <rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444444" stroke-width="1"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"  <text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle" fill="{SCORE_COLOR}" font-size="14">Mean score (0–4)</text>"#,
+        LEFT - 45.0,
+        TOP + plot_h / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"  <text transform="translate({:.1},{:.1}) rotate(90)" text-anchor="middle" fill="{RATE_COLOR}" font-size="14">Recommendations per awake hour</text>"#,
+        right + 48.0,
+        TOP + plot_h / 2.0
+    );
+    // Label at most ~20 days so rotated labels never overlap; every day keeps its tick.
+    let label_every = days.len().div_ceil(20).max(1);
+    for (i, d) in days.iter().enumerate() {
+        let x = x_of(i);
+        let _ = writeln!(svg, r##"  <line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444444"/>"##, bottom + 5.0);
+        if i % label_every != 0 {
+            continue;
+        }
+        let _ = writeln!(
+            svg,
+            r#"  <text transform="translate({:.1},{:.1}) rotate(-40)" text-anchor="end">{}</text>"#,
+            x + 4.0,
+            bottom + 18.0,
+            xml(&d.date)
+        );
+    }
+    let _ =
+        writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">Day</text>"#, LEFT + plot_w / 2.0, HEIGHT - 12.0);
+    if days.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"  <text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888888">no step with an assistant suggestion yet</text>"##,
+            LEFT + plot_w / 2.0,
+            TOP + plot_h / 2.0
+        );
+    }
+    svg.push_str("</g>\n");
+
+    let score_pts: Vec<Option<(f64, f64)>> = days.iter().enumerate().map(|(i, d)| d.mean_score.map(|v| (x_of(i), y_score(v)))).collect();
+    let score_tips: Vec<String> =
+        days.iter().map(|d| format!("{}: mean score {}", d.date, d.mean_score.map_or("-".to_owned(), |v| format!("{v:.3}")))).collect();
+    series(&mut svg, "series-mean-score", SCORE_COLOR, false, false, &score_pts, &score_tips);
+    let rate_pts: Vec<Option<(f64, f64)>> =
+        days.iter().enumerate().map(|(i, d)| d.recs_per_awake_hour.is_finite().then(|| (x_of(i), y_rate(d.recs_per_awake_hour)))).collect();
+    let rate_tips: Vec<String> = days
+        .iter()
+        .map(|d| format!("{}: {:.2} recommendations per awake hour ({} of {} steps)", d.date, d.recs_per_awake_hour, d.recs, d.steps))
+        .collect();
+    series(&mut svg, "series-recs-per-hour", RATE_COLOR, true, true, &rate_pts, &rate_tips);
+
+    // Legend, above the plot on the right.
+    let lx = right - 330.0;
+    let ly = TOP - 22.0;
+    let _ = writeln!(svg, r#"<g id="legend" font-size="13">"#);
+    let _ = writeln!(
+        svg,
+        r#"  <line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{SCORE_COLOR}" stroke-width="2.5"/>"#,
+        lx + 28.0
+    );
+    let _ = writeln!(svg, r#"  <circle cx="{:.1}" cy="{ly:.1}" r="4.5" fill="{SCORE_COLOR}"/>"#, lx + 14.0);
+    let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Mean score</text>"#, lx + 36.0, ly + 4.5);
+    let lx2 = lx + 130.0;
+    let _ = writeln!(
+        svg,
+        r#"  <line x1="{lx2:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{RATE_COLOR}" stroke-width="2.5" stroke-dasharray="7 4"/>"#,
+        lx2 + 28.0
+    );
+    let _ = writeln!(svg, r#"  <rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{RATE_COLOR}"/>"#, lx2 + 10.0, ly - 4.0);
+    let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Recs per awake hour</text>"#, lx2 + 36.0, ly + 4.5);
+    svg.push_str("</g>\n</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_split_lines_and_text_is_escaped() {
+        let runs = polylines(&[Some((1.0, 1.0)), None, Some((2.0, 2.0)), Some((3.0, 3.0))]);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].len(), 2);
+        assert_eq!(xml("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+    }
+
+    #[test]
+    fn rate_axis_covers_the_data() {
+        let day = |r: f64| DayMetrics {
+            date: "d".into(),
+            steps: 1,
+            mean_score: None,
+            recs: 0,
+            rec_mean: None,
+            norecs: 0,
+            norec_mean: None,
+            success_rate: None,
+            recs_per_awake_hour: r,
+            dimensions: Default::default(),
+        };
+        assert_eq!(rate_axis_max(&[day(3.0)]), 24.0);
+        assert_eq!(rate_axis_max(&[day(30.5)]), 32.0);
+    }
+}
