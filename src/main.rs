@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use propersim::config::{Config, ProviderKind};
@@ -33,6 +33,16 @@ enum Command {
     },
     /// Benchmark the engine on the scripted brain (steps/s).
     Bench(BenchArgs),
+    /// Per-day metrics of a sim: table (or --json); writes metrics.json, metrics.csv, metrics.svg.
+    Report {
+        /// The sim code (folder under storage/).
+        sim: String,
+        /// Print the metrics as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,9 +180,6 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
     if a.novis {
         cfg.sim.visualization = false;
     }
-    if cfg.sim.visualization {
-        bail!("`run --vis` (drop-in mode for the original frontend) is not available in this build; use `--novis`");
-    }
     ensure_assets(&cfg)?;
     let mut engine = open_engine(&cfg, open_mode(&a.sim))?;
     let per_day = engine.steps_per_day();
@@ -189,6 +196,22 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         }
     });
     eprintln!("Simulating `{}` (mode {}) from step {} to {}.", cfg.sim.sim, cfg.sim.train_mode_label(), engine.next_step, target);
+    if cfg.sim.visualization {
+        // Drop-in mode: the original Django server and its page drive the steps through files.
+        let f = propersim::sim::follow::follower(&engine);
+        let f2 = f.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            f2.stop.store(true, Ordering::SeqCst);
+            f2.poke();
+        });
+        eprintln!("Waiting for the page: open the original frontend's /simulator_home (sim `{}`).", cfg.sim.sim);
+        let engine = propersim::sim::follow::follow(engine, f, target, true).await?;
+        eprintln!("Stopped at step {}. LLM calls: {}, fallbacks: {}.", engine.next_step, engine.llm.calls(), engine.llm.fallbacks());
+        return Ok(());
+    }
     let summary = propersim::sim::headless::run(&mut engine, target, !a.quiet, stop).await?;
     eprintln!(
         "{} steps in {:.1}s ({:.0} steps/s); now at step {}. LLM calls: {}, fallbacks: {}. Output: {}",
@@ -249,6 +272,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
+        Command::Report { sim, json, paths } => (|| {
+            let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
+            apply_paths(&mut c, &paths);
+            print!("{}", propersim::report::run_report_command(&c.paths.storage, &sim, json)?);
+            Ok(())
+        })(),
         Command::Assets { what: AssetsCmd::Fetch { url, paths } } => tokio::task::block_in_place(|| assets_fetch(cfg.as_ref(), url, paths)),
     };
     match result {
