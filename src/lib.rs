@@ -11,4 +11,5 @@ pub mod sim;
 pub mod storage;
 pub mod suggestion;
 pub mod user;
+pub mod web;
 pub mod world;

@@ -1,6 +1,7 @@
 //! The original `storage/<sim>/` tree and the temp_storage handshake.
 
 pub mod atomic;
+pub mod compress;
 pub mod pyjson;
 
 pub use atomic::{append_jsonl, read_jsonl, write_atomic, write_json_py};

@@ -1,0 +1,113 @@
+//! The JSON endpoints of the browser loop (protocol.md §1.6–1.8), plus pause/play of a live run.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::error::WebError;
+use super::sim_files;
+use super::{validate, AppState};
+use crate::storage::{pyjson, write_json_py};
+
+/// A JSON reply in Python's `json.dumps` format (`", "`/`": "`, non-ASCII escaped), as Django's
+/// `JsonResponse` wrote it.
+fn py_json(v: &Value) -> Response {
+    match pyjson::to_string_compact(v) {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => WebError::internal(format!("encoding reply: {e}")).json(),
+    }
+}
+
+fn received() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], "received").into_response()
+}
+
+/// `POST /process_environment/` `{"step", "sim_code", "environment"}`: write
+/// `storage/<sim>/environment/<step>.json` (Python indent=2, atomically) and tell the live engine.
+/// With a live engine, posts for any other sim are refused (409) so a replay tab cannot rewrite
+/// files; without one, the file is written as the original did, for an external backend.
+pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> Response {
+    let r = (|| {
+        let req = validate::json_object(&body)?;
+        let sim = req.get("sim_code").and_then(Value::as_str).ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
+        let step = validate::json_step(req.get("step"))?;
+        let env = match req.get("environment") {
+            Some(Value::Object(m)) => m,
+            _ => return Err(WebError::bad_request("missing \"environment\" (an object of persona tiles)")),
+        };
+        if let Some(live) = &state.live {
+            if live.sim_code() != sim {
+                return Err(WebError::new(StatusCode::CONFLICT, format!("{sim:?} is not the running simulation; only {:?} accepts environments", live.sim_code())));
+            }
+        }
+        let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
+        write_json_py(&dir.join(format!("environment/{step}.json")), env)?;
+        if let Some(live) = &state.live {
+            live.environment_written(step);
+        }
+        Ok(received())
+    })();
+    r.unwrap_or_else(WebError::json)
+}
+
+/// `POST /update_environment/` `{"step", "sim_code"}`: the movement file plus `"<step>": step`
+/// (echoed with its JSON type), or `{"<step>": -1}` while it does not exist yet.
+pub async fn update_environment(State(state): State<AppState>, body: Bytes) -> Response {
+    let r = (|| {
+        let req = validate::json_object(&body)?;
+        let sim = req.get("sim_code").and_then(Value::as_str).ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
+        let step_value = req.get("step").cloned().unwrap_or(Value::Null);
+        let step = validate::json_step(Some(&step_value))?;
+        let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
+        match sim_files::read_json(&dir.join(format!("movement/{step}.json")))? {
+            Some(Value::Object(mut m)) => {
+                m.shift_remove("<step>");
+                m.insert("<step>".into(), step_value);
+                Ok(py_json(&Value::Object(m)))
+            }
+            Some(_) => Err(WebError::internal(format!("movement/{step}.json is not a JSON object"))),
+            None => Ok(py_json(&json!({"<step>": -1}))),
+        }
+    })();
+    r.unwrap_or_else(WebError::json)
+}
+
+/// `POST /path_tester_update/` `{"camera": {...}}`: write `temp_storage/path_tester_env.json`.
+pub async fn path_tester_update(State(state): State<AppState>, body: Bytes) -> Response {
+    let r = (|| {
+        let req = validate::json_object(&body)?;
+        let camera = match req.get("camera") {
+            Some(c @ Value::Object(_)) => c,
+            _ => return Err(WebError::bad_request("missing \"camera\" (an object)")),
+        };
+        write_json_py(&state.opts.temp_storage.join("path_tester_env.json"), camera)?;
+        Ok(received())
+    })();
+    r.unwrap_or_else(WebError::json)
+}
+
+fn live_json(state: &AppState) -> Value {
+    match &state.live {
+        Some(l) => json!({"live": true, "sim_code": l.sim_code(), "step": l.current_step(), "paused": l.paused()}),
+        None => json!({"live": false}),
+    }
+}
+
+/// `GET /live_control/`: `{"live", "sim_code", "step", "paused"}` of the in-process run.
+pub async fn live_state(State(state): State<AppState>) -> Response {
+    axum::Json(live_json(&state)).into_response()
+}
+
+/// `POST /live_control/` `{"paused": bool}`: pause or resume the in-process run.
+pub async fn live_control(State(state): State<AppState>, body: Bytes) -> Response {
+    let r = (|| {
+        let req = validate::json_object(&body)?;
+        let paused = req.get("paused").and_then(Value::as_bool).ok_or_else(|| WebError::bad_request("missing \"paused\" (true or false)"))?;
+        let live = state.live.as_ref().ok_or_else(|| WebError::not_found("no simulation is running in this server"))?;
+        live.set_paused(paused);
+        Ok(axum::Json(live_json(&state)).into_response())
+    })();
+    r.unwrap_or_else(WebError::json)
+}

@@ -1,0 +1,130 @@
+//! The web server: the original Django frontend's URL shapes and payloads, with our own pages.
+//!
+//! Routes (see protocol.md §1): `/`, `/simulator_home`, `/replay/<sim>/<step>/`,
+//! `/demo/<sim>/<step>/<speed>/`, `/replay_persona_state/<sim>/<step>/<persona>/`,
+//! `/process_environment/`, `/update_environment/`, `/path_tester/`, `/path_tester_update/`,
+//! `/static/...`, plus our `/live_control/` (pause/play of an in-process run).
+
+pub mod api;
+pub mod demo;
+pub mod error;
+pub mod live;
+pub mod pages;
+pub mod persona_state;
+pub mod render;
+pub mod sim_files;
+pub mod slash;
+pub mod test_double;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use live::LiveSim;
+
+/// Largest request body accepted (an environment of 25 personas is ~3 KiB); bigger → 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Where Phaser 3.55.2 is loaded from unless configured otherwise (the original's CDN URL).
+pub const DEFAULT_PHASER_URL: &str = "https://cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.js";
+
+/// Everything `serve` needs.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    /// The original's `storage/` (one folder per sim).
+    pub storage: PathBuf,
+    /// Map assets (the original's `static_dirs/assets`), served under `/static/assets/`.
+    pub assets: PathBuf,
+    /// Our `static/` (JS/CSS), served under `/static/`.
+    pub static_dir: PathBuf,
+    /// Our `templates/`.
+    pub templates: PathBuf,
+    /// The handshake folder (`curr_sim_code.json`, `curr_step.json`, `path_tester_env.json`).
+    pub temp_storage: PathBuf,
+    /// Compressed runs for the demo (default: `compressed_storage` beside `storage`).
+    pub compressed: PathBuf,
+    pub phaser_url: String,
+    /// The in-process run shown by `simulator_home`, if any.
+    pub live: Option<Arc<dyn LiveSim>>,
+}
+
+impl ServeOptions {
+    /// Defaults relative to a working folder: `storage/`, `temp_storage/`, `compressed_storage/`,
+    /// `static/`, `templates/`, and the map assets at `assets`.
+    pub fn new(root: &std::path::Path, assets: PathBuf) -> Self {
+        ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            storage: root.join("storage"),
+            assets,
+            static_dir: root.join("static"),
+            templates: root.join("templates"),
+            temp_storage: root.join("temp_storage"),
+            compressed: root.join("compressed_storage"),
+            phaser_url: DEFAULT_PHASER_URL.into(),
+            live: None,
+        }
+    }
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub opts: Arc<ServeOptions>,
+    pub render: Arc<render::Renderer>,
+    pub live: Option<Arc<dyn LiveSim>>,
+}
+
+impl AppState {
+    pub fn new(opts: ServeOptions) -> Self {
+        let render = Arc::new(render::Renderer::new(&opts.templates));
+        let live = opts.live.clone();
+        AppState { opts: Arc::new(opts), render, live }
+    }
+}
+
+/// All routes, static files, the body limit and the original's response headers.
+pub fn router(state: AppState) -> Router {
+    let assets = ServeDir::new(&state.opts.assets);
+    let ours = ServeDir::new(&state.opts.static_dir);
+    Router::new()
+        .route("/", get(pages::landing))
+        .route("/simulator_home", get(pages::simulator_home))
+        .route("/replay/{sim}/{step}/", get(pages::replay))
+        .route("/demo/{sim}/{step}/{speed}/", get(demo::demo))
+        .route("/replay_persona_state/{sim}/{step}/{persona}/", get(persona_state::persona_state))
+        .route("/process_environment/", post(api::process_environment))
+        .route("/update_environment/", post(api::update_environment))
+        .route("/path_tester/", get(pages::path_tester))
+        .route("/path_tester_update/", post(api::path_tester_update))
+        .route("/live_control/", get(api::live_state).post(api::live_control))
+        .nest_service("/static/assets", assets)
+        .nest_service("/static", ours)
+        .fallback(slash::fallback)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")))
+        .with_state(state)
+}
+
+/// Bind `host:port` and serve until the process ends.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let addr: SocketAddr = tokio::net::lookup_host((opts.host.as_str(), opts.port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve host {}", opts.host))?;
+    let app = router(AppState::new(opts));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("web server on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}

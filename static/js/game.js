@@ -1,0 +1,411 @@
+// propersim: the Phaser scene and step loop of the simulate, replay and demo pages.
+//
+// The page hands us its parameters in <script id="page-config" type="application/json">.
+// Step loop (one request in flight at a time, with backoff while waiting):
+//   simulate: [POST /process_environment/ (tiles of the last step)] -> poll POST /update_environment/
+//             until movement/<step>.json exists -> animate -> step + 1 -> ...
+//   replay:   poll /update_environment/ only (never writes to storage).
+//   demo:     steps come from the page itself (compressed run); no requests.
+// Model text (actions, chat, suggestions, reasons) is always set with textContent.
+(function () {
+  "use strict";
+
+  const cfg = JSON.parse(document.getElementById("page-config").textContent);
+  const TILE = 32;
+  const ASSETS = "/static/assets/";
+  const MAP_URL = ASSETS + "the_ville/visuals/the_ville_jan7.json";
+  const MAP_DIR = ASSETS + "the_ville/visuals/map_assets/";
+  // [name in Tiled, Phaser key, file under map_assets/]
+  const TILESETS = [
+    ["blocks", "blocks_1", "blocks/blocks_1.png"],
+    ["Room_Builder_32x32", "walls", "v1/Room_Builder_32x32.png"],
+    ["interiors_pt1", "interiors_pt1", "v1/interiors_pt1.png"],
+    ["interiors_pt2", "interiors_pt2", "v1/interiors_pt2.png"],
+    ["interiors_pt3", "interiors_pt3", "v1/interiors_pt3.png"],
+    ["interiors_pt4", "interiors_pt4", "v1/interiors_pt4.png"],
+    ["interiors_pt5", "interiors_pt5", "v1/interiors_pt5.png"],
+    ["CuteRPG_Field_B", "CuteRPG_Field_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Field_B.png"],
+    ["CuteRPG_Field_C", "CuteRPG_Field_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Field_C.png"],
+    ["CuteRPG_Harbor_C", "CuteRPG_Harbor_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Harbor_C.png"],
+    ["CuteRPG_Village_B", "CuteRPG_Village_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Village_B.png"],
+    ["CuteRPG_Forest_B", "CuteRPG_Forest_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Forest_B.png"],
+    ["CuteRPG_Desert_C", "CuteRPG_Desert_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Desert_C.png"],
+    ["CuteRPG_Mountains_B", "CuteRPG_Mountains_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Mountains_B.png"],
+    ["CuteRPG_Desert_B", "CuteRPG_Desert_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Desert_B.png"],
+    ["CuteRPG_Forest_C", "CuteRPG_Forest_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Forest_C.png"],
+  ];
+  // Drawn layers in order; "Interior Furniture L2 " really has a trailing space in the map file.
+  const LAYERS = ["Bottom Ground", "Exterior Ground", "Exterior Decoration L1", "Exterior Decoration L2",
+    "Interior Ground", "Wall", "Interior Furniture L1", "Interior Furniture L2 ", "Foreground L1", "Foreground L2"];
+  const DIRS = ["down", "left", "right", "up"];
+
+  const state = {
+    step: cfg.step,
+    phase: cfg.start_phase || "update",
+    paused: !!cfg.paused,
+    ended: false,
+    tiles: {},      // name -> [x, y], the tile each persona stands on
+    actors: {},     // name -> {sprite, bubble, text, sheet}
+    scores: [],     // [[minute of day, score]]
+    day: null,
+    scene: null,
+  };
+
+  // ---- small helpers ----------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+  function setText(id, text) {
+    const el = $(id);
+    if (el) el.textContent = text === null || text === undefined ? "" : String(text);
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  function status(msg) { setText("status", msg); }
+  const underscore = (name) => name.replace(/ /g, "_");
+  const px = (t) => t * TILE + TILE / 2;
+
+  /** "act @ address" -> [act, address]; no "@" -> [whole, ""]. */
+  function splitDescription(desc) {
+    if (typeof desc !== "string") return ["", ""];
+    const i = desc.indexOf("@");
+    return i < 0 ? [desc.trim(), ""] : [desc.slice(0, i).trim(), desc.slice(i + 1).trim()];
+  }
+
+  function renderChat(el, chat) {
+    if (!el) return;
+    el.replaceChildren();
+    if (!Array.isArray(chat) || chat.length === 0) {
+      const em = document.createElement("em");
+      em.textContent = "None at the moment";
+      el.appendChild(em);
+      return;
+    }
+    for (const line of chat) {
+      const div = document.createElement("div");
+      div.textContent = Array.isArray(line) ? `${line[0]}: ${line[1]}` : String(line);
+      el.appendChild(div);
+    }
+  }
+
+  /** "February 13, 2025, 08:15:00" -> {day: "February 13, 2025", minute: 495}. */
+  function parseClock(t) {
+    if (typeof t !== "string") return null;
+    const m = t.match(/^(.*),\s*(\d{1,2}):(\d{2})(?::(\d{2}))?$/);
+    if (!m) return null;
+    return { day: m[1], minute: Number(m[2]) * 60 + Number(m[3]) + Number(m[4] || 0) / 60 };
+  }
+
+  function scoreNumber(v) {
+    if (typeof v === "number") return v;
+    if (typeof v === "string" && v.trim() !== "" && !isNaN(Number(v))) return Number(v);
+    return null;
+  }
+
+  // ---- today's score chart -----------------------------------------------------------------
+  function addScore(curr_time, score) {
+    const c = parseClock(curr_time);
+    if (!c || score === null) return;
+    if (state.day !== c.day) { state.day = c.day; state.scores = []; setText("chart_day", c.day); }
+    state.scores.push([c.minute, score]);
+  }
+
+  function drawChart() {
+    const cv = $("score_chart");
+    if (!cv || !cv.getContext) return;
+    const g = cv.getContext("2d");
+    const W = cv.width, H = cv.height, L = 28, B = 18, T = 8, R = 8;
+    g.clearRect(0, 0, W, H);
+    const top = Math.max(5, ...state.scores.map((s) => s[1]));
+    const x = (m) => L + (W - L - R) * (m / 1440);
+    const y = (s) => H - B - (H - B - T) * (s / top);
+    g.strokeStyle = "#ccc"; g.fillStyle = "#777"; g.font = "10px sans-serif"; g.lineWidth = 1;
+    for (let s = 0; s <= top; s += Math.max(1, Math.round(top / 5))) {
+      g.beginPath(); g.moveTo(L, y(s)); g.lineTo(W - R, y(s)); g.stroke();
+      g.fillText(String(s), 4, y(s) + 3);
+    }
+    for (let h = 0; h <= 24; h += 6) g.fillText(`${h}h`, x(h * 60) - 6, H - 4);
+    if (state.scores.length === 0) { g.fillText("no scores yet today", L + 40, H / 2); return; }
+    g.strokeStyle = "#4a7fc1"; g.lineWidth = 2; g.beginPath();
+    state.scores.forEach(([m, s], i) => (i ? g.lineTo(x(m), y(s)) : g.moveTo(x(m), y(s))));
+    g.stroke();
+    g.fillStyle = "#1d4f8f";
+    for (const [m, s] of state.scores) { g.beginPath(); g.arc(x(m), y(s), 2.5, 0, 7); g.fill(); }
+  }
+
+  // ---- network ------------------------------------------------------------------------------
+  async function postJson(url, body) {
+    // text/plain like the original page, so no CORS preflight and the same server contract.
+    return fetch(url, { method: "POST", headers: { "Content-Type": "text/plain;charset=UTF-8" }, body: JSON.stringify(body) });
+  }
+
+  async function errorText(resp) {
+    try { const j = await resp.json(); return j.error || resp.statusText; } catch (e) { return resp.statusText; }
+  }
+
+  /** Post the tiles of every persona as environment/<step>.json; retries until the server answers. */
+  async function postEnvironment() {
+    const environment = {};
+    for (const p of cfg.personas) {
+      const t = state.tiles[p.name];
+      if (t) environment[p.name] = { maze: "the_ville", x: t[0], y: t[1] };
+    }
+    let delay = 200;
+    for (;;) {
+      let resp = null;
+      try { resp = await postJson(cfg.urls.process, { step: state.step, sim_code: cfg.sim_code, environment }); } catch (e) { /* retry */ }
+      if (resp && resp.ok) return true;
+      if (resp && resp.status >= 400 && resp.status < 500) {
+        status(`The server refused the environment for step ${state.step}: ${await errorText(resp)}`);
+        return false;
+      }
+      status(`Could not send step ${state.step}; retrying…`);
+      await sleep(delay);
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  /** Poll for movement/<step>.json; null when paused or stopped. */
+  async function pollMovement() {
+    let delay = 100;
+    for (;;) {
+      if (state.paused) return null;
+      let resp = null;
+      try { resp = await postJson(cfg.urls.update, { step: state.step, sim_code: cfg.sim_code }); } catch (e) { /* retry */ }
+      if (resp && resp.ok) {
+        let data = null;
+        try { data = await resp.json(); } catch (e) { /* retry */ }
+        if (data && data["<step>"] == state.step && data.persona) { status(""); return data; }
+      } else if (resp && resp.status >= 400 && resp.status < 500) {
+        status(`Stopped: ${await errorText(resp)}`);
+        state.ended = true;
+        return null;
+      }
+      const pastEnd = cfg.mode === "replay" && cfg.last_step !== null && cfg.last_step !== undefined && state.step > cfg.last_step;
+      status(pastEnd ? `End of the recorded run (last step ${cfg.last_step}); watching for more…` : `Waiting for step ${state.step}…`);
+      await sleep(delay);
+      delay = Math.min(delay * 1.6, pastEnd ? 5000 : 2000);
+    }
+  }
+
+  // ---- drawing ------------------------------------------------------------------------------
+  function tweenTo(scene, target, x, y, ms) {
+    return new Promise((resolve) => scene.tweens.add({ targets: target, x, y, duration: ms, onComplete: resolve }));
+  }
+
+  /** Tiles to walk from `from` to the movement target: the entry's "path" if usable, else x then y. */
+  function walkPath(from, entry) {
+    const to = entry.movement;
+    let path = [];
+    if (Array.isArray(entry.path) && entry.path.every((t) => Array.isArray(t) && t.length >= 2)) {
+      path = entry.path.map((t) => [Number(t[0]), Number(t[1])]);
+    } else if (from) {
+      let [x, y] = from;
+      while (x !== to[0]) { x += x < to[0] ? 1 : -1; path.push([x, y]); }
+      while (y !== to[1]) { y += y < to[1] ? 1 : -1; path.push([x, y]); }
+    }
+    while (path.length && from && path[0][0] === from[0] && path[0][1] === from[1]) path.shift();
+    const last = path[path.length - 1];
+    if (!last || last[0] !== to[0] || last[1] !== to[1]) path.push([to[0], to[1]]);
+    return path;
+  }
+
+  function tileMs(steps) {
+    if (cfg.mode === "demo") return Math.max(16, (32 / (cfg.play_speed || 2)) * 16.7);
+    return Math.min(220, 1400 / Math.max(1, steps));
+  }
+
+  async function walk(scene, name, entry) {
+    const a = state.actors[name];
+    const to = entry.movement;
+    if (!a || !Array.isArray(to) || to.length < 2) return;
+    const from = state.tiles[name];
+    state.tiles[name] = [Number(to[0]), Number(to[1])];
+    if (!from) { a.sprite.setPosition(px(to[0]), px(to[1])).setVisible(true); a.bubble.setVisible(true); return; }
+    const path = walkPath(from, entry);
+    const ms = tileMs(path.length);
+    let cur = from, dir = "down";
+    for (const t of path) {
+      const dx = t[0] - cur[0], dy = t[1] - cur[1];
+      if (dx === 0 && dy === 0) continue;
+      dir = Math.abs(dx) >= Math.abs(dy) ? (dx > 0 ? "right" : "left") : (dy > 0 ? "down" : "up");
+      a.sprite.anims.play(`${a.sheet}-${dir}-walk`, true);
+      await tweenTo(scene, a.sprite, px(t[0]), px(t[1]), ms);
+      cur = t;
+    }
+    a.sprite.anims.stop();
+    a.sprite.setFrame(dir);
+  }
+
+  function showStep(mv) {
+    const t = mv.meta && mv.meta.curr_time;
+    if (t) setText("game-time-content", t);
+    for (const p of cfg.personas) {
+      const e = mv.persona[p.name];
+      if (!e) continue;
+      const u = underscore(p.name);
+      if ("description" in e) {
+        const [act, where] = splitDescription(e.description);
+        setText(`current_action__${u}`, act);
+        setText(`target_address__${u}`, where);
+      }
+      if ("chat" in e) renderChat($(`chat__${u}`), e.chat);
+      const a = state.actors[p.name];
+      if (a && "pronunciatio" in e) a.text.setText(`${p.initials}: ${e.pronunciatio === null ? "" : e.pronunciatio}`);
+    }
+    const asst = mv.persona[cfg.assistant];
+    if (asst && "suggestion" in asst) {
+      const s = asst.suggestion;
+      if (typeof s === "string" && s.trim() !== "") {
+        setText("suggestion", s);
+        setText("suggestion_time", t ? `(${t})` : "");
+        setText("suggestion_state", "proposed");
+      } else {
+        setText("suggestion_state", "withheld");
+      }
+      setText("user_action", asst.user_action_for_suggestion === null || asst.user_action_for_suggestion === undefined ? "—" : asst.user_action_for_suggestion);
+      const score = scoreNumber(asst.eval_res_score);
+      if (score !== null) {
+        setText("eval_score", asst.eval_res_score);
+        setText("eval_reason", asst.eval_res_reason);
+        addScore(t, score);
+        drawChart();
+      }
+    }
+  }
+
+  async function applyStep(scene, mv) {
+    showStep(mv);
+    await Promise.all(cfg.personas.filter((p) => mv.persona[p.name]).map((p) => walk(scene, p.name, mv.persona[p.name])));
+  }
+
+  // ---- demo clock ---------------------------------------------------------------------------
+  const MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+  function demoClock(step) {
+    const m = String(cfg.start_datetime || "").match(/^(\d+)-(\d+)-(\d+)T(\d+):(\d+):(\d+)$/);
+    if (!m) return "";
+    const base = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]);
+    const d = new Date(base + (step - cfg.step) * (cfg.sec_per_step || 10) * 1000);
+    const two = (n) => String(n).padStart(2, "0");
+    return `${MONTHS[d.getUTCMonth()]} ${d.getUTCDate()}, ${d.getUTCFullYear()}, ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}`;
+  }
+
+  // ---- the loop -----------------------------------------------------------------------------
+  async function run(scene) {
+    const last = cfg.last_step;
+    for (;;) {
+      if (state.ended) return;
+      if (state.paused) { await sleep(200); continue; }
+      if (cfg.mode === "demo") {
+        if (last !== null && last !== undefined && state.step > last) {
+          status(`End of the run: step ${last} was the last one. Reload the page to play it again.`);
+          state.ended = true;
+          return;
+        }
+        const persona = (cfg.all_movement || {})[String(state.step)] || {};
+        await applyStep(scene, { persona, meta: { curr_time: demoClock(state.step) } });
+        await sleep(cfg.play_speed >= 32 ? 0 : 16);
+      } else {
+        if (state.phase === "process") {
+          if (!(await postEnvironment())) { state.ended = true; return; }
+          state.phase = "update";
+        }
+        const mv = await pollMovement();
+        if (!mv) continue;
+        await applyStep(scene, mv);
+        if (cfg.mode === "simulate") state.phase = "process";
+      }
+      state.step += 1;
+      setText("step", state.step);
+    }
+  }
+
+  function setPaused(paused) {
+    state.paused = paused;
+    if (state.scene) (paused ? state.scene.scene.pause() : state.scene.scene.resume());
+    $("pause_button").disabled = paused;
+    $("play_button").disabled = !paused;
+    if (paused) status("Paused.");
+    else status("");
+    if (cfg.mode === "simulate") postJson(cfg.urls.control, { paused }).catch(() => {});
+  }
+
+  // ---- the Phaser scene ---------------------------------------------------------------------
+  class Ville extends Phaser.Scene {
+    constructor() { super("ville"); }
+
+    preload() {
+      this.load.tilemapTiledJSON("map", MAP_URL);
+      for (const [, key, file] of TILESETS) this.load.image(key, MAP_DIR + file);
+      for (const sheet of new Set(cfg.personas.map((p) => p.sprite))) {
+        this.load.atlas(`sheet_${sheet}`, `${ASSETS}characters/${sheet}.png`, `${ASSETS}characters/atlas.json`);
+      }
+      this.load.image("speech_bubble", ASSETS + "speech_bubble/v3.png");
+    }
+
+    create() {
+      const map = this.make.tilemap({ key: "map" });
+      const sets = {};
+      for (const [name, key] of TILESETS) sets[key] = map.addTilesetImage(name, key);
+      const all = TILESETS.slice(1).map(([, key]) => sets[key]).filter(Boolean);
+      for (const name of LAYERS) {
+        const tilesets = name === "Wall" ? [sets.CuteRPG_Field_C, sets.walls].filter(Boolean) : all;
+        const layer = map.createLayer(name, tilesets, 0, 0);
+        if (layer && name.startsWith("Foreground")) layer.setDepth(2);
+      }
+      for (const sheet of new Set(cfg.personas.map((p) => p.sprite))) {
+        for (const dir of DIRS) {
+          this.anims.create({
+            key: `${sheet}-${dir}-walk`,
+            frames: this.anims.generateFrameNames(`sheet_${sheet}`, { prefix: `${dir}-walk.`, start: 0, end: 3, zeroPad: 3 }),
+            frameRate: 8, repeat: -1,
+          });
+        }
+      }
+      for (const p of cfg.personas) {
+        const placed = p.x !== null && p.y !== null && p.x !== undefined;
+        const sprite = this.add.sprite(placed ? px(p.x) : 0, placed ? px(p.y) : 0, `sheet_${p.sprite}`, "down").setDepth(1).setVisible(placed);
+        const bg = this.add.image(0, 0, "speech_bubble").setDisplaySize(84, 40).setOrigin(0.5, 1);
+        const text = this.add.text(0, -24, `${p.initials}:`, { font: "13px monospace", color: "#111" }).setOrigin(0.5, 0.5);
+        const bubble = this.add.container(sprite.x, sprite.y - 14, [bg, text]).setDepth(3).setVisible(placed);
+        state.actors[p.name] = { sprite, bubble, text, sheet: p.sprite };
+        if (placed) state.tiles[p.name] = [p.x, p.y];
+      }
+      const cam = this.cameras.main;
+      cam.setBounds(0, 0, map.widthInPixels, map.heightInPixels);
+      this.cursors = this.input.keyboard.createCursorKeys();
+      state.scene = this;
+      if (state.paused) setPaused(true);
+      run(this).catch((e) => status(`Stopped by an error: ${e && e.message ? e.message : e}`));
+    }
+
+    update(time, delta) {
+      for (const name in state.actors) {
+        const a = state.actors[name];
+        a.bubble.setPosition(a.sprite.x, a.sprite.y - 14);
+      }
+      const cam = this.cameras.main, speed = delta * 0.4;
+      if (this.cursors.left.isDown) cam.scrollX -= speed;
+      if (this.cursors.right.isDown) cam.scrollX += speed;
+      if (this.cursors.up.isDown) cam.scrollY -= speed;
+      if (this.cursors.down.isDown) cam.scrollY += speed;
+    }
+  }
+
+  // ---- start ----------------------------------------------------------------------------------
+  for (const [t, s] of cfg.scores || []) addScore(t, s);
+  drawChart();
+  $("pause_button").onclick = () => setPaused(true);
+  $("play_button").onclick = () => setPaused(false);
+  $("play_button").disabled = !state.paused;
+  if (typeof Phaser === "undefined") {
+    status(`Phaser did not load (tried ${document.querySelector("script[src*=phaser]")?.src || "its URL"}); the map cannot be drawn.`);
+    return;
+  }
+  new Phaser.Game({
+    type: Phaser.AUTO,
+    width: 448,
+    height: 704,
+    parent: "game-container",
+    pixelArt: true,
+    backgroundColor: "#1e2a1e",
+    scene: [Ville],
+  });
+})();

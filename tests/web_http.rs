@@ -1,0 +1,413 @@
+//! HTTP tests of every route of the web server, on a real axum server on loopback, against
+//! storage fixtures made in a temp dir (always run) and the original's seeds (skipped with
+//! `PROPERSIM-SKIP:` when /work/shared is not found).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use propersim::storage::compress::compress;
+use propersim::web::test_double::CopyEnvToMovement;
+use propersim::web::{router, AppState, LiveSim, ServeOptions};
+use serde_json::{json, Value};
+
+const SIM: &str = "fixture_sim";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The original's frontend_server folder, if this machine has it.
+fn shared_frontend() -> Option<PathBuf> {
+    let mut c: Vec<PathBuf> = std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from).into_iter().collect();
+    c.push(repo().join("../shared"));
+    c.push(repo().join("../../shared"));
+    c.into_iter().map(|p| p.join("frontend_server")).find(|p| p.join("storage").is_dir())
+}
+
+fn write(p: &Path, text: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, text).unwrap();
+}
+
+/// A small sim: two personas, environment/0.json, movement/0..=2, saved memories with gaps.
+fn make_fixture(root: &Path) {
+    let s = root.join("storage").join(SIM);
+    write(&s.join("reverie/meta.json"), r#"{"fork_sim_code": "seed", "start_date": "February 13, 2025", "curr_time": "February 13, 2025, 00:00:00", "sec_per_step": 150, "maze_name": "the_ville", "persona_names": ["John Lin", "Eddy Lin"], "step": 0}"#);
+    write(&s.join("environment/0.json"), r#"{"John Lin": {"maze": "the_ville", "x": 5, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}"#);
+    for (i, x) in [6, 7, 7].iter().enumerate() {
+        let mv = json!({"persona": {
+            "John Lin": {"movement": [x, 10], "pronunciatio": "☕", "description": format!("act {i} @ the Ville:house:kitchen"), "chat": null,
+                         "user_action_for_suggestion": null, "suggestion": "", "eval_res_score": null, "eval_res_reason": null},
+            "Eddy Lin": {"movement": [8, 10], "pronunciatio": null, "description": "waiting", "chat": [["Eddy Lin", "hi <b>there</b>"]],
+                         "user_action_for_suggestion": "accepted", "suggestion": format!("suggestion {i}"), "eval_res_score": "4", "eval_res_reason": "ok"}},
+            "meta": {"curr_time": format!("February 13, 2025, 00:0{}:00", i * 2), "is_john_walking": "yes", "number_of_action_tokens": 3}});
+        write(&s.join(format!("movement/{i}.json")), &serde_json::to_string(&mv).unwrap());
+    }
+    for name in ["John Lin", "Eddy Lin"] {
+        let b = s.join("personas").join(name).join("bootstrap_memory");
+        write(&b.join("scratch.json"), &json!({"first_name": name.split(' ').next(), "age": 40, "curr_tile": null, "daily_req": ["sleep", "work"], "f_daily_schedule": [["sleeping", 360]], "innate": null}).to_string());
+        write(&b.join("associative_memory/nodes.json"), r#"{"node_9": {"type": "event", "created": "2025-02-13 00:10:00", "description": "newest event"}, "node_2": {"type": "event", "created": "2025-02-13 00:00:00", "description": "older event"}, "node_5": {"type": "chat", "created": "2025-02-13 00:05:00", "description": "a chat", "filling": [["John Lin", "it's <late>"]]}, "node_6": {"type": "thought", "created": "2025-02-13 00:06:00", "description": "a thought", "depth": 1, "filling": ["node_2"]}}"#);
+    }
+    // Map assets: only what the server itself reads (the sprite sheets); the browser test uses the real ones.
+    write(&root.join("assets/characters/atlas.json"), r#"{"frames": []}"#);
+    write(&root.join("assets/characters/John_Lin.png"), "png");
+}
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    root: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(live: Option<Arc<dyn LiveSim>>) -> Server {
+        let root = tempfile::tempdir().unwrap();
+        make_fixture(root.path());
+        let mut opts = ServeOptions::new(root.path(), root.path().join("assets"));
+        opts.static_dir = repo().join("static");
+        opts.templates = repo().join("templates");
+        opts.live = live;
+        Self::serve(opts, root).await
+    }
+
+    async fn serve(opts: ServeOptions, root: tempfile::TempDir) -> Server {
+        let app = router(AppState::new(opts));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Server { base: format!("http://{addr}"), client, root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+        let r = self.client.post(format!("{}{path}", self.base)).header("content-type", "text/plain;charset=UTF-8").body(body).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+fn handshake(s: &Server, step: u64) {
+    write(&s.path("temp_storage/curr_sim_code.json"), &format!("{{\"sim_code\": \"{SIM}\"}}"));
+    write(&s.path("temp_storage/curr_step.json"), &format!("{{\"step\": {step}}}"));
+}
+
+#[tokio::test]
+async fn landing_static_and_slashes() {
+    let s = Server::start(None).await;
+    let r = s.client.get(&s.base).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-frame-options"], "SAMEORIGIN");
+    assert!(r.text().await.unwrap().contains("Your environment server is up and running!"));
+
+    let r = s.client.get(format!("{}/static/js/game.js", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    let js = r.text().await.unwrap();
+    assert!(js.contains("/update_environment/") && js.contains("/process_environment/"));
+    assert!(js.contains("the_ville_jan7.json") && js.contains("CuteRPG_Forest_C.png") && js.contains("blocks/blocks_1.png"));
+    let r = s.client.get(format!("{}/static/assets/characters/atlas.json", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(s.get("/static/../Cargo.toml").await.0, 404);
+    assert_eq!(s.get("/static/%2e%2e/Cargo.toml").await.0, 404);
+    assert_eq!(s.get("/static/nope.js").await.0, 404);
+
+    let r = s.client.get(format!("{}/replay/{SIM}/1", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], format!("/replay/{SIM}/1/"));
+    let r = s.client.get(format!("{}/path_tester", s.base)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (301, "/path_tester/"));
+    let r = s.client.post(format!("{}/update_environment", s.base)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(s.get("/simulator_home/").await.0, 404);
+    assert_eq!(s.get("/no/such/page").await.0, 404);
+}
+
+#[tokio::test]
+async fn simulator_home_without_live_sim_reads_handshake_and_keeps_it() {
+    let s = Server::start(None).await;
+    let (st, body) = s.get("/simulator_home").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("Please start the backend first."), "{body}");
+
+    handshake(&s, 0);
+    for _ in 0..2 {
+        let (st, body) = s.get("/simulator_home").await;
+        assert_eq!(st, 200, "{body}");
+        // movement 0..=2 exist, so the page resumes at step 3 from the targets of movement/2.json.
+        assert!(body.contains(r#"<span id="step">3</span>"#), "{body}");
+        assert!(body.contains("<span>John Lin,7,10</span>"), "{body}");
+        for id in ["current_action__John_Lin", "target_address__Eddy_Lin", "chat__John_Lin", "name__Eddy_Lin"] {
+            assert!(body.contains(&format!("id=\"{id}\"")), "missing {id}");
+        }
+        assert!(body.contains(&format!("/replay_persona_state/{SIM}/3/John_Lin/")));
+        assert!(s.path("temp_storage/curr_step.json").is_file(), "the handshake must not be consumed");
+    }
+    // A handshake naming a missing sim is a 404 page with a message, not a 500.
+    write(&s.path("temp_storage/curr_sim_code.json"), r#"{"sim_code": "gone"}"#);
+    let (st, body) = s.get("/simulator_home").await;
+    assert_eq!(st, 404);
+    assert!(body.contains("no simulation named"), "{body}");
+    write(&s.path("temp_storage/curr_sim_code.json"), r#"{"sim_code": "../etc"}"#);
+    assert_eq!(s.get("/simulator_home").await.0, 400);
+}
+
+#[tokio::test]
+async fn replay_page_and_bad_urls() {
+    let s = Server::start(None).await;
+    let (st, body) = s.get(&format!("/replay/{SIM}/1/")).await;
+    assert_eq!(st, 200);
+    assert!(body.contains(r#""mode":"replay""#) || body.contains(r#""mode": "replay""#), "{body}");
+    assert!(body.contains("id=\"play_button\""));
+    assert!(body.contains("<span>Eddy Lin,8,10</span>"));
+    assert!(body.contains(&format!("/replay_persona_state/{SIM}/1/Eddy_Lin/")));
+    // Model text in the config is JSON-escaped, never raw HTML.
+    assert!(!body.contains("<b>there</b>"));
+    assert_eq!(s.get(&format!("/replay/{SIM}/x/")).await.0, 400);
+    assert_eq!(s.get(&format!("/replay/{SIM}/1_0/")).await.0, 400);
+    assert_eq!(s.get(&format!("/replay/{SIM}/-1/")).await.0, 400);
+    let (st, body) = s.get("/replay/no_such_sim/0/").await;
+    assert_eq!(st, 404);
+    assert!(body.contains("no simulation named"));
+    assert!(matches!(s.get("/replay/..%2F..%2Fetc/0/").await.0, 400 | 404));
+    assert!(matches!(s.get("/replay/%2e%2e/0/").await.0, 400 | 404));
+    assert_eq!(s.client.post(format!("{}/replay/{SIM}/1/", s.base)).send().await.unwrap().status(), 405);
+}
+
+#[tokio::test]
+async fn update_environment_shapes_and_errors() {
+    let s = Server::start(None).await;
+    let r = s.client.post(format!("{}/update_environment/", s.base)).body(format!(r#"{{"step": 1, "sim_code": "{SIM}"}}"#)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with(r#""<step>": 1}"#), "the echo comes last, Python-style: {text}");
+    assert!(text.contains(r#""pronunciatio": "\u2615""#), "non-ASCII escaped like Python: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["persona"]["John Lin"]["movement"], json!([7, 10]));
+    assert_eq!(v["persona"]["Eddy Lin"]["suggestion"], "suggestion 1");
+
+    let (st, body) = s.post("/update_environment/", format!(r#"{{"step": "2", "sim_code": "{SIM}"}}"#)).await;
+    assert_eq!(st, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["<step>"], json!("2"), "string steps are echoed as strings");
+    let (st, body) = s.post("/update_environment/", format!(r#"{{"step": 7, "sim_code": "{SIM}"}}"#)).await;
+    assert_eq!((st, body.as_str()), (200, r#"{"<step>": -1}"#));
+
+    for (bad, want) in [
+        ("not json".to_string(), 400),
+        ("[1, 2]".to_string(), 400),
+        (format!(r#"{{"sim_code": "{SIM}"}}"#), 400),
+        (format!(r#"{{"step": "../../evil", "sim_code": "{SIM}"}}"#), 400),
+        (format!(r#"{{"step": -1, "sim_code": "{SIM}"}}"#), 400),
+        (format!(r#"{{"step": 1.5, "sim_code": "{SIM}"}}"#), 400),
+        (r#"{"step": 1, "sim_code": "../storage"}"#.to_string(), 400),
+        (r#"{"step": 1, "sim_code": 5}"#.to_string(), 400),
+        (r#"{"step": 1, "sim_code": "missing_sim"}"#.to_string(), 404),
+    ] {
+        let (st, body) = s.post("/update_environment/", bad.clone()).await;
+        assert_eq!(st, want, "{bad} -> {body}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(), "{body}");
+    }
+    assert_eq!(s.get("/update_environment/").await.0, 405);
+    let big = format!(r#"{{"step": 1, "sim_code": "{SIM}", "pad": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    assert_eq!(s.post("/update_environment/", big).await.0, 413);
+    // A corrupt movement file is a 500 with a message, not a panic.
+    write(&s.path(&format!("storage/{SIM}/movement/5.json")), "{\"persona\": ");
+    let (st, body) = s.post("/update_environment/", format!(r#"{{"step": 5, "sim_code": "{SIM}"}}"#)).await;
+    assert_eq!(st, 500);
+    assert!(body.contains("not valid JSON"), "{body}");
+}
+
+#[tokio::test]
+async fn process_environment_writes_python_format_without_live_sim() {
+    let s = Server::start(None).await;
+    let env = r#"{"step": 3, "sim_code": "fixture_sim", "environment": {"John Lin": {"maze": "the_ville", "x": 7, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}}"#;
+    let r = s.client.post(format!("{}/process_environment/", s.base)).header("content-type", "text/plain;charset=UTF-8").body(env).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(r.text().await.unwrap(), "received");
+    let written = fs::read_to_string(s.path(&format!("storage/{SIM}/environment/3.json"))).unwrap();
+    assert_eq!(written, "{\n  \"John Lin\": {\n    \"maze\": \"the_ville\",\n    \"x\": 7,\n    \"y\": 10\n  },\n  \"Eddy Lin\": {\n    \"maze\": \"the_ville\",\n    \"x\": 8,\n    \"y\": 10\n  }\n}");
+
+    for (bad, want) in [
+        (r#"{"step": "../../../temp_storage/evil", "sim_code": "fixture_sim", "environment": {}}"#, 400),
+        (r#"{"step": 1, "sim_code": "../fixture_sim", "environment": {}}"#, 400),
+        (r#"{"step": 1, "sim_code": "fixture_sim", "environment": [1]}"#, 400),
+        (r#"{"step": 1, "sim_code": "fixture_sim"}"#, 400),
+        (r#"{"step": 1, "sim_code": "nope", "environment": {}}"#, 404),
+        ("{", 400),
+    ] {
+        assert_eq!(s.post("/process_environment/", bad).await.0, want, "{bad}");
+    }
+    assert!(!s.path("temp_storage/evil.json").exists());
+    assert_eq!(s.get("/process_environment/").await.0, 405);
+    assert_eq!(s.post("/process_environment/", vec![b'{'; 1024 * 1024 + 10]).await.0, 413);
+}
+
+#[tokio::test]
+async fn live_sim_drives_the_step_loop() {
+    // A test double that writes movement/<s>.json for each posted environment/<s>.json.
+    let root_probe = tempfile::tempdir().unwrap();
+    drop(root_probe);
+    let s = Server::start(None).await;
+    let storage = s.path("storage");
+    // Start a second server on the same fixture, with the double as its live sim from step 3.
+    let double = CopyEnvToMovement::new(storage.clone(), SIM, 3, Duration::ZERO);
+    let mut opts = ServeOptions::new(s.root.path(), s.path("assets"));
+    opts.static_dir = repo().join("static");
+    opts.templates = repo().join("templates");
+    opts.live = Some(double.clone());
+    let live = Server::serve(opts, tempfile::tempdir().unwrap()).await;
+
+    // No handshake files needed; the page starts at the engine's step and must post env 3 first.
+    let (st, body) = live.get("/simulator_home").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#"<span id="step">3</span>"#));
+    assert!(body.contains(r#""start_phase":"process""#), "{body}");
+    // The browser loop for steps 3..=5: env(s) = targets of movement(s-1).
+    let mut tiles: Value = json!({"John Lin": [7, 10], "Eddy Lin": [8, 10]});
+    for step in 3..6 {
+        let env = json!({"John Lin": {"maze": "the_ville", "x": tiles["John Lin"][0], "y": tiles["John Lin"][1]},
+                         "Eddy Lin": {"maze": "the_ville", "x": tiles["Eddy Lin"][0], "y": tiles["Eddy Lin"][1]}});
+        let (st, _) = live.post("/process_environment/", json!({"step": step, "sim_code": SIM, "environment": env}).to_string()).await;
+        assert_eq!(st, 200);
+        let (st, body) = live.post("/update_environment/", json!({"step": step, "sim_code": SIM}).to_string()).await;
+        assert_eq!(st, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["<step>"], json!(step), "{body}");
+        assert!(v["persona"]["Eddy Lin"]["suggestion"].as_str().unwrap().contains("suggestion"));
+        tiles = json!({"John Lin": v["persona"]["John Lin"]["movement"], "Eddy Lin": v["persona"]["Eddy Lin"]["movement"]});
+        assert_eq!(double.current_step(), step + 1);
+    }
+    let env5: Value = serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/environment/5.json"))).unwrap()).unwrap();
+    let mv4: Value = serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/movement/4.json"))).unwrap()).unwrap();
+    assert_eq!(json!([env5["John Lin"]["x"], env5["John Lin"]["y"]]), mv4["persona"]["John Lin"]["movement"]);
+    // Reloading resumes at the engine's step, now with the environment still to post.
+    let (_, body) = live.get("/simulator_home").await;
+    assert!(body.contains(r#"<span id="step">6</span>"#));
+    // Replay tabs cannot write into a live server's storage for another sim.
+    fs::create_dir_all(storage.join("other_sim/environment")).unwrap();
+    let (st, body) = live.post("/process_environment/", r#"{"step": 0, "sim_code": "other_sim", "environment": {}}"#).await;
+    assert_eq!(st, 409, "{body}");
+    assert!(!storage.join("other_sim/environment/0.json").exists());
+    // Pause and play.
+    let (st, body) = live.post("/live_control/", r#"{"paused": true}"#).await;
+    assert_eq!(st, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["paused"], json!(true));
+    assert!(double.paused());
+    assert_eq!(live.post("/live_control/", r#"{"paused": "yes"}"#).await.0, 400);
+    let (_, body) = live.get("/live_control/").await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["step"], json!(6));
+    // Without a live sim there is nothing to pause.
+    assert_eq!(s.post("/live_control/", r#"{"paused": true}"#).await.0, 404);
+}
+
+#[tokio::test]
+async fn path_tester_routes() {
+    let s = Server::start(None).await;
+    let (st, body) = s.get("/path_tester/").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("/static/js/path_tester.js"));
+    let (st, body) = s.post("/path_tester_update/", r#"{"camera": {"maze": "the_ville", "x": 240.5, "y": 352.0}}"#).await;
+    assert_eq!((st, body.as_str()), (200, "received"));
+    assert_eq!(fs::read_to_string(s.path("temp_storage/path_tester_env.json")).unwrap(), "{\n  \"maze\": \"the_ville\",\n  \"x\": 240.5,\n  \"y\": 352.0\n}");
+    assert_eq!(s.post("/path_tester_update/", r#"{"cam": {}}"#).await.0, 400);
+    assert_eq!(s.get("/path_tester_update/").await.0, 405);
+}
+
+#[tokio::test]
+async fn demo_from_compressed_storage() {
+    let s = Server::start(None).await;
+    assert_eq!(s.get(&format!("/demo/{SIM}/0/3/")).await.0, 404, "not compressed yet");
+    compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
+    let (st, body) = s.get(&format!("/demo/{SIM}/1/3/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("let movement_speed = 4;"));
+    assert!(body.contains("let step = 1;"));
+    assert!(body.contains("let step_size = 150 * 1000;"));
+    assert!(body.contains(r#"let start_datetime = "2025-02-13T00:02:30";"#), "{body}");
+    assert!(body.contains("/static/js/game.js"));
+    for id in ["current_action__John_Lin", "chat__Eddy_Lin"] {
+        assert!(body.contains(&format!("id=\"{id}\"")));
+    }
+    assert!(s.get(&format!("/demo/{SIM}/0/9/")).await.1.contains("let movement_speed = 2;"));
+    assert!(s.get(&format!("/demo/{SIM}/0/x/")).await.1.contains("let movement_speed = 2;"));
+    assert_eq!(s.get(&format!("/demo/{SIM}/99/1/")).await.0, 404);
+    assert_eq!(s.get(&format!("/demo/{SIM}/one/1/")).await.0, 400);
+    assert_eq!(s.get("/demo/missing/0/1/").await.0, 404);
+    let r = s.client.get(format!("{}/demo/{SIM}/0/1", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 301);
+}
+
+#[tokio::test]
+async fn persona_state_page() {
+    let s = Server::start(None).await;
+    let (st, body) = s.get(&format!("/replay_persona_state/{SIM}/2/John_Lin/")).await;
+    assert_eq!(st, 200, "{body}");
+    let newest = body.find("newest event").unwrap();
+    let older = body.find("older event").unwrap();
+    assert!(newest < older, "events newest first");
+    assert!(body.contains("[node_9]") && body.contains("[node_6]") && body.contains("[node_5]"));
+    assert!(body.contains("it&#x27;s &lt;late&gt;") || body.contains("it&#39;s &lt;late&gt;"), "chat text escaped: {body}");
+    assert!(body.contains("None"), "null shown as None");
+    assert!(body.contains("[&#x27;sleeping&#x27;, 360]") || body.contains("[&#39;sleeping&#39;, 360]"));
+    // Falls back to compressed storage when the live folder is gone.
+    compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
+    fs::remove_dir_all(s.path(&format!("storage/{SIM}/personas"))).unwrap();
+    assert_eq!(s.get(&format!("/replay_persona_state/{SIM}/2/Eddy_Lin/")).await.0, 200);
+    let (st, body) = s.get(&format!("/replay_persona_state/{SIM}/2/Nobody_Here/")).await;
+    assert_eq!(st, 404);
+    assert!(body.contains("no saved state"));
+    assert_eq!(s.get(&format!("/replay_persona_state/{SIM}/2/..%2F..%2Fx/")).await.0, 400);
+    assert_eq!(s.get(&format!("/replay_persona_state/{SIM}/x/John_Lin/")).await.0, 400);
+    assert_eq!(s.get("/replay_persona_state/a.b/1/John_Lin/").await.0, 400);
+}
+
+#[tokio::test]
+async fn original_seed_replays_and_shows_state() {
+    let Some(shared) = shared_frontend() else {
+        println!("PROPERSIM-SKIP: /work/shared/frontend_server not found (set PROPERSIM_SHARED)");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let seed = "base_the_ville_persona_1";
+    copy_dir(&shared.join("storage").join(seed), &root.path().join("storage").join(seed));
+    let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
+    opts.static_dir = repo().join("static");
+    opts.templates = repo().join("templates");
+    let s = Server::serve(opts, root).await;
+    let (st, body) = s.get(&format!("/replay/{seed}/0/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("<span>John Lin,5,10</span>") && body.contains("<span>Eddy Lin,8,10</span>"));
+    assert!(body.contains(r#""sprite":"John_Lin""#), "real character sheet chosen: {body}");
+    let (st, body) = s.get(&format!("/replay_persona_state/{seed}/0/John_Lin/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("John"));
+    let (st, body) = s.post("/update_environment/", format!(r#"{{"step": 0, "sim_code": "{seed}"}}"#)).await;
+    assert_eq!((st, body.as_str()), (200, r#"{"<step>": -1}"#));
+    let r = s.client.get(format!("{}/static/assets/the_ville/visuals/map_assets/v1/interiors_pt1.png", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
