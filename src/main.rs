@@ -33,6 +33,9 @@ enum Command {
     },
     /// Benchmark the engine on the scripted brain (steps/s).
     Bench(BenchArgs),
+    /// Serve the pages (simulate, replay, demo, persona state, path tester); with --fork/--sim
+    /// (or --sim --resume) a live simulation runs in-process for /simulator_home.
+    Serve(ServeArgs),
     /// Per-day metrics of a sim: table (or --json); writes metrics.json, metrics.csv, metrics.svg.
     Report {
         /// The sim code (folder under storage/).
@@ -116,6 +119,22 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Where Phaser 3 is loaded from (default: the jsdelivr CDN, like the original).
+    #[arg(long)]
+    phaser_url: Option<String>,
+    /// Folder holding our templates/ and static/ (default: the current folder).
+    #[arg(long, default_value = ".")]
+    web_root: PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
 }
 
 #[derive(Args)]
@@ -252,6 +271,42 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
+    let cfg = load_config(cli_config, &a.sim)?;
+    let mut opts = propersim::web::ServeOptions::new(&a.web_root, cfg.paths.assets.clone());
+    opts.host = a.host.clone();
+    opts.port = a.port;
+    opts.storage = cfg.paths.storage.clone();
+    opts.temp_storage = cfg.paths.temp_storage.clone();
+    opts.compressed = cfg.paths.storage.parent().map(|p| p.join("compressed_storage")).unwrap_or_else(|| "compressed_storage".into());
+    if let Some(u) = a.phaser_url {
+        opts.phaser_url = u;
+    }
+    let mut live_task = None;
+    if a.sim.fork.is_some() || a.sim.sim.is_some() {
+        ensure_assets(&cfg)?;
+        let engine = open_engine(&cfg, open_mode(&a.sim))?;
+        let f = propersim::sim::follow::follower(&engine);
+        opts.live = Some(f.clone());
+        let f2 = f.clone();
+        live_task = Some((f, tokio::spawn(async move { propersim::sim::follow::follow(engine, f2, u64::MAX, false).await })));
+        eprintln!("Live simulation `{}`: open http://{}:{}/simulator_home", cfg.sim.sim, a.host, a.port);
+    } else {
+        eprintln!("Serving http://{}:{}/ (replay and demo of stored sims).", a.host, a.port);
+    }
+    tokio::select! {
+        r = propersim::web::serve(opts) => r?,
+        _ = tokio::signal::ctrl_c() => eprintln!("\nStopping..."),
+    }
+    if let Some((f, task)) = live_task {
+        f.stop.store(true, Ordering::SeqCst);
+        f.poke();
+        let engine = task.await??;
+        eprintln!("Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume", engine.sim.code, engine.next_step, engine.sim.code);
+    }
+    Ok(())
+}
+
 fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathArgs) -> Result<()> {
     let mut cfg = Config::load(cli_config.map(|p| p.as_path()))?;
     apply_paths(&mut cfg, &paths);
@@ -272,6 +327,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
+        Command::Serve(a) => serve(cfg.as_ref(), a).await,
         Command::Report { sim, json, paths } => (|| {
             let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
             apply_paths(&mut c, &paths);

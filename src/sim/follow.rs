@@ -89,3 +89,23 @@ pub fn follower(engine: &Engine) -> Arc<Follower> {
         error: std::sync::Mutex::new(None),
     })
 }
+
+/// The web server's view of the run.
+impl crate::web::LiveSim for Follower {
+    fn sim_code(&self) -> String {
+        self.sim_code.clone()
+    }
+    fn current_step(&self) -> u64 {
+        self.next_step.load(Ordering::SeqCst)
+    }
+    fn environment_written(&self, _step: u64) {
+        self.poke();
+    }
+    fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        self.poke();
+    }
+    fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+}
