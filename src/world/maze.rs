@@ -59,6 +59,8 @@ pub struct Maze {
     /// Loaded and kept, never interpreted (the original never uses it either).
     pub special_constraint: String,
     tiles: Vec<Tile>,
+    /// Row-major copy of `!collision`, so path search touches one byte per tile.
+    walkable: Vec<bool>,
     address_tiles: HashMap<String, Vec<Pos>>,
     tree: Tree,
 }
@@ -136,6 +138,7 @@ impl Maze {
             v.sort_unstable();
         }
 
+        let walkable = tiles.iter().map(|t| !t.collision).collect();
         Ok(Maze {
             name: meta.world_name,
             world,
@@ -144,6 +147,7 @@ impl Maze {
             sq_tile_size: meta.sq_tile_size,
             special_constraint: meta.special_constraint,
             tiles,
+            walkable,
             address_tiles,
             tree,
         })
@@ -165,7 +169,12 @@ impl Maze {
 
     /// On the map and not a collision tile.
     pub fn is_walkable(&self, x: usize, y: usize) -> bool {
-        self.tile(x, y).is_some_and(|t| !t.collision)
+        x < self.width && y < self.height && self.walkable[y * self.width + x]
+    }
+
+    /// Row-major walkability of every tile (index `y * width + x`).
+    pub fn walkable_grid(&self) -> &[bool] {
+        &self.walkable
     }
 
     /// Every tile of an address (`"world:sector[:arena[:object]]"` or `"<spawn_loc>name"`),
