@@ -250,8 +250,8 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchReport> {
     let archive = assets_stage.dir.path().join("archive.tar.gz");
     let archive_bytes = obtain_archive(&opts.url, &archive, opts.progress)?;
 
-    let unpacked = unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage)
-        .with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
+    let unpacked =
+        unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage).with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
     fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
 
     assets_stage.install(&opts.assets_dir)?;

@@ -16,7 +16,9 @@ fn shared_frontend(test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PROPERSIM_SHARED")
         .map(PathBuf::from)
         .and_then(|p| [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir()))
-        .or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir()));
+        .or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir())
+        });
     if found.is_none() {
         println!("PROPERSIM-SKIP: {test}: ../shared/frontend_server (or $PROPERSIM_SHARED) is missing");
     }

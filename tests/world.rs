@@ -99,7 +99,10 @@ fn fixture_maze_loads_with_addresses() {
     assert_eq!(m.name, "tiny town");
     assert_eq!(m.world, "Tiny Town");
     let bed = m.tile(1, 1).unwrap();
-    assert_eq!((bed.sector.as_str(), bed.arena.as_str(), bed.game_object.as_str(), bed.spawning_location.as_str()), ("Ruiz flat", "Ana Ruiz's bedroom", "bed", "sp-A"));
+    assert_eq!(
+        (bed.sector.as_str(), bed.arena.as_str(), bed.game_object.as_str(), bed.spawning_location.as_str()),
+        ("Ruiz flat", "Ana Ruiz's bedroom", "bed", "sp-A")
+    );
     assert!(!bed.collision);
     // Ana's start tile is a wall inside her bedroom, like John's (5,10) in the original.
     let start = m.tile(1, 4).unwrap();
@@ -208,7 +211,8 @@ fn fixture_seed_agrees_with_the_fixture_maze() {
                 }
             }
         }
-        let scratch: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(seed.join(format!("personas/{who}/bootstrap_memory/scratch.json"))).unwrap()).unwrap();
+        let scratch: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(seed.join(format!("personas/{who}/bootstrap_memory/scratch.json"))).unwrap()).unwrap();
         let area = scratch["living_area"].as_str().unwrap();
         assert!(m.has_address(area), "{who}'s living area {area}");
     }
@@ -489,6 +493,10 @@ fn bench_paths() {
     let big = Maze::load_variant(&assets, "maze_meta_info_theville.json", "maze_original").unwrap();
     println!("load 140x100: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let t0 = std::time::Instant::now();
-    let far = shortest_path(&big, big.address_tiles("the Ville:Lin family's house:kitchen:refrigerator")[0], big.address_tiles("the Ville:Hobbs Cafe:cafe:behind the cafe counter")[0]);
+    let far = shortest_path(
+        &big,
+        big.address_tiles("the Ville:Lin family's house:kitchen:refrigerator")[0],
+        big.address_tiles("the Ville:Hobbs Cafe:cafe:behind the cafe counter")[0],
+    );
     println!("one cross-town path on 140x100: {:.1} us, {} tiles", t0.elapsed().as_secs_f64() * 1e6, far.map_or(0, |p| p.len()));
 }

@@ -254,12 +254,7 @@ impl Maze {
     pub fn arenas(&self, sector_address: &str) -> Vec<&str> {
         let mut it = sector_address.split(':');
         match (it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), None) => self
-                .tree
-                .get(w)
-                .and_then(|m| m.get(s))
-                .map(|a| a.keys().map(String::as_str).collect())
-                .unwrap_or_default(),
+            (Some(w), Some(s), None) => self.tree.get(w).and_then(|m| m.get(s)).map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -268,13 +263,9 @@ impl Maze {
     pub fn objects(&self, arena_address: &str) -> Vec<&str> {
         let mut it = arena_address.split(':');
         match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), Some(a), None) => self
-                .tree
-                .get(w)
-                .and_then(|m| m.get(s))
-                .and_then(|m| m.get(a))
-                .map(|o| o.iter().map(String::as_str).collect())
-                .unwrap_or_default(),
+            (Some(w), Some(s), Some(a), None) => {
+                self.tree.get(w).and_then(|m| m.get(s)).and_then(|m| m.get(a)).map(|o| o.iter().map(String::as_str).collect()).unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -357,7 +348,8 @@ fn read_meta(path: &Path) -> Result<Meta> {
         bail!("{}: maze size {width}x{height} is out of range", path.display());
     }
     let sq_tile_size = int("sq_tile_size")?.unwrap_or(32);
-    let sq_tile_size = u32::try_from(sq_tile_size).ok().filter(|s| *s > 0).with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
+    let sq_tile_size =
+        u32::try_from(sq_tile_size).ok().filter(|s| *s > 0).with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
     let text_field = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(Meta { width, height, sq_tile_size, world_name: text_field("world_name"), special_constraint: text_field("special_constraint") })
 }
