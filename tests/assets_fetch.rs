@@ -191,6 +191,7 @@ fn fetch_over_http_installs_identical_files_and_replaces_cleanly() {
 
     let report = assets::fetch(&opts).unwrap();
     assert_eq!(report.files, opts.manifest.len());
+    assert!(report.to_string().starts_with(&format!("installed {} verified files", report.files)), "{report}");
     assert_eq!(report.ignored_members, 6, "pax header, top dir, README, extra file, symlink, escaping path");
     assert!(report.archive_bytes > 1_000_000 && report.file_bytes > report.archive_bytes / 2);
     assert_installed(&front, &opts);
