@@ -9,16 +9,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use propersim::assets::{self, FetchOptions, Manifest, Target, PROPERSIM_COMMIT};
 
-/// The original's `frontend_server` folder: `$PROPERSIM_SHARED` (the shared folder or the
-/// frontend_server folder itself), else `shared/frontend_server` beside the repository or one
-/// level further up.
+/// The original's `frontend_server` folder: `$PROPERSIM_SHARED` when set (the shared folder or
+/// the frontend_server folder itself; nothing else is tried then), else `shared/frontend_server`
+/// beside the repository or one level further up.
 fn shared_frontend(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PROPERSIM_SHARED")
-        .map(PathBuf::from)
-        .and_then(|p| [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir()))
-        .or_else(|| {
+    let found = match std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from) {
+        Some(p) => [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir()),
+        None => {
             Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir())
-        });
+        }
+    };
     if found.is_none() {
         println!("PROPERSIM-SKIP: {test}: ../shared/frontend_server (or $PROPERSIM_SHARED) is missing");
     }
@@ -118,7 +118,7 @@ fn good_archive(front: &Path) -> Vec<u8> {
 
 /// A loopback HTTP server serving one archive at `/ProPerSim.tar.gz`; the body can be swapped.
 struct Server {
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     base: String,
     body: Arc<Mutex<Vec<u8>>>,
 }
@@ -134,7 +134,7 @@ impl Server {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server { _rt: rt, base: format!("http://{addr}"), body }
+        Server { rt: rt, base: format!("http://{addr}"), body }
     }
 
     fn url(&self) -> String {
@@ -251,7 +251,9 @@ fn http_and_format_errors_are_clear() {
     let server = Server::start(b"this is not a gzip stream".to_vec());
     let tmp = tempfile::tempdir().unwrap();
 
-    let err = format!("{:#}", assets::fetch(&options(format!("{}/nope.tar.gz", server.base), tmp.path())).unwrap_err());
+    // Called from inside a tokio runtime (as an async CLI would): must not panic.
+    let url = format!("{}/nope.tar.gz", server.base);
+    let err = server.rt.block_on(async { format!("{:#}", assets::fetch(&options(url, tmp.path())).unwrap_err()) });
     assert!(err.contains("404"), "{err}");
     assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
 

@@ -13,17 +13,13 @@ fn fixture_seed() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seeds/tiny_seed")
 }
 
-/// The original's `frontend_server` folder: `$PROPERSIM_SHARED` (the shared folder or the
-/// frontend_server folder itself), else `shared/frontend_server` beside the repository or one
-/// level further up (worktrees live one level deeper than the main checkout).
+/// The original's `frontend_server` folder: `$PROPERSIM_SHARED` when set (the shared folder or
+/// the frontend_server folder itself; nothing else is tried then), else `shared/frontend_server`
+/// beside the repository or one level further up (worktrees live one level deeper).
 fn shared_frontend() -> Option<PathBuf> {
     if let Some(v) = std::env::var_os("PROPERSIM_SHARED") {
         let p = PathBuf::from(v);
-        for c in [p.join("frontend_server"), p.clone()] {
-            if c.join("static_dirs").is_dir() {
-                return Some(c);
-            }
-        }
+        return [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir());
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir())
 }
