@@ -134,7 +134,7 @@ impl Server {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server { rt: rt, base: format!("http://{addr}"), body }
+        Server { rt, base: format!("http://{addr}"), body }
     }
 
     fn url(&self) -> String {
