@@ -222,6 +222,21 @@ pub struct FetchReport {
     pub storage_dir: PathBuf,
 }
 
+impl std::fmt::Display for FetchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "installed {} verified files ({:.1} MB) from {} ({:.1} MB downloaded) into {} and {}",
+            self.files,
+            self.file_bytes as f64 / 1e6,
+            self.url,
+            self.archive_bytes as f64 / 1e6,
+            self.assets_dir.display(),
+            self.storage_dir.display()
+        )
+    }
+}
+
 /// Are the map assets and the 32 seeds all there? (`run` fetches on first use when not.)
 /// The landing-page avatar (`img/`) is optional, so an assets folder pointed straight at an
 /// original checkout's `static_dirs/assets` counts as present.
@@ -250,8 +265,8 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchReport> {
     let archive = assets_stage.dir.path().join("archive.tar.gz");
     let archive_bytes = obtain_archive(&opts.url, &archive, opts.progress)?;
 
-    let unpacked = unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage)
-        .with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
+    let unpacked =
+        unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage).with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
     fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
 
     assets_stage.install(&opts.assets_dir)?;
@@ -280,8 +295,9 @@ impl Stage {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        remove_stale_stages(&parent);
         let dir = tempfile::Builder::new()
-            .prefix(".propersim-fetch-")
+            .prefix(STAGE_PREFIX)
             .tempdir_in(&parent)
             .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
         fs::create_dir(dir.path().join("new"))?;
@@ -319,6 +335,22 @@ impl Stage {
             }
         }
         Ok(())
+    }
+}
+
+const STAGE_PREFIX: &str = ".propersim-fetch-";
+
+/// A fetch killed outright (SIGKILL, power loss) cannot remove its stage folder. Remove such
+/// leftovers once they are an hour old, so a concurrent fetch's folder is never touched.
+fn remove_stale_stages(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(STAGE_PREFIX)
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(3600));
+        if stale {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -530,5 +562,26 @@ mod tests {
         assert!(err.contains("nope.tar.gz"), "{err}");
         let left: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn stale_stage_folders_of_killed_fetches_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join(".propersim-fetch-old");
+        let fresh = d.path().join(".propersim-fetch-fresh");
+        fs::create_dir_all(old.join("new/the_ville")).unwrap();
+        fs::create_dir(&fresh).unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        fs::File::open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+        let opts = FetchOptions {
+            url: d.path().join("nope.tar.gz").display().to_string(),
+            assets_dir: d.path().join("env"),
+            storage_dir: d.path().join("storage"),
+            manifest: Manifest::builtin().unwrap(),
+            progress: false,
+        };
+        assert!(fetch(&opts).is_err());
+        assert!(!old.exists(), "an hour-old stage is a leftover");
+        assert!(fresh.exists(), "a recent stage may belong to a running fetch");
     }
 }

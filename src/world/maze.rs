@@ -59,6 +59,8 @@ pub struct Maze {
     /// Loaded and kept, never interpreted (the original never uses it either).
     pub special_constraint: String,
     tiles: Vec<Tile>,
+    /// Row-major copy of `!collision`, so path search touches one byte per tile.
+    walkable: Vec<bool>,
     address_tiles: HashMap<String, Vec<Pos>>,
     tree: Tree,
 }
@@ -136,6 +138,7 @@ impl Maze {
             v.sort_unstable();
         }
 
+        let walkable = tiles.iter().map(|t| !t.collision).collect();
         Ok(Maze {
             name: meta.world_name,
             world,
@@ -144,6 +147,7 @@ impl Maze {
             sq_tile_size: meta.sq_tile_size,
             special_constraint: meta.special_constraint,
             tiles,
+            walkable,
             address_tiles,
             tree,
         })
@@ -165,7 +169,12 @@ impl Maze {
 
     /// On the map and not a collision tile.
     pub fn is_walkable(&self, x: usize, y: usize) -> bool {
-        self.tile(x, y).is_some_and(|t| !t.collision)
+        x < self.width && y < self.height && self.walkable[y * self.width + x]
+    }
+
+    /// Row-major walkability of every tile (index `y * width + x`).
+    pub fn walkable_grid(&self) -> &[bool] {
+        &self.walkable
     }
 
     /// Every tile of an address (`"world:sector[:arena[:object]]"` or `"<spawn_loc>name"`),
@@ -245,12 +254,7 @@ impl Maze {
     pub fn arenas(&self, sector_address: &str) -> Vec<&str> {
         let mut it = sector_address.split(':');
         match (it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), None) => self
-                .tree
-                .get(w)
-                .and_then(|m| m.get(s))
-                .map(|a| a.keys().map(String::as_str).collect())
-                .unwrap_or_default(),
+            (Some(w), Some(s), None) => self.tree.get(w).and_then(|m| m.get(s)).map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -259,13 +263,9 @@ impl Maze {
     pub fn objects(&self, arena_address: &str) -> Vec<&str> {
         let mut it = arena_address.split(':');
         match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), Some(a), None) => self
-                .tree
-                .get(w)
-                .and_then(|m| m.get(s))
-                .and_then(|m| m.get(a))
-                .map(|o| o.iter().map(String::as_str).collect())
-                .unwrap_or_default(),
+            (Some(w), Some(s), Some(a), None) => {
+                self.tree.get(w).and_then(|m| m.get(s)).and_then(|m| m.get(a)).map(|o| o.iter().map(String::as_str).collect()).unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -348,7 +348,8 @@ fn read_meta(path: &Path) -> Result<Meta> {
         bail!("{}: maze size {width}x{height} is out of range", path.display());
     }
     let sq_tile_size = int("sq_tile_size")?.unwrap_or(32);
-    let sq_tile_size = u32::try_from(sq_tile_size).ok().filter(|s| *s > 0).with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
+    let sq_tile_size =
+        u32::try_from(sq_tile_size).ok().filter(|s| *s > 0).with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
     let text_field = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(Meta { width, height, sq_tile_size, world_name: text_field("world_name"), special_constraint: text_field("special_constraint") })
 }

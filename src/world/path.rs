@@ -27,7 +27,8 @@ fn distances(maze: &Maze, start: Pos, stop_at: &[Pos]) -> Vec<u32> {
     if !maze.contains(start.0, start.1) {
         return dist;
     }
-    let mut queue = VecDeque::with_capacity(64);
+    let walkable = maze.walkable_grid();
+    let mut queue = VecDeque::with_capacity(w + h);
     dist[start.1 * w + start.0] = 0;
     queue.push_back(start);
     while let Some((x, y)) = queue.pop_front() {
@@ -37,7 +38,7 @@ fn distances(maze: &Maze, start: Pos, stop_at: &[Pos]) -> Vec<u32> {
         let d = dist[y * w + x] + 1;
         for (nx, ny) in neighbours(x, y, w, h) {
             let i = ny * w + nx;
-            if dist[i] == UNSEEN && maze.is_walkable(nx, ny) {
+            if dist[i] == UNSEEN && walkable[i] {
                 dist[i] = d;
                 queue.push_back((nx, ny));
             }
@@ -108,9 +109,6 @@ pub fn nearest_reachable(maze: &Maze, from: Pos, targets: &[Pos]) -> Option<(Pos
     }
     let dist = distances(maze, from, targets);
     let w = maze.width;
-    let best = targets
-        .iter()
-        .filter(|t| maze.contains(t.0, t.1) && dist[t.1 * w + t.0] != UNSEEN)
-        .min_by_key(|t| dist[t.1 * w + t.0])?;
+    let best = targets.iter().filter(|t| maze.contains(t.0, t.1) && dist[t.1 * w + t.0] != UNSEEN).min_by_key(|t| dist[t.1 * w + t.0])?;
     Some((*best, backtrack(maze, &dist, *best)))
 }

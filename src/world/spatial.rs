@@ -72,10 +72,7 @@ impl SpatialMemory {
 
     /// Number of entries at every level (worlds + sectors + arenas + objects).
     pub fn size(&self) -> usize {
-        self.tree
-            .values()
-            .map(|sectors| 1 + sectors.values().map(|arenas| 1 + arenas.values().map(|objs| 1 + objs.len()).sum::<usize>()).sum::<usize>())
-            .sum()
+        self.tree.values().map(|sectors| 1 + sectors.values().map(|arenas| 1 + arenas.values().map(|objs| 1 + objs.len()).sum::<usize>()).sum::<usize>()).sum()
     }
 
     /// Known sectors of a world, in memory order.
@@ -92,11 +89,7 @@ impl SpatialMemory {
     /// different capitals (LLMs sometimes lower-case it) falls back to its lower-case key.
     pub fn objects_in(&self, world: &str, sector: &str, arena: &str) -> Vec<&str> {
         let Some(arenas) = self.tree.get(world).and_then(|s| s.get(sector)) else { return Vec::new() };
-        arenas
-            .get(arena)
-            .or_else(|| arenas.get(&arena.to_lowercase()))
-            .map(|o| o.iter().map(String::as_str).collect())
-            .unwrap_or_default()
+        arenas.get(arena).or_else(|| arenas.get(&arena.to_lowercase())).map(|o| o.iter().map(String::as_str).collect()).unwrap_or_default()
     }
 
     /// Whether an address `"world[:sector[:arena[:object]]]"` is known.
