@@ -209,10 +209,9 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nInterrupted: finishing the current step and saving...");
-            s2.store(true, Ordering::SeqCst);
-        }
+        shutdown_signal().await;
+        eprintln!("\nInterrupted: finishing the current step and saving...");
+        s2.store(true, Ordering::SeqCst);
     });
     eprintln!("Simulating `{}` (mode {}) from step {} to {}.", cfg.sim.sim, cfg.sim.train_mode_label(), engine.next_step, target);
     if cfg.sim.visualization {
@@ -296,7 +295,7 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     }
     tokio::select! {
         r = propersim::web::serve(opts) => r?,
-        _ = tokio::signal::ctrl_c() => eprintln!("\nStopping..."),
+        _ = shutdown_signal() => eprintln!("\nStopping..."),
     }
     if let Some((f, task)) = live_task {
         f.stop.store(true, Ordering::SeqCst);
@@ -305,6 +304,22 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
         eprintln!("Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume", engine.sim.code, engine.next_step, engine.sim.code);
     }
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathArgs) -> Result<()> {
