@@ -521,6 +521,17 @@ pub fn scripted_embedding(text: &str) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// The simulation shares one `Llm` across spawned tasks: it and its futures must be Send.
+    #[allow(dead_code)]
+    fn llm_and_its_futures_are_send<T: Task>(llm: &Llm, task: &T) {
+        fn send_sync<S: Send + Sync>() {}
+        fn send<F: Send>(_: &F) {}
+        send_sync::<Llm>();
+        send(&llm.run(task));
+        send(&llm.embed("x"));
+        send(&llm.chat(Role::User, Vec::new()));
+    }
+
     #[tokio::test]
     async fn default_local_role_explains_how_to_configure() {
         let cfg = Config::default();
