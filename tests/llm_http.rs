@@ -216,6 +216,7 @@ struct Server {
 
 impl Server {
     async fn start(default: Reply) -> Server {
+        set_keys();
         let mock = Mock::new(default);
         let app = Router::new()
             .route("/v1/chat/completions", post(openai_chat))
@@ -275,9 +276,20 @@ fn request(text: &str) -> ChatRequest {
     }
 }
 
-fn set_key(var: &str, value: &str) {
-    // Each test uses its own variable name, so parallel tests never race on one variable.
-    std::env::set_var(var, value);
+/// The test keys, set once before any test touches the environment: setting variables while
+/// another thread reads them is a data race in libc, so every test calls this first.
+fn set_keys() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (var, value) in [
+            ("PROPERSIM_TEST_KEY_429", "sk-test-429-abcdef"),
+            ("PROPERSIM_TEST_KEY_401", "sk-secret-401-xyz"),
+            ("PROPERSIM_TEST_KEY_GEMINI", "AIza-test-gemini-key"),
+            ("PROPERSIM_TEST_KEY_CLIENT", "sk-client-zzz"),
+        ] {
+            std::env::set_var(var, value);
+        }
+    });
 }
 
 /// A task whose reply must be JSON with an `answer` string.
@@ -332,7 +344,6 @@ fn read_ledger(path: &std::path::Path) -> Vec<LedgerEntry> {
 async fn openai_honours_retry_after_and_sends_bearer_key() {
     let s = Server::start(Reply::Text("hello there".into())).await;
     s.mock.then([Reply::Status(429, Some("1"), r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#.into())]);
-    set_key("PROPERSIM_TEST_KEY_429", "sk-test-429-abcdef");
     let rc = role_cfg(ProviderKind::OpenAi, &s.base, Some("PROPERSIM_TEST_KEY_429"));
     let p = OpenAiProvider::new(&rc).unwrap().with_policy(fast_policy(3));
     let t0 = Instant::now();
@@ -400,7 +411,6 @@ async fn hung_request_times_out_within_bounds() {
 #[tokio::test]
 async fn auth_failures_name_the_variable_not_the_key() {
     let s = Server::start(Reply::Status(401, None, r#"{"error":{"message":"Incorrect API key provided: sk-secret-401-xyz.","type":"invalid_request_error","code":"invalid_api_key"}}"#.into())).await;
-    set_key("PROPERSIM_TEST_KEY_401", "sk-secret-401-xyz");
     let rc = role_cfg(ProviderKind::OpenAi, &s.base, Some("PROPERSIM_TEST_KEY_401"));
     let p = OpenAiProvider::new(&rc).unwrap().with_policy(fast_policy(3));
     let e = p.chat(&request("x")).await.unwrap_err();
@@ -461,7 +471,6 @@ async fn openai_embeddings_round_trip_and_cache_by_text() {
 async fn gemini_wire_format_retries_and_embeddings() {
     let s = Server::start(Reply::Text("model says hi".into())).await;
     s.mock.then([Reply::Status(429, Some("1"), r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#.into())]);
-    set_key("PROPERSIM_TEST_KEY_GEMINI", "AIza-test-gemini-key");
     let rc = role_cfg(ProviderKind::Gemini, &s.base, Some("PROPERSIM_TEST_KEY_GEMINI"));
     let p = GeminiProvider::new(&rc).unwrap().with_policy(fast_policy(3));
     let mut req = request("hello");
@@ -634,7 +643,6 @@ async fn budget_cap_stops_the_run() {
 #[tokio::test]
 async fn client_errors_are_not_swallowed_as_fallbacks() {
     let s = Server::start(Reply::Status(401, None, r#"{"error":{"message":"bad key"}}"#.into())).await;
-    set_key("PROPERSIM_TEST_KEY_CLIENT", "sk-client-zzz");
     let cfg = config_with(Role::User, role_cfg(ProviderKind::OpenAi, &s.base, Some("PROPERSIM_TEST_KEY_CLIENT")));
     let llm = Llm::from_config(&cfg).unwrap();
     let e = llm.run(&ask("hi")).await.unwrap_err();

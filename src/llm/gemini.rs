@@ -29,7 +29,7 @@ impl GeminiProvider {
             (None, None) => Some(DEFAULT_KEY_ENV.to_string()),
             (None, Some(_)) => None,
         };
-        Ok(GeminiProvider { http: HttpCaller::new(rc, AuthStyle::Header("x-goog-api-key"), key_env)?, base_url })
+        Ok(GeminiProvider { http: HttpCaller::new(rc, &base_url, AuthStyle::Header("x-goog-api-key"), key_env)?, base_url })
     }
 
     pub fn with_policy(mut self, policy: HttpPolicy) -> Self {

@@ -101,7 +101,8 @@ impl HttpCaller {
     /// Build from a role's settings. `key_env` is the environment variable holding the key
     /// (None = send no key, as for a local vLLM/Ollama server). A missing variable is not an
     /// error here, only when a request is made, so a replayed run needs no keys.
-    pub fn new(rc: &RoleConfig, auth: AuthStyle, key_env: Option<String>) -> anyhow::Result<HttpCaller> {
+    /// A loopback `base_url` (a model server on this machine) bypasses any `HTTP(S)_PROXY`.
+    pub fn new(rc: &RoleConfig, base_url: &str, auth: AuthStyle, key_env: Option<String>) -> anyhow::Result<HttpCaller> {
         let timeout_s = rc.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S);
         if !(timeout_s.is_finite() && timeout_s > 0.0) {
             anyhow::bail!("`timeout_s` must be a positive number of seconds, got {timeout_s}");
@@ -111,10 +112,14 @@ impl HttpCaller {
             anyhow::bail!("`concurrency` must be at least 1");
         }
         let timeout = Duration::from_secs_f64(timeout_s);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(15)))
-            .user_agent(concat!("propersim/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("propersim/", env!("CARGO_PKG_VERSION")));
+        if is_loopback(base_url) {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         let key = key_env.as_deref().and_then(|v| std::env::var(v).ok()).filter(|k| !k.trim().is_empty()).map(ApiKey::new);
@@ -315,6 +320,14 @@ fn redact_url(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
 
+/// Whether a URL points at this machine.
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let Some(host) = u.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Join a base URL and a path with exactly one slash.
 pub fn join_url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
@@ -358,5 +371,7 @@ mod tests {
     fn urls_join() {
         assert_eq!(join_url("http://h/v1/", "/chat/completions"), "http://h/v1/chat/completions");
         assert_eq!(estimate_tokens(9), 3);
+        assert!(is_loopback("http://127.0.0.1:8000/v1") && is_loopback("http://localhost:11434/v1") && is_loopback("http://[::1]:80"));
+        assert!(!is_loopback("https://api.openai.com/v1") && !is_loopback("not a url"));
     }
 }

@@ -30,7 +30,7 @@ impl OpenAiProvider {
             (None, None) => Some(DEFAULT_KEY_ENV.to_string()),
             (None, Some(_)) => None,
         };
-        Ok(OpenAiProvider { http: HttpCaller::new(rc, AuthStyle::Bearer, key_env)?, base_url })
+        Ok(OpenAiProvider { http: HttpCaller::new(rc, &base_url, AuthStyle::Bearer, key_env)?, base_url })
     }
 
     /// Replace the retry policy (tests use short backoffs).
@@ -49,8 +49,10 @@ pub(crate) fn check_base_url(base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The request body: standard fields, plus `top_k` / `repeat_penalty` only when set, because
-/// vLLM and llama.cpp accept them but api.openai.com rejects unknown fields.
+/// The request body: standard fields, plus `top_k` and the repetition penalty only when set,
+/// because vLLM and llama.cpp accept them but api.openai.com rejects unknown fields. The penalty
+/// goes under both spellings: llama.cpp reads `repeat_penalty`, vLLM `repetition_penalty`, and
+/// each ignores the other's.
 pub fn chat_body(req: &ChatRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(req.model));
@@ -73,6 +75,7 @@ pub fn chat_body(req: &ChatRequest) -> Value {
     }
     if let Some(r) = s.repeat_penalty {
         body.insert("repeat_penalty".into(), json!(r));
+        body.insert("repetition_penalty".into(), json!(r));
     }
     body.insert("stream".into(), json!(false));
     Value::Object(body)
@@ -166,8 +169,10 @@ mod tests {
         assert!(b.get("top_k").is_none() && b.get("temperature").is_none());
         req.sampling.top_k = Some(40);
         req.sampling.temperature = Some(0.5);
+        req.sampling.repeat_penalty = Some(1.1);
         let b = chat_body(&req);
         assert_eq!(b["top_k"], 40);
+        assert_eq!((b["repeat_penalty"].as_f64(), b["repetition_penalty"].as_f64()), (Some(1.1), Some(1.1)));
         assert_eq!(b["temperature"], 0.5);
     }
 
