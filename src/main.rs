@@ -36,6 +36,11 @@ enum Command {
     /// Serve the pages (simulate, replay, demo, persona state, path tester); with --fork/--sim
     /// (or --sim --resume) a live simulation runs in-process for /simulator_home.
     Serve(ServeArgs),
+    /// Check a model setup: chat with a role's model, or embed a text.
+    Llm {
+        #[command(subcommand)]
+        what: LlmCmd,
+    },
     /// Per-day metrics of a sim: table (or --json); writes metrics.json, metrics.csv, metrics.svg.
     Report {
         /// The sim code (folder under storage/).
@@ -45,6 +50,25 @@ enum Command {
         json: bool,
         #[command(flatten)]
         paths: PathArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum LlmCmd {
+    /// Print the reply of the role's configured model.
+    Chat {
+        /// user, evaluator, assistant, summarizer.
+        #[arg(long, default_value = "assistant")]
+        role: String,
+        text: String,
+        #[arg(long, value_name = "KIND")]
+        provider: Option<String>,
+    },
+    /// Print the embedding's size and norm.
+    Embed {
+        text: String,
+        #[arg(long, value_name = "KIND")]
+        provider: Option<String>,
     },
 }
 
@@ -93,6 +117,10 @@ struct SimArgs {
     /// Every role answers from the offline scripted brain (a test/benchmark provider, not a model).
     #[arg(long, value_name = "KIND")]
     provider: Option<String>,
+    /// LLM reply cache: record (default; replies stored in the sim), replay (strict: a miss is an
+    /// error, no provider is called), off.
+    #[arg(long, default_value = "record", value_name = "MODE")]
+    llm_cache: String,
     /// Set any [sim] setting, e.g. --set train_method=kto --set forced_norec_ratio=30.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -181,6 +209,10 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     }
 }
 
+fn cache_mode(s: &SimArgs) -> Result<propersim::llm::cache::CacheMode> {
+    s.llm_cache.parse().map_err(|e| anyhow::anyhow!("--llm-cache `{}`: {e}", s.llm_cache))
+}
+
 fn open_mode(s: &SimArgs) -> Open {
     if s.resume {
         Open::Resume
@@ -200,7 +232,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         cfg.sim.visualization = false;
     }
     ensure_assets(&cfg)?;
-    let mut engine = open_engine(&cfg, open_mode(&a.sim))?;
+    let mut engine = open_engine(&cfg, open_mode(&a.sim), cache_mode(&a.sim)?)?;
     let per_day = engine.steps_per_day();
     let target = match (a.days, a.steps) {
         (_, Some(s)) => engine.next_step + s,
@@ -241,6 +273,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         engine.llm.fallbacks(),
         engine.sim.root.display()
     );
+    eprintln!("{}", engine.llm.totals());
     if summary.interrupted {
         eprintln!("Resume with: propersim run --novis --sim {} --resume", cfg.sim.sim);
     }
@@ -256,7 +289,7 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
     cfg.paths.storage = tmp.path().join("storage");
     cfg.paths.temp_storage = tmp.path().join("temp_storage");
     cfg.sim.sim = "bench".into();
-    let mut engine = open_engine(&cfg, Open::Fork)?;
+    let mut engine = open_engine(&cfg, Open::Fork, propersim::llm::cache::CacheMode::Off)?;
     let summary = propersim::sim::headless::run(&mut engine, a.steps, false, Arc::new(AtomicBool::new(false))).await?;
     let per_step_ms = summary.seconds * 1000.0 / summary.steps.max(1) as f64;
     println!(
@@ -284,7 +317,7 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     let mut live_task = None;
     if a.sim.fork.is_some() || a.sim.sim.is_some() {
         ensure_assets(&cfg)?;
-        let engine = open_engine(&cfg, open_mode(&a.sim))?;
+        let engine = open_engine(&cfg, open_mode(&a.sim), cache_mode(&a.sim)?)?;
         let f = propersim::sim::follow::follower(&engine);
         opts.live = Some(f.clone());
         let f2 = f.clone();
@@ -302,6 +335,30 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
         f.poke();
         let engine = task.await??;
         eprintln!("Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume", engine.sim.code, engine.next_step, engine.sim.code);
+    }
+    Ok(())
+}
+
+async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
+    let mut cfg = Config::load(cli_config.map(|p| p.as_path()))?;
+    let set_provider = |cfg: &mut Config, p: &Option<String>| -> Result<()> {
+        if let Some(p) = p {
+            let kind: ProviderKind = p.parse().map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
+            cfg.set_all_providers(kind);
+        }
+        Ok(())
+    };
+    match what {
+        LlmCmd::Chat { role, text, provider } => {
+            set_provider(&mut cfg, &provider)?;
+            let role: propersim::config::Role = role.parse().map_err(|allowed| anyhow::anyhow!("--role `{role}` is not allowed; choose one of: {allowed}"))?;
+            println!("{}", propersim::llm::cli::chat(&cfg, role, &text).await?);
+        }
+        LlmCmd::Embed { text, provider } => {
+            set_provider(&mut cfg, &provider)?;
+            let (size, norm) = propersim::llm::cli::embed(&cfg, &text).await?;
+            println!("size={size} norm={norm:.4}");
+        }
     }
     Ok(())
 }
@@ -343,6 +400,7 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
+        Command::Llm { what } => llm_cmd(cfg.as_ref(), what).await,
         Command::Report { sim, json, paths } => (|| {
             let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
             apply_paths(&mut c, &paths);

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use propersim::config::{Config, NoRecRatio, ProviderKind};
+use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use propersim::world::maze::Maze;
 use serde_json::Value;
@@ -31,7 +32,7 @@ async fn one_scripted_day_keeps_every_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let storage = tmp.path().join("storage");
     let cfg = config(&fs, &storage, "day");
-    let mut engine = open_engine(&cfg, Open::Fork).unwrap();
+    let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Off).unwrap();
     let summary = propersim::sim::headless::run(&mut engine, 576, false, Arc::new(AtomicBool::new(false))).await.unwrap();
     assert_eq!(summary.steps, 576);
     let maze = Maze::load(&cfg.paths.assets).unwrap();
@@ -138,7 +139,7 @@ async fn forced_norec_ratio_holds() {
     let storage = tmp.path().join("storage");
     let mut cfg = config(&fs, &storage, "norec");
     cfg.sim.forced_norec_ratio = NoRecRatio::P70;
-    let mut engine = open_engine(&cfg, Open::Fork).unwrap();
+    let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Off).unwrap();
     propersim::sim::headless::run(&mut engine, 576, false, Arc::new(AtomicBool::new(false))).await.unwrap();
     let records: Vec<Value> = propersim::storage::read_jsonl(&storage.join("norec/records.jsonl")).unwrap();
     let forced = records.iter().filter(|r| r["forced"][0] == true).count() as f64 / records.len() as f64;

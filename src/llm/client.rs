@@ -1,18 +1,32 @@
-//! Routes tasks to their role's provider, with bounded retries and a counted fallback.
+//! Routes tasks to their role's provider, with bounded retries and a counted fallback, through
+//! the reply cache, and records every call in the ledger.
 //!
-//! This first version serves the offline scripted brain only; HTTP and local providers, the
-//! response cache and the ledger plug in here.
+//! Building: [`Llm::from_config`] gives a client with an in-memory ledger and no cache (one-off
+//! CLI use). A simulation uses [`Llm::for_sim`] (or chains [`Llm::with_cache`] and
+//! [`Llm::with_ledger`]), which keeps `llm_cache/` and `llm_ledger.jsonl` in `storage/<sim>/`.
+//!
+//! Providers are built on first use, so a replayed run never loads a local model nor needs an
+//! API key; call [`Llm::prepare`] to build them all up front and fail fast on bad settings.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::OnceCell;
+use tracing::Instrument;
 
-use super::{ChatProvider, Task};
+use super::cache::{embed_key, lock, reply_key, CacheMiss, CacheMode, CachedReply, LlmCache};
+use super::gemini::GeminiProvider;
+use super::http::estimate_tokens;
+use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
+use super::openai::OpenAiProvider;
+use super::{ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
 use crate::config::{Config, ProviderKind, Role, RoleConfig};
 
 /// A task's value and how it was obtained.
@@ -26,72 +40,347 @@ pub struct TaskOutcome<T> {
 
 enum Backend {
     Scripted,
-    Provider(Arc<dyn ChatProvider>),
+    /// Built on first use (see the module docs).
+    Provider(OnceCell<Arc<dyn ChatProvider>>),
 }
+
+struct Slot {
+    role: Role,
+    rc: RoleConfig,
+    backend: Backend,
+    adapter_version: AtomicU64,
+}
+
+/// Sentinel for "no step set".
+const NO_STEP: u64 = u64::MAX;
+/// Bound on the in-memory embedding cache (entries); it is cleared when full.
+const EMBED_MEM_MAX: usize = 200_000;
 
 /// The LLM client the simulation uses.
 pub struct Llm {
-    roles: HashMap<Role, (RoleConfig, Backend)>,
+    roles: HashMap<Role, Slot>,
     retries: usize,
     seed: u64,
+    budget_usd: Option<f64>,
+    cache: Option<LlmCache>,
+    ledger: Ledger,
+    step: AtomicU64,
+    embed_mem: Mutex<HashMap<String, Vec<f32>>>,
     fallbacks: AtomicU64,
     calls: AtomicU64,
 }
 
+/// What one task run or embedding request added up to, for its ledger line.
+#[derive(Default)]
+struct CallAcc {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+    transport_retries: u32,
+    cache_hits: u32,
+    live_calls: u32,
+}
+
 impl Llm {
-    /// Build providers for every role from the configuration.
+    /// Build the client for every role from the configuration (in-memory ledger, no cache).
     pub fn from_config(cfg: &Config) -> Result<Llm> {
         let mut roles = HashMap::new();
         for role in Role::ALL {
             let rc = cfg.role(*role);
             let backend = match rc.provider {
                 ProviderKind::Scripted => Backend::Scripted,
-                other => bail!(
-                    "role `{role}` uses provider `{other}`, which this build cannot reach yet; use `--provider scripted`"
-                ),
+                _ => Backend::Provider(OnceCell::new()),
             };
-            roles.insert(*role, (rc, backend));
+            roles.insert(*role, Slot { role: *role, rc, backend, adapter_version: AtomicU64::new(0) });
         }
-        Ok(Llm { roles, retries: cfg.sim.task_retries, seed: cfg.sim.seed, fallbacks: AtomicU64::new(0), calls: AtomicU64::new(0) })
+        Ok(Llm {
+            roles,
+            retries: cfg.sim.task_retries,
+            seed: cfg.sim.seed,
+            budget_usd: cfg.sim.budget_usd,
+            cache: None,
+            ledger: Ledger::in_memory(),
+            step: AtomicU64::new(NO_STEP),
+            embed_mem: Mutex::new(HashMap::new()),
+            fallbacks: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        })
     }
 
-    /// Whether every role runs on the scripted brain (the engine benchmark and CI mode).
+    /// The client of one simulation folder: cache in `<sim_dir>/llm_cache/` with `mode`, ledger
+    /// appended to `<sim_dir>/llm_ledger.jsonl` (its earlier lines count towards the budget).
+    pub fn for_sim(cfg: &Config, sim_dir: &Path, mode: CacheMode) -> Result<Llm> {
+        Llm::from_config(cfg)?.with_cache(sim_dir.join("llm_cache"), mode)?.with_ledger(sim_dir.join("llm_ledger.jsonl"))
+    }
+
+    /// Use (and load) the reply cache in `dir`.
+    pub fn with_cache(mut self, dir: impl Into<PathBuf>, mode: CacheMode) -> Result<Llm> {
+        let dir = dir.into();
+        self.cache = Some(LlmCache::open(&dir, mode).with_context(|| format!("opening the LLM cache in {}", dir.display()))?);
+        Ok(self)
+    }
+
+    /// Append the ledger to `path` (JSONL), starting the totals from its existing lines.
+    pub fn with_ledger(mut self, path: impl Into<PathBuf>) -> Result<Llm> {
+        let path = path.into();
+        self.ledger = Ledger::open(&path).with_context(|| format!("opening the LLM ledger {}", path.display()))?;
+        Ok(self)
+    }
+
+    /// Serve `role` with a ready-made provider and these settings (sampling, prices, model).
+    /// The integration point for providers built elsewhere, and for tests.
+    pub fn with_provider(mut self, role: Role, rc: RoleConfig, provider: Arc<dyn ChatProvider>) -> Llm {
+        let backend = Backend::Provider(OnceCell::new_with(Some(provider)));
+        self.roles.insert(role, Slot { role, rc, backend, adapter_version: AtomicU64::new(0) });
+        self
+    }
+
+    /// Build every role's provider now, so bad settings fail before a run starts.
+    pub async fn prepare(&self) -> Result<()> {
+        for role in Role::ALL {
+            if let Some(slot) = self.roles.get(role) {
+                if matches!(slot.backend, Backend::Provider(_)) {
+                    self.provider(slot).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this role runs on the scripted brain (the engine benchmark and CI mode).
     pub fn is_scripted(&self, role: Role) -> bool {
-        matches!(self.roles.get(&role), Some((_, Backend::Scripted)))
+        matches!(self.roles.get(&role), Some(Slot { backend: Backend::Scripted, .. }))
     }
 
     pub fn role_config(&self, role: Role) -> Option<&RoleConfig> {
-        self.roles.get(&role).map(|(rc, _)| rc)
+        self.roles.get(&role).map(|s| &s.rc)
+    }
+
+    /// The simulation step written into following ledger lines.
+    pub fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+    }
+
+    /// The adapter version of a role's model (0 = base). It is part of every cache key, so a
+    /// retrained assistant never gets a reply recorded for an older adapter.
+    pub fn set_adapter_version(&self, role: Role, version: u64) {
+        if let Some(s) = self.roles.get(&role) {
+            s.adapter_version.store(version, Ordering::Relaxed);
+        }
+    }
+
+    pub fn adapter_version(&self, role: Role) -> u64 {
+        self.roles.get(&role).map(|s| s.adapter_version.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Totals of the ledger by role and task (Display prints the end-of-run table).
+    pub fn totals(&self) -> LedgerTotals {
+        self.ledger.totals()
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn cache_mode(&self) -> CacheMode {
+        self.cache.as_ref().map(|c| c.mode()).unwrap_or(CacheMode::Off)
     }
 
     /// Run a task: ask, parse, retry a bounded number of times, then fall back.
+    ///
+    /// A reply that fails the task's `parse` (or that the provider could not read) is re-asked
+    /// up to `task_retries` times and then replaced by the task's fallback, counted in the
+    /// ledger. Transport failures that survive the provider's own retries, authentication and
+    /// request errors, a strict-replay miss ([`CacheMiss`]) and the budget cap
+    /// ([`BudgetExceeded`]) are returned as errors; match them with `err.downcast_ref`.
     pub async fn run<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
-        let (_rc, backend) = self.roles.get(&task.role()).ok_or_else(|| anyhow::anyhow!("no provider for role {}", task.role()))?;
+        let span = tracing::debug_span!("llm_task", task = task.name(), role = %task.role());
+        self.run_inner(task).instrument(span).await
+    }
+
+    async fn run_inner<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
+        let slot = self.slot(task.role())?;
         let messages = task.messages();
         let attempts_max = self.retries as u32 + 1;
+        let started = Instant::now();
+        let mut acc = CallAcc::default();
         for attempt in 0..attempts_max {
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let text = match backend {
+            let text = match &slot.backend {
                 Backend::Scripted => {
-                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, attempt + 1000 * task.sample_index()));
-                    task.scripted(&mut rng)
+                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, draw_index(attempt, task.sample_index())));
+                    let t = task.scripted(&mut rng);
+                    acc.prompt_tokens += estimate_tokens(messages.iter().map(|m| m.content.chars().count()).sum());
+                    acc.completion_tokens += estimate_tokens(t.chars().count());
+                    Some(t)
                 }
-                Backend::Provider(_p) => bail!("providers are not wired yet"),
+                Backend::Provider(_) => match self.ask(slot, task.name(), &messages, draw_index(attempt, task.sample_index()), &mut acc).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.record(slot, task.name(), &acc, started, attempt + 1, false, Some(&e))?;
+                        return Err(e);
+                    }
+                },
             };
-            if let Ok(v) = task.parse(&text) {
-                return Ok(TaskOutcome { value: v, fallback: false, attempts: attempt + 1 });
+            if let Some(text) = text {
+                match task.parse(&text) {
+                    Ok(v) => {
+                        self.record(slot, task.name(), &acc, started, attempt + 1, false, None)?;
+                        return Ok(TaskOutcome { value: v, fallback: false, attempts: attempt + 1 });
+                    }
+                    Err(why) => tracing::debug!(task = task.name(), attempt, %why, "bad reply"),
+                }
             }
         }
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(task = task.name(), role = %slot.role, attempts = attempts_max, "every reply was unusable; using the task's fallback");
+        self.record(slot, task.name(), &acc, started, attempts_max, true, None)?;
         Ok(TaskOutcome { value: task.fallback(), fallback: true, attempts: attempts_max })
+    }
+
+    /// One attempt against a provider, through the cache. `Ok(None)` is a reply the provider
+    /// could not read, which counts as a bad reply.
+    async fn ask(&self, slot: &Slot, task: &str, messages: &[Message], attempt: u32, acc: &mut CallAcc) -> Result<Option<String>> {
+        let mut sampling = sampling_of(&slot.rc);
+        // Each attempt and each candidate is its own draw: vary a fixed sampling seed with it.
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(attempt as u64));
+        let cache = self.cache.as_ref().filter(|c| c.mode() != CacheMode::Off);
+        let key = cache.map(|_| reply_key(slot.rc.provider.as_str(), &slot.rc.model, messages, &sampling, slot.adapter_version.load(Ordering::Relaxed), attempt));
+        if let (Some(c), Some(k)) = (cache, &key) {
+            if let Some(hit) = c.reply(k) {
+                acc.cache_hits += 1;
+                acc.prompt_tokens += hit.prompt_tokens;
+                acc.completion_tokens += hit.completion_tokens;
+                return Ok(Some(hit.text));
+            }
+            if c.mode() == CacheMode::Replay {
+                return Err(CacheMiss { task: task.to_string(), role: slot.role.to_string(), attempt, key: k.clone(), dir: c.dir().display().to_string() }.into());
+            }
+        }
+        self.check_budget(acc)?;
+        let provider = self.provider(slot).await?;
+        let req = ChatRequest { model: slot.rc.model.clone(), messages: messages.to_vec(), sampling };
+        acc.live_calls += 1;
+        match provider.chat(&req).await {
+            Ok(r) => {
+                acc.prompt_tokens += r.prompt_tokens;
+                acc.completion_tokens += r.completion_tokens;
+                acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
+                acc.transport_retries += r.retries;
+                if let (Some(c), Some(k)) = (cache, &key) {
+                    c.put_reply(k, &CachedReply { text: r.text.clone(), prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens })?;
+                }
+                Ok(Some(r.text))
+            }
+            Err(ProviderError::Malformed(why)) => {
+                tracing::warn!(task, role = %slot.role, attempt, %why, "unreadable provider reply");
+                Ok(None)
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "LLM task `{task}` (role {}, provider {}, model {:?})",
+                slot.role, slot.rc.provider, slot.rc.model
+            ))),
+        }
+    }
+
+    /// A free-form chat with a role's model (the `llm chat` command). Ledgered as task `chat`;
+    /// not cached. The scripted brain has no free-form replies, so it is refused.
+    pub async fn chat(&self, role: Role, messages: Vec<Message>) -> Result<ChatReply> {
+        let slot = self.slot(role)?;
+        if matches!(slot.backend, Backend::Scripted) {
+            bail!("role `{role}` uses the scripted brain, which only answers the simulation's typed tasks (it is not a model); configure a model for [roles.{role}] to chat");
+        }
+        let started = Instant::now();
+        let mut acc = CallAcc::default();
+        let result: Result<ChatReply> = async {
+            self.check_budget(&acc)?;
+            let provider = self.provider(slot).await?;
+            acc.live_calls += 1;
+            let req = ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc) };
+            let r = provider.chat(&req).await.with_context(|| format!("role {role} (provider {}, model {:?})", slot.rc.provider, slot.rc.model))?;
+            acc.prompt_tokens += r.prompt_tokens;
+            acc.completion_tokens += r.completion_tokens;
+            acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
+            acc.transport_retries += r.retries;
+            Ok(r)
+        }
+        .await;
+        self.record(slot, "chat", &acc, started, 1, false, result.as_ref().err())?;
+        result
     }
 
     /// Embed one text with the embedding role.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>> {
-        match self.roles.get(&Role::Embedding) {
-            Some((_, Backend::Scripted)) => Ok(scripted_embedding(text)),
-            _ => bail!("embedding provider not wired yet"),
+        let mut v = self.embed_many(&[text.to_string()]).await?;
+        v.pop().ok_or_else(|| anyhow!("the embedding provider returned no vector"))
+    }
+
+    /// Embed several texts in one provider request. Vectors are cached by text in memory and,
+    /// when the sim has a cache in `record`/`replay` mode, on disk; only misses reach the
+    /// provider, and in strict replay a miss is a [`CacheMiss`].
+    pub async fn embed_many(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let slot = self.slot(Role::Embedding)?;
+        let started = Instant::now();
+        let mut acc = CallAcc::default();
+        if let Backend::Scripted = slot.backend {
+            let out: Vec<Vec<f32>> = texts.iter().map(|t| scripted_embedding(t)).collect();
+            acc.prompt_tokens = texts.iter().map(|t| estimate_tokens(t.chars().count())).sum();
+            self.record(slot, "embed", &acc, started, 1, false, None)?;
+            return Ok(out);
         }
+        let (provider_kind, model) = (slot.rc.provider.as_str(), slot.rc.model.as_str());
+        let cache = self.cache.as_ref().filter(|c| c.mode() != CacheMode::Off);
+        let keys: Vec<String> = texts.iter().map(|t| embed_key(provider_kind, model, t)).collect();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        {
+            let mem = lock(&self.embed_mem);
+            for (i, k) in keys.iter().enumerate() {
+                out[i] = mem.get(k).cloned().or_else(|| cache.and_then(|c| c.embedding(k)));
+            }
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            if let Some(c) = cache.filter(|c| c.mode() == CacheMode::Replay) {
+                let i = missing[0];
+                return Err(CacheMiss { task: "embed".into(), role: Role::Embedding.to_string(), attempt: 0, key: keys[i].clone(), dir: c.dir().display().to_string() }.into());
+            }
+            let result: Result<Vec<Vec<f32>>> = async {
+                self.check_budget(&acc)?;
+                let provider = self.provider(slot).await?;
+                let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+                acc.live_calls += 1;
+                acc.prompt_tokens = batch.iter().map(|t| estimate_tokens(t.chars().count())).sum();
+                acc.cost_usd = cost_usd(&slot.rc, acc.prompt_tokens, 0);
+                let vecs = provider.embed(model, &batch).await.with_context(|| format!("embedding with provider {} model {model:?}", slot.rc.provider))?;
+                if vecs.len() != batch.len() {
+                    bail!("the embedding provider returned {} vectors for {} texts", vecs.len(), batch.len());
+                }
+                Ok(vecs)
+            }
+            .await;
+            self.record(slot, "embed", &acc, started, 1, false, result.as_ref().err())?;
+            let vecs = result?;
+            let mut mem = lock(&self.embed_mem);
+            if mem.len() + vecs.len() > EMBED_MEM_MAX {
+                mem.clear();
+            }
+            for (&i, v) in missing.iter().zip(vecs) {
+                if let Some(c) = cache {
+                    c.put_embedding(&keys[i], &v)?;
+                }
+                mem.insert(keys[i].clone(), v.clone());
+                out[i] = Some(v);
+            }
+        } else {
+            // Served from the caches: nothing to ledger, but remember disk hits in memory.
+            let mut mem = lock(&self.embed_mem);
+            for (k, v) in keys.iter().zip(&out) {
+                if let Some(v) = v {
+                    mem.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     pub fn fallbacks(&self) -> u64 {
@@ -99,6 +388,67 @@ impl Llm {
     }
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, role: Role) -> Result<&Slot> {
+        self.roles.get(&role).ok_or_else(|| anyhow!("no provider for role {role}"))
+    }
+
+    /// The role's provider, built on first use.
+    async fn provider(&self, slot: &Slot) -> Result<Arc<dyn ChatProvider>> {
+        let Backend::Provider(cell) = &slot.backend else {
+            bail!("role {} uses the scripted brain", slot.role);
+        };
+        let p = cell
+            .get_or_try_init(|| async {
+                let (rc, role) = (slot.rc.clone(), slot.role);
+                match rc.provider {
+                    ProviderKind::OpenAi => Ok(Arc::new(OpenAiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
+                    ProviderKind::Gemini => Ok(Arc::new(GeminiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
+                    // Loading a model is slow blocking work: keep it off the async workers.
+                    ProviderKind::Local => tokio::task::spawn_blocking(move || build_local(&rc, role))
+                        .await
+                        .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))?,
+                    ProviderKind::Scripted => bail!("role {role} uses the scripted brain"),
+                }
+            })
+            .await
+            .with_context(|| format!("setting up the `{}` provider for role {}", slot.rc.provider, slot.role))?;
+        Ok(p.clone())
+    }
+
+    fn check_budget(&self, acc: &CallAcc) -> Result<()> {
+        if let Some(budget) = self.budget_usd {
+            let spent = self.ledger.spent_usd() + acc.cost_usd;
+            if spent > budget {
+                return Err(BudgetExceeded { spent_usd: spent, budget_usd: budget }.into());
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(&self, slot: &Slot, task: &str, acc: &CallAcc, started: Instant, attempts: u32, fallback: bool, error: Option<&anyhow::Error>) -> Result<()> {
+        let step = self.step.load(Ordering::Relaxed);
+        let entry = LedgerEntry {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            step: (step != NO_STEP).then_some(step),
+            task: task.to_string(),
+            role: slot.role.to_string(),
+            provider: slot.rc.provider.to_string(),
+            model: slot.rc.model.clone(),
+            prompt_tokens: acc.prompt_tokens,
+            completion_tokens: acc.completion_tokens,
+            latency_ms: started.elapsed().as_millis() as u64,
+            attempts,
+            retries: attempts.saturating_sub(1),
+            transport_retries: acc.transport_retries,
+            fallback_used: fallback,
+            cost_usd: acc.cost_usd,
+            cached: acc.cache_hits > 0 && acc.live_calls == 0,
+            error: error.map(|e| format!("{e:#}")),
+        };
+        self.ledger.record(&entry).context("writing the LLM ledger")
     }
 
     /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is
@@ -111,6 +461,50 @@ impl Llm {
         attempt.hash(&mut h);
         h.finish()
     }
+}
+
+/// One number for (retry attempt, candidate): mixed into the scripted seed, the sampling seed
+/// and the cache key, so two candidates of one prompt are two draws, not one cached reply.
+fn draw_index(attempt: u32, sample: u32) -> u32 {
+    attempt + 1000 * sample
+}
+
+/// The sampling fields of a role's settings.
+pub fn sampling_of(rc: &RoleConfig) -> Sampling {
+    Sampling {
+        temperature: rc.temperature,
+        top_p: rc.top_p,
+        top_k: rc.top_k,
+        max_tokens: rc.max_tokens,
+        repeat_penalty: rc.repeat_penalty,
+        seed: rc.seed,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LOCAL PROVIDER HOOK: the single place where `provider = "local"` is built. The integrator
+// replaces the body with `Ok(Arc::new(crate::llm::local::LocalProvider::new(rc, role)?))`
+// (keeping `local_setup_help` for the "no model available offline" error).
+// ---------------------------------------------------------------------------------------------
+fn build_local(rc: &RoleConfig, role: Role) -> Result<Arc<dyn ChatProvider>> {
+    Err(anyhow!("{}", local_setup_help(rc, role, "this build has no local model runtime")))
+}
+
+/// The "defaults" error text: why the local model is unavailable, and exactly how to point the
+/// role at a local GGUF file, an API, or the scripted brain instead.
+pub fn local_setup_help(rc: &RoleConfig, role: Role, why: &str) -> String {
+    let r = role.as_str();
+    let model_hint = if role == Role::Embedding { "/path/to/all-MiniLM-L6-v2" } else { "/path/to/model.gguf" };
+    format!(
+        "role `{r}` wants the local model {model:?}, but it is not available offline ({why}).\n\
+         Point the role at something that is, in propersim.toml:\n\
+         \x20 a local model file:          [roles.{r}] provider = \"local\" model = \"{model_hint}\"\n\
+         \x20 an OpenAI-compatible API:    [roles.{r}] provider = \"openai\" model = \"gpt-4o-mini\" base_url = \"https://api.openai.com/v1\" api_key_env = \"OPENAI_API_KEY\"\n\
+         \x20   (vLLM / Ollama / llama.cpp server: base_url = \"http://localhost:8000/v1\", no api_key_env)\n\
+         \x20 Gemini:                      [roles.{r}] provider = \"gemini\" model = \"gemini-2.0-flash\" api_key_env = \"GEMINI_API_KEY\"\n\
+         or run without any model on the offline scripted brain: --provider scripted",
+        model = rc.model
+    )
 }
 
 /// The scripted brain's embedding: a normalized hashed bag of words (256 dims). Texts sharing
@@ -129,4 +523,29 @@ pub fn scripted_embedding(text: &str) -> Vec<f32> {
         v.iter_mut().for_each(|x| *x /= n);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The simulation shares one `Llm` across spawned tasks: it and its futures must be Send.
+    #[allow(dead_code)]
+    fn llm_and_its_futures_are_send<T: Task>(llm: &Llm, task: &T) {
+        fn send_sync<S: Send + Sync>() {}
+        fn send<F: Send>(_: &F) {}
+        send_sync::<Llm>();
+        send(&llm.run(task));
+        send(&llm.embed("x"));
+        send(&llm.chat(Role::User, Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn default_local_role_explains_how_to_configure() {
+        let cfg = Config::default();
+        let llm = Llm::from_config(&cfg).unwrap();
+        let e = format!("{:#}", llm.prepare().await.unwrap_err());
+        assert!(e.contains("provider = \"local\" model = \"/path/to/model.gguf\""), "{e}");
+        assert!(e.contains("provider = \"openai\"") && e.contains("api_key_env") && e.contains("--provider scripted"), "{e}");
+    }
 }

@@ -2,7 +2,13 @@
 //! typed value, and has a fallback. Providers only move text. [`Llm`] routes a task to its role's
 //! provider, retries bad replies, and records each call.
 
+pub mod cache;
+pub mod cli;
 pub mod client;
+pub mod gemini;
+pub mod http;
+pub mod ledger;
+pub mod openai;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};

@@ -139,6 +139,7 @@ impl Engine {
         let step = self.next_step;
         let env = self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?;
         let now = self.clock.time(step);
+        self.llm.set_step(step);
         self.ensure_embeddings().await?;
 
         // Day boundary at the second step of each day (00:02:30), as the original: the user's

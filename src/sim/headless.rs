@@ -35,10 +35,15 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
             break;
         }
         engine.write_next_environment()?;
-        let result = engine.step().await;
-        if let Err(e) = result {
-            engine.save_personas().ok();
+        if let Err(e) = engine.step().await {
             bar.abandon();
+            // Over budget is a clean stop: the step was not written, the run resumes later.
+            if let Some(b) = e.downcast_ref::<crate::llm::ledger::BudgetExceeded>() {
+                eprintln!("{b}; stopping. Raise budget_usd and resume with --resume.");
+                interrupted = true;
+                break;
+            }
+            engine.save_personas().ok();
             return Err(e);
         }
         bar.inc(1);

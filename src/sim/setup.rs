@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use super::Engine;
 use crate::config::Config;
+use crate::llm::cache::CacheMode;
 use crate::llm::Llm;
 use crate::storage::sim::write_handshake;
 use crate::storage::SimDir;
@@ -40,7 +41,7 @@ pub fn ensure_assets(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn open_engine(cfg: &Config, open: Open) -> Result<Engine> {
+pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine> {
     let sim = match open {
         Open::Resume => SimDir::open(&cfg.paths.storage, &cfg.sim.sim)?,
         Open::Fork | Open::Force => SimDir::fork(&cfg.paths.storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, open == Open::Force)?,
@@ -51,7 +52,7 @@ pub fn open_engine(cfg: &Config, open: Open) -> Result<Engine> {
         sim.write_meta(&meta)?;
     }
     let maze = Arc::new(Maze::load(&cfg.paths.assets).with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?);
-    let llm = Arc::new(Llm::from_config(cfg)?);
+    let llm = Arc::new(Llm::for_sim(cfg, &sim.root, cache)?);
     let engine = Engine::open(cfg.clone(), sim, maze, llm)?;
     write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
     Ok(engine)

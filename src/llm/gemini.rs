@@ -1,0 +1,202 @@
+//! Gemini provider: `POST {base}/v1beta/models/{model}:generateContent`, `:embedContent` and
+//! `:batchEmbedContents`. The key goes in the `x-goog-api-key` header rather than `?key=`, so it
+//! never appears in a URL (and so never in a log line that prints one).
+
+use futures::future::BoxFuture;
+use serde_json::{json, Map, Value};
+
+use super::http::{join_url, AuthStyle, HttpCaller, HttpPolicy};
+use super::openai::{check_base_url, floats, short};
+use super::{ChatProvider, ChatReply, ChatRequest, ProviderError};
+use crate::config::RoleConfig;
+
+pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// Key variable used with Google's endpoint when no `api_key_env` is configured.
+pub const DEFAULT_KEY_ENV: &str = "GEMINI_API_KEY";
+
+#[derive(Debug)]
+pub struct GeminiProvider {
+    http: HttpCaller,
+    base_url: String,
+}
+
+impl GeminiProvider {
+    pub fn new(rc: &RoleConfig) -> anyhow::Result<GeminiProvider> {
+        let base_url = rc.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        check_base_url(&base_url)?;
+        let key_env = match (&rc.api_key_env, &rc.base_url) {
+            (Some(v), _) => Some(v.clone()),
+            (None, None) => Some(DEFAULT_KEY_ENV.to_string()),
+            (None, Some(_)) => None,
+        };
+        Ok(GeminiProvider { http: HttpCaller::new(rc, &base_url, AuthStyle::Header("x-goog-api-key"), key_env)?, base_url })
+    }
+
+    pub fn with_policy(mut self, policy: HttpPolicy) -> Self {
+        self.http.set_policy(policy);
+        self
+    }
+
+    fn url(&self, model: &str, method: &str) -> Result<String, ProviderError> {
+        let m = model_id(model)?;
+        Ok(join_url(&self.base_url, &format!("v1beta/models/{m}:{method}")))
+    }
+}
+
+/// The bare model id (`gemini-2.0-flash`) from `gemini-2.0-flash` or `models/gemini-2.0-flash`.
+/// It becomes part of a URL path, so only plain id characters are accepted.
+pub fn model_id(model: &str) -> Result<&str, ProviderError> {
+    let m = model.trim().trim_start_matches("models/");
+    if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+        return Err(ProviderError::BadRequest {
+            status: 0,
+            message: format!("{model:?} is not a Gemini model id (expected something like \"gemini-2.0-flash\")"),
+        });
+    }
+    Ok(m)
+}
+
+/// System messages become `systemInstruction`; `assistant` turns are `model` turns.
+pub fn generate_body(req: &ChatRequest) -> Value {
+    let system: Vec<&str> = req.messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+    let contents: Vec<Value> = req
+        .messages
+        .iter()
+        .filter(|m| m.role != "system")
+        .map(|m| {
+            let role = if m.role == "assistant" || m.role == "model" { "model" } else { "user" };
+            json!({"role": role, "parts": [{"text": m.content}]})
+        })
+        .collect();
+    let mut body = Map::new();
+    if !system.is_empty() {
+        body.insert("systemInstruction".into(), json!({"parts": [{"text": system.join("\n\n")}]}));
+    }
+    body.insert("contents".into(), Value::Array(contents));
+    let s = &req.sampling;
+    let mut gc = Map::new();
+    if let Some(t) = s.temperature {
+        gc.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = s.top_p {
+        gc.insert("topP".into(), json!(p));
+    }
+    if let Some(k) = s.top_k {
+        gc.insert("topK".into(), json!(k));
+    }
+    if let Some(m) = s.max_tokens {
+        gc.insert("maxOutputTokens".into(), json!(m));
+    }
+    if let Some(seed) = s.seed {
+        gc.insert("seed".into(), json!(seed));
+    }
+    if !gc.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(gc));
+    }
+    Value::Object(body)
+}
+
+/// Text of the first candidate and `usageMetadata`. A blocked prompt has no candidates; that is
+/// a bad reply (the task may retry or fall back), not a transport failure.
+pub fn parse_generate(v: &Value) -> Result<ChatReply, ProviderError> {
+    let Some(cand) = v.pointer("/candidates/0") else {
+        let why = v.pointer("/promptFeedback/blockReason").and_then(Value::as_str).map(|r| format!("the prompt was blocked ({r})"));
+        return Err(ProviderError::Malformed(why.unwrap_or_else(|| format!("no `candidates` in the reply: {}", short(v)))));
+    };
+    let parts = cand.pointer("/content/parts").and_then(Value::as_array);
+    let text: String = parts
+        .map(|ps| ps.iter().filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true)).filter_map(|p| p.get("text").and_then(Value::as_str)).collect())
+        .unwrap_or_default();
+    if parts.is_none() {
+        let reason = cand.get("finishReason").and_then(Value::as_str).unwrap_or("unknown");
+        return Err(ProviderError::Malformed(format!("the candidate has no text (finishReason: {reason})")));
+    }
+    let tok = |k: &str| v.pointer(&format!("/usageMetadata/{k}")).and_then(Value::as_u64).unwrap_or(0);
+    Ok(ChatReply { text, prompt_tokens: tok("promptTokenCount"), completion_tokens: tok("candidatesTokenCount"), retries: 0 })
+}
+
+impl ChatProvider for GeminiProvider {
+    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>> {
+        Box::pin(async move {
+            let url = self.url(&req.model, "generateContent")?;
+            let (mut reply, retries) = self.http.post_json(&url, &generate_body(req), parse_generate).await?;
+            reply.retries = retries;
+            Ok(reply)
+        })
+    }
+
+    /// One text uses `:embedContent`; several use `:batchEmbedContents` (one round trip).
+    fn embed<'a>(&'a self, model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
+        Box::pin(async move {
+            let id = model_id(model)?;
+            let content = |t: &String| json!({"parts": [{"text": t}]});
+            match texts {
+                [] => Ok(Vec::new()),
+                [one] => {
+                    let url = self.url(model, "embedContent")?;
+                    let body = json!({"model": format!("models/{id}"), "content": content(one)});
+                    let extract = |v: &Value| {
+                        floats(v.pointer("/embedding/values")).map(|e| vec![e]).ok_or_else(|| ProviderError::Malformed(format!("no `embedding.values` in the reply: {}", short(v))))
+                    };
+                    Ok(self.http.post_json(&url, &body, extract).await?.0)
+                }
+                many => {
+                    let url = self.url(model, "batchEmbedContents")?;
+                    let requests: Vec<Value> = many.iter().map(|t| json!({"model": format!("models/{id}"), "content": content(t)})).collect();
+                    let extract = |v: &Value| -> Result<Vec<Vec<f32>>, ProviderError> {
+                        let list = v.get("embeddings").and_then(Value::as_array).ok_or_else(|| ProviderError::Malformed(format!("no `embeddings` in the reply: {}", short(v))))?;
+                        if list.len() != many.len() {
+                            return Err(ProviderError::Malformed(format!("asked for {} embeddings, got {}", many.len(), list.len())));
+                        }
+                        list.iter()
+                            .enumerate()
+                            .map(|(i, e)| floats(e.get("values")).ok_or_else(|| ProviderError::Malformed(format!("embedding {i} has no `values`"))))
+                            .collect()
+                    };
+                    Ok(self.http.post_json(&url, &json!({"requests": requests}), extract).await?.0)
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        "gemini"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{Message, Sampling};
+
+    #[test]
+    fn body_maps_roles_and_config() {
+        let req = ChatRequest {
+            model: "gemini-2.0-flash".into(),
+            messages: vec![Message::system("be brief"), Message::user("hi"), Message::assistant("hello"), Message::user("again")],
+            sampling: Sampling { temperature: Some(0.2), top_k: Some(5), max_tokens: Some(64), ..Sampling::default() },
+        };
+        let b = generate_body(&req);
+        assert_eq!(b["systemInstruction"]["parts"][0]["text"], "be brief");
+        assert_eq!(b["contents"].as_array().unwrap().len(), 3);
+        assert_eq!(b["contents"][1]["role"], "model");
+        assert_eq!(b["generationConfig"]["topK"], 5);
+        assert_eq!(b["generationConfig"]["maxOutputTokens"], 64);
+        assert!(b["generationConfig"].get("topP").is_none());
+    }
+
+    #[test]
+    fn model_ids_are_checked() {
+        assert_eq!(model_id("models/gemini-1.5-pro").unwrap(), "gemini-1.5-pro");
+        assert!(model_id("../../x?key=1").is_err());
+        assert!(model_id("").is_err());
+    }
+
+    #[test]
+    fn blocked_prompt_is_a_bad_reply() {
+        let e = parse_generate(&json!({"promptFeedback":{"blockReason":"SAFETY"}})).unwrap_err().to_string();
+        assert!(e.contains("SAFETY"), "{e}");
+        let r = parse_generate(&json!({"candidates":[{"content":{"parts":[{"text":"a"},{"text":"b"}],"role":"model"}}],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":2}})).unwrap();
+        assert_eq!((r.text.as_str(), r.prompt_tokens, r.completion_tokens), ("ab", 4, 2));
+    }
+}
