@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 struct Mock {
     n: AtomicU64,
+    /// Requests in flight and the most seen at once, per model.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 fn h(s: &str) -> u64 {
@@ -94,6 +96,16 @@ async fn chat(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value>
     let system = msgs.iter().find(|m| m["role"] == "system").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
     let user = msgs.iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
     let n = m.n.fetch_add(1, Ordering::SeqCst);
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    {
+        let mut f = m.in_flight.lock().unwrap();
+        let e = f.entry(model.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    // A little latency, so concurrent calls overlap as they would against a real server.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    m.in_flight.lock().unwrap().get_mut(&model).unwrap().0 -= 1;
     let body = answer(&user, &system);
     // Real models ramble: wrap some replies, break a few.
     let text = match n % 17 {
@@ -128,12 +140,13 @@ async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
     Json(json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
 }
 
-async fn start_mock() -> String {
-    let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/embeddings", post(embeddings)).with_state(Arc::new(Mock { n: AtomicU64::new(0) }));
+async fn start_mock() -> (String, Arc<Mock>) {
+    let mock = Arc::new(Mock { n: AtomicU64::new(0), in_flight: Default::default() });
+    let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/embeddings", post(embeddings)).with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/v1")
+    (format!("http://{addr}/v1"), mock)
 }
 
 fn config(fs: &Path, root: &Path, base: &str) -> Config {
@@ -157,7 +170,7 @@ fn config(fs: &Path, root: &Path, base: &str) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_over_http_with_imperfect_replies() {
     let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
-    let base = start_mock().await;
+    let (base, mock) = start_mock().await;
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(&fs, tmp.path(), &base);
     let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Record).unwrap();
@@ -168,8 +181,8 @@ async fn a_day_over_http_with_imperfect_replies() {
     // hourly summaries appear as awake hours pass.
     let mut max_hourly = 0;
     while engine.next_step < 576 {
-        let next = engine.next_step + 1;
-        propersim::sim::headless::run(&mut engine, next, false, stop.clone()).await.unwrap();
+        engine.write_next_environment().unwrap();
+        engine.step().await.unwrap();
         max_hourly = max_hourly.max(engine.evaluator.hourly.len() + 4 * engine.evaluator.four_hourly.len());
     }
     assert!(max_hourly >= 3, "hourly summaries were made ({max_hourly})");
@@ -214,6 +227,11 @@ async fn a_day_over_http_with_imperfect_replies() {
             assert_eq!(dims.as_object().unwrap().keys().collect::<Vec<_>>(), ["Personal_Preference", "Timing", "Frequency", "Communication_&_Safety"]);
         }
     }
+    // Both candidates are generated at once, and the evaluator's checks run concurrently.
+    let peaks = mock.in_flight.lock().unwrap().clone();
+    assert!(peaks["mock-assistant"].1 >= 2, "candidates were generated one after another: {peaks:?}");
+    assert!(peaks["mock-evaluator"].1 >= 5, "evaluator checks were not concurrent: {peaks:?}");
+
     // Broken replies were retried (and counted), never crashed the run.
     let ledger: Vec<Value> = propersim::storage::read_jsonl(&sim.join("llm_ledger.jsonl")).unwrap();
     assert!(ledger.iter().any(|l| l["retries"].as_u64().unwrap_or(0) > 0), "some replies needed a retry");
