@@ -23,8 +23,13 @@ pub struct CopyEnvToMovement {
 
 impl CopyEnvToMovement {
     /// A double for `storage/<sim>` whose next step is `start`; each step is written after `delay`.
+    /// Like an engine started on a fork, it computes `start` at once if its environment exists.
     pub fn new(storage: PathBuf, sim: &str, start: u64, delay: Duration) -> Arc<Self> {
-        Arc::new(CopyEnvToMovement { sim_dir: storage.join(sim), sim: sim.into(), next: Arc::new(AtomicU64::new(start)), paused: AtomicBool::new(false), delay })
+        let me = Arc::new(CopyEnvToMovement { sim_dir: storage.join(sim), sim: sim.into(), next: Arc::new(AtomicU64::new(start)), paused: AtomicBool::new(false), delay });
+        if me.sim_dir.join(format!("environment/{start}.json")).is_file() {
+            me.environment_written(start);
+        }
+        me
     }
 
     /// The scripted movement for `step` given the posted environment.
