@@ -337,6 +337,8 @@ async fn demo_from_compressed_storage() {
     assert!(body.contains("let step_size = 150 * 1000;"));
     assert!(body.contains(r#"let start_datetime = "2025-02-13T00:02:30";"#), "{body}");
     assert!(body.contains("/static/js/game.js"));
+    assert!(body.contains(r#""assistant_log":{"1":"#) && body.contains("suggestion 2"), "assistant fields kept for the demo: {body}");
+    assert!(!body.contains(r#""0":{"curr_time""#), "log starts at the demo's step");
     for id in ["current_action__John_Lin", "chat__Eddy_Lin"] {
         assert!(body.contains(&format!("id=\"{id}\"")));
     }

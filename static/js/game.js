@@ -127,7 +127,7 @@
     }
     const span = x1 - x0, tick = span <= 120 ? 15 : span <= 360 ? 60 : 180;
     const hhmm = (m) => `${String(Math.floor(m / 60) % 24).padStart(2, "0")}:${String(Math.round(m % 60)).padStart(2, "0")}`;
-    for (let m = x0; m <= x1; m += tick) g.fillText(hhmm(m), Math.min(x(m) - 12, W - 30), H - 4);
+    for (let m = x0; m <= x1 - (span > 360 ? tick : 0); m += tick) g.fillText(hhmm(m), Math.min(x(m) - 12, W - 30), H - 4);
     if (state.scores.length === 0) { g.fillText("no scores yet today", L + 40, H / 2); return; }
     g.strokeStyle = "#4a7fc1"; g.lineWidth = 2; g.beginPath();
     state.scores.forEach(([m, s], i) => (i ? g.lineTo(x(m), y(s)) : g.moveTo(x(m), y(s))));
@@ -305,8 +305,11 @@
           state.ended = true;
           return;
         }
-        const persona = (cfg.all_movement || {})[String(state.step)] || {};
-        await applyStep(scene, { persona, meta: { curr_time: demoClock(state.step) } });
+        const persona = Object.assign({}, (cfg.all_movement || {})[String(state.step)] || {});
+        const extra = (cfg.assistant_log || {})[String(state.step)];
+        if (extra) persona[cfg.assistant] = Object.assign({}, persona[cfg.assistant] || {}, extra);
+        const clock = (extra && extra.curr_time) || demoClock(state.step);
+        await applyStep(scene, { persona, meta: { curr_time: clock } });
         await sleep(cfg.play_speed >= 32 ? 0 : 16);
       } else {
         if (state.phase === "process") {
