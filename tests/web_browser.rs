@@ -85,7 +85,17 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// End the WebDriver session first (so chromedriver closes Chromium), then stop chromedriver.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_string();
+        if let Ok(mut conn) = std::net::TcpStream::connect(&addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!("DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.session);
+            if conn.write_all(req.as_bytes()).is_ok() {
+                let _ = conn.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -288,4 +298,24 @@ async fn live_reload_replay_and_demo_in_chromium() {
     d.wait_for("the demo's end message", 120, "return document.getElementById('status').textContent.includes('End of the run')").await;
     assert_eq!(d.step().await, last_movement + 1);
     lap("demo ended");
+
+    // The path tester draws the map and reports the camera position to temp_storage.
+    d.goto(&format!("{base}/path_tester/")).await;
+    d.wait_for("the path tester's tile readout", 30, "return document.getElementById('tile').textContent.startsWith('(')").await;
+    let probe = root.path().join("temp_storage/path_tester_env.json");
+    let t0 = Instant::now();
+    while !probe.is_file() && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let camera: Value = serde_json::from_str(&fs::read_to_string(&probe).expect("path_tester_env.json written")).unwrap();
+    assert_eq!(camera["maze"], "the_ville");
+    assert!(camera["x"].as_f64().is_some() && camera["y"].as_f64().is_some(), "{camera}");
+
+    // State Details of the live page's persona links to the saved state.
+    d.goto(&format!("{base}/replay_persona_state/{SIM}/0/John_Lin/")).await;
+    let rows = d.js("return document.querySelectorAll('table.scratch tr').length").await;
+    assert!(rows.as_u64().unwrap_or(0) > 5, "scratch rows from the seed: {rows}");
+    assert_eq!(d.js("return document.querySelector('h1').textContent.trim()").await, json!("John Lin"));
+    d.screenshot("persona_state.png").await;
+    lap("path tester and persona state");
 }
