@@ -295,6 +295,12 @@ async fn live_sim_drives_the_step_loop() {
     // Reloading resumes at the engine's step, now with the environment still to post.
     let (_, body) = live.get("/simulator_home").await;
     assert!(body.contains(r#"<span id="step">6</span>"#));
+    // A stale tab posting an old step is refused and the file kept.
+    let env3 = fs::read(storage.join(format!("{SIM}/environment/3.json"))).unwrap();
+    let (st, body) = live.post("/process_environment/", json!({"step": 3, "sim_code": SIM, "environment": {"John Lin": {"maze": "the_ville", "x": 1, "y": 1}}}).to_string()).await;
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("next step (6)"), "{body}");
+    assert_eq!(fs::read(storage.join(format!("{SIM}/environment/3.json"))).unwrap(), env3);
     // Replay tabs cannot write into a live server's storage for another sim.
     fs::create_dir_all(storage.join("other_sim/environment")).unwrap();
     let (st, body) = live.post("/process_environment/", r#"{"step": 0, "sim_code": "other_sim", "environment": {}}"#).await;
@@ -310,6 +316,51 @@ async fn live_sim_drives_the_step_loop() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["step"], json!(6));
     // Without a live sim there is nothing to pause.
     assert_eq!(s.post("/live_control/", r#"{"paused": true}"#).await.0, 404);
+}
+
+#[tokio::test]
+async fn embedded_pages_when_folders_are_missing() {
+    let root = tempfile::tempdir().unwrap();
+    make_fixture(root.path());
+    // ServeOptions::new points templates/ and static/ into the temp root, where they do not exist.
+    let opts = ServeOptions::new(root.path(), root.path().join("assets"));
+    let s = Server::serve(opts, root).await;
+    let (st, body) = s.get("/").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("Your environment server is up and running!"));
+    assert_eq!(s.get(&format!("/replay/{SIM}/0/")).await.0, 200);
+    let r = s.client.get(format!("{}/static/js/game.js", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/javascript");
+    assert_eq!(r.text().await.unwrap(), fs::read_to_string(repo().join("static/js/game.js")).unwrap());
+    assert_eq!(s.get("/static/js/nope.js").await.0, 404);
+    assert_eq!(s.get("/static/assets/characters/atlas.json").await.0, 200);
+}
+
+#[tokio::test]
+async fn junk_input_gets_4xx_never_a_crash() {
+    let s = Server::start(Some(CopyEnvToMovement::new(PathBuf::from("/nonexistent"), SIM, 0, Duration::ZERO))).await;
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let bodies: Vec<String> = vec![
+        String::new(), "null".into(), "\u{0}".into(), "{\"step\": 1e400, \"sim_code\": \"x\"}".into(), deep,
+        "{\"step\": 18446744073709551615, \"sim_code\": \"fixture_sim\", \"environment\": {}}".into(),
+        "{\"step\": \"9999999999999999999\", \"sim_code\": \"fixture_sim\"}".into(),
+        "{\"step\": 1, \"sim_code\": \"\\u00e9t\\u00e9\"}".into(), "{\"camera\": null, \"paused\": null}".into(),
+        String::from_utf8_lossy(&[0xff, 0xfe, 0x00]).into_owned(),
+    ];
+    for path in ["/update_environment/", "/process_environment/", "/path_tester_update/", "/live_control/"] {
+        for b in &bodies {
+            let (st, body) = s.post(path, b.clone()).await;
+            assert!((400..500).contains(&st) || st == 200, "{path} {b:.40} -> {st} {body}");
+        }
+    }
+    for path in ["/replay/x/99999999999999999999/", "/demo/x/1/99999999999999999999/", "/replay_persona_state/%00/1/a/", "/replay/%C3%A9/1/",
+                 "/demo/fixture_sim/18446744073709551615/1/", "/replay_persona_state/fixture_sim/1/_/", "/replay_persona_state/fixture_sim/1/%20x/"] {
+        let (st, body) = s.get(path).await;
+        assert!((400..500).contains(&st), "{path} -> {st} {body}");
+    }
+    // Still serving.
+    assert_eq!(s.get("/").await.0, 200);
 }
 
 #[tokio::test]
@@ -337,6 +388,8 @@ async fn demo_from_compressed_storage() {
     assert!(body.contains("let step_size = 150 * 1000;"));
     assert!(body.contains(r#"let start_datetime = "2025-02-13T00:02:30";"#), "{body}");
     assert!(body.contains("/static/js/game.js"));
+    assert!(body.contains(r#""assistant_log":{"1":"#) && body.contains("suggestion 2"), "assistant fields kept for the demo: {body}");
+    assert!(!body.contains(r#""0":{"curr_time""#), "log starts at the demo's step");
     for id in ["current_action__John_Lin", "chat__Eddy_Lin"] {
         assert!(body.contains(&format!("id=\"{id}\"")));
     }

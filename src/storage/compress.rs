@@ -3,6 +3,9 @@
 //! pronunciatio, description or chat changed (only those four keys), in Python's
 //! `json.dumps(indent=2)` format; `meta.json` and `personas/` are copied.
 //!
+//! Addition: `assistant.json` keeps what the original dropped and the demo page now shows: per
+//! step, the assistant's suggestion, the user's response and the evaluator's score and reason.
+//!
 //! Differences from the original: the output is built in a temporary folder and renamed into
 //! place (an existing output is replaced, not an error); steps may start above 0 (a run resumed
 //! from a later step), but must be contiguous; persona order is that of the first movement file.
@@ -26,12 +29,13 @@ pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBu
     if !src.is_dir() {
         bail!("no simulation {sim:?} in {}", storage_dir.display());
     }
-    let master = master_movement(&src)?;
+    let (master, assistant) = master_movement(&src)?;
     let text = pyjson::to_string_indent2(&master)?;
 
     fs::create_dir_all(out_root).with_context(|| format!("creating {}", out_root.display()))?;
     let tmp = tempfile::Builder::new().prefix(&format!(".{sim}-compress-")).tempdir_in(out_root)?;
     fs::write(tmp.path().join("master_movement.json"), text)?;
+    fs::write(tmp.path().join("assistant.json"), pyjson::to_string_indent2(&assistant)?)?;
     let meta = src.join("reverie/meta.json");
     fs::copy(&meta, tmp.path().join("meta.json")).with_context(|| format!("copying {}", meta.display()))?;
     copy_tree(&src.join("personas"), &tmp.path().join("personas"))?;
@@ -48,8 +52,18 @@ pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBu
     Ok(dest)
 }
 
-/// `{"<step>": {persona: {movement, pronunciatio, description, chat}}}` over every movement file.
-pub fn master_movement(sim_dir: &Path) -> Result<Map<String, Value>> {
+/// The ProPerSim fields kept in `assistant.json`.
+const ASSISTANT_KEYS: [&str; 4] = ["suggestion", "user_action_for_suggestion", "eval_res_score", "eval_res_reason"];
+
+/// The persona whose ProPerSim fields are meaningful: "Eddy Lin" if present, else the last one.
+fn assistant_of(personas: &[String]) -> Option<&String> {
+    personas.iter().find(|p| *p == "Eddy Lin").or(personas.last())
+}
+
+/// `({"<step>": {persona: {movement, pronunciatio, description, chat}}}, assistant log)` over
+/// every movement file. The log is `{"persona": name, "steps": {"<step>": {curr_time, suggestion,
+/// user_action_for_suggestion, eval_res_score, eval_res_reason}}}` for steps that have any of them.
+pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String, Value>)> {
     let mdir = sim_dir.join("movement");
     let mut steps: Vec<u64> = fs::read_dir(&mdir)
         .with_context(|| format!("reading {}", mdir.display()))?
@@ -71,6 +85,7 @@ pub fn master_movement(sim_dir: &Path) -> Result<Map<String, Value>> {
     personas.sort();
 
     let mut master = Map::new();
+    let mut log = Map::new();
     let mut last_seen: Map<String, Value> = Map::new();
     for step in first..=last {
         let path = mdir.join(format!("{step}.json"));
@@ -91,8 +106,21 @@ pub fn master_movement(sim_dir: &Path) -> Result<Map<String, Value>> {
             }
         }
         master.insert(step.to_string(), Value::Object(out));
+        if let Some(entry) = assistant_of(&personas).and_then(|a| d.get(a)) {
+            if ASSISTANT_KEYS.iter().any(|k| entry.get(*k).is_some()) {
+                let mut e = Map::new();
+                e.insert("curr_time".into(), doc.pointer("/meta/curr_time").cloned().unwrap_or(Value::Null));
+                for k in ASSISTANT_KEYS {
+                    e.insert(k.into(), entry.get(k).cloned().unwrap_or(Value::Null));
+                }
+                log.insert(step.to_string(), Value::Object(e));
+            }
+        }
     }
-    Ok(master)
+    let mut assistant = Map::new();
+    assistant.insert("persona".into(), assistant_of(&personas).map(|a| Value::from(a.as_str())).unwrap_or(Value::Null));
+    assistant.insert("steps".into(), Value::Object(log));
+    Ok((master, assistant))
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -133,6 +161,9 @@ mod tests {
         assert_eq!(text, expected);
         assert_eq!(fs::read_to_string(out.join("meta.json")).unwrap(), "{\"step\": 0}");
         assert!(out.join("personas/A B/bootstrap_memory/scratch.json").is_file());
+        let log: Value = serde_json::from_str(&fs::read_to_string(out.join("assistant.json")).unwrap()).unwrap();
+        assert_eq!(log["persona"], "A B", "no Eddy Lin: the last persona in movement order");
+        assert_eq!(log["steps"]["2"]["suggestion"], "s");
         // Recompressing replaces the output; a gap is an error.
         compress(&d.path().join("storage"), "s", &d.path().join("compressed")).unwrap();
         fs::remove_file(sim.join("movement/1.json")).unwrap();

@@ -26,8 +26,9 @@ fn received() -> Response {
 
 /// `POST /process_environment/` `{"step", "sim_code", "environment"}`: write
 /// `storage/<sim>/environment/<step>.json` (Python indent=2, atomically) and tell the live engine.
-/// With a live engine, posts for any other sim are refused (409) so a replay tab cannot rewrite
-/// files; without one, the file is written as the original did, for an external backend.
+/// With a live engine, posts for any other sim or for a step other than the engine's next are
+/// refused (409), so replay or stale tabs cannot rewrite files; without one, the file is written
+/// as the original did, for an external backend.
 pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> Response {
     let r = (|| {
         let req = validate::json_object(&body)?;
@@ -40,6 +41,12 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
         if let Some(live) = &state.live {
             if live.sim_code() != sim {
                 return Err(WebError::new(StatusCode::CONFLICT, format!("{sim:?} is not the running simulation; only {:?} accepts environments", live.sim_code())));
+            }
+            // The next step, or the one after while the engine is still finishing its bookkeeping;
+            // anything older comes from a stale tab and would rewrite history.
+            let next = live.current_step();
+            if step < next || step > next.saturating_add(1) {
+                return Err(WebError::new(StatusCode::CONFLICT, format!("step {step} is not the running simulation's next step ({next}); reload the page")));
             }
         }
         let dir = sim_files::sim_dir(&state.opts.storage, sim)?;

@@ -42,9 +42,12 @@ fn numeric_steps(master: &Map<String, Value>) -> Vec<(u64, &Map<String, Value>)>
     v
 }
 
+/// A JSON object.
+pub type Obj = Map<String, Value>;
+
 /// `(init, all_movement)`: the carried-forward state of every persona at `step` (first-seen
 /// persona order, not the original's hash order) and `{step: init, later steps…}`.
-pub fn demo_movement(master: &Map<String, Value>, step: u64) -> Result<(Map<String, Value>, Map<String, Value>), WebError> {
+pub fn demo_movement(master: &Obj, step: u64) -> Result<(Obj, Obj), WebError> {
     let steps = numeric_steps(master);
     let Some(last) = steps.last().map(|(k, _)| *k) else {
         return Err(WebError::not_found("master_movement.json has no steps"));
@@ -89,15 +92,23 @@ pub async fn demo(State(state): State<AppState>, UrlPath((sim, step, speed)): Ur
         let start_date = meta.get("start_date").and_then(Value::as_str).ok_or_else(|| WebError::internal("meta.json has no start_date"))?;
         let start = start_datetime(start_date, step, sec_per_step)?;
         let (init, all) = demo_movement(&master, step)?;
+        // The assistant's suggestions and scores, if the compressor kept them (assistant.json).
+        let log = sim_files::read_json(&dir.join("assistant.json")).ok().flatten().unwrap_or(Value::Null);
+        let assistant_log: Map<String, Value> = log
+            .get("steps")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter(|(k, _)| k.parse::<u64>().is_ok_and(|k| k >= step)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         let names: Vec<String> = init.keys().filter(|n| validate::is_listable_name(n)).cloned().collect();
         let positions: Map<String, Value> = init.iter().filter_map(|(n, e)| Some((n.clone(), e.get("movement")?.clone()))).collect();
         let personas = persona_entries(&state, &names, &positions);
-        let assistant = sim_files::assistant_name(&names);
+        let assistant = log.get("persona").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| sim_files::assistant_name(&names));
         let last_step = numeric_steps(&master).last().map(|(k, _)| *k);
         let config = json!({
             "mode": "demo", "sim_code": sim, "step": step, "start_phase": "update", "personas": personas,
             "assistant": assistant, "paused": false, "last_step": last_step, "scores": [],
             "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start, "all_movement": all,
+            "assistant_log": assistant_log,
         });
         let ctx = json!({
             "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,

@@ -13,6 +13,8 @@
 ///   `environment/<current_step>.json` already exists it polls for the movement, otherwise it first
 ///   posts the environment (the tiles of `movement/<current_step - 1>.json`). So a reload in any phase
 ///   resumes where the run is, without consuming a handshake file.
+/// * The engine computes its starting step on its own when that step's environment already exists
+///   (the fork's `environment/<meta.step>.json`); the page then starts by polling for its movement.
 pub trait LiveSim: Send + Sync {
     /// The simulation's folder name under `storage/`.
     fn sim_code(&self) -> String;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod embedded;
 pub mod error;
 pub mod live;
 pub mod pages;
@@ -96,7 +97,11 @@ impl AppState {
 /// All routes, static files, the body limit and the original's response headers.
 pub fn router(state: AppState) -> Router {
     let assets = ServeDir::new(&state.opts.assets);
-    let ours = ServeDir::new(&state.opts.static_dir);
+    let ours: Router<AppState> = if state.opts.static_dir.is_dir() {
+        Router::new().fallback_service(ServeDir::new(&state.opts.static_dir))
+    } else {
+        Router::new().route("/{*path}", get(embedded::static_file))
+    };
     Router::new()
         .route("/", get(pages::landing))
         .route("/simulator_home", get(pages::simulator_home))
@@ -109,7 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/path_tester_update/", post(api::path_tester_update))
         .route("/live_control/", get(api::live_state).post(api::live_control))
         .nest_service("/static/assets", assets)
-        .nest_service("/static", ours)
+        .nest("/static", ours)
         .fallback(slash::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")))
@@ -118,6 +123,12 @@ pub fn router(state: AppState) -> Router {
 
 /// Bind `host:port` and serve until the process ends.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    if !opts.storage.is_dir() {
+        anyhow::bail!("storage folder {} does not exist", opts.storage.display());
+    }
+    if !opts.assets.join("the_ville/visuals/the_ville_jan7.json").is_file() {
+        tracing::warn!("map assets not found under {} (expected the_ville/visuals/the_ville_jan7.json); pages will show no map", opts.assets.display());
+    }
     let addr: SocketAddr = tokio::net::lookup_host((opts.host.as_str(), opts.port))
         .await?
         .next()

@@ -53,7 +53,7 @@ fn memory_dir(state: &AppState, sim: &str, name: &str) -> Result<PathBuf, WebErr
 /// Nodes of `nodes.json` bucketed by type, newest (highest id) first.
 pub fn bucket_nodes(nodes: &Map<String, Value>) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let mut all: Vec<(u64, &Value)> = nodes.iter().filter_map(|(k, v)| Some((k.strip_prefix("node_")?.parse().ok()?, v))).collect();
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|n| std::cmp::Reverse(n.0));
     let (mut ev, mut chat, mut th) = (Vec::new(), Vec::new(), Vec::new());
     for (id, n) in all {
         let s = |k: &str| n.get(k).map(py_display).unwrap_or_default();

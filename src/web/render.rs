@@ -18,7 +18,11 @@ impl Renderer {
 
     fn env(&self) -> Environment<'static> {
         let mut env = Environment::new();
-        env.set_loader(path_loader(&self.dir));
+        if self.dir.is_dir() {
+            env.set_loader(path_loader(&self.dir));
+        } else {
+            env.set_loader(|name| Ok(super::embedded::template(name).map(str::to_string)));
+        }
         minijinja_contrib::add_to_environment(&mut env);
         env
     }

@@ -23,8 +23,13 @@ pub struct CopyEnvToMovement {
 
 impl CopyEnvToMovement {
     /// A double for `storage/<sim>` whose next step is `start`; each step is written after `delay`.
+    /// Like an engine started on a fork, it computes `start` at once if its environment exists.
     pub fn new(storage: PathBuf, sim: &str, start: u64, delay: Duration) -> Arc<Self> {
-        Arc::new(CopyEnvToMovement { sim_dir: storage.join(sim), sim: sim.into(), next: Arc::new(AtomicU64::new(start)), paused: AtomicBool::new(false), delay })
+        let me = Arc::new(CopyEnvToMovement { sim_dir: storage.join(sim), sim: sim.into(), next: Arc::new(AtomicU64::new(start)), paused: AtomicBool::new(false), delay });
+        if me.sim_dir.join(format!("environment/{start}.json")).is_file() {
+            me.environment_written(start);
+        }
+        me
     }
 
     /// The scripted movement for `step` given the posted environment.
@@ -35,7 +40,7 @@ impl CopyEnvToMovement {
         for (i, (name, e)) in env.iter().enumerate() {
             let x = e.get("x").and_then(Value::as_i64).unwrap_or(1);
             let y = e.get("y").and_then(Value::as_i64).unwrap_or(1);
-            let dx = if (step + i as u64) % 2 == 0 { 1 } else { -1 };
+            let dx = if (step + i as u64).is_multiple_of(2) { 1 } else { -1 };
             let is_assistant = i + 1 == n;
             let suggestion = if is_assistant { format!("Scripted suggestion #{step}: take a short walk <b>outside</b>") } else { String::new() };
             persona.insert(name.clone(), json!({
@@ -50,11 +55,12 @@ impl CopyEnvToMovement {
                 "eval_res_reason": if is_assistant { json!(format!("Scripted reason for step {step}")) } else { Value::Null },
             }));
         }
-        let secs = step * sec_per_step;
+        let secs = i64::try_from(step.saturating_mul(sec_per_step)).unwrap_or(i64::MAX);
         let curr_time = chrono::NaiveDate::parse_from_str(start_date, "%B %d, %Y")
             .ok()
             .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| (t + chrono::Duration::seconds(secs as i64)).format("%B %d, %Y, %H:%M:%S").to_string())
+            .and_then(|t| t.checked_add_signed(chrono::Duration::try_seconds(secs)?))
+            .map(|t| t.format("%B %d, %Y, %H:%M:%S").to_string())
             .unwrap_or_default();
         json!({"persona": persona, "meta": {"curr_time": curr_time, "is_john_walking": "yes", "number_of_action_tokens": 0}})
     }

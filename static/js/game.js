@@ -111,17 +111,23 @@
     const cv = $("score_chart");
     if (!cv || !cv.getContext) return;
     const g = cv.getContext("2d");
-    const W = cv.width, H = cv.height, L = 28, B = 18, T = 8, R = 8;
+    const W = cv.width, H = cv.height, L = 28, B = 18, T = 8, R = 10;
     g.clearRect(0, 0, W, H);
     const top = Math.max(5, ...state.scores.map((s) => s[1]));
-    const x = (m) => L + (W - L - R) * (m / 1440);
+    // x spans the hours that have scores (at least one hour), so a morning's points spread out.
+    const mins = state.scores.map((s) => s[0]);
+    const x0 = mins.length ? Math.floor(Math.min(...mins) / 60) * 60 : 0;
+    const x1 = Math.max(x0 + 60, mins.length ? Math.ceil(Math.max(...mins) / 60) * 60 : 1440);
+    const x = (m) => L + (W - L - R) * ((m - x0) / (x1 - x0));
     const y = (s) => H - B - (H - B - T) * (s / top);
     g.strokeStyle = "#ccc"; g.fillStyle = "#777"; g.font = "10px sans-serif"; g.lineWidth = 1;
     for (let s = 0; s <= top; s += Math.max(1, Math.round(top / 5))) {
       g.beginPath(); g.moveTo(L, y(s)); g.lineTo(W - R, y(s)); g.stroke();
       g.fillText(String(s), 4, y(s) + 3);
     }
-    for (let h = 0; h <= 24; h += 6) g.fillText(`${h}h`, x(h * 60) - 6, H - 4);
+    const span = x1 - x0, tick = span <= 120 ? 15 : span <= 360 ? 60 : 180;
+    const hhmm = (m) => `${String(Math.floor(m / 60) % 24).padStart(2, "0")}:${String(Math.round(m % 60)).padStart(2, "0")}`;
+    for (let m = x0; m <= x1 - (span > 360 ? tick : 0); m += tick) g.fillText(hhmm(m), Math.min(x(m) - 12, W - 30), H - 4);
     if (state.scores.length === 0) { g.fillText("no scores yet today", L + 40, H / 2); return; }
     g.strokeStyle = "#4a7fc1"; g.lineWidth = 2; g.beginPath();
     state.scores.forEach(([m, s], i) => (i ? g.lineTo(x(m), y(s)) : g.moveTo(x(m), y(s))));
@@ -299,8 +305,11 @@
           state.ended = true;
           return;
         }
-        const persona = (cfg.all_movement || {})[String(state.step)] || {};
-        await applyStep(scene, { persona, meta: { curr_time: demoClock(state.step) } });
+        const persona = Object.assign({}, (cfg.all_movement || {})[String(state.step)] || {});
+        const extra = (cfg.assistant_log || {})[String(state.step)];
+        if (extra) persona[cfg.assistant] = Object.assign({}, persona[cfg.assistant] || {}, extra);
+        const clock = (extra && extra.curr_time) || demoClock(state.step);
+        await applyStep(scene, { persona, meta: { curr_time: clock } });
         await sleep(cfg.play_speed >= 32 ? 0 : 16);
       } else {
         if (state.phase === "process") {
@@ -395,12 +404,23 @@
   $("pause_button").onclick = () => setPaused(true);
   $("play_button").onclick = () => setPaused(false);
   $("play_button").disabled = !state.paused;
+  // WebGL only if it can hold the tallest tileset (interiors_pt3 is 10032 px high); software
+  // WebGL (e.g. headless Chromium) often stops at 8192 and would draw those tiles black.
+  function pickRenderer() {
+    try {
+      const gl = document.createElement("canvas").getContext("webgl");
+      if (gl && gl.getParameter(gl.MAX_TEXTURE_SIZE) >= 10240) return Phaser.WEBGL;
+    } catch (e) { /* fall through */ }
+    return Phaser.CANVAS;
+  }
+
   if (typeof Phaser === "undefined") {
     status(`Phaser did not load (tried ${document.querySelector("script[src*=phaser]")?.src || "its URL"}); the map cannot be drawn.`);
     return;
   }
-  new Phaser.Game({
-    type: Phaser.AUTO,
+  // Exposed for debugging in the console and for the browser test's checks.
+  window.propersimGame = new Phaser.Game({
+    type: pickRenderer(),
     width: 448,
     height: 704,
     parent: "game-container",
