@@ -254,6 +254,7 @@ async fn live_reload_replay_and_demo_in_chromium() {
     d.wait_for("the reloaded page", 30, "return !!document.getElementById('step') && document.readyState === 'complete'").await;
     let resumed = d.step().await;
     assert!(resumed >= before, "reload resumed at {resumed}, before it was at {before}");
+    assert!(d.text("suggestion").await.contains("Scripted suggestion"), "the reloaded page shows the last suggestion at once");
     d.assert_scene_rendered(&["John_Lin", "Eddy_Lin"]).await;
     d.wait_for("2 more steps after the reload", 60, &format!("return Number(document.getElementById('step').textContent) >= {}", resumed + 2)).await;
     assert!(live.current_step() >= resumed + 2);

@@ -147,6 +147,9 @@ async fn simulator_home_without_live_sim_reads_handshake_and_keeps_it() {
         // movement 0..=2 exist, so the page resumes at step 3 from the targets of movement/2.json.
         assert!(body.contains(r#"<span id="step">3</span>"#), "{body}");
         assert!(body.contains("<span>John Lin,7,10</span>"), "{body}");
+        // The page shows the last computed step at once: its clock and its suggestion.
+        assert!(body.contains(r#"id="game-time-content">February 13, 2025, 00:04:00<"#), "{body}");
+        assert!(body.contains(r#""previous":{"#) && body.contains("suggestion 2"), "{body}");
         for id in ["current_action__John_Lin", "target_address__Eddy_Lin", "chat__John_Lin", "name__Eddy_Lin"] {
             assert!(body.contains(&format!("id=\"{id}\"")), "missing {id}");
         }

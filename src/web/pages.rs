@@ -63,6 +63,12 @@ fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -
     let personas = persona_entries(state, &names, &positions);
     let assistant = sim_files::assistant_name(&names);
     let movements = sim_files::numbered_files(&dir.join("movement"));
+    // The step before the start, so a reloaded page shows the current actions, clock and suggestion at once.
+    let previous = match step.checked_sub(1) {
+        Some(p) => sim_files::read_json(&dir.join(format!("movement/{p}.json"))).ok().flatten(),
+        None => None,
+    };
+    let curr_time = previous.as_ref().and_then(|m| m.pointer("/meta/curr_time")).or(meta.get("curr_time")).cloned();
     let config = json!({
         "mode": mode,
         "sim_code": sim,
@@ -73,7 +79,8 @@ fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -
         "paused": paused,
         "last_step": movements.last(),
         "scores": sim_files::todays_scores(&dir, step, &assistant),
-        "curr_time": meta.get("curr_time"),
+        "curr_time": curr_time,
+        "previous": previous,
         "urls": {"update": "/update_environment/", "process": "/process_environment/", "control": "/live_control/"},
     });
     let ctx = json!({

@@ -240,7 +240,8 @@
     a.sprite.setFrame(dir);
   }
 
-  function showStep(mv) {
+  /** Update the clock and the side panels from one movement; `record` adds its score to the chart. */
+  function showStep(mv, record = true) {
     const t = mv.meta && mv.meta.curr_time;
     if (t) setText("game-time-content", t);
     for (const p of cfg.personas) {
@@ -271,8 +272,7 @@
       if (score !== null) {
         setText("eval_score", asst.eval_res_score);
         setText("eval_reason", asst.eval_res_reason);
-        addScore(t, score);
-        drawChart();
+        if (record) { addScore(t, score); drawChart(); }
       }
     }
   }
@@ -377,6 +377,7 @@
         state.actors[p.name] = { sprite, bubble, text, sheet: p.sprite };
         if (placed) state.tiles[p.name] = [p.x, p.y];
       }
+      if (cfg.previous && cfg.previous.persona) showStep(cfg.previous, false);
       const cam = this.cameras.main;
       cam.setBounds(0, 0, map.widthInPixels, map.heightInPixels);
       this.cursors = this.input.keyboard.createCursorKeys();
@@ -401,6 +402,7 @@
   // ---- start ----------------------------------------------------------------------------------
   for (const [t, s] of cfg.scores || []) addScore(t, s);
   drawChart();
+  if (cfg.previous && cfg.previous.persona) showStep(cfg.previous, false);
   $("pause_button").onclick = () => setPaused(true);
   $("play_button").onclick = () => setPaused(false);
   $("play_button").disabled = !state.paused;
