@@ -36,6 +36,15 @@ enum Command {
     /// Serve the pages (simulate, replay, demo, persona state, path tester); with --fork/--sim
     /// (or --sim --resume) a live simulation runs in-process for /simulator_home.
     Serve(ServeArgs),
+    /// Write the demo's compressed storage: <compressed>/<SIM>/{master_movement.json, meta.json, personas/}.
+    Compress {
+        sim: String,
+        /// Output root (default: compressed_storage beside the storage folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
     /// Check a model setup: chat with a role's model, or embed a text.
     Llm {
         #[command(subcommand)]
@@ -209,6 +218,14 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     }
 }
 
+/// `compressed_storage/` beside the storage folder, as in the original frontend_server.
+fn compressed_root(cfg: &Config) -> PathBuf {
+    match cfg.paths.storage.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("compressed_storage"),
+        _ => PathBuf::from("compressed_storage"),
+    }
+}
+
 fn cache_mode(s: &SimArgs) -> Result<propersim::llm::cache::CacheMode> {
     s.llm_cache.parse().map_err(|e| anyhow::anyhow!("--llm-cache `{}`: {e}", s.llm_cache))
 }
@@ -310,7 +327,7 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     opts.port = a.port;
     opts.storage = cfg.paths.storage.clone();
     opts.temp_storage = cfg.paths.temp_storage.clone();
-    opts.compressed = cfg.paths.storage.parent().map(|p| p.join("compressed_storage")).unwrap_or_else(|| "compressed_storage".into());
+    opts.compressed = compressed_root(&cfg);
     if let Some(u) = a.phaser_url {
         opts.phaser_url = u;
     }
@@ -400,6 +417,14 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
+        Command::Compress { sim, out, paths } => (|| {
+            let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
+            apply_paths(&mut c, &paths);
+            let out = out.unwrap_or_else(|| compressed_root(&c));
+            let dir = propersim::storage::compress::compress(&c.paths.storage, &sim, &out)?;
+            println!("Compressed `{sim}` into {}", dir.display());
+            Ok(())
+        })(),
         Command::Llm { what } => llm_cmd(cfg.as_ref(), what).await,
         Command::Report { sim, json, paths } => (|| {
             let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
