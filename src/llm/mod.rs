@@ -3,6 +3,8 @@
 //! provider, retries bad replies, and records each call.
 
 pub mod client;
+pub mod embed_bert;
+pub mod local;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};
