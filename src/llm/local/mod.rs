@@ -387,4 +387,12 @@ mod tests {
         let e = resolve_gguf("", Role::Assistant).unwrap_err().to_string();
         assert!(e.contains("local GGUF"), "{e}");
     }
+
+    #[test]
+    fn unreachable_hub_is_a_clear_error() {
+        // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+        let e = resolve_gguf_from("someone/missing-model-GGUF", Role::Evaluator, Some("http://127.0.0.1:9")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("someone/missing-model-GGUF") && e.contains("--provider scripted") && e.contains("openai"), "{e}");
+    }
 }

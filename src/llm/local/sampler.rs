@@ -101,31 +101,35 @@ pub fn argmax(l: &[f32]) -> u32 {
     best as u32
 }
 
-/// Softmax, then the top-k most likely, then the smallest prefix whose mass reaches top-p (at
-/// least one token kept). Returns (id, probability) sorted by probability, descending.
+/// Top-k by logit, softmax over the survivors (as HF's top-k warper masks the rest to -inf),
+/// then the smallest prefix whose mass reaches top-p (at least one token kept). Returns
+/// (id, probability) sorted by probability, descending; probabilities sum to 1 before top-p.
 pub fn candidates(scaled_logits: &[f32], top_k: usize, top_p: f64) -> Vec<(u32, f32)> {
-    let max = scaled_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> =
-        scaled_logits.iter().enumerate().map(|(i, &x)| (i as u32, (x - max).exp())).collect();
-    let z: f32 = probs.iter().map(|(_, p)| p).sum();
-    probs.iter_mut().for_each(|(_, p)| *p /= z);
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if top_k > 0 && top_k < probs.len() {
-        probs.truncate(top_k);
+    let mut c: Vec<(u32, f32)> = scaled_logits.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if top_k > 0 && top_k < c.len() {
+        // Partial selection keeps this O(vocab) rather than a full sort of ~50k entries.
+        c.select_nth_unstable_by(top_k - 1, by_logit_desc);
+        c.truncate(top_k);
     }
+    c.sort_by(by_logit_desc);
+    let max = c.first().map(|x| x.1).unwrap_or(0.0);
+    c.iter_mut().for_each(|x| x.1 = (x.1 - max).exp());
+    let z: f32 = c.iter().map(|x| x.1).sum();
+    c.iter_mut().for_each(|x| x.1 /= z);
     if top_p < 1.0 {
         let mut cum = 0.0f32;
         let mut keep = 0;
-        for (_, p) in &probs {
+        for (_, p) in &c {
             keep += 1;
             cum += p;
             if cum as f64 >= top_p {
                 break;
             }
         }
-        probs.truncate(keep.max(1));
+        c.truncate(keep.max(1));
     }
-    probs
+    c
 }
 
 #[cfg(test)]
@@ -155,6 +159,9 @@ mod tests {
         // p(0) ≈ 0.644, p(1) ≈ 0.237: 0.5 keeps one, 0.8 keeps two.
         assert_eq!(candidates(&l, 0, 0.5).iter().map(|c| c.0).collect::<Vec<_>>(), vec![0]);
         assert_eq!(candidates(&l, 0, 0.8).len(), 2);
+        // Top-p acts on the top-k renormalized mass: among {3, 2}, p(0) ≈ 0.731 ≥ 0.7.
+        assert_eq!(candidates(&l, 2, 0.7).len(), 1);
+        assert_eq!(candidates(&l, 0, 0.7).len(), 2);
     }
 
     #[test]
