@@ -15,6 +15,10 @@ use crate::llm::Message;
 pub const BENCH_PROMPT_TOKENS: usize = 256;
 /// Tokens generated per run.
 pub const BENCH_GEN_TOKENS: usize = 64;
+/// Runs per mode; the best prefill and decode rates are kept.
+pub const BENCH_REPEATS: usize = 3;
+/// No further repeats once a mode has used this many seconds.
+const BENCH_MODE_BUDGET_S: f64 = 20.0;
 
 /// One load mode's figures.
 #[derive(Debug, Clone)]
@@ -62,6 +66,7 @@ pub fn bench_llm(gguf: &Path) -> Result<BenchReport> {
 
 /// Benchmark the given load modes: a chat prompt of about [`BENCH_PROMPT_TOKENS`] tokens, then
 /// [`BENCH_GEN_TOKENS`] greedy tokens with no stop token. One warm-up call per mode first.
+/// Threads: candle's default (all cores), or `RAYON_NUM_THREADS`.
 pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
     let meta = crate::llm::local::gguf::read_meta(gguf)?;
     let tok = Tokenizer::for_model(&meta)?;
@@ -87,20 +92,37 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         let params = SamplingParams { temperature: 0.0, max_new_tokens: BENCH_GEN_TOKENS, repeat_penalty: 1.0, ..Default::default() };
         // Warm-up: allocations, page faults, thread pools.
         generate(&mut model, &ids[..16.min(ids.len())], SamplingParams { max_new_tokens: 4, ..params.clone() }, &[], max_seq)?;
-        let g = generate(&mut model, &ids, params, &[], max_seq)?;
-        rows.push(BenchRow {
-            mode,
-            load_s,
-            prompt_tokens: g.prompt_tokens,
-            prefill_tok_s: g.prompt_tokens as f64 / g.prefill_time.as_secs_f64().max(1e-9),
-            gen_tokens: g.tokens.len(),
-            // The first generated token comes from the prefill logits; the rest each cost a forward.
-            decode_tok_s: g.tokens.len().saturating_sub(1) as f64 / g.decode_time.as_secs_f64().max(1e-9),
-        });
+        // Best of up to BENCH_REPEATS runs (the machine may be shared); slow modes stop early.
+        let started = Instant::now();
+        let mut best: Option<BenchRow> = None;
+        for _ in 0..BENCH_REPEATS {
+            let g = generate(&mut model, &ids, params.clone(), &[], max_seq)?;
+            let row = BenchRow {
+                mode,
+                load_s,
+                prompt_tokens: g.prompt_tokens,
+                prefill_tok_s: g.prompt_tokens as f64 / g.prefill_time.as_secs_f64().max(1e-9),
+                gen_tokens: g.tokens.len(),
+                // The first generated token comes from the prefill logits; the rest each cost a forward.
+                decode_tok_s: g.tokens.len().saturating_sub(1) as f64 / g.decode_time.as_secs_f64().max(1e-9),
+            };
+            best = Some(match best {
+                None => row,
+                Some(b) => BenchRow {
+                    prefill_tok_s: b.prefill_tok_s.max(row.prefill_tok_s),
+                    decode_tok_s: b.decode_tok_s.max(row.decode_tok_s),
+                    ..b
+                },
+            });
+            if started.elapsed().as_secs_f64() > BENCH_MODE_BUDGET_S {
+                break;
+            }
+        }
+        rows.extend(best);
     }
     Ok(BenchReport {
         model: gguf.display().to_string(),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: candle_core::utils::get_num_threads(),
         rows,
     })
 }

@@ -48,18 +48,29 @@ impl LoadMode {
         }
     }
 
-    /// The mode the local provider uses: `PROPERSIM_LOCAL_WEIGHTS` if set, else the measured
-    /// default (see `llm::local` module docs).
-    pub fn from_env_or_default() -> Result<LoadMode> {
+    /// The mode the local provider uses: `PROPERSIM_LOCAL_WEIGHTS` if set, else
+    /// [`LoadMode::auto`].
+    pub fn from_env_or_auto(meta: &GgufMeta) -> Result<LoadMode> {
         match std::env::var("PROPERSIM_LOCAL_WEIGHTS") {
             Ok(s) if !s.trim().is_empty() => LoadMode::parse(&s),
-            _ => Ok(DEFAULT_LOAD_MODE),
+            _ => Ok(LoadMode::auto(meta)),
+        }
+    }
+
+    /// f32 while the dense weights fit in [`F32_BUDGET_BYTES`] (small models: fastest prefill,
+    /// measured in `bench_llm`), else Q8_0 (4× smaller, AVX2 kernel).
+    pub fn auto(meta: &GgufMeta) -> LoadMode {
+        if meta.parameter_count() * 4 <= F32_BUDGET_BYTES {
+            LoadMode::F32
+        } else {
+            LoadMode::Q8_0
         }
     }
 }
 
-/// Chosen from `bench_llm` on SmolLM2-135M (see the module docs of `llm::local`).
-pub const DEFAULT_LOAD_MODE: LoadMode = LoadMode::Q8_0;
+/// Largest dense f32 weight set [`LoadMode::auto`] accepts (2 GiB: up to ~500M parameters,
+/// which covers SmolLM2-135M/360M and Qwen2-0.5B).
+pub const F32_BUDGET_BYTES: u64 = 2 << 30;
 
 /// The GGUF metadata a model loader and a tokenizer need, plus the raw key/value table.
 #[derive(Debug, Clone)]
@@ -130,6 +141,11 @@ impl GgufMeta {
             metadata: md.clone(),
             architecture,
         })
+    }
+
+    /// Number of weights in the file's tensors.
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors.values().map(|(d, _)| d.iter().product::<usize>() as u64).sum()
     }
 
     /// A metadata string, if present.

@@ -8,10 +8,21 @@
 //!
 //! **Weight format.** The SmolLM2 package ships Q4_1, which candle 0.11 runs with a scalar kernel
 //! only. [`gguf::LoadMode`] converts at load: `q8_0` (AVX2 kernel) or `f32` (dense gemm).
-//! Measured with `bench_llm` on SmolLM2-135M-Instruct Q4_1, this 2-core x86_64 box, see
-//! `crate::bench_llm` for the method: Q8_0 decodes fastest and prefill is far faster than native
-//! Q4_1, so Q8_0 is the default ([`gguf::DEFAULT_LOAD_MODE`]); set `PROPERSIM_LOCAL_WEIGHTS=f32`
-//! for prompt-heavy loads or `native` to keep the file's format.
+//! Measured with `crate::bench_llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64
+//! generated tokens, best of 3) on a 2-core AVX-512 box shared with other jobs:
+//!
+//! | weights | prefill tok/s, 2 threads | decode tok/s, 2 threads | prefill, 1 thread | decode, 1 thread |
+//! |---|---|---|---|---|
+//! | native Q4_1 | 5.9 | 2.8 | 5.8 | 8.3 |
+//! | Q8_0 | 79 | 7.0 | 68 | 23 |
+//! | f32 | 163 | 11.6 | 61 | 11 |
+//!
+//! Native Q4_1 is never worth it. f32 has by far the fastest prefill with the default thread
+//! count, and simulation prompts are long (hundreds to thousands of tokens) with short JSON
+//! replies, so small models load as f32 ([`gguf::LoadMode::auto`]); models too large for f32
+//! (> 2 GiB dense) load as Q8_0. Q8_0 decodes fastest on one quiet core but candle's quantized
+//! kernels synchronize threads per matmul, which costs a lot on a busy machine.
+//! `PROPERSIM_LOCAL_WEIGHTS=native|q8_0|f32` overrides the choice.
 //!
 //! **Model location.** `model` in `[roles.<role>]` is a `.gguf` file, a folder holding one (a
 //! `tokenizer.json` beside it is preferred over the GGUF tokenizer metadata), or a Hugging Face
@@ -74,7 +85,7 @@ impl LocalProvider {
             return Ok(LocalProvider { role, backend: Backend::Embed(Arc::new(emb)), model_name: rc.model.clone() });
         }
         let path = resolve_gguf(&rc.model, role)?;
-        let mode = LoadMode::from_env_or_default()?;
+        let mode = LoadMode::from_env_or_auto(&gguf::read_meta(&path)?)?;
         let (model, meta) = QuantizedLm::load(&path, mode)?;
         let tokenizer = Tokenizer::for_model(&meta)?;
         let template = match (&rc.chat_template, &meta.chat_template) {
