@@ -1,6 +1,7 @@
 //! propersim: ProPerSim as one Rust program. See ARCHITECTURE.md for the code map.
 
 pub mod assets;
+pub mod bench_llm;
 pub mod assistant;
 pub mod config;
 pub mod llm;
@@ -13,3 +14,4 @@ pub mod suggestion;
 pub mod user;
 pub mod web;
 pub mod world;
+

@@ -482,12 +482,10 @@ pub fn sampling_of(rc: &RoleConfig) -> Sampling {
 }
 
 // ---------------------------------------------------------------------------------------------
-// LOCAL PROVIDER HOOK: the single place where `provider = "local"` is built. The integrator
-// replaces the body with `Ok(Arc::new(crate::llm::local::LocalProvider::new(rc, role)?))`
-// (keeping `local_setup_help` for the "no model available offline" error).
+// The single place where `provider = "local"` is built.
 // ---------------------------------------------------------------------------------------------
 fn build_local(rc: &RoleConfig, role: Role) -> Result<Arc<dyn ChatProvider>> {
-    Err(anyhow!("{}", local_setup_help(rc, role, "this build has no local model runtime")))
+    Ok(Arc::new(crate::llm::local::LocalProvider::new(rc, role)?))
 }
 
 /// The "defaults" error text: why the local model is unavailable, and exactly how to point the

@@ -5,9 +5,11 @@
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod embed_bert;
 pub mod gemini;
 pub mod http;
 pub mod ledger;
+pub mod local;
 pub mod openai;
 pub mod task;
 
