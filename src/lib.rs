@@ -4,3 +4,4 @@ pub mod config;
 pub mod llm;
 pub mod model;
 pub mod storage;
+pub mod train;
