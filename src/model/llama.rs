@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{bail, DType, Device, Result, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{AdapterSlot, LoraAdapter, LoraTarget};
@@ -260,7 +260,13 @@ impl Llama {
 
     /// Project hidden states `[.., hidden]` onto the vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.broadcast_matmul(&self.lm_head.t()?)
+        let dims = hidden.dims().to_vec();
+        let Some((&h, lead)) = dims.split_last() else { bail!("logits of a scalar") };
+        let n: usize = lead.iter().product();
+        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head)?;
+        let mut out = lead.to_vec();
+        out.push(self.cfg.vocab);
+        y.reshape(out)
     }
 
     fn run(
@@ -290,7 +296,7 @@ impl Llama {
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         for (l, blk) in self.blocks.iter().enumerate() {
             let proj = |x: &Tensor, w: &Tensor, t: LoraTarget| -> Result<Tensor> {
-                let y = x.matmul(&w.t()?)?;
+                let y = frozen_linear(x, w)?;
                 match lora {
                     Some(ad) => match ad.delta(l, t, x, opts.train)? {
                         Some(d) => y + d,
@@ -357,6 +363,52 @@ impl Llama {
         let cos = Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(self.dtype)?;
         Ok((cos, sin))
+    }
+}
+
+/// `x [n, in] · Wᵀ` for a frozen `W [out, in]`.
+///
+/// candle's matmul backward always computes the gradient of both operands; for frozen base
+/// weights that is wasted work (about a third of a training step, and a vocab-sized buffer for
+/// the head). On the CPU this custom op returns only the input gradient. Elsewhere (CUDA, half
+/// precision) it is a plain matmul.
+fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == w.dtype() {
+        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = layout.shape().dims2()?;
+        let Some((a, b)) = layout.contiguous_offsets() else { bail!("frozen-linear needs a contiguous input") };
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
+            _ => bail!("frozen-linear handles f32/f64 only"),
+        };
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let flat = y.flatten_all()?;
+        let out = match flat.dtype() {
+            DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+            _ => CpuStorage::F64(flat.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 
