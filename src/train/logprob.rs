@@ -82,11 +82,15 @@ pub fn completion_logps(model: &Llama, batch: &Batch, lora: Option<&LoraAdapter>
     let width = seq - batch.start;
     // Only the positions that predict completion tokens go through the vocabulary projection.
     let h = hidden.narrow(1, batch.start - 1, width)?;
-    let logits = model.logits(&h)?;
+    let mut logits = model.logits(&h)?;
+    // Half-precision logits lose too much in a vocab-wide log-softmax: do it in f32.
+    if matches!(logits.dtype(), DType::F16 | DType::BF16) {
+        logits = logits.to_dtype(DType::F32)?;
+    }
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let targets = batch.ids.narrow(1, batch.start, width)?.contiguous()?.unsqueeze(D::Minus1)?;
     let tok = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
-    Ok((tok * &batch.mask)?.sum(1)?)
+    Ok((tok * batch.mask.to_dtype(logp.dtype())?)?.sum(1)?)
 }
 
 /// Convenience: summed log-probs as f64 values, no gradient kept.

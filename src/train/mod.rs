@@ -150,6 +150,15 @@ pub fn pick_device() -> Device {
     Device::Cpu
 }
 
+/// The dtype for the dequantized base on `device`: f32 on the CPU, bf16 on CUDA.
+pub fn model_dtype(device: &Device) -> candle_core::DType {
+    if device.is_cuda() {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    }
+}
+
 /// σ(x), numerically stable.
 pub(crate) fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {

@@ -147,6 +147,10 @@ pub struct BenchReport {
     /// Tokens through the policy forward+backward per second (both sides of each pair).
     pub tokens_per_s: f64,
     pub tokens: usize,
+    /// Process CPU time (user + system) over the run: on a shared machine wall time overstates.
+    pub cpu_seconds: f64,
+    /// Optimizer steps per CPU-second (≈ steps/s on one dedicated core).
+    pub steps_per_cpu_s: f64,
     pub peak_rss_bytes: u64,
     pub weight_bytes: usize,
     pub lora_params: usize,
@@ -162,9 +166,11 @@ pub fn bench_dpo(model: &Llama, fmt: &dyn ChatFormatter, pairs: &[PreferencePair
     let set: Vec<PreferencePair> = pairs.iter().cycle().take(per_step * steps).cloned().collect();
     let cfg = TrainConfig { method: Method::Dpo, epochs: 1, ..cfg.clone() };
     let adapter = LoraAdapter::new(cfg.lora.clone(), model.config(), model.dtype(), model.device(), cfg.seed)?;
+    let c0 = cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
     let s = train_pairs(model, &adapter, fmt, &set, &cfg, &mut |_| Ok(()))?;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().unwrap_or(0.0) - c0;
     let train_secs = (s.seconds - s.ref_seconds).max(1e-9);
     Ok(BenchReport {
         steps: s.steps,
@@ -174,6 +180,8 @@ pub fn bench_dpo(model: &Llama, fmt: &dyn ChatFormatter, pairs: &[PreferencePair
         steps_per_s: s.steps as f64 / train_secs,
         tokens_per_s: s.tokens as f64 / train_secs,
         tokens: s.tokens,
+        cpu_seconds: cpu,
+        steps_per_cpu_s: if cpu > 0.0 { s.steps as f64 / cpu } else { 0.0 },
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
         weight_bytes: model.weight_bytes(),
         lora_params: adapter.num_params(),
