@@ -1,8 +1,8 @@
 //! propersim: ProPerSim as one Rust program. See ARCHITECTURE.md for the code map.
 
 pub mod assets;
-pub mod bench_llm;
 pub mod assistant;
+pub mod bench_llm;
 pub mod config;
 pub mod llm;
 pub mod memory;
@@ -11,7 +11,7 @@ pub mod report;
 pub mod sim;
 pub mod storage;
 pub mod suggestion;
+pub mod train;
 pub mod user;
 pub mod web;
 pub mod world;
-

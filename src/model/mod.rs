@@ -2,6 +2,9 @@
 
 use candle_core::Tensor;
 
+pub mod llama;
+pub mod lora;
+
 /// A causal language model that the local inference engine can drive token by token.
 pub trait CausalLm: Send {
     /// Feed `tokens` starting at position `pos` (earlier positions are in the model's KV cache)

@@ -1,0 +1,490 @@
+//! Our own llama-family forward pass, built only from differentiable candle ops.
+//!
+//! Why not `candle_transformers`: in candle 0.11 its llama models use fused kernels
+//! (`rms_norm`, `softmax_last_dim`, `rope_i`, `QMatMul`) that silently return no gradient, and
+//! `quantized_llama` only returns the last position's logits. DPO/KTO need per-token log-probs over
+//! the whole completion and gradients into LoRA adapters, so this file uses `rms_norm_slow`,
+//! `ops::softmax`, `rope_i_slow`, explicit attention and plain matmuls on dense (dequantized)
+//! weights. Weights follow the GGUF layout: q/k rows are permuted for *interleaved* RoPE, which is
+//! why we use `rope_i_slow` (see `crate::train::adapter` for the conversion to PEFT's HF layout).
+//!
+//! The same base serves inference through [`LlamaSession`] (KV cache, [`CausalLm`]) with the
+//! current adapter applied, so the trained adapter is what the assistant samples from.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::lora::{AdapterSlot, LoraAdapter, LoraTarget};
+use super::CausalLm;
+
+/// Shape hyper-parameters of a llama-family model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub rms_eps: f64,
+}
+
+impl LlamaConfig {
+    /// Read the `llama.*` keys of a GGUF file's metadata. The vocabulary size comes from
+    /// `llama.vocab_size` or, when absent (SmolLM2), from the tokenizer's token list.
+    pub fn from_gguf_metadata(md: &HashMap<String, gguf_file::Value>) -> Result<Self> {
+        let arch = match md.get("general.architecture") {
+            Some(v) => v.to_string()?.clone(),
+            None => "llama".to_string(),
+        };
+        if arch != "llama" {
+            bail!("unsupported GGUF architecture {arch:?}: this trainable forward handles llama-family models (interleaved RoPE) only");
+        }
+        let get_u = |k: &str| -> Result<usize> {
+            match md.get(k) {
+                Some(v) => Ok(v.to_u32()? as usize),
+                None => bail!("GGUF metadata lacks {k}"),
+            }
+        };
+        let hidden = get_u("llama.embedding_length")?;
+        let heads = get_u("llama.attention.head_count")?;
+        let kv_heads = get_u("llama.attention.head_count_kv").unwrap_or(heads);
+        let head_dim = match md.get("llama.attention.key_length") {
+            Some(v) => v.to_u32()? as usize,
+            None => hidden / heads.max(1),
+        };
+        let vocab = match md.get("llama.vocab_size") {
+            Some(v) => v.to_u32()? as usize,
+            None => match md.get("tokenizer.ggml.tokens") {
+                Some(v) => v.to_vec()?.len(),
+                None => bail!("GGUF metadata lacks llama.vocab_size and tokenizer.ggml.tokens"),
+            },
+        };
+        let rope_theta = match md.get("llama.rope.freq_base") {
+            Some(v) => v.to_f32()? as f64,
+            None => 10_000.0,
+        };
+        let rms_eps = match md.get("llama.attention.layer_norm_rms_epsilon") {
+            Some(v) => v.to_f32()? as f64,
+            None => 1e-5,
+        };
+        Ok(LlamaConfig {
+            vocab,
+            hidden,
+            intermediate: get_u("llama.feed_forward_length")?,
+            layers: get_u("llama.block_count")?,
+            heads,
+            kv_heads,
+            head_dim,
+            rope_theta,
+            rms_eps,
+        })
+    }
+
+    /// `(in, out)` features of one projection, as PEFT sees them.
+    pub fn proj_dims(&self, t: LoraTarget) -> (usize, usize) {
+        let q = self.heads * self.head_dim;
+        let kv = self.kv_heads * self.head_dim;
+        match t {
+            LoraTarget::Q => (self.hidden, q),
+            LoraTarget::K | LoraTarget::V => (self.hidden, kv),
+            LoraTarget::O => (q, self.hidden),
+            LoraTarget::Gate | LoraTarget::Up => (self.hidden, self.intermediate),
+            LoraTarget::Down => (self.intermediate, self.hidden),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            bail!("heads ({}) must be a positive multiple of kv_heads ({})", self.heads, self.kv_heads);
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("head_dim {} must be even for RoPE", self.head_dim);
+        }
+        Ok(())
+    }
+}
+
+/// One transformer block's frozen weights, `[out, in]` like GGUF/PyTorch.
+struct Block {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+/// Options of one forward pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOpts {
+    /// Training mode: LoRA dropout is applied when the adapter's dropout is on.
+    pub train: bool,
+}
+
+/// Per-layer key/value cache of the inference path: `[b, kv_heads, t, head_dim]`, after RoPE.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// A llama model with frozen dense weights. Cheap to share: tensors are reference-counted.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// The head is the embedding matrix (stored once).
+    tied: bool,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llama {
+    /// Build from tensors named as in GGUF (`token_embd.weight`, `blk.N.attn_q.weight`, ...).
+    /// All tensors are converted to the dtype of `token_embd.weight`. A missing `output.weight`
+    /// means tied embeddings (SmolLM2).
+    pub fn from_tensors(cfg: LlamaConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        cfg.validate()?;
+        let has_output = tensors.contains_key("output.weight");
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = match tensors.remove(name) {
+                Some(t) => t,
+                None => bail!("missing tensor {name}"),
+            };
+            if t.dims() != shape {
+                bail!("tensor {name} has shape {:?}, expected {shape:?}", t.dims());
+            }
+            Ok(t)
+        };
+        let (h, i) = (cfg.hidden, cfg.intermediate);
+        let q = cfg.heads * cfg.head_dim;
+        let kv = cfg.kv_heads * cfg.head_dim;
+        let embed = take("token_embd.weight", &[cfg.vocab, h])?;
+        let dtype = embed.dtype();
+        let device = embed.device().clone();
+        let conv = |t: Tensor| -> Result<Tensor> { t.to_dtype(dtype)?.to_device(&device)?.contiguous() };
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = format!("blk.{l}.");
+            blocks.push(Block {
+                attn_norm: conv(take(&format!("{p}attn_norm.weight"), &[h])?)?,
+                wq: conv(take(&format!("{p}attn_q.weight"), &[q, h])?)?,
+                wk: conv(take(&format!("{p}attn_k.weight"), &[kv, h])?)?,
+                wv: conv(take(&format!("{p}attn_v.weight"), &[kv, h])?)?,
+                wo: conv(take(&format!("{p}attn_output.weight"), &[h, q])?)?,
+                ffn_norm: conv(take(&format!("{p}ffn_norm.weight"), &[h])?)?,
+                w_gate: conv(take(&format!("{p}ffn_gate.weight"), &[i, h])?)?,
+                w_up: conv(take(&format!("{p}ffn_up.weight"), &[i, h])?)?,
+                w_down: conv(take(&format!("{p}ffn_down.weight"), &[h, i])?)?,
+            });
+        }
+        let norm = conv(take("output_norm.weight", &[h])?)?;
+        let tied = !has_output;
+        let lm_head = if has_output {
+            conv(take("output.weight", &[cfg.vocab, h])?)?
+        } else {
+            embed.clone()
+        };
+        let embed = embed.contiguous()?;
+        Ok(Llama { cfg, embed, blocks, norm, lm_head, tied, dtype, device })
+    }
+
+    /// Load a llama GGUF file and dequantize every tensor to `dtype` on `device`.
+    /// Memory: about 4 bytes per parameter in f32 (SmolLM2-135M: ~540 MB; tied embeddings are
+    /// stored once). Dequantizing is what makes the base differentiable (no `QMatMul` backward).
+    pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| candle_core::Error::Msg(format!("opening {}: {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| candle_core::Error::Msg(format!("reading GGUF {}: {e}", path.display())))?;
+        let cfg = LlamaConfig::from_gguf_metadata(&content.metadata)?;
+        let mut tensors = HashMap::new();
+        let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+        for name in names {
+            let qt = content.tensor(&mut file, &name, device)?;
+            let t = qt.dequantize(device)?.to_dtype(dtype)?;
+            tensors.insert(name, t);
+        }
+        tensors.retain(|k, _| !k.starts_with("rope_"));
+        Self::from_tensors(cfg, tensors)
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes held by the frozen weights (the tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let el = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut n = el(&self.embed) + el(&self.norm);
+        if !self.tied {
+            n += el(&self.lm_head);
+        }
+        for b in &self.blocks {
+            for t in [&b.attn_norm, &b.wq, &b.wk, &b.wv, &b.wo, &b.ffn_norm, &b.w_gate, &b.w_up, &b.w_down] {
+                n += el(t);
+            }
+        }
+        n
+    }
+
+    /// Full forward: `ids [b, seq]` (u32) → logits `[b, seq, vocab]`.
+    pub fn forward(&self, ids: &Tensor, lora: Option<&LoraAdapter>) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, lora, ForwardOpts::default())?;
+        self.logits(&h)
+    }
+
+    /// Final-normed hidden states `[b, seq, hidden]`; apply [`Llama::logits`] on the positions you
+    /// need (training only needs the completion positions, which saves most of the vocab matmul).
+    pub fn forward_hidden(&self, ids: &Tensor, lora: Option<&LoraAdapter>, opts: ForwardOpts) -> Result<Tensor> {
+        self.run(ids, 0, None, lora, opts)
+    }
+
+    /// Project hidden states `[.., hidden]` onto the vocabulary.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let Some((&h, lead)) = dims.split_last() else { bail!("logits of a scalar") };
+        let n: usize = lead.iter().product();
+        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head)?;
+        let mut out = lead.to_vec();
+        out.push(self.cfg.vocab);
+        y.reshape(out)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        pos: usize,
+        mut cache: Option<&mut KvCache>,
+        lora: Option<&LoraAdapter>,
+        opts: ForwardOpts,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let cfg = &self.cfg;
+        let lora = lora.filter(|l| l.is_enabled());
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?; // [b*s, hidden]
+        let (cos, sin) = self.rope_tables(pos, s)?;
+        let past = match &cache {
+            Some(c) => c.layers.first().and_then(|o| o.as_ref()).map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0),
+            None => 0,
+        };
+        if cache.is_some() && past != pos {
+            bail!("KV cache holds {past} positions but the forward starts at position {pos}");
+        }
+        let mask = causal_mask(s, pos, self.dtype, &self.device)?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(cfg.layers, || None);
+        }
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let proj = |x: &Tensor, w: &Tensor, t: LoraTarget| -> Result<Tensor> {
+                let y = frozen_linear(x, w)?;
+                match lora {
+                    Some(ad) => match ad.delta(l, t, x, opts.train)? {
+                        Some(d) => y + d,
+                        None => Ok(y),
+                    },
+                    None => Ok(y),
+                }
+            };
+            // Attention.
+            let hn = candle_nn::ops::rms_norm_slow(&x, &blk.attn_norm, cfg.rms_eps as f32)?;
+            let q = proj(&hn, &blk.wq, LoraTarget::Q)?;
+            let k = proj(&hn, &blk.wk, LoraTarget::K)?;
+            let v = proj(&hn, &blk.wv, LoraTarget::V)?;
+            let q = q.reshape((b, s, cfg.heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope_i_slow(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i_slow(&k, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => {
+                    let (k, v) = match c.layers[l].take() {
+                        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                        None => (k, v),
+                    };
+                    c.layers[l] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (k, v),
+            };
+            let k = repeat_kv(&k, cfg.heads / cfg.kv_heads)?;
+            let v = repeat_kv(&v, cfg.heads / cfg.kv_heads)?;
+            let att = (q.matmul(&k.t()?)? * scale)?;
+            let att = att.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let y = att.matmul(&v)?; // [b, heads, s, hd]
+            let y = y.transpose(1, 2)?.reshape((b * s, cfg.heads * cfg.head_dim))?;
+            let y = proj(&y, &blk.wo, LoraTarget::O)?;
+            x = (x + y)?;
+            // SwiGLU MLP.
+            let hn = candle_nn::ops::rms_norm_slow(&x, &blk.ffn_norm, cfg.rms_eps as f32)?;
+            let g = proj(&hn, &blk.w_gate, LoraTarget::Gate)?;
+            let u = proj(&hn, &blk.w_up, LoraTarget::Up)?;
+            let m = (g.silu()? * u)?;
+            let y = proj(&m, &blk.w_down, LoraTarget::Down)?;
+            x = (x + y)?;
+        }
+        let x = candle_nn::ops::rms_norm_slow(&x, &self.norm, cfg.rms_eps as f32)?;
+        x.reshape((b, s, cfg.hidden))
+    }
+
+    /// cos/sin tables `[seq, head_dim/2]` for positions `pos..pos+seq`.
+    fn rope_tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.cfg.head_dim / 2;
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in pos..pos + seq {
+            for i in 0..half {
+                let freq = 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim as f64);
+                let a = p as f64 * freq;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// `x [n, in] · Wᵀ` for a frozen `W [out, in]`.
+///
+/// candle's matmul backward always computes the gradient of both operands; for frozen base
+/// weights that is wasted work (about a third of a training step, and a vocab-sized buffer for
+/// the head). On the CPU this custom op returns only the input gradient. Elsewhere (CUDA, half
+/// precision) it is a plain matmul.
+fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == w.dtype() {
+        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = layout.shape().dims2()?;
+        let Some((a, b)) = layout.contiguous_offsets() else { bail!("frozen-linear needs a contiguous input") };
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
+            _ => bail!("frozen-linear handles f32/f64 only"),
+        };
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let flat = y.flatten_all()?;
+        let out = match flat.dtype() {
+            DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+            _ => CpuStorage::F64(flat.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// Additive causal mask `[seq, pos+seq]`: query i (absolute pos+i) sees keys 0..=pos+i.
+/// Right-padded batches need no other mask: padding only ever follows the real tokens.
+fn causal_mask(seq: usize, pos: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = pos + seq;
+    let mut m = vec![0f32; seq * total];
+    for i in 0..seq {
+        for j in (pos + i + 1)..total {
+            m[i * total + j] = -1e9;
+        }
+    }
+    Tensor::from_vec(m, (seq, total), device)?.to_dtype(dtype)
+}
+
+/// Grouped-query attention: repeat each kv head `n` times, `[b, kv, t, d]` → `[b, kv*n, t, d]`.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, kv, n, t, d))?.reshape((b, kv * n, t, d))
+}
+
+/// Inference session over a shared base: KV cache plus the adapter in use. When it follows an
+/// [`AdapterSlot`], each `reset()` (the start of a new prompt) picks up the newest published
+/// adapter, so a swap never happens in the middle of a generation.
+pub struct LlamaSession {
+    model: Arc<Llama>,
+    adapter: Option<Arc<LoraAdapter>>,
+    slot: Option<Arc<AdapterSlot>>,
+    version: u64,
+    cache: KvCache,
+}
+
+impl LlamaSession {
+    pub fn new(model: Arc<Llama>, adapter: Option<Arc<LoraAdapter>>) -> Self {
+        LlamaSession { model, adapter, slot: None, version: 0, cache: KvCache::default() }
+    }
+
+    /// A session that swaps in the slot's newest adapter at every `reset()`.
+    pub fn following(model: Arc<Llama>, slot: Arc<AdapterSlot>) -> Self {
+        let cur = slot.current();
+        LlamaSession { model, adapter: cur.adapter.clone(), slot: Some(slot), version: cur.version, cache: KvCache::default() }
+    }
+
+    /// Replace the adapter (clears the cache, whose keys/values depend on it).
+    pub fn set_adapter(&mut self, adapter: Option<Arc<LoraAdapter>>) {
+        self.adapter = adapter;
+        self.cache = KvCache::default();
+    }
+
+    /// Version of the adapter in use (0 = base, or a session not following a slot).
+    pub fn adapter_version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl CausalLm for LlamaSession {
+    fn forward_last(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        if tokens.is_empty() {
+            bail!("forward_last needs at least one token");
+        }
+        let ids = Tensor::new(tokens, self.model.device())?.unsqueeze(0)?;
+        let h = self.model.run(&ids, pos, Some(&mut self.cache), self.adapter.as_deref(), ForwardOpts::default())?;
+        let last = h.narrow(1, tokens.len() - 1, 1)?.squeeze(1)?.squeeze(0)?.detach();
+        self.model.logits(&last.unsqueeze(0)?)?.squeeze(0)?.to_dtype(DType::F32)
+    }
+
+    fn reset(&mut self) {
+        self.cache = KvCache::default();
+        if let Some(slot) = &self.slot {
+            let cur = slot.current();
+            self.adapter = cur.adapter.clone();
+            self.version = cur.version;
+        }
+    }
+}

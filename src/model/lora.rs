@@ -1,0 +1,273 @@
+//! LoRA adapters on the seven llama projections, as PEFT defines them:
+//! `y = W x + (alpha/r) · B A dropout(x)`, A `[r, in]` Kaiming-uniform (PEFT's `a=√5`, i.e.
+//! U(±1/√in)), B `[out, r]` zero, so a fresh adapter leaves the base unchanged.
+//!
+//! A and B are `candle_core::Var`s so the optimizer can update them in place. Published copies
+//! for inference ([`LoraAdapter::snapshot`]) own their own storage and don't track gradients, so
+//! training the next day never changes an adapter that inference is using.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::llama::LlamaConfig;
+
+/// A projection LoRA can wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LoraTarget {
+    pub const ALL: [LoraTarget; 7] =
+        [LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O, LoraTarget::Gate, LoraTarget::Up, LoraTarget::Down];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// PEFT's `target_modules` name (`q_proj`, ...).
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "q_proj",
+            LoraTarget::K => "k_proj",
+            LoraTarget::V => "v_proj",
+            LoraTarget::O => "o_proj",
+            LoraTarget::Gate => "gate_proj",
+            LoraTarget::Up => "up_proj",
+            LoraTarget::Down => "down_proj",
+        }
+    }
+
+    /// The HF module path below `model.layers.N.` (`self_attn.q_proj`, `mlp.gate_proj`, ...).
+    pub fn peft_module(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "self_attn.q_proj",
+            LoraTarget::K => "self_attn.k_proj",
+            LoraTarget::V => "self_attn.v_proj",
+            LoraTarget::O => "self_attn.o_proj",
+            LoraTarget::Gate => "mlp.gate_proj",
+            LoraTarget::Up => "mlp.up_proj",
+            LoraTarget::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn from_peft_name(s: &str) -> Option<Self> {
+        LoraTarget::ALL.into_iter().find(|t| t.peft_name() == s)
+    }
+}
+
+/// LoRA hyper-parameters (defaults: the original's r16, α32, dropout 0.05, all 7 projections).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<LoraTarget>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { r: 16, alpha: 32.0, dropout: 0.05, targets: LoraTarget::ALL.to_vec() }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+}
+
+/// The two low-rank factors of one projection.
+#[derive(Clone)]
+pub struct LoraPair {
+    /// `[r, in]`
+    pub a: Var,
+    /// `[out, r]`
+    pub b: Var,
+}
+
+/// An adapter for a whole model: one optional [`LoraPair`] per (layer, target).
+pub struct LoraAdapter {
+    cfg: LoraConfig,
+    layers: Vec<[Option<LoraPair>; 7]>,
+    enabled: AtomicBool,
+    dropout_on: AtomicBool,
+    track_grad: bool,
+}
+
+impl LoraAdapter {
+    /// A fresh trainable adapter: A Kaiming-uniform from a seeded RNG, B zero.
+    pub fn new(cfg: LoraConfig, model: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        if cfg.r == 0 {
+            bail!("LoRA rank must be positive");
+        }
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            bail!("LoRA dropout {} must be in [0, 1)", cfg.dropout);
+        }
+        let dtype = var_dtype(dtype);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut layers = Vec::with_capacity(model.layers);
+        for _ in 0..model.layers {
+            let mut row: [Option<LoraPair>; 7] = Default::default();
+            for t in LoraTarget::ALL {
+                if !cfg.targets.contains(&t) {
+                    continue;
+                }
+                let (fan_in, out) = model.proj_dims(t);
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let a: Vec<f64> = (0..cfg.r * fan_in).map(|_| rng.gen_range(-bound..bound)).collect();
+                let a = Tensor::from_vec(a, (cfg.r, fan_in), device)?.to_dtype(dtype)?;
+                let b = Tensor::zeros((out, cfg.r), dtype, device)?;
+                row[t.index()] = Some(LoraPair { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
+            }
+            layers.push(row);
+        }
+        Ok(LoraAdapter::from_layers(cfg, layers, true))
+    }
+
+    /// Assemble an adapter from given factors (used by the adapter loader).
+    pub fn from_pairs(cfg: LoraConfig, layers: Vec<[Option<LoraPair>; 7]>, trainable: bool) -> Self {
+        LoraAdapter::from_layers(cfg, layers, trainable)
+    }
+
+    fn from_layers(cfg: LoraConfig, layers: Vec<[Option<LoraPair>; 7]>, track_grad: bool) -> Self {
+        LoraAdapter { cfg, layers, enabled: AtomicBool::new(true), dropout_on: AtomicBool::new(false), track_grad }
+    }
+
+    pub fn config(&self) -> &LoraConfig {
+        &self.cfg
+    }
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+    pub fn pair(&self, layer: usize, t: LoraTarget) -> Option<&LoraPair> {
+        self.layers.get(layer).and_then(|r| r[t.index()].as_ref())
+    }
+
+    /// Off = the base model (the DPO/KTO reference pass).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+    }
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+    /// Apply dropout in training-mode forwards (TRL disables it by default).
+    pub fn set_dropout(&self, on: bool) {
+        self.dropout_on.store(on, Ordering::SeqCst);
+    }
+
+    /// All trainable variables, A then B, layer by layer.
+    pub fn vars(&self) -> Vec<Var> {
+        let mut v = Vec::new();
+        for row in &self.layers {
+            for p in row.iter().flatten() {
+                v.push(p.a.clone());
+                v.push(p.b.clone());
+            }
+        }
+        v
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// The LoRA correction for input `x [n, in]`, or `None` when this (layer, target) has none.
+    pub fn delta(&self, layer: usize, t: LoraTarget, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        let Some(p) = self.pair(layer, t) else { return Ok(None) };
+        let (a, b) = if self.track_grad {
+            (p.a.as_tensor().clone(), p.b.as_tensor().clone())
+        } else {
+            (p.a.as_detached_tensor(), p.b.as_detached_tensor())
+        };
+        let xd = x.dtype();
+        let a = if a.dtype() != xd { a.to_dtype(xd)? } else { a };
+        let b = if b.dtype() != xd { b.to_dtype(xd)? } else { b };
+        let x = if train && self.dropout_on.load(Ordering::SeqCst) && self.cfg.dropout > 0.0 {
+            candle_nn::ops::dropout(x, self.cfg.dropout as f32)?
+        } else {
+            x.clone()
+        };
+        let d = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
+        Ok(Some((d * self.cfg.scale())?))
+    }
+
+    /// A frozen deep copy for inference: own storage, no gradient tracking.
+    pub fn snapshot(&self) -> Result<LoraAdapter> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for row in &self.layers {
+            let mut out: [Option<LoraPair>; 7] = Default::default();
+            for (i, p) in row.iter().enumerate() {
+                if let Some(p) = p {
+                    out[i] = Some(LoraPair {
+                        a: Var::from_tensor(&p.a.as_detached_tensor().copy()?)?,
+                        b: Var::from_tensor(&p.b.as_detached_tensor().copy()?)?,
+                    });
+                }
+            }
+            layers.push(out);
+        }
+        Ok(LoraAdapter::from_layers(self.cfg.clone(), layers, false))
+    }
+
+    /// A trainable deep copy (to continue training from a loaded or published adapter).
+    pub fn trainable_copy(&self) -> Result<LoraAdapter> {
+        let mut s = self.snapshot()?;
+        s.track_grad = true;
+        Ok(s)
+    }
+}
+
+/// Trainable factors stay f32 when the model runs in half precision (cast on use).
+fn var_dtype(model: DType) -> DType {
+    match model {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// One published adapter: version 0 is the base model (no adapter).
+#[derive(Clone, Default)]
+pub struct PublishedAdapter {
+    pub version: u64,
+    pub day: Option<u32>,
+    pub adapter: Option<Arc<LoraAdapter>>,
+}
+
+/// The adapter inference should use now. The training worker stores a new version atomically;
+/// readers take a cheap snapshot of the pointer.
+pub struct AdapterSlot {
+    inner: ArcSwap<PublishedAdapter>,
+}
+
+impl Default for AdapterSlot {
+    fn default() -> Self {
+        AdapterSlot { inner: ArcSwap::from_pointee(PublishedAdapter::default()) }
+    }
+}
+
+impl AdapterSlot {
+    pub fn new(initial: PublishedAdapter) -> Self {
+        AdapterSlot { inner: ArcSwap::from_pointee(initial) }
+    }
+    pub fn current(&self) -> Arc<PublishedAdapter> {
+        self.inner.load_full()
+    }
+    pub fn version(&self) -> u64 {
+        self.inner.load().version
+    }
+    pub fn publish(&self, p: PublishedAdapter) {
+        self.inner.store(Arc::new(p));
+    }
+}

@@ -1,0 +1,217 @@
+//! KTO on a LoRA adapter, as TRL computes it.
+//!
+//! Each preference pair becomes two unpaired examples (chosen = desirable, rejected =
+//! undesirable). Within each micro-batch the KL reference point z₀ is estimated from mismatched
+//! prompt/completion pairs (completions rotated by one: prompt i with completion i−1):
+//! z₀ = max(0, mean(logπ(y'|x) − logπ_ref(y'|x))), detached. Losses:
+//! desirable w_d·(1 − σ(β(r − z₀))), undesirable w_u·(1 − σ(β(z₀ − r))), r = logπ − logπ_ref,
+//! averaged over the micro-batch. Micro-batches are fixed once (seeded shuffle, then sequential,
+//! as TRL requires with the KL term) so the reference log-probs are computed once per run.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::logprob::{completion_logps, completion_logps_f64, Batch, Sequence};
+use super::optim::{linear_lr, AdamW, GradAccumulator};
+use super::{sigmoid, StepMetrics, TrainConfig, TrainSummary};
+use crate::model::llama::{ForwardOpts, Llama};
+use crate::model::lora::LoraAdapter;
+
+/// One unpaired example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtoExample {
+    pub seq: Sequence,
+    pub desirable: bool,
+}
+
+/// Per-example loss and derivative w.r.t. its policy log-prob (before averaging).
+pub fn kto_term(policy: f64, reference: f64, z0: f64, desirable: bool, beta: f64, w_d: f64, w_u: f64) -> (f64, f64) {
+    let r = policy - reference;
+    if desirable {
+        let s = sigmoid(beta * (r - z0));
+        (w_d * (1.0 - s), -w_d * beta * s * (1.0 - s))
+    } else {
+        let s = sigmoid(beta * (z0 - r));
+        (w_u * (1.0 - s), w_u * beta * s * (1.0 - s))
+    }
+}
+
+/// A fixed micro-batch: example indices plus the mismatched (KL) sequences.
+struct Micro {
+    idx: Vec<usize>,
+    kl: Vec<Sequence>,
+    ref_logps: Vec<f64>,
+    ref_kl: Vec<f64>,
+}
+
+fn build_micro_batches(examples: &[KtoExample], cfg: &TrainConfig) -> Result<Vec<Micro>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
+    let mut groups: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
+    // A trailing group of one would pair its prompt with its own completion; fold it back.
+    if groups.len() > 1 && groups.last().map(|g| g.len()) == Some(1) {
+        let last = groups.pop().unwrap_or_default();
+        if let Some(prev) = groups.last_mut() {
+            prev.extend(last);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|idx| {
+            let n = idx.len();
+            let kl = (0..n)
+                .map(|j| Sequence {
+                    prompt: examples[idx[j]].seq.prompt.clone(),
+                    completion: examples[idx[(j + n - 1) % n]].seq.completion.clone(),
+                })
+                .collect();
+            Micro { idx, kl, ref_logps: Vec::new(), ref_kl: Vec::new() }
+        })
+        .collect())
+}
+
+/// Train `adapter` with KTO on `examples`.
+pub fn train_kto(
+    model: &Llama,
+    adapter: &LoraAdapter,
+    examples: &[KtoExample],
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(&StepMetrics) -> Result<()>,
+) -> Result<TrainSummary> {
+    if examples.len() < 2 {
+        bail!("KTO needs at least 2 examples (the KL term pairs prompts with other completions)");
+    }
+    if cfg.batch_size < 2 || cfg.grad_accum == 0 || cfg.epochs == 0 {
+        bail!("KTO needs batch size ≥ 2 and positive gradient accumulation and epochs");
+    }
+    let t0 = Instant::now();
+    adapter.set_dropout(cfg.lora_dropout_in_training);
+    let (dt, dev) = (model.dtype(), model.device());
+    let mut micros = build_micro_batches(examples, cfg)?;
+    for m in &mut micros {
+        let rows: Vec<&Sequence> = m.idx.iter().map(|&i| &examples[i].seq).collect();
+        m.ref_logps = completion_logps_f64(model, &Batch::new(&rows, dt, dev)?, None)?;
+        let kl_rows: Vec<&Sequence> = m.kl.iter().collect();
+        m.ref_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, None)?;
+    }
+    let ref_seconds = t0.elapsed().as_secs_f64();
+
+    let steps_per_epoch = micros.len().div_ceil(cfg.grad_accum);
+    let total = (steps_per_epoch * cfg.epochs) as u64;
+    let vars = adapter.vars();
+    let mut opt = AdamW::new(vars.clone(), cfg.adam.clone())?;
+    let mut acc = GradAccumulator::new(vars);
+    let mut summary = TrainSummary { examples: examples.len(), ref_seconds, ..Default::default() };
+    let mut st = KtoAcc::default();
+    let mut step_start = Instant::now();
+    for epoch in 0..cfg.epochs {
+        for (mi, m) in micros.iter().enumerate() {
+            // KL estimate with the current policy, no gradient.
+            let kl_rows: Vec<&Sequence> = m.kl.iter().collect();
+            let pol_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, Some(adapter))?;
+            let n = m.idx.len();
+            let z0 = (pol_kl.iter().zip(&m.ref_kl).map(|(p, r)| p - r).sum::<f64>() / n as f64).max(0.0);
+
+            let rows: Vec<&Sequence> = m.idx.iter().map(|&i| &examples[i].seq).collect();
+            let batch = Batch::new(&rows, dt, dev)?;
+            let logps = completion_logps(model, &batch, Some(adapter), ForwardOpts { train: true })?;
+            let vals: Vec<f64> = logps.detach().to_dtype(candle_core::DType::F64)?.to_vec1()?;
+            let mut coefs = vec![0f64; n];
+            let mut loss = 0.0;
+            for j in 0..n {
+                let ex = &examples[m.idx[j]];
+                let (l, d) = kto_term(
+                    vals[j],
+                    m.ref_logps[j],
+                    z0,
+                    ex.desirable,
+                    cfg.beta,
+                    cfg.kto_desirable_weight,
+                    cfg.kto_undesirable_weight,
+                );
+                loss += l / n as f64;
+                coefs[j] = d / n as f64;
+                let reward = cfg.beta * (vals[j] - m.ref_logps[j]);
+                if ex.desirable {
+                    st.chosen.push(reward);
+                } else {
+                    st.rejected.push(reward);
+                }
+            }
+            let coefs = Tensor::from_vec(coefs, n, dev)?.to_dtype(logps.dtype())?;
+            acc.add(&(logps * coefs)?.sum_all()?.backward()?)?;
+            st.loss += loss;
+            st.kl += z0;
+            st.micro += 1;
+            st.tokens += batch.tokens();
+            if acc.micro_batches() == cfg.grad_accum || mi + 1 == micros.len() {
+                let lr = linear_lr(cfg.adam.lr, opt.steps(), total);
+                let (grads, norm) = acc.take_mean_clipped(cfg.max_grad_norm)?;
+                opt.step(&grads, lr)?;
+                let secs = step_start.elapsed().as_secs_f64();
+                let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+                let k = st.micro.max(1) as f64;
+                let metrics = StepMetrics {
+                    step: opt.steps(),
+                    epoch,
+                    loss: st.loss / k,
+                    lr,
+                    grad_norm: norm,
+                    rewards_chosen: mean(&st.chosen),
+                    rewards_rejected: mean(&st.rejected),
+                    reward_margin: mean(&st.chosen) - mean(&st.rejected),
+                    reward_accuracy: 0.0,
+                    kl: st.kl / k,
+                    tokens: st.tokens,
+                    tokens_per_s: if secs > 0.0 { st.tokens as f64 / secs } else { 0.0 },
+                    elapsed_s: t0.elapsed().as_secs_f64(),
+                };
+                if summary.steps == 0 {
+                    summary.first_loss = metrics.loss;
+                }
+                summary.steps = opt.steps();
+                summary.last_loss = metrics.loss;
+                summary.tokens += metrics.tokens;
+                on_step(&metrics)?;
+                st = KtoAcc::default();
+                step_start = Instant::now();
+            }
+        }
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+#[derive(Default)]
+struct KtoAcc {
+    loss: f64,
+    kl: f64,
+    micro: usize,
+    tokens: usize,
+    chosen: Vec<f64>,
+    rejected: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kto_terms_at_start_and_their_derivatives() {
+        // Policy == reference and z0 = 0: loss 0.5 each side.
+        let (l, d) = kto_term(-3.0, -3.0, 0.0, true, 0.1, 1.0, 1.0);
+        assert!((l - 0.5).abs() < 1e-12 && (d + 0.025).abs() < 1e-12);
+        let (l, d) = kto_term(-3.0, -3.0, 0.0, false, 0.1, 1.0, 2.0);
+        assert!((l - 1.0).abs() < 1e-12 && (d - 0.05).abs() < 1e-12);
+        let h = 1e-6;
+        for des in [true, false] {
+            let f = |p: f64| kto_term(p, -2.0, 0.3, des, 0.4, 1.3, 0.7).0;
+            let fd = (f(-1.0 + h) - f(-1.0 - h)) / (2.0 * h);
+            assert!((fd - kto_term(-1.0, -2.0, 0.3, des, 0.4, 1.3, 0.7).1).abs() < 1e-7);
+        }
+    }
+}

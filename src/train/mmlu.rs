@@ -1,0 +1,194 @@
+//! The daily MMLU check (assistant_training.md §5): does training hurt general knowledge?
+//!
+//! The original takes the first 100 test items of `human_aging, nutrition, world_religions,
+//! prehistory, sociology`, prompts in plain text (no chat template), decodes greedily up to 10
+//! tokens and parses the answer letter: the first `\b[ABCD]\b` in the upper-cased reply, else its
+//! first character if that is A–D, else `A`. Overall accuracy is the unweighted mean over
+//! subjects. Items come from a local JSONL file in `cais/mmlu`'s fields
+//! (`subject`, `question`, `choices`, `answer` as index 0–3 or a letter).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::D;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::model::CausalLm;
+
+pub const SUBJECTS: [&str; 5] = ["human_aging", "nutrition", "world_religions", "prehistory", "sociology"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Index(usize),
+    Letter(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MmluItem {
+    pub subject: String,
+    pub question: String,
+    pub choices: Vec<String>,
+    pub answer: Answer,
+}
+
+impl MmluItem {
+    /// The correct letter, validated against the choices.
+    pub fn answer_letter(&self) -> Result<char> {
+        let idx = match &self.answer {
+            Answer::Index(i) => *i,
+            Answer::Letter(s) => match s.trim().to_ascii_uppercase().as_str() {
+                "A" => 0,
+                "B" => 1,
+                "C" => 2,
+                "D" => 3,
+                other => bail!("answer {other:?} is not a letter A-D"),
+            },
+        };
+        if idx >= self.choices.len() || idx >= 4 {
+            bail!("answer index {idx} out of range for {} choices", self.choices.len());
+        }
+        Ok((b'A' + idx as u8) as char)
+    }
+}
+
+pub fn read_items(path: &Path) -> Result<Vec<MmluItem>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: MmluItem = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        item.answer_letter().with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// The original's prompt text.
+pub fn prompt_text(item: &MmluItem) -> String {
+    let mut s = String::from("Answer the following multiple choice question by selecting the most appropriate option.\n\n");
+    s += &format!("Question: {}\n\nOptions:\n", item.question);
+    for (i, c) in item.choices.iter().enumerate() {
+        s += &format!("{}. {}\n", (b'A' + i as u8) as char, c);
+    }
+    s += "\nAnswer: ";
+    s
+}
+
+/// The original's letter parsing.
+pub fn parse_letter(reply: &str) -> char {
+    let up = reply.to_uppercase();
+    let re = regex::Regex::new(r"\b[ABCD]\b").expect("static regex");
+    if let Some(m) = re.find(&up) {
+        return m.as_str().chars().next().unwrap_or('A');
+    }
+    match up.chars().next() {
+        Some(c @ 'A'..='D') => c,
+        _ => 'A',
+    }
+}
+
+/// Plain-text tokenization for the check (no chat template).
+pub trait TextCodec {
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MmluOptions {
+    pub subjects: Vec<String>,
+    pub per_subject: usize,
+    pub max_new_tokens: usize,
+    /// Prepended to each prompt (the original tokenizes with BOS).
+    pub bos: Option<u32>,
+    /// Generation stops at any of these.
+    pub stop: Vec<u32>,
+    /// Prompts are cut to this many tokens, keeping the start (HF's default truncation side).
+    pub max_prompt_tokens: usize,
+}
+
+impl Default for MmluOptions {
+    fn default() -> Self {
+        MmluOptions {
+            subjects: SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            per_subject: 100,
+            max_new_tokens: 10,
+            bos: None,
+            stop: Vec::new(),
+            max_prompt_tokens: 2048,
+        }
+    }
+}
+
+/// The original's result shape: `{overall_accuracy, subject_accuracies}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MmluReport {
+    pub overall_accuracy: f64,
+    pub subject_accuracies: IndexMap<String, f64>,
+    pub questions: usize,
+}
+
+/// Greedy generation from a fresh prompt.
+pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+    lm.reset();
+    let mut logits = lm.forward_last(prompt, 0)?;
+    let mut out = Vec::new();
+    let mut pos = prompt.len();
+    for _ in 0..max_new {
+        let tok = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+        if stop.contains(&tok) {
+            break;
+        }
+        out.push(tok);
+        if out.len() == max_new {
+            break;
+        }
+        logits = lm.forward_last(&[tok], pos)?;
+        pos += 1;
+    }
+    Ok(out)
+}
+
+/// Run the check over `items` (the first `per_subject` items of each subject, in file order).
+pub fn run_mmlu(lm: &mut dyn CausalLm, codec: &dyn TextCodec, items: &[MmluItem], opts: &MmluOptions) -> Result<MmluReport> {
+    let mut subject_accuracies = IndexMap::new();
+    let mut questions = 0;
+    for subject in &opts.subjects {
+        let chosen: Vec<&MmluItem> = items.iter().filter(|i| &i.subject == subject).take(opts.per_subject).collect();
+        if chosen.is_empty() {
+            bail!("no MMLU items for subject {subject:?}");
+        }
+        let mut correct = 0usize;
+        for item in &chosen {
+            let mut ids: Vec<u32> = opts.bos.into_iter().collect();
+            ids.extend(codec.encode(&prompt_text(item))?);
+            ids.truncate(opts.max_prompt_tokens.max(1));
+            let out = greedy(lm, &ids, opts.max_new_tokens, &opts.stop)?;
+            let reply = codec.decode(&out)?;
+            if parse_letter(&reply) == item.answer_letter()? {
+                correct += 1;
+            }
+        }
+        questions += chosen.len();
+        subject_accuracies.insert(subject.clone(), correct as f64 / chosen.len() as f64);
+    }
+    let overall_accuracy = subject_accuracies.values().sum::<f64>() / subject_accuracies.len().max(1) as f64;
+    Ok(MmluReport { overall_accuracy, subject_accuracies, questions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letter_parsing_follows_the_original() {
+        assert_eq!(parse_letter(" b. Nutrition"), 'B');
+        assert_eq!(parse_letter("The answer is (C)"), 'C');
+        assert_eq!(parse_letter("Dietary fibre"), 'D');
+        assert_eq!(parse_letter("none"), 'A');
+        assert_eq!(parse_letter("CAB"), 'C');
+    }
+}

@@ -1,0 +1,175 @@
+//! Training the assistant between simulated days: LoRA adapters trained with DPO or KTO on the
+//! day's preference pairs (plus replay), on a worker thread that owns the device, published as
+//! versioned adapters that inference swaps in atomically. Also the daily MMLU check and the
+//! offline `train`/`score` entry points.
+//!
+//! Defaults are the original's (TRL 0.19 + PEFT): LoRA r16/α32, β 0.1, batch 1 × accumulation 4
+//! (KTO 2 × 2), 2 epochs, lr 5e-5 linear to 0, no warmup, clip 1.0, AdamW(0.9, 0.999, 1e-8, wd 0),
+//! dropout off while training, reference = base with the adapter off, computed once per run.
+
+pub mod adapter;
+pub mod data;
+pub mod dpo;
+pub mod kto;
+pub mod logprob;
+pub mod mmlu;
+pub mod offline;
+pub mod optim;
+pub mod replay;
+pub mod worker;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::model::lora::LoraConfig;
+pub use data::{ChatFormatter, PreferencePair, TokenLimits};
+pub use offline::{bench_dpo, score_pairs, train_offline, BenchReport, OfflineTrainOptions, PairScore};
+pub use optim::AdamWConfig;
+
+/// The preference-optimization loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Dpo,
+    Kto,
+}
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "dpo" => Ok(Method::Dpo),
+            "kto" => Ok(Method::Kto),
+            other => anyhow::bail!("unknown training method {other:?} (expected dpo or kto)"),
+        }
+    }
+}
+
+/// Everything one training run needs besides data and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    /// Used when a fresh adapter is created.
+    pub lora: LoraConfig,
+    /// Apply LoRA dropout while training (TRL's `disable_dropout=True` turns it off).
+    pub lora_dropout_in_training: bool,
+    pub beta: f64,
+    /// DPO label smoothing ε (TRL 0.19 "sigmoid" with ε; 0 = plain sigmoid loss).
+    pub label_smoothing: f64,
+    pub kto_desirable_weight: f64,
+    pub kto_undesirable_weight: f64,
+    /// KTO drops completions containing this text (the original drops "No Recommendation").
+    pub kto_exclude: Option<String>,
+    /// Pairs (DPO) or examples (KTO) per micro-batch.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub epochs: usize,
+    pub adam: AdamWConfig,
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    pub limits: TokenLimits,
+}
+
+impl TrainConfig {
+    pub fn dpo() -> Self {
+        TrainConfig {
+            method: Method::Dpo,
+            lora: LoraConfig::default(),
+            lora_dropout_in_training: false,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            kto_desirable_weight: 1.0,
+            kto_undesirable_weight: 1.0,
+            kto_exclude: Some("No Recommendation".into()),
+            batch_size: 1,
+            grad_accum: 4,
+            epochs: 2,
+            adam: AdamWConfig::default(),
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            limits: TokenLimits::default(),
+        }
+    }
+
+    pub fn kto() -> Self {
+        TrainConfig { method: Method::Kto, batch_size: 2, grad_accum: 2, ..TrainConfig::dpo() }
+    }
+
+    pub fn for_method(m: Method) -> Self {
+        match m {
+            Method::Dpo => TrainConfig::dpo(),
+            Method::Kto => TrainConfig::kto(),
+        }
+    }
+}
+
+/// Metrics of one optimizer step (one JSONL line per step in the day's metrics file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Mean β·(logπ − logπ_ref) of chosen / desirable completions.
+    pub rewards_chosen: f64,
+    /// Mean β·(logπ − logπ_ref) of rejected / undesirable completions.
+    pub rewards_rejected: f64,
+    /// DPO: mean of rewards_chosen − rewards_rejected per pair.
+    pub reward_margin: f64,
+    /// DPO: share of pairs with a positive margin.
+    pub reward_accuracy: f64,
+    /// KTO: the clamped KL estimate z₀ (mean over the step's micro-batches).
+    pub kl: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub examples: usize,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub ref_seconds: f64,
+}
+
+/// The device training should use: CUDA when built with `--features cuda` and a GPU is present,
+/// else the CPU.
+pub fn pick_device() -> Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = Device::cuda_if_available(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
+/// The dtype for the dequantized base on `device`: f32 on the CPU, bf16 on CUDA.
+pub fn model_dtype(device: &Device) -> candle_core::DType {
+    if device.is_cuda() {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    }
+}
+
+/// σ(x), numerically stable.
+pub(crate) fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// log σ(x), numerically stable.
+pub(crate) fn log_sigmoid(x: f64) -> f64 {
+    x.min(0.0) - (-x.abs()).exp().ln_1p()
+}
