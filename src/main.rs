@@ -36,6 +36,36 @@ enum Command {
     /// Serve the pages (simulate, replay, demo, persona state, path tester); with --fork/--sim
     /// (or --sim --resume) a live simulation runs in-process for /simulator_home.
     Serve(ServeArgs),
+    /// Train a LoRA adapter offline from saved preference pairs (TRL conversational JSONL).
+    Train {
+        #[arg(long)]
+        pairs: PathBuf,
+        /// dpo or kto.
+        #[arg(long, default_value = "dpo")]
+        method: String,
+        /// A llama-family GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder: adapter_model.safetensors, adapter_config.json, metrics.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Continue from this adapter instead of a fresh one.
+        #[arg(long)]
+        init_adapter: Option<PathBuf>,
+    },
+    /// Summed completion log-probs per pair, with the adapter and without it (one JSON line each).
+    Score {
+        #[arg(long)]
+        pairs: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
     /// Write the demo's compressed storage: <compressed>/<SIM>/{master_movement.json, meta.json, personas/}.
     Compress {
         sim: String,
@@ -181,6 +211,12 @@ struct BenchArgs {
     /// Steps to time.
     #[arg(long, default_value_t = 576)]
     steps: u64,
+    /// Instead: local inference speed (prompt processing and generation tokens/s) of this GGUF.
+    #[arg(long, value_name = "GGUF")]
+    llm: Option<PathBuf>,
+    /// Instead: DPO optimizer steps/s, tokens/s and peak memory on this GGUF.
+    #[arg(long, value_name = "GGUF")]
+    dpo: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>, s: &SimArgs) -> Result<Config> {
@@ -216,6 +252,26 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     if let Some(v) = &p.temp_storage {
         cfg.paths.temp_storage = v.clone();
     }
+}
+
+fn load_for_training(gguf: &std::path::Path) -> Result<(propersim::model::llama::Llama, propersim::sim::training::ProviderFormatter)> {
+    let device = propersim::train::pick_device();
+    let model = propersim::model::llama::Llama::load_gguf(gguf, propersim::train::model_dtype(&device), &device).with_context(|| format!("loading {}", gguf.display()))?;
+    Ok((model, propersim::sim::training::formatter_for(gguf)?))
+}
+
+/// Eight realistic pairs for the DPO benchmark when no pairs file is given.
+fn bench_pairs() -> Vec<propersim::train::data::PreferencePair> {
+    use propersim::llm::Message;
+    let sys = propersim::assistant::prompt::system("Eddy Lin", "John Lin", propersim::config::ReasonMode::None, None);
+    (0..8)
+        .map(|i| propersim::train::data::PreferencePair {
+            prompt: vec![Message::system(sys.clone()), Message::user(format!("[MEMORY]\nNo interactions yet.\n[ACTION]\nThursday February 13 -- 0{}:30:00 PM\nJohn Lin's action: John Lin is cooking dinner (step {i}).", i % 9))],
+            chosen: vec![Message::assistant(r#"{"Suggestion":"No Recommendation"}"#)],
+            rejected: vec![Message::assistant(r#"{"Suggestion":"Call your boss about the quarterly report right now."}"#)],
+            extra: Default::default(),
+        })
+        .collect()
 }
 
 /// `compressed_storage/` beside the storage folder, as in the original frontend_server.
@@ -298,6 +354,25 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
 }
 
 async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
+    if let Some(g) = &a.llm {
+        let g = g.clone();
+        let r = tokio::task::spawn_blocking(move || propersim::bench_llm::bench_llm(&g)).await??;
+        println!("{r}");
+        return Ok(());
+    }
+    if let Some(g) = &a.dpo {
+        let g = g.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<String> {
+            let (model, fmt) = load_for_training(&g)?;
+            let pairs = propersim::train::data::read_pairs(std::path::Path::new(&std::env::var("PROPERSIM_BENCH_PAIRS").unwrap_or_default())).unwrap_or_default();
+            let pairs = if pairs.is_empty() { bench_pairs() } else { pairs };
+            let cfg = propersim::train::TrainConfig::dpo();
+            Ok(format!("{:?}", propersim::train::offline::bench_dpo(&model, &fmt, &pairs, 8, &cfg)?))
+        })
+        .await??;
+        println!("{r}");
+        return Ok(());
+    }
     let mut cfg = load_config(cli_config, &a.sim)?;
     cfg.set_all_providers(ProviderKind::Scripted);
     let tmp = tempfile::tempdir()?;
@@ -417,6 +492,33 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
+        Command::Train { pairs, method, model, out, epochs, lr, init_adapter } => tokio::task::block_in_place(|| -> Result<()> {
+            let method: propersim::train::Method = method.parse()?;
+            let mut config = propersim::train::TrainConfig::for_method(method);
+            if let Some(e) = epochs {
+                config.epochs = e;
+            }
+            if let Some(l) = lr {
+                config.adam.lr = l;
+            }
+            let (m, fmt) = load_for_training(&model)?;
+            let opts = propersim::train::offline::OfflineTrainOptions { pairs, out: out.clone(), config, base_model_name: model.display().to_string(), init_adapter };
+            let s = propersim::train::offline::train_offline(&m, &fmt, &opts)?;
+            println!("{} optimizer steps on {} examples, loss {:.4} -> {:.4}, {:.1}s; adapter in {}", s.steps, s.examples, s.first_loss, s.last_loss, s.seconds, out.display());
+            Ok(())
+        }),
+        Command::Score { pairs, model, adapter } => tokio::task::block_in_place(|| -> Result<()> {
+            let (m, fmt) = load_for_training(&model)?;
+            let a = match adapter {
+                Some(dir) => Some(propersim::train::adapter::load_adapter(&dir, m.config(), m.dtype(), m.device(), false)?),
+                None => None,
+            };
+            let pairs = propersim::train::data::read_pairs(&pairs)?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            propersim::train::offline::score_pairs(&m, a.as_ref(), &fmt, &pairs, &propersim::train::data::TokenLimits::default(), &mut out)?;
+            Ok(())
+        }),
         Command::Compress { sim, out, paths } => (|| {
             let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
             apply_paths(&mut c, &paths);

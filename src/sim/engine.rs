@@ -168,6 +168,9 @@ impl Engine {
         let mut a_entry = PersonaEntry::idle(assistant_tile, &self.user_name);
         let mut tokens = 0usize;
         if !u.asleep {
+            if let Some(h) = self.hook.as_mut() {
+                h.before_suggest()?;
+            }
             let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let moment = Moment { step, now, user_name: &self.user_name, assistant_name: &self.assistant_name, profile: &self.user.profile, action: &u.action, walking: u.walking };
             let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;

@@ -8,8 +8,12 @@ use anyhow::Result;
 pub trait DayHook: Send {
     /// Day `day` (0-based) is over; its preference pairs are in `pairs` (may not exist).
     fn day_ended(&mut self, day: u64, pairs: &Path) -> Result<()>;
-    /// Before step `step` runs: swap in a finished adapter, or wait for one that must be ready.
+    /// Before step `step` runs (non-blocking: e.g. pick up a finished adapter).
     fn before_step(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+    /// The assistant is about to suggest: whatever must be in use by now (the new adapter) is.
+    fn before_suggest(&mut self) -> Result<()> {
         Ok(())
     }
 }

@@ -52,8 +52,16 @@ pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine>
         sim.write_meta(&meta)?;
     }
     let maze = Arc::new(Maze::load(&cfg.paths.assets).with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?);
-    let llm = Arc::new(Llm::for_sim(cfg, &sim.root, cache)?);
-    let engine = Engine::open(cfg.clone(), sim, maze, llm)?;
+    let llm = Llm::for_sim(cfg, &sim.root, cache)?;
+    let (llm, training) = super::training::attach(cfg, &sim.root, llm)?;
+    let llm = Arc::new(llm);
+    let mut engine = Engine::open(cfg.clone(), sim, maze, llm.clone())?;
+    if let Some(mut t) = training {
+        t.bind(llm);
+        let p = t.provider.clone();
+        engine.token_counter = Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4)));
+        engine.hook = Some(Box::new(t));
+    }
     write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
     Ok(engine)
 }

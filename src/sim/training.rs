@@ -1,0 +1,176 @@
+//! Daily training plugged into the loop: at each day boundary the day's pairs (with the replay
+//! buffer) go to the training worker thread; the loop keeps stepping through the user's night;
+//! before the assistant's next suggestion the new adapter is in use (the hook waits if training
+//! has not finished). Inference follows the worker's adapter slot, so the swap is atomic and
+//! happens between two prompts, never inside one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::hooks::DayHook;
+use crate::config::{Config, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod};
+use crate::llm::local::LocalProvider;
+use crate::llm::{Llm, Message};
+use crate::model::llama::{Llama, LlamaSession};
+use crate::model::lora::{AdapterSlot, PublishedAdapter};
+use crate::train::data::{read_pairs, ChatFormatter, PreferencePair};
+use crate::train::replay::{ReplayBuffer, ReplayMode};
+use crate::train::worker::{JobResult, TrainJob, TrainWorker, WorkerSetup};
+use crate::train::{adapter, Method, TrainConfig};
+
+/// The local model's own chat template and tokenizer, as the trainer needs them.
+pub struct ProviderFormatter(pub Arc<LocalProvider>);
+
+/// The chat template and tokenizer of a GGUF (for `propersim train` / `score`).
+pub fn formatter_for(gguf: &Path) -> Result<ProviderFormatter> {
+    let mut rc = crate::config::RoleConfig::scripted();
+    rc.provider = ProviderKind::Local;
+    rc.model = gguf.display().to_string();
+    Ok(ProviderFormatter(Arc::new(LocalProvider::new(&rc, Role::Assistant)?)))
+}
+
+impl ChatFormatter for ProviderFormatter {
+    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.0.template()?.render(msgs, add_generation_prompt)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.0.try_tokenizer()?.encode(text)
+    }
+}
+
+pub struct Training {
+    worker: TrainWorker,
+    method: Method,
+    replay: ReplayBuffer<PreferencePair>,
+    mode: ReplayMode,
+    seed: u64,
+    adapters: PathBuf,
+    /// The engine's client, to record the adapter version in the cache keys.
+    llm: Option<Arc<Llm>>,
+    /// Counts tokens with the assistant's tokenizer.
+    pub provider: Arc<LocalProvider>,
+    /// Day whose training is running.
+    pending: Option<u32>,
+}
+
+/// Attach training to the assistant's local model, if the configuration asks for it. Returns
+/// the LLM client (with the assistant's provider following the adapter slot) and the hook.
+pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Training>)> {
+    let method = match cfg.sim.train_method {
+        TrainMethod::None => return Ok((llm, None)),
+        TrainMethod::Dpo => Method::Dpo,
+        TrainMethod::Kto => Method::Kto,
+    };
+    let rc = cfg.role(Role::Assistant);
+    if rc.provider != ProviderKind::Local {
+        eprintln!(
+            "note: train_method = {} needs [roles.assistant] provider = \"local\" (it is `{}`); this run does not train.",
+            cfg.sim.train_method, rc.provider
+        );
+        return Ok((llm, None));
+    }
+    let provider = Arc::new(LocalProvider::new(&rc, Role::Assistant)?);
+    let gguf = crate::llm::local::resolve_gguf(&rc.model, Role::Assistant)?;
+    let device = crate::train::pick_device();
+    let model = Arc::new(Llama::load_gguf(&gguf, crate::train::model_dtype(&device), &device).with_context(|| format!("loading {} for training", gguf.display()))?);
+    let adapters = sim_root.join("adapters");
+    // A resumed run continues from its newest adapter.
+    let (initial, published) = match adapter::latest_day(&adapters)? {
+        Some((day, dir)) => {
+            let a = adapter::load_adapter(&dir, model.config(), model.dtype(), model.device(), true)?;
+            let snap = Arc::new(a.snapshot()?);
+            (Some(a), PublishedAdapter { version: day as u64, day: Some(day), adapter: Some(snap) })
+        }
+        None => (None, PublishedAdapter::default()),
+    };
+    let version = published.version;
+    let slot = Arc::new(AdapterSlot::new(published));
+    provider.swap_model(Box::new(LlamaSession::following(model.clone(), slot.clone())), version)?;
+    let worker = TrainWorker::spawn(WorkerSetup { model, formatter: Arc::new(ProviderFormatter(provider.clone())), initial, slot, base_model_name: rc.model.clone() })?;
+    let llm = llm.with_provider(Role::Assistant, rc, provider.clone());
+    llm.set_adapter_version(Role::Assistant, version);
+    // The pairs of days already trained into the adapter are the replay buffer's past.
+    let mut replay = ReplayBuffer::new();
+    for d in 0..version {
+        let p = sim_root.join(crate::assistant::records::pairs_file(d));
+        if p.exists() {
+            replay.all_time.extend(read_pairs(&p)?);
+        }
+    }
+    let mode = match cfg.sim.replay_buffer {
+        ReplayChoice::Equally200 => ReplayMode::Equally(200),
+        ReplayChoice::Equally400 => ReplayMode::Equally(400),
+        ReplayChoice::HalfToday => ReplayMode::HalfToday,
+    };
+    let t = Training { worker, method, replay, mode, seed: cfg.sim.seed, adapters, llm: None, provider, pending: None };
+    Ok((llm, Some(t)))
+}
+
+impl Training {
+    pub fn bind(&mut self, llm: Arc<Llm>) {
+        self.llm = Some(llm);
+    }
+
+    fn finish(&mut self, r: JobResult) -> Result<()> {
+        self.pending = None;
+        match r {
+            Ok(o) => {
+                if let Some(l) = &self.llm {
+                    l.set_adapter_version(Role::Assistant, o.version);
+                }
+                eprintln!(
+                    "trained day {}: adapter v{} ({} steps, loss {:.4} -> {:.4}){}",
+                    o.day,
+                    o.version,
+                    o.summary.steps,
+                    o.summary.first_loss,
+                    o.summary.last_loss,
+                    o.adapter_dir.map(|d| format!(", saved in {}", d.display())).unwrap_or_default()
+                );
+                Ok(())
+            }
+            Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),
+        }
+    }
+}
+
+impl DayHook for Training {
+    fn day_ended(&mut self, day: u64, pairs: &Path) -> Result<()> {
+        let today = if pairs.exists() { read_pairs(pairs)? } else { Vec::new() };
+        let set = self.replay.select(self.mode, today, self.seed ^ day);
+        if set.is_empty() {
+            eprintln!("day {} produced no preference pairs; the adapter stays as it is", day + 1);
+            return Ok(());
+        }
+        let adapter_day = day as u32 + 1;
+        let dir = adapter::day_dir(&self.adapters, adapter_day);
+        self.worker.submit(TrainJob {
+            day: adapter_day,
+            pairs: set,
+            config: TrainConfig::for_method(self.method),
+            metrics_path: Some(dir.join("train_metrics.jsonl")),
+            adapter_dir: Some(dir),
+        })?;
+        self.pending = Some(adapter_day);
+        Ok(())
+    }
+
+    fn before_step(&mut self, _step: u64) -> Result<()> {
+        match self.worker.try_result() {
+            Some(r) => self.finish(r),
+            None => Ok(()),
+        }
+    }
+
+    fn before_suggest(&mut self) -> Result<()> {
+        if self.pending.is_some() {
+            match self.worker.wait_result() {
+                Some(r) => self.finish(r)?,
+                None => bail!("the training worker stopped without a result"),
+            }
+        }
+        Ok(())
+    }
+}
