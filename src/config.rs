@@ -274,6 +274,10 @@ pub struct SimSettings {
     pub budget_usd: Option<f64>,
     /// Path of an MMLU dataset file (JSONL) for the daily check.
     pub mmlu_path: Option<PathBuf>,
+    /// Training epochs per day (the original: 2).
+    pub train_epochs: usize,
+    /// Cap on the pairs trained per day after replay selection (none: all, as the original).
+    pub train_max_pairs: Option<usize>,
 }
 
 impl Default for SimSettings {
@@ -300,6 +304,8 @@ impl Default for SimSettings {
             task_retries: 3,
             budget_usd: None,
             mmlu_path: None,
+            train_epochs: 2,
+            train_max_pairs: None,
         }
     }
 }
@@ -423,6 +429,7 @@ impl SimSettings {
         "fork", "sim", "assistant_model", "train_method", "persona_given", "reason_mode", "memory_retrieval", "ranking",
         "memory_level", "evaluator_model", "evaluation", "forced_norec_ratio", "visualization", "replay_buffer",
         "user_revision", "daily_mmlu", "seed", "tiles_per_step", "task_retries", "budget_usd", "mmlu_path",
+        "train_epochs", "train_max_pairs",
     ];
 
     /// Set one setting from text, with an error naming the key and the allowed values.
@@ -452,6 +459,8 @@ impl SimSettings {
             "tiles_per_step" => self.tiles_per_step = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?),
             "budget_usd" => self.budget_usd = Some(v.trim().parse().map_err(|_| bad(key, v, "a number of USD"))?),
             "mmlu_path" => self.mmlu_path = Some(v.into()),
+            "train_epochs" => self.train_epochs = v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?,
+            "train_max_pairs" => self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?),
             _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),
         }
         Ok(())

