@@ -634,6 +634,30 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     let c = model.config();
     assert_eq!((c.layers, c.hidden, c.heads, c.kv_heads, c.vocab), (30, 576, 9, 3, 49152));
     let fmt = smollm2::SmolChat::from_gguf(&path)?;
+    // Our forward agrees with candle's quantized llama on the same file (RoPE layout, GQA,
+    // norms, tied head): same next token, near-identical logits (Q4_1 kernels quantize
+    // activations, so not bit-equal).
+    {
+        let prompt = fmt.encode(&fmt.render(&[Message::user("What is the capital of France?")], true)?)?;
+        let mut f = std::fs::File::open(&path)?;
+        let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+        let mut q = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)?;
+        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let theirs = q.forward(&ids, 0)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let ours = model.forward(&ids, None)?.squeeze(0)?.get(prompt.len() - 1)?;
+        let cos = (&ours * &theirs)?.sum_all()?.to_scalar::<f32>()?
+            / (ours.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? * theirs.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+        let top = |t: &Tensor| -> Result<Vec<u32>> {
+            let v: Vec<f32> = t.to_vec1()?;
+            let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+            idx.sort_by(|&x, &y| v[y as usize].total_cmp(&v[x as usize]));
+            Ok(idx[..3].to_vec())
+        };
+        let (a, b) = (top(&ours)?, top(&theirs)?);
+        println!("SmolLM2 logits vs quantized_llama: cosine {cos}, top-3 {a:?} / {b:?}");
+        assert!(cos > 0.99, "cosine {cos}");
+        assert!(b.contains(&a[0]) && a.contains(&b[0]), "top tokens disagree: {a:?} / {b:?}");
+    }
     // The tokenizer has no spurious space after special tokens.
     assert_eq!(fmt.encode("<|im_start|>user\n")?[0], 1);
     assert_eq!(fmt.encode("<|im_start|>user")?.len(), 2);
