@@ -740,3 +740,81 @@ fn bench_smollm2_dpo() -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&rep)?);
     Ok(())
 }
+
+// ---------------------------------------------------------------- offline entry points
+
+#[test]
+fn train_offline_writes_adapter_and_metrics_and_score_prints_json_lines() -> Result<()> {
+    let model = tiny_llama(DType::F32, 14, true);
+    let dir = tempfile::tempdir()?;
+    let pairs_path = dir.path().join("pairs.jsonl");
+    let mut text = String::new();
+    for p in toy_pairs() {
+        text += &serde_json::to_string(&p)?;
+        text += "\n";
+    }
+    std::fs::write(&pairs_path, text)?;
+    let mut cfg = toy_cfg(Method::Dpo);
+    cfg.epochs = 1;
+    let opts = propersim::train::OfflineTrainOptions {
+        pairs: pairs_path.clone(),
+        out: dir.path().join("out"),
+        config: cfg,
+        base_model_name: "tiny".into(),
+        init_adapter: None,
+    };
+    let summary = propersim::train::train_offline(&model, &ByteChat, &opts)?;
+    assert_eq!(summary.steps, 2);
+    assert_eq!(std::fs::read_to_string(opts.out.join("metrics.jsonl"))?.lines().count(), 2);
+    let ad = adapter::load_adapter(&opts.out, model.config(), DType::F32, &Device::Cpu, false)?;
+    let pairs = propersim::train::data::read_pairs(&pairs_path)?;
+    let mut out = Vec::new();
+    let scores = score_pairs(&model, Some(&ad), &ByteChat, &pairs, &TokenLimits::default(), &mut out)?;
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 8);
+    for (l, s) in lines.iter().zip(&scores) {
+        for k in ["chosen", "rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens"] {
+            assert!(l.get(k).is_some(), "missing {k}");
+        }
+        assert_ne!(s.chosen, s.ref_chosen, "the adapter changes the scores");
+    }
+    // "yes i" is 5 characters + end marker + newline.
+    assert_eq!(lines[0]["chosen_tokens"], 7);
+    // Continue training from the saved adapter; a bad pairs file is a clear error.
+    let opts2 = propersim::train::OfflineTrainOptions { init_adapter: Some(opts.out.clone()), out: dir.path().join("out2"), ..opts.clone() };
+    propersim::train::train_offline(&model, &ByteChat, &opts2)?;
+    std::fs::write(&pairs_path, "{\"prompt\": 1}\n")?;
+    let err = propersim::train::train_offline(&model, &ByteChat, &opts).unwrap_err();
+    assert!(format!("{err:#}").contains("line 1"), "{err:#}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_results_can_be_awaited_without_blocking_async_tasks() -> Result<()> {
+    let model = Arc::new(tiny_llama(DType::F32, 15, true));
+    let slot = Arc::new(AdapterSlot::default());
+    let mut worker = TrainWorker::spawn(WorkerSetup {
+        model,
+        formatter: Arc::new(ByteChat),
+        initial: None,
+        slot: slot.clone(),
+        base_model_name: "tiny".into(),
+    })?;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t2 = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            t2.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let mut cfg = toy_cfg(Method::Kto);
+    cfg.epochs = 1;
+    worker.submit(TrainJob { day: 2, pairs: toy_pairs(), config: cfg, adapter_dir: None, metrics_path: None })?;
+    let res = worker.next_result().await.expect("a result").map_err(|e| anyhow::anyhow!(e))?;
+    ticker.abort();
+    assert_eq!(res.version, 1);
+    assert_eq!(slot.current().day, Some(2));
+    assert!(ticks.load(Ordering::SeqCst) > 1, "async tasks kept running while training");
+    Ok(())
+}
