@@ -634,6 +634,30 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     let c = model.config();
     assert_eq!((c.layers, c.hidden, c.heads, c.kv_heads, c.vocab), (30, 576, 9, 3, 49152));
     let fmt = smollm2::SmolChat::from_gguf(&path)?;
+    // Our forward agrees with candle's quantized llama on the same file (RoPE layout, GQA,
+    // norms, tied head): same next token, near-identical logits (Q4_1 kernels quantize
+    // activations, so not bit-equal).
+    {
+        let prompt = fmt.encode(&fmt.render(&[Message::user("What is the capital of France?")], true)?)?;
+        let mut f = std::fs::File::open(&path)?;
+        let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+        let mut q = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)?;
+        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let theirs = q.forward(&ids, 0)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let ours = model.forward(&ids, None)?.squeeze(0)?.get(prompt.len() - 1)?;
+        let cos = (&ours * &theirs)?.sum_all()?.to_scalar::<f32>()?
+            / (ours.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? * theirs.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+        let top = |t: &Tensor| -> Result<Vec<u32>> {
+            let v: Vec<f32> = t.to_vec1()?;
+            let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+            idx.sort_by(|&x, &y| v[y as usize].total_cmp(&v[x as usize]));
+            Ok(idx[..3].to_vec())
+        };
+        let (a, b) = (top(&ours)?, top(&theirs)?);
+        println!("SmolLM2 logits vs quantized_llama: cosine {cos}, top-3 {a:?} / {b:?}");
+        assert!(cos > 0.99, "cosine {cos}");
+        assert!(b.contains(&a[0]) && a.contains(&b[0]), "top tokens disagree: {a:?} / {b:?}");
+    }
     // The tokenizer has no spurious space after special tokens.
     assert_eq!(fmt.encode("<|im_start|>user\n")?[0], 1);
     assert_eq!(fmt.encode("<|im_start|>user")?.len(), 2);
@@ -714,5 +738,83 @@ fn bench_smollm2_dpo() -> Result<()> {
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let rep = propersim::train::bench_dpo(&model, &fmt, &pairs, steps, &TrainConfig::dpo())?;
     println!("{}", serde_json::to_string_pretty(&rep)?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- offline entry points
+
+#[test]
+fn train_offline_writes_adapter_and_metrics_and_score_prints_json_lines() -> Result<()> {
+    let model = tiny_llama(DType::F32, 14, true);
+    let dir = tempfile::tempdir()?;
+    let pairs_path = dir.path().join("pairs.jsonl");
+    let mut text = String::new();
+    for p in toy_pairs() {
+        text += &serde_json::to_string(&p)?;
+        text += "\n";
+    }
+    std::fs::write(&pairs_path, text)?;
+    let mut cfg = toy_cfg(Method::Dpo);
+    cfg.epochs = 1;
+    let opts = propersim::train::OfflineTrainOptions {
+        pairs: pairs_path.clone(),
+        out: dir.path().join("out"),
+        config: cfg,
+        base_model_name: "tiny".into(),
+        init_adapter: None,
+    };
+    let summary = propersim::train::train_offline(&model, &ByteChat, &opts)?;
+    assert_eq!(summary.steps, 2);
+    assert_eq!(std::fs::read_to_string(opts.out.join("metrics.jsonl"))?.lines().count(), 2);
+    let ad = adapter::load_adapter(&opts.out, model.config(), DType::F32, &Device::Cpu, false)?;
+    let pairs = propersim::train::data::read_pairs(&pairs_path)?;
+    let mut out = Vec::new();
+    let scores = score_pairs(&model, Some(&ad), &ByteChat, &pairs, &TokenLimits::default(), &mut out)?;
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 8);
+    for (l, s) in lines.iter().zip(&scores) {
+        for k in ["chosen", "rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens"] {
+            assert!(l.get(k).is_some(), "missing {k}");
+        }
+        assert_ne!(s.chosen, s.ref_chosen, "the adapter changes the scores");
+    }
+    // "yes i" is 5 characters + end marker + newline.
+    assert_eq!(lines[0]["chosen_tokens"], 7);
+    // Continue training from the saved adapter; a bad pairs file is a clear error.
+    let opts2 = propersim::train::OfflineTrainOptions { init_adapter: Some(opts.out.clone()), out: dir.path().join("out2"), ..opts.clone() };
+    propersim::train::train_offline(&model, &ByteChat, &opts2)?;
+    std::fs::write(&pairs_path, "{\"prompt\": 1}\n")?;
+    let err = propersim::train::train_offline(&model, &ByteChat, &opts).unwrap_err();
+    assert!(format!("{err:#}").contains("line 1"), "{err:#}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_results_can_be_awaited_without_blocking_async_tasks() -> Result<()> {
+    let model = Arc::new(tiny_llama(DType::F32, 15, true));
+    let slot = Arc::new(AdapterSlot::default());
+    let mut worker = TrainWorker::spawn(WorkerSetup {
+        model,
+        formatter: Arc::new(ByteChat),
+        initial: None,
+        slot: slot.clone(),
+        base_model_name: "tiny".into(),
+    })?;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let t2 = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            t2.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let mut cfg = toy_cfg(Method::Kto);
+    cfg.epochs = 1;
+    worker.submit(TrainJob { day: 2, pairs: toy_pairs(), config: cfg, adapter_dir: None, metrics_path: None })?;
+    let res = worker.next_result().await.expect("a result").map_err(|e| anyhow::anyhow!(e))?;
+    ticker.abort();
+    assert_eq!(res.version, 1);
+    assert_eq!(slot.current().day, Some(2));
+    assert!(ticks.load(Ordering::SeqCst) > 1, "async tasks kept running while training");
     Ok(())
 }

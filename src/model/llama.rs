@@ -102,10 +102,10 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             bail!("heads ({}) must be a positive multiple of kv_heads ({})", self.heads, self.kv_heads);
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even for RoPE", self.head_dim);
         }
         Ok(())

@@ -58,7 +58,7 @@ impl Batch {
         for r in rows {
             ids.extend_from_slice(&r.prompt);
             ids.extend_from_slice(&r.completion);
-            ids.extend(std::iter::repeat(0u32).take(seq - r.len()));
+            ids.extend(std::iter::repeat_n(0u32, seq - r.len()));
             for j in start..seq {
                 let is_c = j >= r.prompt.len() && j < r.len();
                 mask.push(if is_c { 1f32 } else { 0f32 });

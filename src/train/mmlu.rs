@@ -85,10 +85,7 @@ pub fn parse_letter(reply: &str) -> char {
     if let Some(m) = re.find(&up) {
         return m.as_str().chars().next().unwrap_or('A');
     }
-    match up.chars().next() {
-        Some(c @ 'A'..='D') => c,
-        _ => 'A',
-    }
+    up.chars().next().filter(|c| ('A'..='D').contains(c)).unwrap_or('A')
 }
 
 /// Plain-text tokenization for the check (no chat template).
@@ -136,8 +133,7 @@ pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32
     lm.reset();
     let mut logits = lm.forward_last(prompt, 0)?;
     let mut out = Vec::new();
-    let mut pos = prompt.len();
-    for _ in 0..max_new {
+    for pos in prompt.len()..prompt.len() + max_new {
         let tok = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
         if stop.contains(&tok) {
             break;
@@ -147,7 +143,6 @@ pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32
             break;
         }
         logits = lm.forward_last(&[tok], pos)?;
-        pos += 1;
     }
     Ok(out)
 }

@@ -54,8 +54,8 @@ impl AdamW {
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        for i in 0..self.vars.len() {
-            let g = grads[i].to_dtype(self.m[i].dtype())?;
+        for (i, grad) in grads.iter().enumerate() {
+            let g = grad.to_dtype(self.m[i].dtype())?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let mhat = (&m / bc1)?;
