@@ -40,8 +40,26 @@ impl ChatFormatter for ProviderFormatter {
     }
 }
 
+impl crate::train::mmlu::TextCodec for ProviderFormatter {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.0.try_tokenizer()?.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.0.try_tokenizer()?.decode(ids)
+    }
+}
+
+/// The daily MMLU check: its questions and where results go.
+struct Mmlu {
+    items: Vec<crate::train::mmlu::MmluItem>,
+    out: PathBuf,
+    model: Arc<Llama>,
+    slot: Arc<AdapterSlot>,
+}
+
 pub struct Training {
     worker: TrainWorker,
+    mmlu: Option<Mmlu>,
     method: Method,
     replay: ReplayBuffer<PreferencePair>,
     mode: ReplayMode,
@@ -90,6 +108,11 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
     let version = published.version;
     let slot = Arc::new(AdapterSlot::new(published));
     provider.swap_model(Box::new(LlamaSession::following(model.clone(), slot.clone())), version)?;
+    let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
+        (true, Some(p)) => Some(Mmlu { items: crate::train::mmlu::read_items(p)?, out: sim_root.join("mmlu.jsonl"), model: model.clone(), slot: slot.clone() }),
+        (true, None) => bail!("daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer)"),
+        _ => None,
+    };
     let worker = TrainWorker::spawn(WorkerSetup { model, formatter: Arc::new(ProviderFormatter(provider.clone())), initial, slot, base_model_name: rc.model.clone() })?;
     let llm = llm.with_provider(Role::Assistant, rc, provider.clone());
     llm.set_adapter_version(Role::Assistant, version);
@@ -106,7 +129,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
         ReplayChoice::Equally400 => ReplayMode::Equally(400),
         ReplayChoice::HalfToday => ReplayMode::HalfToday,
     };
-    let t = Training { worker, method, replay, mode, seed: cfg.sim.seed, epochs: cfg.sim.train_epochs, max_pairs: cfg.sim.train_max_pairs, adapters, llm: None, provider, pending: None };
+    let t = Training { worker, mmlu, method, replay, mode, seed: cfg.sim.seed, epochs: cfg.sim.train_epochs, max_pairs: cfg.sim.train_max_pairs, adapters, llm: None, provider, pending: None };
     Ok((llm, Some(t)))
 }
 
@@ -131,10 +154,24 @@ impl Training {
                     o.summary.last_loss,
                     o.adapter_dir.map(|d| format!(", saved in {}", d.display())).unwrap_or_default()
                 );
-                Ok(())
+                self.check_mmlu(o.day)
             }
             Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),
         }
+    }
+}
+
+impl Training {
+    /// Greedy MMLU on the just-trained adapter (the original's daily check).
+    fn check_mmlu(&self, day: u32) -> Result<()> {
+        let Some(m) = &self.mmlu else { return Ok(()) };
+        let fmt = ProviderFormatter(self.provider.clone());
+        let special = self.provider.try_tokenizer()?.special().clone();
+        let opts = crate::train::mmlu::MmluOptions { bos: special.bos.map(|b| b.0), stop: special.stop_ids, ..Default::default() };
+        let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
+        let report = crate::train::mmlu::run_mmlu(&mut session, &fmt, &m.items, &opts)?;
+        eprintln!("MMLU after day {day}: {:.3} over {} questions", report.overall_accuracy, report.questions);
+        crate::storage::append_jsonl(&m.out, &serde_json::json!({"day": day, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}))
     }
 }
 
