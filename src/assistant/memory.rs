@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemoryLevel;
+use crate::llm::embed_bert::cosine;
 use crate::memory::{Interaction, StructuredMemory};
 use crate::sim::clock::fmt_prompt_time;
 
@@ -64,7 +65,8 @@ impl AssistantMemory {
         if n == 0 || k == 0 {
             return Vec::new();
         }
-        let rel: Vec<f32> = self.all.iter().map(|r| cosine(focal, &r.embedding)).collect();
+        // Vectors of another length (a changed embedding model) count as unrelated.
+        let rel: Vec<f32> = self.all.iter().map(|r| if r.embedding.len() == focal.len() { cosine(focal, &r.embedding) } else { 0.0 }).collect();
         let rec: Vec<f32> = (0..n).map(|i| RECENCY_DECAY.powi((n - 1 - i) as i32)).collect();
         let (rel, rec) = (min_max(&rel), min_max(&rec));
         let mut idx: Vec<usize> = (0..n).collect();
@@ -102,20 +104,6 @@ impl AssistantMemory {
 
     pub fn interaction(r: &Record, score: Option<f64>) -> Interaction {
         Interaction { step: r.step, time: r.time, text: r.text.clone(), recommended: r.recommended, score }
-    }
-}
-
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() || a.is_empty() {
-        return 0.0;
-    }
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
     }
 }
 

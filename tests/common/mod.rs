@@ -34,3 +34,28 @@ pub fn bin() -> PathBuf {
 pub fn smollm2() -> Option<PathBuf> {
     propersim::llm::local::find_smollm2_gguf()
 }
+
+/// A role on a local GGUF, with short CPU-friendly generations.
+pub fn local_role(model: &std::path::Path, max_tokens: usize) -> propersim::config::RoleConfig {
+    let mut rc = propersim::config::RoleConfig::scripted();
+    rc.provider = propersim::config::ProviderKind::Local;
+    rc.model = model.display().to_string();
+    rc.max_tokens = Some(max_tokens);
+    rc.temperature = Some(0.7);
+    rc.seed = Some(7);
+    rc
+}
+
+/// A config on the shared map and seeds, under `root`, with no training.
+pub fn base_config(fs: &std::path::Path, root: &std::path::Path, sim: &str) -> propersim::config::Config {
+    let mut cfg = propersim::config::Config::default();
+    cfg.paths.storage = root.join("storage");
+    cfg.paths.seeds = Some(fs.join("storage"));
+    cfg.paths.assets = fs.join("static_dirs/assets");
+    cfg.paths.temp_storage = root.join("temp_storage");
+    cfg.sim.sim = sim.into();
+    cfg.sim.task_retries = 1;
+    cfg.sim.train_method = propersim::config::TrainMethod::None;
+    cfg
+}
+
