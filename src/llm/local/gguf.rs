@@ -62,19 +62,19 @@ impl LoadMode {
         }
     }
 
-    /// f32 while the dense weights fit in [`F32_BUDGET_BYTES`] (small models: fastest prefill,
-    /// measured in `bench_llm`), else Q8_0 (4× smaller, AVX2 kernel).
+    /// `Dual` while the dense f32 copy fits in [`F32_BUDGET_BYTES`] (small models: fastest
+    /// prefill and decode, measured in `bench_llm`), else Q8_0 (4× smaller, AVX2 kernel).
     pub fn auto(meta: &GgufMeta) -> LoadMode {
         if meta.parameter_count() * 4 <= F32_BUDGET_BYTES {
-            LoadMode::F32
+            LoadMode::Dual
         } else {
             LoadMode::Q8_0
         }
     }
 }
 
-/// Largest dense f32 weight set [`LoadMode::auto`] accepts (2 GiB: up to ~500M parameters,
-/// which covers SmolLM2-135M/360M and Qwen2-0.5B).
+/// Largest dense f32 weight copy [`LoadMode::auto`] accepts (2 GiB: up to ~500M parameters,
+/// which covers SmolLM2-135M/360M and Qwen2-0.5B; `Dual` adds ~1.06 bytes/weight of Q8_0).
 pub const F32_BUDGET_BYTES: u64 = 2 << 30;
 
 /// The GGUF metadata a model loader and a tokenizer need, plus the raw key/value table.

@@ -7,22 +7,27 @@
 //! own thread behind a request queue.
 //!
 //! **Weight format.** The SmolLM2 package ships Q4_1, which candle 0.11 runs with a scalar kernel
-//! only. [`gguf::LoadMode`] converts at load: `q8_0` (AVX2 kernel) or `f32` (dense gemm).
-//! Measured with `crate::bench_llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64
-//! generated tokens, best of 3) on a 2-core AVX-512 box shared with other jobs:
+//! only. [`gguf::LoadMode`] converts at load: `q8_0` (re-quantized, AVX2 kernel), `f32`
+//! (dequantized, dense gemm), or `dual`: both copies, with our own llama/qwen2 forward
+//! ([`quantized`]) using f32 for prompt passes and Q8_0 for one-token decode steps.
+//! Measured with `crate::bench_llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64 greedy
+//! tokens, best of 3) on a 2-core AVX-512 box shared with other jobs (load average ≈ 8), one
+//! candle thread (`RAYON_NUM_THREADS=1`), tokens/s:
 //!
-//! | weights | prefill tok/s, 2 threads | decode tok/s, 2 threads | prefill, 1 thread | decode, 1 thread |
-//! |---|---|---|---|---|
-//! | native Q4_1 | 5.9 | 2.8 | 5.8 | 8.3 |
-//! | Q8_0 | 79 | 7.0 | 68 | 23 |
-//! | f32 | 163 | 11.6 | 61 | 11 |
+//! | weights | prefill | decode |
+//! |---|---|---|
+//! | native Q4_1 | 10.6 | 7.7 |
+//! | Q8_0 | 71.7 | 31.4 |
+//! | f32 | 126.7 | 13.5 |
+//! | **dual** | **175.1** | **33.8** |
+//! | llama.cpp, same GGUF, 1 thread (`scripts/bench_llamacpp.py`) | 136.8 | 60.5 |
 //!
-//! Native Q4_1 is never worth it. f32 has by far the fastest prefill with the default thread
-//! count, and simulation prompts are long (hundreds to thousands of tokens) with short JSON
-//! replies, so small models load as f32 ([`gguf::LoadMode::auto`]); models too large for f32
-//! (> 2 GiB dense) load as Q8_0. Q8_0 decodes fastest on one quiet core but candle's quantized
-//! kernels synchronize threads per matmul, which costs a lot on a busy machine.
-//! `PROPERSIM_LOCAL_WEIGHTS=native|q8_0|f32` overrides the choice.
+//! So small models load as `dual` ([`gguf::LoadMode::auto`]; ~5 bytes/weight) and models whose
+//! f32 copy would exceed 2 GiB as Q8_0. With 2 threads on the busy box, prefill is similar
+//! (f32 168, dual 138) but every quantized decode collapses (dual 2.0, Q8_0 8.4, llama.cpp 3.9
+//! tok/s): candle's and llama.cpp's kernels synchronize their threads per matmul, which
+//! stalls when the cores are oversubscribed; on an idle machine they scale instead.
+//! `PROPERSIM_LOCAL_WEIGHTS=native|q8_0|f32|dual` overrides the choice.
 //!
 //! **Model location.** `model` in `[roles.<role>]` is a `.gguf` file, a folder holding one (a
 //! `tokenizer.json` beside it is preferred over the GGUF tokenizer metadata), or a Hugging Face

@@ -1,6 +1,9 @@
-//! [`CausalLm`] over candle's KV-cached GGUF models (`quantized_llama`, `quantized_qwen2`).
+//! [`CausalLm`] over GGUF models: candle's KV-cached `quantized_llama` / `quantized_qwen2` for
+//! the single-format load modes, and `DualModel` — the same llama/qwen2 maths written out here
+//! so each linear layer can keep an f32 copy for prompt passes and a Q8_0 copy for decode steps
+//! (`LoadMode::Dual`, the default for small models; see the `llm::local` docs for the figures).
 //!
-//! These are inference-only (no backward through `QMatMul`, last-position logits); training uses
+//! All are inference-only (no backward through `QMatMul`, last-position logits); training uses
 //! its own differentiable model behind the same trait.
 
 use std::path::Path;
