@@ -210,7 +210,14 @@ impl DayHook for Training {
 
     fn before_suggest(&mut self) -> Result<()> {
         if self.pending.is_some() {
-            match self.worker.wait_result() {
+            // The engine runs on tokio: block this worker thread, not the runtime.
+            let worker = &mut self.worker;
+            let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => bail!("training needs a multi-thread tokio runtime"),
+                Ok(_) => tokio::task::block_in_place(|| worker.wait_result()),
+                Err(_) => worker.wait_result(),
+            };
+            match result {
                 Some(r) => self.finish(r)?,
                 None => bail!("the training worker stopped without a result"),
             }
