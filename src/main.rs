@@ -153,7 +153,8 @@ struct SimArgs {
     /// Replace an existing sim of the same name.
     #[arg(long)]
     force: bool,
-    /// Every role answers from the offline scripted brain (a test/benchmark provider, not a model).
+    /// Set every role's provider: local, openai, gemini, or scripted (the offline rule-based
+    /// test/benchmark brain, not a model).
     #[arg(long, value_name = "KIND")]
     provider: Option<String>,
     /// LLM reply cache: record (default; replies stored in the sim), replay (strict: a miss is an
