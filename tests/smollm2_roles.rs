@@ -46,7 +46,7 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     let at = engine.next_step;
     propersim::sim::headless::run(&mut engine, at, false, stop).await.unwrap();
     let ledger: Vec<Value> = propersim::storage::read_jsonl(&tmp.path().join("storage/smol/llm_ledger.jsonl")).unwrap();
-    for task in ["wake_up_hour", "hourly_schedule", "suggest", "evaluate_timing"] {
+    for task in ["wake_up_hour", "hourly_schedule", "suggest", "evaluate_all"] {
         let l = ledger.iter().find(|l| l["task"] == task).unwrap_or_else(|| panic!("{task} never ran"));
         assert_eq!(l["provider"], "local", "{task}");
         assert!(l["completion_tokens"].as_u64().unwrap() > 0, "{task} generated nothing");
