@@ -31,6 +31,9 @@ use crate::world::spatial::SpatialMemory;
 const CHECKPOINT: &str = "state/checkpoint.json";
 const ASSISTANT_LOG: &str = "state/assistant_memory.jsonl";
 const RECORDS: &str = "records.jsonl";
+/// Today's evaluated interactions (the user's evaluation memory), emptied each morning. A log
+/// rather than part of the checkpoint, so the checkpoint stays small late in the day.
+const EVALUATED_LOG: &str = "state/evaluated_today.jsonl";
 
 /// What is saved after every step.
 #[derive(Serialize, Deserialize)]
@@ -40,7 +43,6 @@ struct Checkpoint {
     user_memory: AssociativeMemory,
     spatial: SpatialMemory,
     evaluator: StructuredMemory,
-    evaluated_today: Vec<Interaction>,
     assistant: AssistantMemory,
 }
 
@@ -111,7 +113,9 @@ impl Engine {
         self.user.memory.embeddings = embeddings;
         self.user.spatial = cp.spatial;
         self.evaluator = cp.evaluator;
-        self.evaluated_today = cp.evaluated_today;
+        let eval_log = self.sim.path(EVALUATED_LOG);
+        self.evaluated_today = crate::storage::read_jsonl::<Interaction>(&eval_log)?.into_iter().filter(|i| i.step < self.next_step).collect();
+        rewrite_jsonl(&eval_log, &self.evaluated_today)?;
         self.assistant = cp.assistant;
         // Logs may hold lines of the step that was cut short: keep only finished steps.
         let log = self.sim.path(ASSISTANT_LOG);
@@ -147,6 +151,7 @@ impl Engine {
         if step % self.steps_per_day() == 1 {
             self.evaluator.reset();
             self.evaluated_today.clear();
+            write_atomic(&self.sim.path(EVALUATED_LOG), b"")?;
             if step > 1 {
                 let day = self.clock.day(step) - 1;
                 if let Some(h) = self.hook.as_mut() {
@@ -192,6 +197,7 @@ impl Engine {
                 score: Some(r.shown_judgement.total),
             };
             self.evaluator.add(&self.llm, "the user", &self.user_name, true, seen.clone()).await?;
+            append_jsonl(&self.sim.path(EVALUATED_LOG), &seen)?;
             self.evaluated_today.push(seen);
             append_jsonl(&self.sim.path(RECORDS), &r.record)?;
             if let Some(p) = &r.pair {
@@ -216,7 +222,6 @@ impl Engine {
             user_memory: &self.user.memory,
             spatial: &self.user.spatial,
             evaluator: &self.evaluator,
-            evaluated_today: &self.evaluated_today,
             assistant: &self.assistant,
         };
         write_atomic(&self.sim.path(CHECKPOINT), &serde_json::to_vec(&cp)?)
@@ -266,7 +271,6 @@ struct CheckpointRef<'a> {
     user_memory: &'a AssociativeMemory,
     spatial: &'a SpatialMemory,
     evaluator: &'a StructuredMemory,
-    evaluated_today: &'a [Interaction],
     assistant: &'a AssistantMemory,
 }
 

@@ -84,6 +84,9 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
         TrainMethod::Kto => Method::Kto,
     };
     let rc = cfg.role(Role::Assistant);
+    if rc.provider == ProviderKind::Scripted {
+        return Ok((llm, None));
+    }
     if rc.provider != ProviderKind::Local {
         eprintln!(
             "note: train_method = {} needs [roles.assistant] provider = \"local\" (it is `{}`); this run does not train.",

@@ -64,6 +64,8 @@ pub struct UserAgent {
     pub spatial: SpatialMemory,
     pub memory: AssociativeMemory,
     pub state: UserState,
+    /// Tile of the last perception (not saved: perceiving again after a resume is harmless).
+    perceived_from: Option<Tile>,
 }
 
 impl UserAgent {
@@ -76,6 +78,7 @@ impl UserAgent {
             memory: AssociativeMemory::load(&dir.join("associative_memory"))?,
             scratch,
             state: UserState::default(),
+            perceived_from: None,
         })
     }
 
@@ -118,8 +121,12 @@ impl UserAgent {
     /// One step: perceive, plan, place, walk.
     pub async fn step(&mut self, llm: &Llm, maze: &Maze, now: NaiveDateTime, tile: Tile, tiles_per_step: usize) -> Result<UserStep> {
         self.state.tile = tile;
-        let vision = self.scratch.u64("vision_r", 8) as usize;
-        self.spatial.perceive(maze, tile, vision);
+        // The house does not change: looking again from the same tile teaches nothing new.
+        if self.perceived_from != Some(tile) {
+            let vision = self.scratch.u64("vision_r", 8) as usize;
+            self.spatial.perceive(maze, tile, vision);
+            self.perceived_from = Some(tile);
+        }
 
         let date = now.format("%Y-%m-%d").to_string();
         if self.state.day.as_ref().map(|d| d.date != date).unwrap_or(true) {

@@ -170,7 +170,9 @@ fn scripted_check(p: &Profile, check: Check, input: &EvalInput, rng: &mut ChaCha
     match (check, &input.suggestion) {
         (Check::Preference, Suggestion::NoRec) => (rng.gen_bool(0.4) as u8, "Nothing offered; it may have missed a chance."),
         (Check::Preference, Suggestion::Text(_)) => {
-            let hit = content_words(&text).iter().any(|w| p.keywords().contains(w) || content_words(p.criterion("Personal_Preference")).contains(w));
+            let mut liked = p.keywords();
+            liked.extend(content_words(p.criterion("Personal_Preference")));
+            let hit = content_words(&text).iter().any(|w| liked.contains(w));
             if hit || rng.gen_bool(0.25) {
                 (1, "It fits my interests.")
             } else {
