@@ -29,7 +29,7 @@ fi
 
 log=$(mktemp)
 set +e
-cargo test --all-targets -- --show-output 2>&1 | tee "$log"
+cargo test --all-targets --no-fail-fast -- --show-output 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 skips=$(grep -c "PROPERSIM-SKIP:" "$log" || true)

@@ -539,11 +539,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn default_local_role_explains_how_to_configure() {
-        let cfg = Config::default();
+    async fn unusable_local_model_explains_how_to_configure() {
+        let mut cfg = Config::default();
+        cfg.set_all_providers(ProviderKind::Scripted);
+        let mut rc = cfg.role(Role::User);
+        rc.provider = ProviderKind::Local;
+        rc.model = "/nonexistent/model.gguf".into();
+        cfg.roles.insert("user".into(), rc);
         let llm = Llm::from_config(&cfg).unwrap();
         let e = format!("{:#}", llm.prepare().await.unwrap_err());
-        assert!(e.contains("provider = \"local\" model = \"/path/to/model.gguf\""), "{e}");
+        assert!(e.contains("[roles.user]") && e.contains("local GGUF"), "{e}");
         assert!(e.contains("provider = \"openai\"") && e.contains("api_key_env") && e.contains("--provider scripted"), "{e}");
     }
 }
