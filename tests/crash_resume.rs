@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn run_cmd(fs: &Path, root: &Path, sim: &str, extra: &[&str]) -> Command {
+    let mut c = partial_cmd(fs, root, sim, extra);
+    c.args(["--days", "1"]);
+    c
+}
+
+/// A run without a length: `extra` gives `--steps`, or `--days` is added by [`run_cmd`].
+fn partial_cmd(fs: &Path, root: &Path, sim: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(common::bin());
-    c.args(["run", "--novis", "--provider", "scripted", "--fork", "base_the_ville_persona_1", "--sim", sim, "--days", "1", "-q"])
+    c.args(["run", "--novis", "--provider", "scripted", "--fork", "base_the_ville_persona_1", "--sim", sim, "-q"])
         .arg("--storage")
         .arg(root.join("storage"))
         .arg("--seeds")
@@ -86,17 +93,54 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
     let out = run_cmd(&fs, root, "killed", &["--resume"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!sim.join("movement/576.json").exists(), "--days counts the whole sim, not from the resume point");
+    assert_same_day(&root.join("storage/whole"), &sim);
+
+    // A newest checkpoint that does not read (a power loss can leave one empty, as nothing is
+    // fsynced) falls back to the one before it.
+    let out = partial_cmd(&fs, root, "damaged", &["--steps", "150"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = root.join("storage/damaged/state");
+    let newest = state.join("checkpoint-150.json");
+    assert!(state.join("checkpoint-149.json").exists() && !state.join("checkpoint-148.json").exists(), "the two newest checkpoints are kept");
+    let text = std::fs::read_to_string(&newest).unwrap();
+    std::fs::write(&newest, &text[..text.len() / 2]).unwrap();
+    let out = run_cmd(&fs, root, "damaged", &["--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_day(&root.join("storage/whole"), &root.join("storage/damaged"));
+
+    // A sim of an earlier version (one `checkpoint.json` holding the user's memory nodes) resumes.
+    let out = partial_cmd(&fs, root, "legacy", &["--steps", "150"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = root.join("storage/legacy/state");
+    let mut cp: Value = serde_json::from_str(&std::fs::read_to_string(state.join("checkpoint-150.json")).unwrap()).unwrap();
+    let nodes: Vec<Value> = std::fs::read_to_string(state.join("user_nodes.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!nodes.is_empty(), "the user's memory nodes are logged");
+    cp["user_memory"]["nodes"] = Value::Array(nodes);
+    cp.as_object_mut().unwrap().remove("user_nodes");
+    for f in ["checkpoint-149.json", "checkpoint-150.json", "user_nodes.jsonl"] {
+        std::fs::remove_file(state.join(f)).unwrap();
+    }
+    std::fs::write(state.join("checkpoint.json"), serde_json::to_vec(&cp).unwrap()).unwrap();
+    let out = run_cmd(&fs, root, "legacy", &["--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!state.join("checkpoint.json").exists(), "the legacy checkpoint is replaced");
+    assert_same_day(&root.join("storage/whole"), &root.join("storage/legacy"));
+}
+
+/// `sim` holds exactly the day of the uninterrupted run `whole`: every movement file, the
+/// records, the preference pairs and both memories' logs.
+fn assert_same_day(whole: &Path, sim: &Path) {
     for step in 0..576u64 {
-        let a = std::fs::read_to_string(root.join(format!("storage/whole/movement/{step}.json"))).unwrap();
+        let a = std::fs::read_to_string(whole.join(format!("movement/{step}.json"))).unwrap();
         let b = std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap_or_else(|_| panic!("step {step} missing after resume"));
         let va: Value = serde_json::from_str(&a).unwrap();
         let secs = step * 150;
         assert_eq!(va["meta"]["curr_time"], format!("February 13, 2025, {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60));
         assert_eq!(a, b, "step {step} differs from the uninterrupted run");
     }
-    for f in ["records.jsonl", "preferences/day_01.jsonl"] {
-        let whole = std::fs::read_to_string(root.join("storage/whole").join(f)).unwrap();
-        let resumed = std::fs::read_to_string(sim.join(f)).unwrap();
+    for f in ["records.jsonl", "preferences/day_01.jsonl", "state/user_nodes.jsonl", "state/assistant_memory.jsonl", "personas/John Lin/bootstrap_memory/associative_memory/nodes.json"] {
+        let whole = std::fs::read_to_string(whole.join(f)).unwrap();
+        let resumed = std::fs::read_to_string(sim.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(resumed, whole, "{f}: the resumed run has the reference's lines exactly");
     }
 }

@@ -8,7 +8,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemoryLevel;
-use crate::llm::embed_bert::cosine;
 use crate::memory::{Interaction, StructuredMemory};
 use crate::sim::clock::fmt_prompt_time;
 
@@ -65,14 +64,36 @@ impl AssistantMemory {
         if n == 0 || k == 0 {
             return Vec::new();
         }
-        // Vectors of another length (a changed embedding model) count as unrelated.
-        let rel: Vec<f32> = self.all.iter().map(|r| if r.embedding.len() == focal.len() { cosine(focal, &r.embedding) } else { 0.0 }).collect();
-        let rec: Vec<f32> = (0..n).map(|i| RECENCY_DECAY.powi((n - 1 - i) as i32)).collect();
+        // One pass per record (dot and norm together) and the recency weights by repeated
+        // multiplication: this runs every step over a log that grows by ~400 records a day.
+        let focal_norm = focal.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let rel: Vec<f32> = self
+            .all
+            .iter()
+            .map(|r| {
+                // Vectors of another length (a changed embedding model) count as unrelated.
+                if r.embedding.len() != focal.len() || focal_norm == 0.0 {
+                    return 0.0;
+                }
+                let (dot, nn) = r.embedding.iter().zip(focal).fold((0f32, 0f32), |(d, n), (x, y)| (d + x * y, n + x * x));
+                if nn == 0.0 { 0.0 } else { dot / (nn.sqrt() * focal_norm) }
+            })
+            .collect();
+        let mut rec = vec![0f32; n];
+        let mut w = 1f32;
+        for r in rec.iter_mut().rev() {
+            *r = w;
+            w *= RECENCY_DECAY;
+        }
         let (rel, rec) = (min_max(&rel), min_max(&rec));
+        let score: Vec<f32> = rel.iter().zip(&rec).map(|(a, b)| W_RELEVANCE * a + W_RECENCY * b).collect();
+        let better = |a: &usize, b: &usize| score[*b].total_cmp(&score[*a]).then(b.cmp(a));
         let mut idx: Vec<usize> = (0..n).collect();
-        let score = |i: usize| W_RELEVANCE * rel[i] + W_RECENCY * rec[i];
-        idx.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(b.cmp(&a)));
-        idx.truncate(k);
+        if k < n {
+            idx.select_nth_unstable_by(k, better);
+            idx.truncate(k);
+        }
+        idx.sort_by(better);
         idx
     }
 

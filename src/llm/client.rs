@@ -68,6 +68,18 @@ pub struct Llm {
     embed_mem: Mutex<HashMap<String, Vec<f32>>>,
     fallbacks: AtomicU64,
     calls: AtomicU64,
+    /// Time spent inside the scripted brain (its replies, their parsing, its embeddings), so a
+    /// benchmark can tell the engine's own cost from the brain's.
+    scripted_nanos: AtomicU64,
+}
+
+/// Adds the time from its start to its drop to a counter.
+struct ScriptedTimer<'a>(&'a AtomicU64, Instant);
+
+impl Drop for ScriptedTimer<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 /// What one task run or embedding request added up to, for its ledger line.
@@ -104,6 +116,7 @@ impl Llm {
             embed_mem: Mutex::new(HashMap::new()),
             fallbacks: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            scripted_nanos: AtomicU64::new(0),
         })
     }
 
@@ -208,6 +221,7 @@ impl Llm {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let text = match &slot.backend {
                 Backend::Scripted => {
+                    let _timer = ScriptedTimer(&self.scripted_nanos, Instant::now());
                     let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, draw_index(attempt, task.sample_index())));
                     let t = task.scripted(&mut rng);
                     acc.prompt_tokens += estimate_tokens(messages.iter().map(|m| m.content.chars().count()).sum());
@@ -323,8 +337,10 @@ impl Llm {
         let started = Instant::now();
         let mut acc = CallAcc::default();
         if let Backend::Scripted = slot.backend {
+            let timer = ScriptedTimer(&self.scripted_nanos, Instant::now());
             let out: Vec<Vec<f32>> = texts.iter().map(|t| scripted_embedding(t)).collect();
             acc.prompt_tokens = texts.iter().map(|t| estimate_tokens(t.chars().count())).sum();
+            drop(timer);
             self.record(slot, "embed", &acc, started, 1, false, None)?;
             return Ok(out);
         }
@@ -388,6 +404,10 @@ impl Llm {
     }
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+    /// Seconds spent in the scripted brain so far.
+    pub fn scripted_seconds(&self) -> f64 {
+        self.scripted_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     fn slot(&self, role: Role) -> Result<&Slot> {

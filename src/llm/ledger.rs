@@ -8,12 +8,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{load_jsonl, lock};
 use crate::config::RoleConfig;
-use crate::storage::append_jsonl;
 
 /// One call: a task run (all its attempts) or an embedding request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,7 +170,8 @@ impl fmt::Display for LedgerTotals {
 pub struct Ledger {
     path: Option<PathBuf>,
     totals: Mutex<LedgerTotals>,
-    write_lock: Mutex<()>,
+    /// Kept open in append mode: a run writes thousands of lines, one `write` each.
+    file: Mutex<Option<std::fs::File>>,
 }
 
 impl Ledger {
@@ -187,7 +187,7 @@ impl Ledger {
         for e in load_jsonl::<LedgerEntry>(&path)? {
             totals.add(&e);
         }
-        Ok(Ledger { path: Some(path), totals: Mutex::new(totals), write_lock: Mutex::new(()) })
+        Ok(Ledger { path: Some(path), totals: Mutex::new(totals), file: Mutex::new(None) })
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -197,8 +197,16 @@ impl Ledger {
     /// Add a call to the totals and append it to the file.
     pub fn record(&self, e: &LedgerEntry) -> Result<()> {
         if let Some(p) = &self.path {
-            let _w = lock(&self.write_lock);
-            append_jsonl(p, e)?;
+            let mut f = lock(&self.file);
+            if f.is_none() {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                *f = Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?);
+            }
+            let mut line = serde_json::to_vec(e)?;
+            line.push(b'\n');
+            std::io::Write::write_all(f.as_mut().expect("opened above"), &line).with_context(|| format!("appending to {}", p.display()))?;
         }
         lock(&self.totals).add(e);
         Ok(())

@@ -23,17 +23,50 @@ use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};
 use crate::storage::{append_jsonl, write_atomic, Meta, SimDir};
-use crate::user::memory::AssociativeMemory;
+use crate::user::memory::{AssociativeMemory, Node};
 use crate::user::{UserAgent, UserState};
 use crate::world::maze::Maze;
 use crate::world::spatial::SpatialMemory;
 
-const CHECKPOINT: &str = "state/checkpoint.json";
+/// Checkpoints are `state/checkpoint-<next step>.json`: each step writes a new name and then
+/// removes the one before last, because renaming over an existing file makes ext4 flush it
+/// (`auto_da_alloc`), which cost more than the rest of a step. Runs of earlier versions wrote
+/// `state/checkpoint.json`, which is still read.
+const CHECKPOINT_DIR: &str = "state";
+const LEGACY_CHECKPOINT: &str = "checkpoint.json";
+
+fn checkpoint_name(next_step: u64) -> String {
+    format!("checkpoint-{next_step}.json")
+}
+
+/// Checkpoint files in `dir`, newest first.
+fn checkpoints(dir: &std::path::Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == LEGACY_CHECKPOINT {
+            out.push((0, e.path()));
+        } else if let Some(n) = name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".json")).and_then(|n| n.parse().ok()) {
+            out.push((n, e.path()));
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
 const ASSISTANT_LOG: &str = "state/assistant_memory.jsonl";
 const RECORDS: &str = "records.jsonl";
 /// Today's evaluated interactions (the user's evaluation memory), emptied each morning. A log
 /// rather than part of the checkpoint, so the checkpoint stays small late in the day.
 const EVALUATED_LOG: &str = "state/evaluated_today.jsonl";
+/// The user's associative-memory nodes, oldest first; the checkpoint records how many count.
+const NODE_LOG: &str = "state/user_nodes.jsonl";
 
 /// What is saved after every step.
 #[derive(Serialize, Deserialize)]
@@ -41,6 +74,10 @@ struct Checkpoint {
     next_step: u64,
     user: UserState,
     user_memory: AssociativeMemory,
+    /// Lines of `NODE_LOG` that belong to this checkpoint (absent in checkpoints that held the
+    /// nodes themselves).
+    #[serde(default)]
+    user_nodes: Option<usize>,
     spatial: SpatialMemory,
     evaluator: StructuredMemory,
     assistant: AssistantMemory,
@@ -61,6 +98,8 @@ pub struct Engine {
     pub evaluated_today: Vec<Interaction>,
     pub assistant: AssistantMemory,
     pub next_step: u64,
+    /// How many of the user's memory nodes are already in `NODE_LOG`.
+    logged_nodes: usize,
     pub hook: Option<Box<dyn DayHook>>,
     /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
     pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
@@ -94,6 +133,7 @@ impl Engine {
             evaluated_today: Vec::new(),
             assistant: AssistantMemory::default(),
             next_step: 0,
+            logged_nodes: 0,
             hook: None,
             token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
             sim,
@@ -103,14 +143,44 @@ impl Engine {
     }
 
     fn load_checkpoint(&mut self) -> Result<()> {
-        let p = self.sim.path(CHECKPOINT);
-        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-        let cp: Checkpoint = serde_json::from_str(&text).with_context(|| format!("reading checkpoint {}", p.display()))?;
+        // The newest checkpoint that reads; an unreadable one (possible only after a power
+        // loss, as there is no fsync) falls back to the one before it.
+        let all = checkpoints(&self.sim.path(CHECKPOINT_DIR))?;
+        let mut found = None;
+        for (_, p) in &all {
+            match std::fs::read_to_string(p).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<Checkpoint>(&t)?)) {
+                Ok(cp) => {
+                    found = Some((p.clone(), cp));
+                    break;
+                }
+                Err(e) => tracing::warn!(path = %p.display(), error = %e, "skipping an unreadable checkpoint"),
+            }
+        }
+        let Some((chosen, cp)) = found else {
+            if let Some((_, p)) = all.first() {
+                bail!("no checkpoint in {} could be read (the newest is {})", self.sim.path(CHECKPOINT_DIR).display(), p.display());
+            }
+            return Ok(());
+        };
+        for (_, p) in all.iter().filter(|(_, p)| *p != chosen) {
+            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+        }
         self.next_step = cp.next_step;
         self.user.state = cp.user;
         let embeddings = std::mem::take(&mut self.user.memory.embeddings);
         self.user.memory = cp.user_memory;
         self.user.memory.embeddings = embeddings;
+        let node_log = self.sim.path(NODE_LOG);
+        if let Some(n) = cp.user_nodes {
+            let mut nodes = crate::storage::read_jsonl::<Node>(&node_log)?;
+            if nodes.len() < n {
+                bail!("{} has {} nodes but the checkpoint counts {n}: the sim's state is damaged", node_log.display(), nodes.len());
+            }
+            nodes.truncate(n);
+            self.user.memory.nodes = nodes;
+        }
+        rewrite_jsonl(&node_log, &self.user.memory.nodes)?;
+        self.logged_nodes = self.user.memory.nodes.len();
         self.user.spatial = cp.spatial;
         self.evaluator = cp.evaluator;
         let eval_log = self.sim.path(EVALUATED_LOG);
@@ -123,6 +193,10 @@ impl Engine {
         rewrite_jsonl(&log, &self.assistant.all)?;
         truncate_jsonl_by_step(&self.sim.path(RECORDS), self.next_step)?;
         truncate_jsonl_by_step(&self.sim.path(&pairs_file(self.clock.day(self.next_step))), self.next_step)?;
+        if chosen.file_name().is_some_and(|n| n == LEGACY_CHECKPOINT) {
+            self.write_checkpoint()?;
+            std::fs::remove_file(&chosen).with_context(|| format!("removing {}", chosen.display()))?;
+        }
         Ok(())
     }
 
@@ -215,16 +289,38 @@ impl Engine {
         Ok(mv)
     }
 
-    fn write_checkpoint(&self) -> Result<()> {
+    fn write_checkpoint(&mut self) -> Result<()> {
+        // New nodes go to their log first: a crash before the checkpoint leaves extra lines,
+        // which the next resume drops.
+        let nodes = &self.user.memory.nodes;
+        if nodes.len() > self.logged_nodes {
+            let mut out = Vec::new();
+            for n in &nodes[self.logged_nodes..] {
+                serde_json::to_writer(&mut out, n)?;
+                out.push(b'\n');
+            }
+            crate::storage::append_bytes(&self.sim.path(NODE_LOG), &out)?;
+            self.logged_nodes = nodes.len();
+        }
         let cp = CheckpointRef {
             next_step: self.next_step,
             user: &self.user.state,
             user_memory: &self.user.memory,
+            user_nodes: self.logged_nodes,
             spatial: &self.user.spatial,
             evaluator: &self.evaluator,
             assistant: &self.assistant,
         };
-        write_atomic(&self.sim.path(CHECKPOINT), &serde_json::to_vec(&cp)?)
+        let dir = self.sim.path(CHECKPOINT_DIR);
+        write_atomic(&dir.join(checkpoint_name(self.next_step)), &serde_json::to_vec(&cp)?)?;
+        // Keep the previous one as well; drop the one before it.
+        if let Some(old) = self.next_step.checked_sub(2) {
+            match std::fs::remove_file(dir.join(checkpoint_name(old))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("removing an old checkpoint"),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Save persona folders and `meta.json` (at each day's end and on exit).
@@ -269,6 +365,7 @@ struct CheckpointRef<'a> {
     next_step: u64,
     user: &'a UserState,
     user_memory: &'a AssociativeMemory,
+    user_nodes: usize,
     spatial: &'a SpatialMemory,
     evaluator: &'a StructuredMemory,
     assistant: &'a AssistantMemory,

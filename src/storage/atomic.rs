@@ -12,15 +12,23 @@ use anyhow::{Context, Result};
 /// Write `bytes` to `path` atomically, creating parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".propersim-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
+    let mut tmp = with_parent(dir, || tempfile::Builder::new().prefix(".propersim-").suffix(".tmp").tempfile_in(dir))
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// Run `open`; if the folder is missing, create it and try once more. (Cheaper than creating
+/// the folder before every write: a run writes several files a step into folders that exist.)
+fn with_parent<T>(dir: &Path, open: impl Fn() -> std::io::Result<T>) -> Result<T> {
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok(open()?)
+        }
+        r => Ok(r?),
+    }
 }
 
 /// Serialize `value` in Python's `json.dumps(indent=2)` format and write it atomically.
@@ -31,13 +39,16 @@ pub fn write_json_py(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 /// Append one line to a JSONL file. Each append is a single `write` of a whole line on a file
 /// opened in append mode, so a crash leaves at most a torn final line, which readers skip.
 pub fn append_jsonl(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut line = serde_json::to_string(value)?;
-    line.push('\n');
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(line.as_bytes())?;
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    append_bytes(path, &line)
+}
+
+/// Append whole lines with one `write` (see [`append_jsonl`]).
+pub fn append_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut f = with_parent(dir, || fs::OpenOptions::new().create(true).append(true).open(path)).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("appending to {}", path.display()))?;
     Ok(())
 }
 

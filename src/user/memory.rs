@@ -32,7 +32,10 @@ pub struct Node {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AssociativeMemory {
-    /// Oldest first; saved newest first as `node_N`.
+    /// Oldest first; saved newest first as `node_N`. Only ever appended to, so the engine keeps
+    /// them in an append-only log rather than in its per-step checkpoint (older checkpoints that
+    /// still carry them are read).
+    #[serde(default, skip_serializing)]
     pub nodes: Vec<Node>,
     /// Text → vector. Left out of the engine checkpoint (see `skip`), saved with the persona.
     #[serde(skip)]

