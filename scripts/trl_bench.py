@@ -58,6 +58,12 @@ def main():
     folder, name = os.path.split(os.path.abspath(a.gguf))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are dequantized to f32 on load, yet the model stays flagged as a GGUF
+    # quantization, which the Trainer refuses to train: clear the flag.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
     pairs = [json.loads(l) for l in open(a.pairs, encoding="utf-8") if l.strip()]
     rows = [pairs[i % len(pairs)] for i in range(a.steps * 4)]
