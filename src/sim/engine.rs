@@ -28,9 +28,17 @@ use crate::user::{UserAgent, UserState};
 use crate::world::maze::Maze;
 use crate::world::spatial::SpatialMemory;
 
+const ASSISTANT_LOG: &str = "state/assistant_memory.jsonl";
+const RECORDS: &str = "records.jsonl";
+/// Today's evaluated interactions (the user's evaluation memory), emptied each morning. A log
+/// rather than part of the checkpoint, so the checkpoint stays small late in the day.
+const EVALUATED_LOG: &str = "state/evaluated_today.jsonl";
+/// The user's associative-memory nodes, oldest first; the checkpoint records how many count.
+const NODE_LOG: &str = "state/user_nodes.jsonl";
 /// Checkpoints are `state/checkpoint-<next step>.json`: each step writes a new name and then
-/// removes the one before last, because renaming over an existing file makes ext4 flush it
-/// (`auto_da_alloc`), which cost more than the rest of a step. Runs of earlier versions wrote
+/// removes the one before last. Renaming over an existing file makes ext4 flush it
+/// (`auto_da_alloc`; measured here at about four times the cost of a new name), and keeping the
+/// previous one gives a resume something to fall back on. Runs of earlier versions wrote
 /// `state/checkpoint.json`, which is still read.
 const CHECKPOINT_DIR: &str = "state";
 const LEGACY_CHECKPOINT: &str = "checkpoint.json";
@@ -60,13 +68,6 @@ fn checkpoints(dir: &std::path::Path) -> Result<Vec<(u64, PathBuf)>> {
     out.sort_by(|a, b| b.0.cmp(&a.0));
     Ok(out)
 }
-const ASSISTANT_LOG: &str = "state/assistant_memory.jsonl";
-const RECORDS: &str = "records.jsonl";
-/// Today's evaluated interactions (the user's evaluation memory), emptied each morning. A log
-/// rather than part of the checkpoint, so the checkpoint stays small late in the day.
-const EVALUATED_LOG: &str = "state/evaluated_today.jsonl";
-/// The user's associative-memory nodes, oldest first; the checkpoint records how many count.
-const NODE_LOG: &str = "state/user_nodes.jsonl";
 
 /// What is saved after every step.
 #[derive(Serialize, Deserialize)]
