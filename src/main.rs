@@ -525,7 +525,7 @@ async fn main() -> ExitCode {
             Ok(())
         }),
         Command::Compress { sim, out, paths } => (|| {
-            let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
+            let mut c = Config::load(cfg.as_deref())?;
             apply_paths(&mut c, &paths);
             let out = out.unwrap_or_else(|| compressed_root(&c));
             let dir = propersim::storage::compress::compress(&c.paths.storage, &sim, &out)?;
@@ -534,7 +534,7 @@ async fn main() -> ExitCode {
         })(),
         Command::Llm { what } => llm_cmd(cfg.as_ref(), what).await,
         Command::Report { sim, json, paths } => (|| {
-            let mut c = Config::load(cfg.as_ref().map(|p| p.as_path()))?;
+            let mut c = Config::load(cfg.as_deref())?;
             apply_paths(&mut c, &paths);
             print!("{}", propersim::report::run_report_command(&c.paths.storage, &sim, json)?);
             Ok(())

@@ -45,6 +45,7 @@ fn assert_valid_path(maze: &Maze, path: &[Pos], start: Pos, end: Pos) {
 
 /// All-pairs distances by Floyd–Warshall over the walkable grid, plus each extra start (which may
 /// be a wall) linked to its walkable neighbours: written independently of the BFS under test.
+#[allow(clippy::needless_range_loop)] // Floyd–Warshall reads clearest with indices.
 fn floyd(maze: &Maze, extra_starts: &[Pos]) -> (Vec<Pos>, Vec<Vec<u32>>) {
     let mut nodes: Vec<Pos> = Vec::new();
     for y in 0..maze.height {

@@ -76,8 +76,11 @@ pub struct Llm {
     /// every chat role on the same model). Requests carry their role's sampling, so sharing
     /// changes no reply. The trained assistant is not in here: it gets its own copy, whose
     /// adapters must not reach the other roles.
-    local_models: tokio::sync::Mutex<HashMap<(String, Option<String>), Arc<dyn ChatProvider>>>,
+    local_models: tokio::sync::Mutex<HashMap<LocalModelKey, Arc<dyn ChatProvider>>>,
 }
+
+/// A local chat model's identity: the `model` setting and the chat template override.
+type LocalModelKey = (String, Option<String>);
 
 /// Adds the time from its start to its drop to a counter.
 struct ScriptedTimer<'a>(&'a AtomicU64, Instant);

@@ -65,7 +65,7 @@ fn checkpoints(dir: &std::path::Path) -> Result<Vec<(u64, PathBuf)>> {
             out.push((n, e.path()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
     Ok(out)
 }
 

@@ -47,7 +47,7 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
             return Err(e);
         }
         bar.inc(1);
-        if engine.next_step % 24 == 0 {
+        if engine.next_step.is_multiple_of(24) {
             bar.set_message(super::clock::fmt_curr_time(engine.clock.time(engine.next_step)));
         }
     }

@@ -34,14 +34,14 @@ fn write_ascii_fragment<W: ?Sized + io::Write>(w: &mut W, fragment: &str) -> io:
         if ch.is_ascii() {
             continue;
         }
-        w.write_all(fragment[start..i].as_bytes())?;
+        w.write_all(&fragment.as_bytes()[start..i])?;
         let mut buf = [0u16; 2];
         for unit in ch.encode_utf16(&mut buf) {
             write!(w, "\\u{:04x}", unit)?;
         }
         start = i + ch.len_utf8();
     }
-    w.write_all(fragment[start..].as_bytes())
+    w.write_all(&fragment.as_bytes()[start..])
 }
 
 /// Python escapes control characters with lowercase hex (`\u001f`) like serde_json; both use the

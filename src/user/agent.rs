@@ -233,7 +233,7 @@ impl UserAgent {
         } else if arenas.is_empty() {
             return Ok(self.profile.living_area.clone());
         } else {
-            llm.run(&ChoosePlace { profile: &self.profile, action: desc, what: "area", within: format!("{sector}"), options: &arenas }).await?.value
+            llm.run(&ChoosePlace { profile: &self.profile, action: desc, what: "area", within: sector.to_string(), options: &arenas }).await?.value
         };
         let objects: Vec<String> = self.spatial.objects_in(&world, &sector, &arena).into_iter().map(str::to_string).filter(|o| !maze.address_tiles(&format!("{world}:{sector}:{arena}:{o}")).is_empty()).collect();
         if objects.is_empty() {

@@ -74,10 +74,10 @@ fn answer(prompt: &str, system: &str) -> String {
         return Value::Object(m).to_string();
     }
     if prompt.contains("\"Score\": 0 or 1") {
-        return json!({"Score": (pick % 4 != 0) as u8, "Reason": "That is how I feel about it."}).to_string();
+        return json!({"Score": !pick.is_multiple_of(4) as u8, "Reason": "That is how I feel about it."}).to_string();
     }
     if system.contains("proactive assistant") {
-        let s = if pick % 2 == 0 { "No Recommendation".to_string() } else { format!("Maybe take a short break (idea {}).", pick % 7) };
+        let s = if pick.is_multiple_of(2) { "No Recommendation".to_string() } else { format!("Maybe take a short break (idea {}).", pick % 7) };
         return json!({"Suggestion": s}).to_string();
     }
     "I am not sure what you want.".into()
