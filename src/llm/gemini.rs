@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use super::http::{join_url, AuthStyle, HttpCaller, HttpPolicy};
-use super::openai::{check_base_url, floats, short};
+use super::openai::{floats, short};
 use super::{ChatProvider, ChatReply, ChatRequest, ProviderError};
 use crate::config::RoleConfig;
 
@@ -17,19 +17,11 @@ pub const DEFAULT_KEY_ENV: &str = "GEMINI_API_KEY";
 #[derive(Debug)]
 pub struct GeminiProvider {
     http: HttpCaller,
-    base_url: String,
 }
 
 impl GeminiProvider {
     pub fn new(rc: &RoleConfig) -> anyhow::Result<GeminiProvider> {
-        let base_url = rc.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        check_base_url(&base_url)?;
-        let key_env = match (&rc.api_key_env, &rc.base_url) {
-            (Some(v), _) => Some(v.clone()),
-            (None, None) => Some(DEFAULT_KEY_ENV.to_string()),
-            (None, Some(_)) => None,
-        };
-        Ok(GeminiProvider { http: HttpCaller::new(rc, &base_url, AuthStyle::Header("x-goog-api-key"), key_env)?, base_url })
+        Ok(GeminiProvider { http: HttpCaller::new(rc, AuthStyle::Header("x-goog-api-key"), DEFAULT_BASE_URL, DEFAULT_KEY_ENV)? })
     }
 
     pub fn with_policy(mut self, policy: HttpPolicy) -> Self {
@@ -39,7 +31,7 @@ impl GeminiProvider {
 
     fn url(&self, model: &str, method: &str) -> Result<String, ProviderError> {
         let m = model_id(model)?;
-        Ok(join_url(&self.base_url, &format!("v1beta/models/{m}:{method}")))
+        Ok(join_url(self.http.base_url(), &format!("v1beta/models/{m}:{method}")))
     }
 }
 

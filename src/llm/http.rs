@@ -75,6 +75,7 @@ impl Default for HttpPolicy {
 /// One provider's HTTP client: connection pool, key, policy and concurrency limit.
 pub struct HttpCaller {
     client: reqwest::Client,
+    base_url: String,
     limit: Arc<Semaphore>,
     policy: HttpPolicy,
     timeout: Duration,
@@ -87,6 +88,7 @@ pub struct HttpCaller {
 impl fmt::Debug for HttpCaller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpCaller")
+            .field("base_url", &self.base_url)
             .field("policy", &self.policy)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
@@ -98,11 +100,20 @@ impl fmt::Debug for HttpCaller {
 }
 
 impl HttpCaller {
-    /// Build from a role's settings. `key_env` is the environment variable holding the key
-    /// (None = send no key, as for a local vLLM/Ollama server). A missing variable is not an
-    /// error here, only when a request is made, so a replayed run needs no keys.
-    /// A loopback `base_url` (a model server on this machine) bypasses any `HTTP(S)_PROXY`.
-    pub fn new(rc: &RoleConfig, base_url: &str, auth: AuthStyle, key_env: Option<String>) -> anyhow::Result<HttpCaller> {
+    /// Build from a role's settings and the provider's defaults. With no `base_url` the
+    /// provider's public endpoint is used, and the key comes from `api_key_env` or else
+    /// `default_key_env`; with a `base_url` and no `api_key_env` no key is sent (a local vLLM,
+    /// Ollama or llama.cpp server). A missing variable is not an error here, only when a
+    /// request is made, so a replayed run needs no keys. A loopback `base_url` (a model server
+    /// on this machine) bypasses any `HTTP(S)_PROXY`.
+    pub fn new(rc: &RoleConfig, auth: AuthStyle, default_base_url: &str, default_key_env: &str) -> anyhow::Result<HttpCaller> {
+        let base_url = rc.base_url.clone().unwrap_or_else(|| default_base_url.to_string());
+        check_base_url(&base_url)?;
+        let key_env = match (&rc.api_key_env, &rc.base_url) {
+            (Some(v), _) => Some(v.clone()),
+            (None, None) => Some(default_key_env.to_string()),
+            (None, Some(_)) => None,
+        };
         let timeout_s = rc.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S);
         if !(timeout_s.is_finite() && timeout_s > 0.0) {
             anyhow::bail!("`timeout_s` must be a positive number of seconds, got {timeout_s}");
@@ -116,7 +127,7 @@ impl HttpCaller {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(15)))
             .user_agent(concat!("propersim/", env!("CARGO_PKG_VERSION")));
-        if is_loopback(base_url) {
+        if is_loopback(&base_url) {
             builder = builder.no_proxy();
         }
         let client = builder
@@ -125,6 +136,7 @@ impl HttpCaller {
         let key = key_env.as_deref().and_then(|v| std::env::var(v).ok()).filter(|k| !k.trim().is_empty()).map(ApiKey::new);
         Ok(HttpCaller {
             client,
+            base_url,
             limit: Arc::new(Semaphore::new(concurrency)),
             policy: HttpPolicy::default(),
             timeout,
@@ -133,6 +145,11 @@ impl HttpCaller {
             key_env,
             key,
         })
+    }
+
+    /// The endpoint requests go to (the role's `base_url` or the provider's default).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     pub fn set_policy(&mut self, policy: HttpPolicy) {
@@ -275,6 +292,15 @@ enum Outcome {
 
 /// `Retry-After` is either delta-seconds or an HTTP date (RFC 9110 §10.2.3). A date in the past
 /// means "now".
+/// Reject base URLs reqwest would fail on later with a vaguer message.
+fn check_base_url(base: &str) -> anyhow::Result<()> {
+    let u = reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("`base_url` {base:?} is not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        anyhow::bail!("`base_url` {base:?} must start with http:// or https://");
+    }
+    Ok(())
+}
+
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<f64>() {

@@ -16,21 +16,13 @@ pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
 #[derive(Debug)]
 pub struct OpenAiProvider {
     http: HttpCaller,
-    base_url: String,
 }
 
 impl OpenAiProvider {
     /// From a role's settings. With no `base_url` this is api.openai.com and the key defaults
     /// to `OPENAI_API_KEY`; with a `base_url` and no `api_key_env` no key is sent (local servers).
     pub fn new(rc: &RoleConfig) -> anyhow::Result<OpenAiProvider> {
-        let base_url = rc.base_url.clone().unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        check_base_url(&base_url)?;
-        let key_env = match (&rc.api_key_env, &rc.base_url) {
-            (Some(v), _) => Some(v.clone()),
-            (None, None) => Some(DEFAULT_KEY_ENV.to_string()),
-            (None, Some(_)) => None,
-        };
-        Ok(OpenAiProvider { http: HttpCaller::new(rc, &base_url, AuthStyle::Bearer, key_env)?, base_url })
+        Ok(OpenAiProvider { http: HttpCaller::new(rc, AuthStyle::Bearer, DEFAULT_BASE_URL, DEFAULT_KEY_ENV)? })
     }
 
     /// Replace the retry policy (tests use short backoffs).
@@ -38,15 +30,6 @@ impl OpenAiProvider {
         self.http.set_policy(policy);
         self
     }
-}
-
-/// Reject base URLs reqwest would fail on later with a vaguer message.
-pub(crate) fn check_base_url(base: &str) -> anyhow::Result<()> {
-    let u = reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("`base_url` {base:?} is not a URL: {e}"))?;
-    if !matches!(u.scheme(), "http" | "https") {
-        anyhow::bail!("`base_url` {base:?} must start with http:// or https://");
-    }
-    Ok(())
 }
 
 /// The request body: standard fields, plus `top_k` and the repetition penalty only when set,
@@ -133,7 +116,7 @@ pub(crate) fn short(v: &Value) -> String {
 impl ChatProvider for OpenAiProvider {
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>> {
         Box::pin(async move {
-            let url = join_url(&self.base_url, "chat/completions");
+            let url = join_url(self.http.base_url(), "chat/completions");
             let (mut reply, retries) = self.http.post_json(&url, &chat_body(req), parse_chat).await?;
             reply.retries = retries;
             Ok(reply)
@@ -145,7 +128,7 @@ impl ChatProvider for OpenAiProvider {
             if texts.is_empty() {
                 return Ok(Vec::new());
             }
-            let url = join_url(&self.base_url, "embeddings");
+            let url = join_url(self.http.base_url(), "embeddings");
             let body = json!({"model": model, "input": texts});
             let (vecs, _) = self.http.post_json(&url, &body, |v| parse_embeddings(v, texts.len())).await?;
             Ok(vecs)
