@@ -199,13 +199,9 @@ impl Ledger {
         if let Some(p) = &self.path {
             let mut f = lock(&self.file);
             if f.is_none() {
-                if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                *f = Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?);
+                *f = Some(crate::storage::open_append(p)?);
             }
-            let mut line = serde_json::to_vec(e)?;
-            line.push(b'\n');
+            let line = crate::storage::jsonl_bytes([e])?;
             std::io::Write::write_all(f.as_mut().expect("opened above"), &line).with_context(|| format!("appending to {}", p.display()))?;
         }
         lock(&self.totals).add(e);

@@ -22,7 +22,7 @@ use crate::assistant::AssistantMemory;
 use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};
-use crate::storage::{append_jsonl, write_atomic, Meta, SimDir};
+use crate::storage::{append_jsonl, jsonl_bytes, write_atomic, Meta, SimDir};
 use crate::user::memory::{AssociativeMemory, Node};
 use crate::user::{UserAgent, UserState};
 use crate::world::maze::Maze;
@@ -295,12 +295,7 @@ impl Engine {
         // which the next resume drops.
         let nodes = &self.user.memory.nodes;
         if nodes.len() > self.logged_nodes {
-            let mut out = Vec::new();
-            for n in &nodes[self.logged_nodes..] {
-                serde_json::to_writer(&mut out, n)?;
-                out.push(b'\n');
-            }
-            crate::storage::append_bytes(&self.sim.path(NODE_LOG), &out)?;
+            crate::storage::append_bytes(&self.sim.path(NODE_LOG), &jsonl_bytes(&nodes[self.logged_nodes..])?)?;
             self.logged_nodes = nodes.len();
         }
         let cp = CheckpointRef {
@@ -373,12 +368,7 @@ struct CheckpointRef<'a> {
 }
 
 fn rewrite_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
-    let mut out = Vec::new();
-    for it in items {
-        out.extend(serde_json::to_vec(it)?);
-        out.push(b'\n');
-    }
-    write_atomic(path, &out)
+    write_atomic(path, &jsonl_bytes(items)?)
 }
 
 /// Drop lines whose `step` is not below `next_step` (the interrupted step's partial output).

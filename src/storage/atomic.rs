@@ -39,17 +39,29 @@ pub fn write_json_py(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 /// Append one line to a JSONL file. Each append is a single `write` of a whole line on a file
 /// opened in append mode, so a crash leaves at most a torn final line, which readers skip.
 pub fn append_jsonl(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let mut line = serde_json::to_vec(value)?;
-    line.push(b'\n');
-    append_bytes(path, &line)
+    append_bytes(path, &jsonl_bytes([value])?)
 }
 
 /// Append whole lines with one `write` (see [`append_jsonl`]).
 pub fn append_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    open_append(path)?.write_all(bytes).with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Open `path` for appending, creating it and its folder if missing. For a writer that keeps
+/// the file open across many appends (each still one `write` of whole lines).
+pub fn open_append(path: &Path) -> Result<fs::File> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut f = with_parent(dir, || fs::OpenOptions::new().create(true).append(true).open(path)).with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("appending to {}", path.display()))?;
-    Ok(())
+    with_parent(dir, || fs::OpenOptions::new().create(true).append(true).open(path)).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Items as JSONL: one compact JSON value per line, each ending in a newline.
+pub fn jsonl_bytes<'a, T: serde::Serialize + 'a>(items: impl IntoIterator<Item = &'a T>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for it in items {
+        serde_json::to_writer(&mut out, it)?;
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 /// Read a JSONL file, skipping a torn (unparseable) last line left by a crash.
