@@ -14,12 +14,11 @@ Needs torch, transformers and gguf (scripts/peft-requirements.txt has them).
 
 import argparse
 import json
-import os
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
+
+from hf_gguf import load
 
 PROMPT_TOKENS = 256
 GEN_TOKENS = 64
@@ -48,14 +47,9 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    folder, name = os.path.split(os.path.abspath(a.gguf))
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    tok, model = load(a.gguf, a.threads)
+    model.eval()
     load_s = time.perf_counter() - t0
 
     body, ids = "", []

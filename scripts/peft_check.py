@@ -20,8 +20,8 @@ import sys
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
+
+from hf_gguf import load
 
 
 def completion_ids(tok, prompt, answer):
@@ -51,12 +51,7 @@ def main():
     ap.add_argument("--pairs", required=True, help="preference pairs, JSONL (prompt/chosen/rejected messages)")
     a = ap.parse_args()
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    folder, name = os.path.split(os.path.abspath(a.gguf))
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tok, base = load(a.gguf, threads=max(1, os.cpu_count() or 1))
     model = PeftModel.from_pretrained(base, a.adapter)
     model.eval()
     # PEFT warns about, rather than fails on, names it cannot place: insist that every LoRA

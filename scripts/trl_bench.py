@@ -15,7 +15,6 @@ Needs torch, transformers, peft, gguf, trl and datasets (not part of the test su
 
 import argparse
 import json
-import os
 import resource
 import tempfile
 import time
@@ -23,9 +22,10 @@ import time
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-from transformers.utils import logging as hf_logging
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
+
+from hf_gguf import load
 
 
 class Clock(TrainerCallback):
@@ -51,13 +51,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    folder, name = os.path.split(os.path.abspath(a.gguf))
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tok, model = load(a.gguf, a.threads)
     # The weights are dequantized to f32 on load, yet the model stays flagged as a GGUF
     # quantization, which the Trainer refuses to train: clear the flag.
     model.hf_quantizer = None
