@@ -6,6 +6,8 @@
 //! Needs: /usr/bin/chromium, /usr/bin/chromedriver, the original's map assets (/work/shared), and
 //! `npm ci` (Phaser from node_modules). Missing ones → `PROPERSIM-SKIP:`.
 
+mod common;
+
 use std::fs;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
+use propersim::storage::sim::copy_tree;
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
@@ -47,25 +50,6 @@ async fn start_live_sim(shared: &Path, storage: &Path, sim: &str) -> (Arc<dyn Li
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn shared_frontend() -> Option<PathBuf> {
-    let mut c: Vec<PathBuf> = std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from).into_iter().collect();
-    c.push(repo().join("../shared"));
-    c.push(repo().join("../../shared"));
-    c.into_iter().map(|p| p.join("frontend_server")).find(|p| p.join("storage").is_dir())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn free_port() -> u16 {
@@ -213,7 +197,7 @@ impl Driver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_reload_replay_and_demo_in_chromium() {
-    let Some(shared) = shared_frontend() else {
+    let Some(shared) = common::frontend_server() else {
         println!("PROPERSIM-SKIP: /work/shared/frontend_server (map assets and seeds) not found; set PROPERSIM_SHARED");
         return;
     };
@@ -231,7 +215,7 @@ async fn live_reload_replay_and_demo_in_chromium() {
 
     let root = tempfile::tempdir().unwrap();
     let storage = root.path().join("storage");
-    copy_dir(&shared.join("storage").join(SEED), &storage.join(SIM));
+    copy_tree(&shared.join("storage").join(SEED), &storage.join(SIM)).unwrap();
     let (live, start) = start_live_sim(&shared, &storage, SIM).await;
     let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
     opts.static_dir = repo().join("static");

@@ -2,6 +2,8 @@
 //! storage fixtures made in a temp dir (always run) and the original's seeds (skipped with
 //! `PROPERSIM-SKIP:` when /work/shared is not found).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,20 +12,13 @@ use std::time::Duration;
 use propersim::storage::compress::compress;
 use propersim::web::test_double::CopyEnvToMovement;
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
+use propersim::storage::sim::copy_tree;
 use serde_json::{json, Value};
 
 const SIM: &str = "fixture_sim";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The original's frontend_server folder, if this machine has it.
-fn shared_frontend() -> Option<PathBuf> {
-    let mut c: Vec<PathBuf> = std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from).into_iter().collect();
-    c.push(repo().join("../shared"));
-    c.push(repo().join("../../shared"));
-    c.into_iter().map(|p| p.join("frontend_server")).find(|p| p.join("storage").is_dir())
 }
 
 fn write(p: &Path, text: &str) {
@@ -431,13 +426,13 @@ async fn persona_state_page() {
 
 #[tokio::test]
 async fn original_seed_replays_and_shows_state() {
-    let Some(shared) = shared_frontend() else {
+    let Some(shared) = common::frontend_server() else {
         println!("PROPERSIM-SKIP: /work/shared/frontend_server not found (set PROPERSIM_SHARED)");
         return;
     };
     let root = tempfile::tempdir().unwrap();
     let seed = "base_the_ville_persona_1";
-    copy_dir(&shared.join("storage").join(seed), &root.path().join("storage").join(seed));
+    copy_tree(&shared.join("storage").join(seed), &root.path().join("storage").join(seed)).unwrap();
     let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
     opts.static_dir = repo().join("static");
     opts.templates = repo().join("templates");
@@ -456,14 +451,3 @@ async fn original_seed_replays_and_shows_state() {
     assert_eq!(r.headers()["content-type"], "image/png");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
