@@ -548,16 +548,21 @@ mod tests {
         assert_eq!(Manifest::parse(&format!("# c\n\n{h}  storage/a b/c.json\n")).unwrap().len(), 1);
     }
 
+    /// Options whose archive is a file that does not exist, with everything else under `d`.
+    fn missing_archive(d: &Path) -> FetchOptions {
+        FetchOptions {
+            url: d.join("nope.tar.gz").display().to_string(),
+            assets_dir: d.join("env"),
+            storage_dir: d.join("storage"),
+            manifest: Manifest::builtin().unwrap(),
+            progress: false,
+        }
+    }
+
     #[test]
     fn missing_archive_path_is_a_clear_error() {
         let d = tempfile::tempdir().unwrap();
-        let opts = FetchOptions {
-            url: d.path().join("nope.tar.gz").display().to_string(),
-            assets_dir: d.path().join("env"),
-            storage_dir: d.path().join("storage"),
-            manifest: Manifest::builtin().unwrap(),
-            progress: false,
-        };
+        let opts = missing_archive(d.path());
         let err = format!("{:#}", fetch(&opts).unwrap_err());
         assert!(err.contains("nope.tar.gz"), "{err}");
         let left: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
@@ -573,13 +578,7 @@ mod tests {
         fs::create_dir(&fresh).unwrap();
         let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
         fs::File::open(&old).unwrap().set_modified(two_hours_ago).unwrap();
-        let opts = FetchOptions {
-            url: d.path().join("nope.tar.gz").display().to_string(),
-            assets_dir: d.path().join("env"),
-            storage_dir: d.path().join("storage"),
-            manifest: Manifest::builtin().unwrap(),
-            progress: false,
-        };
+        let opts = missing_archive(d.path());
         assert!(fetch(&opts).is_err());
         assert!(!old.exists(), "an hour-old stage is a leftover");
         assert!(fresh.exists(), "a recent stage may belong to a running fetch");

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use propersim::report::{self, DayMetrics};
+use propersim::storage::sim::copy_tree;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -18,19 +19,6 @@ const KEYS: [&str; 10] =
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report_sim")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,7 +157,7 @@ fn check_against_oracle(sim_dir: &Path, assistant: &str, decisions_per_hour: f64
 #[test]
 fn fixture_matches_oracle_and_hand_checked_values() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixture_dir(), &tmp.path().join("report_sim"));
+    copy_tree(&fixture_dir(), &tmp.path().join("report_sim")).unwrap();
     let days = report::report(tmp.path(), "report_sim").unwrap();
     check_against_oracle(&tmp.path().join("report_sim"), "Eddy Lin", 24.0, &days);
 
@@ -196,7 +184,7 @@ fn fixture_matches_oracle_and_hand_checked_values() {
 #[test]
 fn outputs_have_the_promised_shape() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixture_dir(), &tmp.path().join("report_sim"));
+    copy_tree(&fixture_dir(), &tmp.path().join("report_sim")).unwrap();
     let printed = report::run_report_command(tmp.path(), "report_sim", true).unwrap();
     let sim = tmp.path().join("report_sim");
 
