@@ -109,6 +109,10 @@ async fn landing_static_and_slashes() {
     assert!(r.headers()["content-type"].to_str().unwrap().contains("javascript"));
     let js = r.text().await.unwrap();
     assert!(js.contains("/update_environment/") && js.contains("/process_environment/"));
+    // The map and its tilesets, shared by the simulator pages and the path tester.
+    let r = s.client.get(format!("{}/static/js/ville_map.js", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let js = r.text().await.unwrap();
     assert!(js.contains("the_ville_jan7.json") && js.contains("CuteRPG_Forest_C.png") && js.contains("blocks/blocks_1.png"));
     let r = s.client.get(format!("{}/static/assets/characters/atlas.json", s.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -366,7 +370,7 @@ async fn path_tester_routes() {
     let s = Server::start(None).await;
     let (st, body) = s.get("/path_tester/").await;
     assert_eq!(st, 200);
-    assert!(body.contains("/static/js/path_tester.js"));
+    assert!(body.contains("/static/js/ville_map.js") && body.contains("/static/js/path_tester.js"));
     let (st, body) = s.post("/path_tester_update/", r#"{"camera": {"maze": "the_ville", "x": 240.5, "y": 352.0}}"#).await;
     assert_eq!((st, body.as_str()), (200, "received"));
     assert_eq!(fs::read_to_string(s.path("temp_storage/path_tester_env.json")).unwrap(), "{\n  \"maze\": \"the_ville\",\n  \"x\": 240.5,\n  \"y\": 352.0\n}");
@@ -385,7 +389,7 @@ async fn demo_from_compressed_storage() {
     assert!(body.contains("let step = 1;"));
     assert!(body.contains("let step_size = 150 * 1000;"));
     assert!(body.contains(r#"let start_datetime = "2025-02-13T00:02:30";"#), "{body}");
-    assert!(body.contains("/static/js/game.js"));
+    assert!(body.contains("/static/js/ville_map.js") && body.contains("/static/js/game.js"));
     assert!(body.contains(r#""assistant_log":{"1":"#) && body.contains("suggestion 2"), "assistant fields kept for the demo: {body}");
     assert!(!body.contains(r#""0":{"curr_time""#), "log starts at the demo's step");
     for id in ["current_action__John_Lin", "chat__Eddy_Lin"] {

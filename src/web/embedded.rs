@@ -17,7 +17,7 @@ pub const TEMPLATES: &[(&str, &str)] = files!("templates":
     "path_tester.html", "persona_state.html", "_personas.html", "_sim_page.html");
 
 pub const STATIC: &[(&str, &str)] = files!("static":
-    "js/game.js", "js/path_tester.js", "css/propersim.css", "img/propersim.svg");
+    "js/ville_map.js", "js/game.js", "js/path_tester.js", "css/propersim.css", "img/propersim.svg");
 
 pub fn template(name: &str) -> Option<&'static str> {
     TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)

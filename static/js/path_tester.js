@@ -3,29 +3,7 @@
 // only when it moved), where a backend can read it from temp_storage/path_tester_env.json.
 (function () {
   "use strict";
-  const TILE = 32;
-  const ASSETS = "/static/assets/";
-  const MAP_DIR = ASSETS + "the_ville/visuals/map_assets/";
-  const TILESETS = [
-    ["blocks", "blocks_1", "blocks/blocks_1.png"],
-    ["Room_Builder_32x32", "walls", "v1/Room_Builder_32x32.png"],
-    ["interiors_pt1", "interiors_pt1", "v1/interiors_pt1.png"],
-    ["interiors_pt2", "interiors_pt2", "v1/interiors_pt2.png"],
-    ["interiors_pt3", "interiors_pt3", "v1/interiors_pt3.png"],
-    ["interiors_pt4", "interiors_pt4", "v1/interiors_pt4.png"],
-    ["interiors_pt5", "interiors_pt5", "v1/interiors_pt5.png"],
-    ["CuteRPG_Field_B", "CuteRPG_Field_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Field_B.png"],
-    ["CuteRPG_Field_C", "CuteRPG_Field_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Field_C.png"],
-    ["CuteRPG_Harbor_C", "CuteRPG_Harbor_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Harbor_C.png"],
-    ["CuteRPG_Village_B", "CuteRPG_Village_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Village_B.png"],
-    ["CuteRPG_Forest_B", "CuteRPG_Forest_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Forest_B.png"],
-    ["CuteRPG_Desert_C", "CuteRPG_Desert_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Desert_C.png"],
-    ["CuteRPG_Mountains_B", "CuteRPG_Mountains_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Mountains_B.png"],
-    ["CuteRPG_Desert_B", "CuteRPG_Desert_B", "cute_rpg_word_VXAce/tilesets/CuteRPG_Desert_B.png"],
-    ["CuteRPG_Forest_C", "CuteRPG_Forest_C", "cute_rpg_word_VXAce/tilesets/CuteRPG_Forest_C.png"],
-  ];
-  const LAYERS = ["Bottom Ground", "Exterior Ground", "Exterior Decoration L1", "Exterior Decoration L2",
-    "Interior Ground", "Wall", "Interior Furniture L1", "Interior Furniture L2 ", "Foreground L1", "Foreground L2"];
+  const { TILE, ASSETS } = window.VilleMap;
   const setText = (id, t) => { const el = document.getElementById(id); if (el) el.textContent = t; };
 
   let inFlight = false, lastSent = "";
@@ -42,19 +20,11 @@
 
   class Tester extends Phaser.Scene {
     preload() {
-      this.load.tilemapTiledJSON("map", ASSETS + "the_ville/visuals/the_ville_jan7.json");
-      for (const [, key, file] of TILESETS) this.load.image(key, MAP_DIR + file);
+      window.VilleMap.preload(this);
       this.load.atlas("marker", ASSETS + "characters/Yuriko_Yamamoto.png", ASSETS + "characters/atlas.json");
     }
     create() {
-      const map = this.make.tilemap({ key: "map" });
-      const sets = {};
-      for (const [name, key] of TILESETS) sets[key] = map.addTilesetImage(name, key);
-      const all = TILESETS.slice(1).map(([, key]) => sets[key]).filter(Boolean);
-      for (const name of LAYERS) {
-        const layer = map.createLayer(name, name === "Wall" ? [sets.CuteRPG_Field_C, sets.walls].filter(Boolean) : all, 0, 0);
-        if (layer && name.startsWith("Foreground")) layer.setDepth(2);
-      }
+      const { map, sets } = window.VilleMap.create(this);
       const blocks = map.createLayer("Collisions", [sets.blocks_1].filter(Boolean), 0, 0);
       if (blocks) blocks.setDepth(1);
       this.w = map.widthInPixels; this.h = map.heightInPixels;
