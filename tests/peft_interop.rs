@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A Python with torch, transformers, peft and gguf: `PROPERSIM_PEFT_PYTHON`, or the
 /// `target/peft-venv` that `scripts/test.sh` makes.
@@ -18,26 +18,6 @@ fn peft_python() -> Option<PathBuf> {
     }
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peft-venv/bin/python");
     p.is_file().then_some(p)
-}
-
-fn write_pairs(path: &Path) {
-    let sys = "You are Eddy, a proactive assistant. Reply with {\"Suggestion\": ...}.";
-    let rows = [
-        ("John is reading a novel at 21:30.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Go for a run now.\"}"),
-        ("John is cooking dinner at 18:10.", "{\"Suggestion\": \"Add some vegetables to the pasta.\"}", "{\"Suggestion\": \"Call your boss about the report.\"}"),
-        ("John is sleeping at 02:00.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Check your email.\"}"),
-        ("John is walking to the pharmacy at 09:45.", "{\"Suggestion\": \"Bring your prescription card.\"}", "{\"Suggestion\": \"Start a new painting.\"}"),
-    ];
-    let mut text = String::new();
-    for (user, chosen, rejected) in rows {
-        let row = json!({
-            "prompt": [{"role": "system", "content": sys}, {"role": "user", "content": user}],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        });
-        text += &format!("{row}\n");
-    }
-    std::fs::write(path, text).unwrap();
 }
 
 fn json_lines(out: &[u8]) -> Vec<Value> {
@@ -50,7 +30,7 @@ fn peft_loads_the_trained_adapter_and_agrees_with_score() {
     let py = need!(peft_python(), "a Python with torch, transformers, peft and gguf (scripts/test.sh makes target/peft-venv; or set PROPERSIM_PEFT_PYTHON)");
     let tmp = tempfile::tempdir().unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
-    write_pairs(&pairs);
+    std::fs::write(&pairs, propersim::storage::jsonl_bytes(&common::smollm2_pairs()).unwrap()).unwrap();
     let adapter = tmp.path().join("adapter");
 
     // One optimizer step (4 pairs, accumulation 4) at a high rate, so the adapter clearly moves.

