@@ -100,9 +100,11 @@ impl Manifest {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (hash, path) = line.split_once("  ").ok_or_else(|| anyhow!("manifest line {}: expected `<sha256>  <path>`", i + 1))?;
+            let (hash, path) =
+                line.split_once("  ").ok_or_else(|| anyhow!("manifest line {}: expected `<sha256>  <path>`", i + 1))?;
             let mut sha256 = [0u8; 32];
-            hex::decode_to_slice(hash, &mut sha256).map_err(|e| anyhow!("manifest line {}: bad sha256 {hash:?}: {e}", i + 1))?;
+            hex::decode_to_slice(hash, &mut sha256)
+                .map_err(|e| anyhow!("manifest line {}: bad sha256 {hash:?}: {e}", i + 1))?;
             if !is_clean_relative(path) || destination(path).is_none() {
                 bail!("manifest line {}: path {path:?} must be a clean path under static_dirs/assets/, static_dirs/img/ or storage/", i + 1);
             }
@@ -131,7 +133,11 @@ impl Manifest {
                         stack.push(p);
                         continue;
                     }
-                    let rel = p.strip_prefix(root)?.to_str().with_context(|| format!("{} is not valid UTF-8", p.display()))?.replace('\\', "/");
+                    let rel = p
+                        .strip_prefix(root)?
+                        .to_str()
+                        .with_context(|| format!("{} is not valid UTF-8", p.display()))?
+                        .replace('\\', "/");
                     if destination(&rel).is_none() {
                         continue;
                     }
@@ -202,7 +208,13 @@ pub struct FetchOptions {
 impl FetchOptions {
     /// The pinned GitHub URL and the built-in manifest, with a progress bar.
     pub fn new(assets_dir: impl Into<PathBuf>, storage_dir: impl Into<PathBuf>) -> Result<FetchOptions> {
-        Ok(FetchOptions { url: default_url(), assets_dir: assets_dir.into(), storage_dir: storage_dir.into(), manifest: Manifest::builtin()?, progress: true })
+        Ok(FetchOptions {
+            url: default_url(),
+            assets_dir: assets_dir.into(),
+            storage_dir: storage_dir.into(),
+            manifest: Manifest::builtin()?,
+            progress: true,
+        })
     }
 }
 
@@ -246,7 +258,8 @@ pub fn assets_present(assets_dir: &Path, storage_dir: &Path) -> bool {
 
 /// Every map asset of the built-in manifest (except the optional `img/`) is in `assets_dir`.
 pub fn map_present(assets_dir: &Path) -> bool {
-    Manifest::builtin().is_ok_and(|m| m.missing_in(Target::Assets, assets_dir).iter().all(|p| p.starts_with("static_dirs/img/")))
+    Manifest::builtin()
+        .is_ok_and(|m| m.missing_in(Target::Assets, assets_dir).iter().all(|p| p.starts_with("static_dirs/img/")))
 }
 
 /// Every file of the 32 persona seeds is in `seeds_dir`.
@@ -265,8 +278,8 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchReport> {
     let archive = assets_stage.dir.path().join("archive.tar.gz");
     let archive_bytes = obtain_archive(&opts.url, &archive, opts.progress)?;
 
-    let unpacked =
-        unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage).with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
+    let unpacked = unpack_verified(&archive, &opts.manifest, &assets_stage, &storage_stage)
+        .with_context(|| format!("unpacking {} (nothing was installed)", opts.url))?;
     fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
 
     assets_stage.install(&opts.assets_dir)?;
@@ -315,7 +328,8 @@ impl Stage {
     fn install(&self, target: &Path) -> Result<()> {
         let new = self.new_dir();
         if !target.exists() {
-            return fs::rename(&new, target).with_context(|| format!("moving verified files into {}", target.display()));
+            return fs::rename(&new, target)
+                .with_context(|| format!("moving verified files into {}", target.display()));
         }
         let old = self.dir.path().join("old");
         let mut names: Vec<_> = fs::read_dir(&new)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
@@ -324,7 +338,8 @@ impl Stage {
             let dest = target.join(&name);
             let replaced = dest.symlink_metadata().is_ok();
             if replaced {
-                fs::rename(&dest, old.join(&name)).with_context(|| format!("moving the old {} aside", dest.display()))?;
+                fs::rename(&dest, old.join(&name))
+                    .with_context(|| format!("moving the old {} aside", dest.display()))?;
             }
             if let Err(e) = fs::rename(new.join(&name), &dest) {
                 if replaced {
@@ -347,7 +362,11 @@ fn remove_stale_stages(parent: &Path) {
     for e in entries.flatten() {
         let stale = e.file_name().to_string_lossy().starts_with(STAGE_PREFIX)
             && e.file_type().is_ok_and(|t| t.is_dir())
-            && e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(3600));
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
         if stale {
             let _ = fs::remove_dir_all(e.path());
         }
@@ -356,7 +375,9 @@ fn remove_stale_stages(parent: &Path) {
 
 /// Download `url` to `dest` (or copy a local archive). Returns the archive size.
 fn obtain_archive(url: &str, dest: &Path, progress: bool) -> Result<u64> {
-    if let Some(local) = url.strip_prefix("file://").map(PathBuf::from).or_else(|| (!url.contains("://")).then(|| PathBuf::from(url))) {
+    if let Some(local) =
+        url.strip_prefix("file://").map(PathBuf::from).or_else(|| (!url.contains("://")).then(|| PathBuf::from(url)))
+    {
         return fs::copy(&local, dest).with_context(|| format!("reading the archive {}", local.display()));
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -366,7 +387,10 @@ fn obtain_archive(url: &str, dest: &Path, progress: bool) -> Result<u64> {
     // callers inside a tokio runtime can use this blocking function too.
     let (url_owned, dest_owned) = (url.to_string(), dest.to_path_buf());
     std::thread::spawn(move || -> Result<u64> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the download runtime")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the download runtime")?;
         rt.block_on(download(&url_owned, &dest_owned, progress))
     })
     .join()
@@ -388,7 +412,10 @@ async fn download(url: &str, dest: &Path, progress: bool) -> Result<u64> {
     }
     let total = resp.content_length();
     if total.is_some_and(|t| t > MAX_DOWNLOAD) {
-        bail!("downloading {url}: the archive is {} bytes, more than the {MAX_DOWNLOAD}-byte limit", total.unwrap_or(0));
+        bail!(
+            "downloading {url}: the archive is {} bytes, more than the {MAX_DOWNLOAD}-byte limit",
+            total.unwrap_or(0)
+        );
     }
     let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(total));
     let mut file = io::BufWriter::new(fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?);
@@ -422,7 +449,9 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     match total {
         Some(t) => {
             let b = ProgressBar::new(t);
-            if let Ok(style) = ProgressStyle::with_template("ProPerSim assets {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            if let Ok(style) = ProgressStyle::with_template(
+                "ProPerSim assets {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
                 b.set_style(style);
             }
             b
@@ -513,7 +542,8 @@ fn unpack_verified(archive: &Path, manifest: &Manifest, assets: &Stage, storage:
         out.bytes += w.written;
     }
 
-    let missing: Vec<&str> = manifest.entries().iter().map(|e| e.path.as_str()).filter(|p| !found.contains_key(p)).collect();
+    let missing: Vec<&str> =
+        manifest.entries().iter().map(|e| e.path.as_str()).filter(|p| !found.contains_key(p)).collect();
     if !missing.is_empty() {
         let shown = missing.iter().take(10).copied().collect::<Vec<_>>().join(", ");
         let more = if missing.len() > 10 { format!(" and {} more", missing.len() - 10) } else { String::new() };
@@ -530,7 +560,10 @@ mod tests {
     fn builtin_manifest_parses_and_maps_everything() {
         let m = Manifest::builtin().unwrap();
         assert_eq!(m.entries().iter().filter(|e| e.destination().0 == Target::Storage).count(), 32 * 18);
-        assert!(m.entries().iter().any(|e| e.destination() == (Target::Assets, "the_ville/matrix/maze/collision_maze.csv".into())));
+        assert!(m
+            .entries()
+            .iter()
+            .any(|e| e.destination() == (Target::Assets, "the_ville/matrix/maze/collision_maze.csv".into())));
         assert!(m.entries().iter().any(|e| e.destination() == (Target::Assets, "img/atlas.png".into())));
         // Round trip through the text form.
         assert_eq!(Manifest::parse(&m.to_text(&["header"])).unwrap(), m);

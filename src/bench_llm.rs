@@ -80,7 +80,8 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
     let mut body = String::new();
     while ids.len() < BENCH_PROMPT_TOKENS {
         body.push_str(filler);
-        let text = tmpl.render(&[Message::system("You are a proactive assistant."), Message::user(body.clone())], true)?;
+        let text =
+            tmpl.render(&[Message::system("You are a proactive assistant."), Message::user(body.clone())], true)?;
         ids = tok.encode(&text)?;
     }
     let mut rows = Vec::new();
@@ -89,9 +90,20 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         let (mut model, _) = QuantizedLm::load(gguf, mode)?;
         let load_s = t.elapsed().as_secs_f64();
         let max_seq = model.max_seq_len();
-        let params = SamplingParams { temperature: 0.0, max_new_tokens: BENCH_GEN_TOKENS, repeat_penalty: 1.0, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_new_tokens: BENCH_GEN_TOKENS,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        };
         // Warm-up: allocations, page faults, thread pools.
-        generate(&mut model, &ids[..16.min(ids.len())], SamplingParams { max_new_tokens: 4, ..params.clone() }, &[], max_seq)?;
+        generate(
+            &mut model,
+            &ids[..16.min(ids.len())],
+            SamplingParams { max_new_tokens: 4, ..params.clone() },
+            &[],
+            max_seq,
+        )?;
         // Best of up to BENCH_REPEATS runs (the machine may be shared); slow modes stop early.
         let started = Instant::now();
         let mut best: Option<BenchRow> = None;
@@ -120,9 +132,5 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         }
         rows.extend(best);
     }
-    Ok(BenchReport {
-        model: gguf.display().to_string(),
-        threads: candle_core::utils::get_num_threads(),
-        rows,
-    })
+    Ok(BenchReport { model: gguf.display().to_string(), threads: candle_core::utils::get_num_threads(), rows })
 }

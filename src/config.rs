@@ -86,12 +86,12 @@ choice!(
     /// Whether and where the assistant writes a reason next to its suggestion.
     ReasonMode { None => ["none", "noreason"], Before => ["before", "reasonleft"], After => ["after", "reasonright"] });
 choice!(
-    /// What one interaction record in the assistant's memory holds (A = action, S = suggestion,
-    /// C = score, R = reason; `9C1` = C in 10% of records).
-    MemoryLevel {
-        A => ["A"], As => ["AS"], Asc => ["ASC"], As9c1 => ["AS9C1"], As8c2 => ["AS8C2"],
-        Ascr => ["ASCR"], Asc9r1 => ["ASC9R1"], Asc8r2 => ["ASC8R2"],
-    });
+/// What one interaction record in the assistant's memory holds (A = action, S = suggestion,
+/// C = score, R = reason; `9C1` = C in 10% of records).
+MemoryLevel {
+    A => ["A"], As => ["AS"], Asc => ["ASC"], As9c1 => ["AS9C1"], As8c2 => ["AS8C2"],
+    Ascr => ["ASCR"], Asc9r1 => ["ASC9R1"], Asc8r2 => ["ASC8R2"],
+});
 choice!(
     /// `separate`: one evaluator call per rubric dimension; `all`: one call for every dimension.
     Evaluation { Separate => ["separate", "seperate"], All => ["all"] });
@@ -137,7 +137,15 @@ impl MemoryLevel {
     }
     /// The original switches its summaries to the score-aware prompt for ASC* levels.
     pub fn score_aware_summaries(self) -> bool {
-        matches!(self, MemoryLevel::Asc | MemoryLevel::As9c1 | MemoryLevel::As8c2 | MemoryLevel::Ascr | MemoryLevel::Asc9r1 | MemoryLevel::Asc8r2)
+        matches!(
+            self,
+            MemoryLevel::Asc
+                | MemoryLevel::As9c1
+                | MemoryLevel::As8c2
+                | MemoryLevel::Ascr
+                | MemoryLevel::Asc9r1
+                | MemoryLevel::Asc8r2
+        )
     }
 }
 
@@ -344,9 +352,14 @@ pub struct Config {
 impl Config {
     /// Parse TOML text; unknown keys and bad values name the key.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
         for name in cfg.roles.keys() {
-            name.parse::<Role>().map_err(|allowed| ConfigError::BadValue { key: format!("roles.{name}"), value: name.clone(), allowed })?;
+            name.parse::<Role>().map_err(|allowed| ConfigError::BadValue {
+                key: format!("roles.{name}"),
+                value: name.clone(),
+                allowed,
+            })?;
         }
         Ok(cfg)
     }
@@ -356,7 +369,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
                 Config::from_toml(&text, p)?
             }
             None if Path::new("propersim.toml").exists() => {
@@ -426,10 +440,29 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
 impl SimSettings {
     /// Keys settable by name (environment variables and `--set key=value`).
     pub const KEYS: &'static [&'static str] = &[
-        "fork", "sim", "assistant_model", "train_method", "persona_given", "reason_mode", "memory_retrieval", "ranking",
-        "memory_level", "evaluator_model", "evaluation", "forced_norec_ratio", "visualization", "replay_buffer",
-        "user_revision", "daily_mmlu", "seed", "tiles_per_step", "task_retries", "budget_usd", "mmlu_path",
-        "train_epochs", "train_max_pairs",
+        "fork",
+        "sim",
+        "assistant_model",
+        "train_method",
+        "persona_given",
+        "reason_mode",
+        "memory_retrieval",
+        "ranking",
+        "memory_level",
+        "evaluator_model",
+        "evaluation",
+        "forced_norec_ratio",
+        "visualization",
+        "replay_buffer",
+        "user_revision",
+        "daily_mmlu",
+        "seed",
+        "tiles_per_step",
+        "task_retries",
+        "budget_usd",
+        "mmlu_path",
+        "train_epochs",
+        "train_max_pairs",
     ];
 
     /// Set one setting from text, with an error naming the key and the allowed values.
@@ -455,12 +488,18 @@ impl SimSettings {
             "user_revision" => self.user_revision = parse_bool(key, v)?,
             "daily_mmlu" => self.daily_mmlu = parse_bool(key, v)?,
             "seed" => self.seed = v.trim().parse().map_err(|_| bad(key, v, "a non-negative integer"))?,
-            "task_retries" => self.task_retries = v.trim().parse().map_err(|_| bad(key, v, "a non-negative integer"))?,
-            "tiles_per_step" => self.tiles_per_step = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?),
+            "task_retries" => {
+                self.task_retries = v.trim().parse().map_err(|_| bad(key, v, "a non-negative integer"))?
+            }
+            "tiles_per_step" => {
+                self.tiles_per_step = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
+            }
             "budget_usd" => self.budget_usd = Some(v.trim().parse().map_err(|_| bad(key, v, "a number of USD"))?),
             "mmlu_path" => self.mmlu_path = Some(v.into()),
             "train_epochs" => self.train_epochs = v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?,
-            "train_max_pairs" => self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?),
+            "train_max_pairs" => {
+                self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
+            }
             _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),
         }
         Ok(())
@@ -536,13 +575,15 @@ mod tests {
         let mut s = SimSettings::default();
         let e = s.set("forced_norec_ratio", "50").unwrap_err().to_string();
         assert!(e.contains("forced_norec_ratio") && e.contains("0, 30, 70, 100"), "{e}");
-        let e = Config::from_toml("[roles.painter]\nprovider = \"local\"\n", Path::new("x.toml")).unwrap_err().to_string();
+        let e =
+            Config::from_toml("[roles.painter]\nprovider = \"local\"\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(e.contains("roles.painter") && e.contains("evaluator"), "{e}");
     }
 
     #[test]
     fn env_layer_overrides_file() {
-        let mut c = Config::from_toml("[sim]\ntrain_method = \"dpo\"\nforced_norec_ratio = 30\n", Path::new("x.toml")).unwrap();
+        let mut c =
+            Config::from_toml("[sim]\ntrain_method = \"dpo\"\nforced_norec_ratio = 30\n", Path::new("x.toml")).unwrap();
         assert_eq!(c.sim.forced_norec_ratio, NoRecRatio::P30);
         c.apply_env(|k| (k == "PROPERSIM_TRAIN_METHOD").then(|| "kto".to_string())).unwrap();
         assert_eq!(c.sim.train_method, TrainMethod::Kto);

@@ -234,7 +234,9 @@ fn load_config(path: Option<&PathBuf>, s: &SimArgs) -> Result<Config> {
         cfg.sim.set(k.trim(), v.trim())?;
     }
     if let Some(p) = &s.provider {
-        let kind: ProviderKind = p.parse().map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
+        let kind: ProviderKind = p
+            .parse()
+            .map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
         cfg.set_all_providers(kind);
     }
     Ok(cfg)
@@ -255,9 +257,12 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     }
 }
 
-fn load_for_training(gguf: &std::path::Path) -> Result<(propersim::model::llama::Llama, propersim::sim::training::ProviderFormatter)> {
+fn load_for_training(
+    gguf: &std::path::Path,
+) -> Result<(propersim::model::llama::Llama, propersim::sim::training::ProviderFormatter)> {
     let device = propersim::train::pick_device();
-    let model = propersim::model::llama::Llama::load_gguf(gguf, propersim::train::model_dtype(&device), &device).with_context(|| format!("loading {}", gguf.display()))?;
+    let model = propersim::model::llama::Llama::load_gguf(gguf, propersim::train::model_dtype(&device), &device)
+        .with_context(|| format!("loading {}", gguf.display()))?;
     Ok((model, propersim::sim::training::formatter_for(gguf)?))
 }
 
@@ -319,7 +324,13 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         eprintln!("\nInterrupted: finishing the current step and saving...");
         s2.store(true, Ordering::SeqCst);
     });
-    eprintln!("Simulating `{}` (mode {}) from step {} to {}.", cfg.sim.sim, cfg.sim.train_mode_label(), engine.next_step, target);
+    eprintln!(
+        "Simulating `{}` (mode {}) from step {} to {}.",
+        cfg.sim.sim,
+        cfg.sim.train_mode_label(),
+        engine.next_step,
+        target
+    );
     if cfg.sim.visualization {
         // Drop-in mode: the original Django server and its page drive the steps through files.
         let f = propersim::sim::follow::follower(&engine);
@@ -333,7 +344,12 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         });
         eprintln!("Waiting for the page: open the original frontend's /simulator_home (sim `{}`).", cfg.sim.sim);
         let engine = propersim::sim::follow::follow(engine, f, target, true).await?;
-        eprintln!("Stopped at step {}. LLM calls: {}, fallbacks: {}.", engine.next_step, engine.llm.calls(), engine.llm.fallbacks());
+        eprintln!(
+            "Stopped at step {}. LLM calls: {}, fallbacks: {}.",
+            engine.next_step,
+            engine.llm.calls(),
+            engine.llm.fallbacks()
+        );
         return Ok(());
     }
     let summary = propersim::sim::headless::run(&mut engine, target, !a.quiet, stop).await?;
@@ -365,7 +381,10 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
         let g = g.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<String> {
             let (model, fmt) = load_for_training(&g)?;
-            let pairs = propersim::train::data::read_pairs(std::path::Path::new(&std::env::var("PROPERSIM_BENCH_PAIRS").unwrap_or_default())).unwrap_or_default();
+            let pairs = propersim::train::data::read_pairs(std::path::Path::new(
+                &std::env::var("PROPERSIM_BENCH_PAIRS").unwrap_or_default(),
+            ))
+            .unwrap_or_default();
             let pairs = if pairs.is_empty() { bench_pairs() } else { pairs };
             let cfg = propersim::train::TrainConfig::dpo();
             Ok(format!("{:?}", propersim::train::offline::bench_dpo(&model, &fmt, &pairs, 8, &cfg)?))
@@ -418,7 +437,8 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
         let f = propersim::sim::follow::follower(&engine);
         opts.live = Some(f.clone());
         let f2 = f.clone();
-        live_task = Some((f, tokio::spawn(async move { propersim::sim::follow::follow(engine, f2, u64::MAX, false).await })));
+        live_task =
+            Some((f, tokio::spawn(async move { propersim::sim::follow::follow(engine, f2, u64::MAX, false).await })));
         eprintln!("Live simulation `{}`: open http://{}:{}/simulator_home", cfg.sim.sim, a.host, a.port);
     } else {
         eprintln!("Serving http://{}:{}/ (replay and demo of stored sims).", a.host, a.port);
@@ -431,7 +451,10 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
         f.stop.store(true, Ordering::SeqCst);
         f.poke();
         let engine = task.await??;
-        eprintln!("Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume", engine.sim.code, engine.next_step, engine.sim.code);
+        eprintln!(
+            "Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume",
+            engine.sim.code, engine.next_step, engine.sim.code
+        );
     }
     Ok(())
 }
@@ -440,7 +463,9 @@ async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
     let mut cfg = Config::load(cli_config.map(|p| p.as_path()))?;
     let set_provider = |cfg: &mut Config, p: &Option<String>| -> Result<()> {
         if let Some(p) = p {
-            let kind: ProviderKind = p.parse().map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
+            let kind: ProviderKind = p
+                .parse()
+                .map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
             cfg.set_all_providers(kind);
         }
         Ok(())
@@ -448,7 +473,9 @@ async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
     match what {
         LlmCmd::Chat { role, text, provider } => {
             set_provider(&mut cfg, &provider)?;
-            let role: propersim::config::Role = role.parse().map_err(|allowed| anyhow::anyhow!("--role `{role}` is not allowed; choose one of: {allowed}"))?;
+            let role: propersim::config::Role = role
+                .parse()
+                .map_err(|allowed| anyhow::anyhow!("--role `{role}` is not allowed; choose one of: {allowed}"))?;
             println!("{}", propersim::llm::cli::chat(&cfg, role, &text).await?);
         }
         LlmCmd::Embed { text, provider } => {
@@ -484,44 +511,78 @@ fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathAr
         opts.url = u;
     }
     let r = propersim::assets::fetch(&opts)?;
-    println!("Installed {} verified files ({} bytes) into {} and {}.", r.files, r.file_bytes, r.assets_dir.display(), r.storage_dir.display());
+    println!(
+        "Installed {} verified files ({} bytes) into {} and {}.",
+        r.files,
+        r.file_bytes,
+        r.assets_dir.display(),
+        r.storage_dir.display()
+    );
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PROPERSIM_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PROPERSIM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let cfg = cli.config.clone();
     let result = match cli.command {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
-        Command::Train { pairs, method, model, out, epochs, lr, init_adapter } => tokio::task::block_in_place(|| -> Result<()> {
-            let method: propersim::train::Method = method.parse()?;
-            let mut config = propersim::train::TrainConfig::for_method(method);
-            if let Some(e) = epochs {
-                config.epochs = e;
-            }
-            if let Some(l) = lr {
-                config.adam.lr = l;
-            }
-            let (m, fmt) = load_for_training(&model)?;
-            let opts = propersim::train::offline::OfflineTrainOptions { pairs, out: out.clone(), config, base_model_name: model.display().to_string(), init_adapter };
-            let s = propersim::train::offline::train_offline(&m, &fmt, &opts)?;
-            println!("{} optimizer steps on {} examples, loss {:.4} -> {:.4}, {:.1}s; adapter in {}", s.steps, s.examples, s.first_loss, s.last_loss, s.seconds, out.display());
-            Ok(())
-        }),
+        Command::Train { pairs, method, model, out, epochs, lr, init_adapter } => {
+            tokio::task::block_in_place(|| -> Result<()> {
+                let method: propersim::train::Method = method.parse()?;
+                let mut config = propersim::train::TrainConfig::for_method(method);
+                if let Some(e) = epochs {
+                    config.epochs = e;
+                }
+                if let Some(l) = lr {
+                    config.adam.lr = l;
+                }
+                let (m, fmt) = load_for_training(&model)?;
+                let opts = propersim::train::offline::OfflineTrainOptions {
+                    pairs,
+                    out: out.clone(),
+                    config,
+                    base_model_name: model.display().to_string(),
+                    init_adapter,
+                };
+                let s = propersim::train::offline::train_offline(&m, &fmt, &opts)?;
+                println!(
+                    "{} optimizer steps on {} examples, loss {:.4} -> {:.4}, {:.1}s; adapter in {}",
+                    s.steps,
+                    s.examples,
+                    s.first_loss,
+                    s.last_loss,
+                    s.seconds,
+                    out.display()
+                );
+                Ok(())
+            })
+        }
         Command::Score { pairs, model, adapter } => tokio::task::block_in_place(|| -> Result<()> {
             let (m, fmt) = load_for_training(&model)?;
             let a = match adapter {
-                Some(dir) => Some(propersim::train::adapter::load_adapter(&dir, m.config(), m.dtype(), m.device(), false)?),
+                Some(dir) => {
+                    Some(propersim::train::adapter::load_adapter(&dir, m.config(), m.dtype(), m.device(), false)?)
+                }
                 None => None,
             };
             let pairs = propersim::train::data::read_pairs(&pairs)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            propersim::train::offline::score_pairs(&m, a.as_ref(), &fmt, &pairs, &propersim::train::data::TokenLimits::default(), &mut out)?;
+            propersim::train::offline::score_pairs(
+                &m,
+                a.as_ref(),
+                &fmt,
+                &pairs,
+                &propersim::train::data::TokenLimits::default(),
+                &mut out,
+            )?;
             Ok(())
         }),
         Command::Compress { sim, out, paths } => (|| {
@@ -539,7 +600,9 @@ async fn main() -> ExitCode {
             print!("{}", propersim::report::run_report_command(&c.paths.storage, &sim, json)?);
             Ok(())
         })(),
-        Command::Assets { what: AssetsCmd::Fetch { url, paths } } => tokio::task::block_in_place(|| assets_fetch(cfg.as_ref(), url, paths)),
+        Command::Assets { what: AssetsCmd::Fetch { url, paths } } => {
+            tokio::task::block_in_place(|| assets_fetch(cfg.as_ref(), url, paths))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,12 @@ use propersim::assets::{self, FetchOptions, Manifest, Target, PROPERSIM_COMMIT};
 fn shared_frontend(test: &str) -> Option<PathBuf> {
     let found = match std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from) {
         Some(p) => [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir()),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir())
-        }
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .map(|a| a.join("shared/frontend_server"))
+            .find(|p| p.join("static_dirs").is_dir()),
     };
     if found.is_none() {
         println!("PROPERSIM-SKIP: {test}: ../shared/frontend_server (or $PROPERSIM_SHARED) is missing");
@@ -79,7 +82,8 @@ fn build_archive(front: &Path, spoil: Spoil) -> Vec<u8> {
     let readme = b"not needed\n";
     let mut h = header(tar::EntryType::Regular, readme.len() as u64);
     b.append_data(&mut h, format!("{}/README.md", top()), &readme[..]).unwrap();
-    let extra = format!("{}/environment/frontend_server/static_dirs/assets/the_ville/visuals/not_in_manifest.txt", top());
+    let extra =
+        format!("{}/environment/frontend_server/static_dirs/assets/the_ville/visuals/not_in_manifest.txt", top());
     let mut h = header(tar::EntryType::Regular, readme.len() as u64);
     b.append_data(&mut h, &extra, &readme[..]).unwrap();
     // A symlink and a path escaping the folder: not in the manifest, so never written.
@@ -129,7 +133,10 @@ impl Server {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let body = Arc::new(Mutex::new(body));
         let app = Router::new()
-            .route("/ProPerSim.tar.gz", get(|State(b): State<Arc<Mutex<Vec<u8>>>>| async move { b.lock().unwrap().clone() }))
+            .route(
+                "/ProPerSim.tar.gz",
+                get(|State(b): State<Arc<Mutex<Vec<u8>>>>| async move { b.lock().unwrap().clone() }),
+            )
             .with_state(body.clone());
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -147,12 +154,20 @@ impl Server {
 }
 
 fn options(url: String, root: &Path) -> FetchOptions {
-    FetchOptions { url, assets_dir: root.join("environment"), storage_dir: root.join("storage"), manifest: Manifest::builtin().unwrap(), progress: false }
+    FetchOptions {
+        url,
+        assets_dir: root.join("environment"),
+        storage_dir: root.join("storage"),
+        manifest: Manifest::builtin().unwrap(),
+        progress: false,
+    }
 }
 
 /// Names directly in `dir` (sorted).
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -199,7 +214,10 @@ fn fetch_over_http_installs_identical_files_and_replaces_cleanly() {
     assert_eq!(names(&opts.assets_dir), vec![".gitkeep", "characters", "img", "speech_bubble", "the_ville"]);
     assert_eq!(names(&opts.storage_dir).len(), 33);
     assert_eq!(fs::read_to_string(&user_sim).unwrap(), "{}");
-    assert!(!opts.assets_dir.join("evil").exists() && !opts.assets_dir.join("the_ville/visuals/not_in_manifest.txt").exists());
+    assert!(
+        !opts.assets_dir.join("evil").exists()
+            && !opts.assets_dir.join("the_ville/visuals/not_in_manifest.txt").exists()
+    );
     assert!(!tmp.path().join("escape.txt").exists() && !tmp.path().parent().unwrap().join("escape.txt").exists());
     assert_eq!(names(tmp.path()), vec!["environment", "storage"], "no temporary folders left");
     // The installed map is usable.
@@ -230,7 +248,10 @@ fn tampered_archive_is_refused_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(server.url(), tmp.path());
     let err = format!("{:#}", assets::fetch(&opts).unwrap_err());
-    assert!(err.contains("checksum mismatch") && err.contains(victim) && err.contains("nothing was installed"), "{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains(victim) && err.contains("nothing was installed"),
+        "{err}"
+    );
     assert!(names(tmp.path()).is_empty(), "targets absent, no temporary folders: {:?}", names(tmp.path()));
 }
 

@@ -39,7 +39,8 @@ fn all_json_complete(dir: &Path) -> usize {
         let name = e.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&e).unwrap();
         if name.ends_with(".json") {
-            serde_json::from_str::<Value>(&text).unwrap_or_else(|err| panic!("{} is not complete JSON: {err}", e.display()));
+            serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|err| panic!("{} is not complete JSON: {err}", e.display()));
             n += 1;
         }
         assert!(!name.ends_with(".tmp"), "temporary file left: {}", e.display());
@@ -101,7 +102,10 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let state = root.join("storage/damaged/state");
     let newest = state.join("checkpoint-150.json");
-    assert!(state.join("checkpoint-149.json").exists() && !state.join("checkpoint-148.json").exists(), "the two newest checkpoints are kept");
+    assert!(
+        state.join("checkpoint-149.json").exists() && !state.join("checkpoint-148.json").exists(),
+        "the two newest checkpoints are kept"
+    );
     let text = std::fs::read_to_string(&newest).unwrap();
     std::fs::write(&newest, &text[..text.len() / 2]).unwrap();
     let out = run_cmd(&fs, root, "damaged", &["--resume"]).output().unwrap();
@@ -112,8 +116,13 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
     let out = partial_cmd(&fs, root, "legacy", &["--steps", "150"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let state = root.join("storage/legacy/state");
-    let mut cp: Value = serde_json::from_str(&std::fs::read_to_string(state.join("checkpoint-150.json")).unwrap()).unwrap();
-    let nodes: Vec<Value> = std::fs::read_to_string(state.join("user_nodes.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut cp: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("checkpoint-150.json")).unwrap()).unwrap();
+    let nodes: Vec<Value> = std::fs::read_to_string(state.join("user_nodes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(!nodes.is_empty(), "the user's memory nodes are logged");
     cp["user_memory"]["nodes"] = Value::Array(nodes);
     cp.as_object_mut().unwrap().remove("user_nodes");
@@ -132,13 +141,23 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
 fn assert_same_day(whole: &Path, sim: &Path) {
     for step in 0..576u64 {
         let a = std::fs::read_to_string(whole.join(format!("movement/{step}.json"))).unwrap();
-        let b = std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap_or_else(|_| panic!("step {step} missing after resume"));
+        let b = std::fs::read_to_string(sim.join(format!("movement/{step}.json")))
+            .unwrap_or_else(|_| panic!("step {step} missing after resume"));
         let va: Value = serde_json::from_str(&a).unwrap();
         let secs = step * 150;
-        assert_eq!(va["meta"]["curr_time"], format!("February 13, 2025, {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60));
+        assert_eq!(
+            va["meta"]["curr_time"],
+            format!("February 13, 2025, {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+        );
         assert_eq!(a, b, "step {step} differs from the uninterrupted run");
     }
-    for f in ["records.jsonl", "preferences/day_01.jsonl", "state/user_nodes.jsonl", "state/assistant_memory.jsonl", "personas/John Lin/bootstrap_memory/associative_memory/nodes.json"] {
+    for f in [
+        "records.jsonl",
+        "preferences/day_01.jsonl",
+        "state/user_nodes.jsonl",
+        "state/assistant_memory.jsonl",
+        "personas/John Lin/bootstrap_memory/associative_memory/nodes.json",
+    ] {
         let whole = std::fs::read_to_string(whole.join(f)).unwrap();
         let resumed = std::fs::read_to_string(sim.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(resumed, whole, "{f}: the resumed run has the reference's lines exactly");

@@ -17,7 +17,19 @@ fn original_frontend_drives_the_steps_through_files() {
     let storage = tmp.path().join("storage");
     let temp = tmp.path().join("temp_storage");
     let mut child = Command::new(common::bin())
-        .args(["run", "--vis", "--provider", "scripted", "--fork", "base_the_ville_persona_3", "--sim", "dropin", "--steps", "8", "-q"])
+        .args([
+            "run",
+            "--vis",
+            "--provider",
+            "scripted",
+            "--fork",
+            "base_the_ville_persona_3",
+            "--sim",
+            "dropin",
+            "--steps",
+            "8",
+            "-q",
+        ])
         .arg("--storage")
         .arg(&storage)
         .arg("--seeds")
@@ -48,7 +60,10 @@ fn original_frontend_drives_the_steps_through_files() {
     for step in 0..8u64 {
         if step > 0 {
             // The page posts where the sprites ended: the previous movement targets.
-            let prev: Value = serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{}.json", step - 1))).unwrap()).unwrap();
+            let prev: Value = serde_json::from_str(
+                &std::fs::read_to_string(sim.join(format!("movement/{}.json", step - 1))).unwrap(),
+            )
+            .unwrap();
             let mut env = serde_json::Map::new();
             for (name, p) in prev["persona"].as_object().unwrap() {
                 env.insert(name.clone(), json!({"maze": "the_ville", "x": p["movement"][0], "y": p["movement"][1]}));
@@ -71,7 +86,11 @@ fn original_frontend_drives_the_steps_through_files() {
         // The engine waits for the page: the next movement does not appear on its own.
         if step < 7 {
             std::thread::sleep(Duration::from_millis(300));
-            assert!(!sim.join(format!("movement/{}.json", step + 1)).exists(), "step {} ran without its environment", step + 1);
+            assert!(
+                !sim.join(format!("movement/{}.json", step + 1)).exists(),
+                "step {} ran without its environment",
+                step + 1
+            );
         }
     }
     let t0 = Instant::now();

@@ -111,7 +111,15 @@ enum Api {
 }
 
 /// Shared request handling: record, wait, then produce the scripted reply in `api`'s format.
-async fn handle(m: &Mock, api: Api, path: String, query: Option<String>, headers: HeaderMap, body: Bytes, success: impl Fn(&Value, &str) -> Value) -> Response {
+async fn handle(
+    m: &Mock,
+    api: Api,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    success: impl Fn(&Value, &str) -> Value,
+) -> Response {
     let _g = InFlight::enter(m);
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -123,7 +131,9 @@ async fn handle(m: &Mock, api: Api, path: String, query: Option<String>, headers
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let json_resp = |status: u16, v: Value| (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], v.to_string()).into_response();
+    let json_resp = |status: u16, v: Value| {
+        (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], v.to_string()).into_response()
+    };
     match m.next() {
         Reply::Text(t) => json_resp(200, success(&body, &t)),
         Reply::Echo => {
@@ -132,7 +142,8 @@ async fn handle(m: &Mock, api: Api, path: String, query: Option<String>, headers
             json_resp(200, success(&body, &t))
         }
         Reply::Status(code, retry_after, text) => {
-            let mut r = (StatusCode::from_u16(code).unwrap(), [("content-type", "application/json")], text).into_response();
+            let mut r =
+                (StatusCode::from_u16(code).unwrap(), [("content-type", "application/json")], text).into_response();
             if let Some(ra) = retry_after {
                 r.headers_mut().insert("retry-after", ra.parse().unwrap());
             }
@@ -149,8 +160,24 @@ async fn handle(m: &Mock, api: Api, path: String, query: Option<String>, headers
 fn last_user_text(api: Api, body: &Value) -> String {
     let empty = vec![];
     match api {
-        Api::OpenAi => body["messages"].as_array().unwrap_or(&empty).iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or("").to_string(),
-        Api::Gemini => body["contents"].as_array().unwrap_or(&empty).iter().rev().find(|m| m["role"] == "user").and_then(|m| m["parts"][0]["text"].as_str()).unwrap_or("").to_string(),
+        Api::OpenAi => body["messages"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string(),
+        Api::Gemini => body["contents"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["parts"][0]["text"].as_str())
+            .unwrap_or("")
+            .to_string(),
     }
 }
 
@@ -179,13 +206,24 @@ async fn openai_embeddings(State(m): State<Arc<Mock>>, headers: HeaderMap, body:
             _ => vec![],
         };
         // Reverse order on the wire: the client must sort by `index`.
-        let data: Vec<Value> = inputs.iter().enumerate().rev().map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": fake_vector(t)})).collect();
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": fake_vector(t)}))
+            .collect();
         json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": 3, "total_tokens": 3}})
     })
     .await
 }
 
-async fn gemini(State(m): State<Arc<Mock>>, Path(call): Path<String>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn gemini(
+    State(m): State<Arc<Mock>>,
+    Path(call): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let method = call.rsplit_once(':').map(|(_, m)| m.to_string()).unwrap_or_default();
     let path = format!("/v1beta/models/{call}");
     handle(&m, Api::Gemini, path, uri.query().map(String::from), headers, body, move |req, text| match method.as_str() {
@@ -265,14 +303,26 @@ fn role_cfg(kind: ProviderKind, base: &str, key_env: Option<&str>) -> RoleConfig
 }
 
 fn fast_policy(max_attempts: u32) -> HttpPolicy {
-    HttpPolicy { max_attempts, backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(40), retry_after_max: Duration::from_secs(5) }
+    HttpPolicy {
+        max_attempts,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(40),
+        retry_after_max: Duration::from_secs(5),
+    }
 }
 
 fn request(text: &str) -> ChatRequest {
     ChatRequest {
         model: "test-model".into(),
         messages: vec![Message::system("You are terse."), Message::user(text)],
-        sampling: Sampling { temperature: Some(0.7), top_p: Some(0.9), top_k: Some(40), max_tokens: Some(64), repeat_penalty: None, seed: Some(7) },
+        sampling: Sampling {
+            temperature: Some(0.7),
+            top_p: Some(0.9),
+            top_k: Some(40),
+            max_tokens: Some(64),
+            repeat_penalty: None,
+            seed: Some(7),
+        },
     }
 }
 
@@ -343,7 +393,11 @@ fn read_ledger(path: &std::path::Path) -> Vec<LedgerEntry> {
 #[tokio::test]
 async fn openai_honours_retry_after_and_sends_bearer_key() {
     let s = Server::start(Reply::Text("hello there".into())).await;
-    s.mock.then([Reply::Status(429, Some("1"), r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#.into())]);
+    s.mock.then([Reply::Status(
+        429,
+        Some("1"),
+        r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#.into(),
+    )]);
     let rc = role_cfg(ProviderKind::OpenAi, &s.base, Some("PROPERSIM_TEST_KEY_429"));
     let p = OpenAiProvider::new(&rc).unwrap().with_policy(fast_policy(3));
     let t0 = Instant::now();
@@ -363,7 +417,10 @@ async fn openai_honours_retry_after_and_sends_bearer_key() {
     assert_eq!(b["model"], "test-model");
     assert_eq!(b["messages"][0]["role"], "system");
     assert_eq!(b["messages"][1]["content"], "hi");
-    assert_eq!((b["temperature"].as_f64(), b["top_p"].as_f64(), b["max_tokens"].as_u64(), b["seed"].as_u64()), (Some(0.7), Some(0.9), Some(64), Some(7)));
+    assert_eq!(
+        (b["temperature"].as_f64(), b["top_p"].as_f64(), b["max_tokens"].as_u64(), b["seed"].as_u64()),
+        (Some(0.7), Some(0.9), Some(64), Some(7))
+    );
     assert_eq!(b["top_k"], 40);
     assert!(b.get("repeat_penalty").is_none(), "unset extras must not be sent: {b}");
     assert!(!format!("{p:?}").contains("sk-test-429"), "Debug must redact the key");
@@ -372,7 +429,10 @@ async fn openai_honours_retry_after_and_sends_bearer_key() {
 #[tokio::test]
 async fn server_errors_and_broken_json_are_retried_then_reported() {
     let s = Server::start(Reply::Text("fine".into())).await;
-    s.mock.then([Reply::Status(500, None, "upstream exploded".into()), Reply::Raw(r#"{"choices": [{"message": "#.into())]);
+    s.mock.then([
+        Reply::Status(500, None, "upstream exploded".into()),
+        Reply::Raw(r#"{"choices": [{"message": "#.into()),
+    ]);
     let rc = role_cfg(ProviderKind::OpenAi, &s.base, None);
     let p = OpenAiProvider::new(&rc).unwrap().with_policy(fast_policy(4));
     let r = p.chat(&request("x")).await.unwrap();
@@ -429,7 +489,12 @@ async fn auth_failures_name_the_variable_not_the_key() {
 
 #[tokio::test]
 async fn bad_request_carries_the_server_message() {
-    let s = Server::start(Reply::Status(400, None, r#"{"error":{"message":"max_tokens is too large: 999999","type":"invalid_request_error"}}"#.into())).await;
+    let s = Server::start(Reply::Status(
+        400,
+        None,
+        r#"{"error":{"message":"max_tokens is too large: 999999","type":"invalid_request_error"}}"#.into(),
+    ))
+    .await;
     let p = OpenAiProvider::new(&role_cfg(ProviderKind::OpenAi, &s.base, None)).unwrap().with_policy(fast_policy(3));
     let e = p.chat(&request("x")).await.unwrap_err();
     assert!(matches!(e, ProviderError::BadRequest { status: 400, .. }), "{e:?}");
@@ -448,7 +513,11 @@ async fn concurrency_limit_is_respected() {
     let results = futures::future::join_all(reqs.iter().map(|r| p.chat(r))).await;
     assert!(results.iter().all(|r| r.is_ok()));
     assert_eq!(s.mock.seen().len(), 6);
-    assert_eq!(s.mock.max_in_flight.load(Ordering::SeqCst), 2, "at most `concurrency` requests in flight, and the limit was reached");
+    assert_eq!(
+        s.mock.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "at most `concurrency` requests in flight, and the limit was reached"
+    );
 }
 
 #[tokio::test]
@@ -470,7 +539,11 @@ async fn openai_embeddings_round_trip_and_cache_by_text() {
 #[tokio::test]
 async fn gemini_wire_format_retries_and_embeddings() {
     let s = Server::start(Reply::Text("model says hi".into())).await;
-    s.mock.then([Reply::Status(429, Some("1"), r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#.into())]);
+    s.mock.then([Reply::Status(
+        429,
+        Some("1"),
+        r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#.into(),
+    )]);
     let rc = role_cfg(ProviderKind::Gemini, &s.base, Some("PROPERSIM_TEST_KEY_GEMINI"));
     let p = GeminiProvider::new(&rc).unwrap().with_policy(fast_policy(3));
     let mut req = request("hello");
@@ -491,7 +564,16 @@ async fn gemini_wire_format_retries_and_embeddings() {
     let roles: Vec<&str> = b["contents"].as_array().unwrap().iter().map(|c| c["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "model", "user"]);
     let gc = &b["generationConfig"];
-    assert_eq!((gc["temperature"].as_f64(), gc["topP"].as_f64(), gc["topK"].as_u64(), gc["maxOutputTokens"].as_u64(), gc["seed"].as_u64()), (Some(0.7), Some(0.9), Some(40), Some(64), Some(7)));
+    assert_eq!(
+        (
+            gc["temperature"].as_f64(),
+            gc["topP"].as_f64(),
+            gc["topK"].as_u64(),
+            gc["maxOutputTokens"].as_u64(),
+            gc["seed"].as_u64()
+        ),
+        (Some(0.7), Some(0.9), Some(40), Some(64), Some(7))
+    );
 
     let one = p.embed("text-embedding-004", &["solo".to_string()]).await.unwrap();
     assert_eq!(one, vec![fake_vector("solo")]);
@@ -542,8 +624,14 @@ async fn task_retries_bad_replies_then_falls_back_and_ledgers_it() {
     let lines = read_ledger(&ledger_path);
     assert_eq!(lines.len(), 3);
     let (a, b, c) = (&lines[0], &lines[1], &lines[2]);
-    assert_eq!((a.task.as_str(), a.role.as_str(), a.provider.as_str(), a.model.as_str()), ("answer", "user", "openai", "test-model"));
-    assert_eq!((a.prompt_tokens, a.completion_tokens, a.retries, a.fallback_used, a.step), (2000, 1000, 1, false, Some(17)));
+    assert_eq!(
+        (a.task.as_str(), a.role.as_str(), a.provider.as_str(), a.model.as_str()),
+        ("answer", "user", "openai", "test-model")
+    );
+    assert_eq!(
+        (a.prompt_tokens, a.completion_tokens, a.retries, a.fallback_used, a.step),
+        (2000, 1000, 1, false, Some(17))
+    );
     assert!((a.cost_usd - (2000.0 * 1.0 + 1000.0 * 4.0) / 1e6).abs() < 1e-12, "{}", a.cost_usd);
     assert_eq!((b.retries, b.fallback_used, b.prompt_tokens), (2, true, 3000));
     assert_eq!((c.provider.as_str(), c.role.as_str(), c.cost_usd), ("scripted", "evaluator", 0.0));
@@ -588,7 +676,10 @@ async fn recorded_run_replays_byte_identically_without_a_server() {
         run_all(&llm, &tasks).await.unwrap()
     };
     let live_requests = s.mock.seen().len();
-    assert_eq!(live_requests, 5, "3 distinct tasks + 1 retry live (the repeated task comes from the cache) + 1 embedding");
+    assert_eq!(
+        live_requests, 5,
+        "3 distinct tasks + 1 retry live (the repeated task comes from the cache) + 1 embedding"
+    );
     assert_eq!(recorded.0[0], recorded.0[3], "a repeated prompt is answered from the cache");
     assert!(recorded.0[1].starts_with("two #"), "{:?}", recorded.0);
     s.shut_down().await;
@@ -649,7 +740,10 @@ async fn client_errors_are_not_swallowed_as_fallbacks() {
     let pe = e.downcast_ref::<ProviderError>().unwrap_or_else(|| panic!("{e:#}"));
     assert!(matches!(pe, ProviderError::Auth { .. }));
     let msg = format!("{e:#}");
-    assert!(msg.contains("`answer`") && msg.contains("PROPERSIM_TEST_KEY_CLIENT") && !msg.contains("sk-client-zzz"), "{msg}");
+    assert!(
+        msg.contains("`answer`") && msg.contains("PROPERSIM_TEST_KEY_CLIENT") && !msg.contains("sk-client-zzz"),
+        "{msg}"
+    );
     assert_eq!(llm.fallbacks(), 0);
     assert_eq!(llm.totals().total.errors, 1);
 }

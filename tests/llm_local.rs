@@ -43,9 +43,15 @@ const REFERENCE_IDS: &[(&str, &[u32])] = &[
     ("Hello world", &[19556, 905]),
     (
         " 2024-11-23, 9:30am: caf\u{e9} \u{2615} d\u{e9}j\u{e0} vu!",
-        &[216, 34, 32, 34, 36, 29, 33, 33, 29, 34, 35, 28, 216, 41, 42, 35, 32, 332, 42, 37366, 4636, 242, 239, 32564, 90, 16739, 386, 101, 17],
+        &[
+            216, 34, 32, 34, 36, 29, 33, 33, 29, 34, 35, 28, 216, 41, 42, 35, 32, 332, 42, 37366, 4636, 242, 239,
+            32564, 90, 16739, 386, 101, 17,
+        ],
     ),
-    ("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", &[1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198]),
+    (
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+        &[1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198],
+    ),
     ("  two  spaces\n\nnewlines\tand tab", &[216, 827, 216, 5600, 198, 198, 2241, 5110, 197, 397, 10147]),
     ("I'm don't they'll", &[57, 5248, 1326, 982, 502, 3060]),
 ];
@@ -57,7 +63,11 @@ fn tokenizer_matches_llama_cpp_ids() {
     assert!(tok.source().contains("pre=smollm"), "built from GGUF metadata: {}", tok.source());
     for (text, ids) in REFERENCE_IDS {
         assert_eq!(&tok.encode(text).unwrap(), ids, "token ids of {text:?}");
-        assert_eq!(tok.decode(ids).unwrap(), text.replace("<|im_start|>", "").replace("<|im_end|>", ""), "round trip of {text:?}");
+        assert_eq!(
+            tok.decode(ids).unwrap(),
+            text.replace("<|im_start|>", "").replace("<|im_end|>", ""),
+            "round trip of {text:?}"
+        );
     }
     // Stop ids: <|im_end|> (eos, 2) and <|endoftext|> (0).
     let stops = &tok.special().stop_ids;
@@ -103,7 +113,14 @@ async fn answers_a_short_question_and_stops_at_eos() {
 async fn sampling_is_reproducible_per_seed() {
     let Some(p) = smollm() else { return };
     let msgs = vec![Message::user("Write one sentence about a cat.")];
-    let s = |seed| Sampling { temperature: Some(1.0), top_k: Some(50), top_p: Some(0.95), max_tokens: Some(20), seed: Some(seed), ..Default::default() };
+    let s = |seed| Sampling {
+        temperature: Some(1.0),
+        top_k: Some(50),
+        top_p: Some(0.95),
+        max_tokens: Some(20),
+        seed: Some(seed),
+        ..Default::default()
+    };
     let (a, _) = p.generate(&msgs, &s(1)).await.unwrap();
     let (b, _) = p.generate(&msgs, &s(1)).await.unwrap();
     let (c, _) = p.generate(&msgs, &s(2)).await.unwrap();
@@ -274,7 +291,13 @@ fn dual_weights_match_candles_model_in_prefill_and_decode() {
     let c = v(f32m.forward_last(&[504], prompt.len()).unwrap());
     q8m.forward_last(&prompt, 0).unwrap();
     let q = v(q8m.forward_last(&[504], prompt.len()).unwrap());
-    println!("decode vs f32: max {}, mean {}; candle q8_0 vs f32: max {}, mean {}", maxdiff(&a, &c), meandiff(&a, &c), maxdiff(&q, &c), meandiff(&q, &c));
+    println!(
+        "decode vs f32: max {}, mean {}; candle q8_0 vs f32: max {}, mean {}",
+        maxdiff(&a, &c),
+        meandiff(&a, &c),
+        maxdiff(&q, &c),
+        meandiff(&q, &c)
+    );
     assert!(meandiff(&a, &c) <= meandiff(&q, &c), "decode logits differ by {} on average", meandiff(&a, &c));
     assert_eq!(argmax(&a), argmax(&c));
 }

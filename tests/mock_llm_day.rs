@@ -56,12 +56,17 @@ async fn a_day_over_http_with_imperfect_replies() {
     assert!(day1_memory > 100);
     // Day 2 begins: the user's evaluation memory is wiped at 00:02:30, the assistant's is not.
     propersim::sim::headless::run(&mut engine, 578, false, stop.clone()).await.unwrap();
-    assert!(engine.evaluator.hour.is_empty() && engine.evaluator.hourly.is_empty() && engine.evaluated_today.is_empty());
+    assert!(
+        engine.evaluator.hour.is_empty() && engine.evaluator.hourly.is_empty() && engine.evaluated_today.is_empty()
+    );
     assert!(engine.assistant.all.len() >= day1_memory, "the assistant remembers across days");
 
     let sim = tmp.path().join("storage/mock");
     replay_matches_without_a_server(&fs, tmp.path(), &sim).await;
-    let scratch: Value = serde_json::from_str(&std::fs::read_to_string(sim.join("personas/John Lin/bootstrap_memory/scratch.json")).unwrap()).unwrap();
+    let scratch: Value = serde_json::from_str(
+        &std::fs::read_to_string(sim.join("personas/John Lin/bootstrap_memory/scratch.json")).unwrap(),
+    )
+    .unwrap();
     let hourly: Vec<(String, u32)> = serde_json::from_value(scratch["f_daily_schedule_hourly_org"].clone()).unwrap();
     assert_eq!(hourly.iter().map(|x| x.1).sum::<u32>(), 1440, "the hourly schedule covers 24 h");
     let flat: Vec<(String, u32)> = serde_json::from_value(scratch["f_daily_schedule"].clone()).unwrap();
@@ -71,7 +76,8 @@ async fn a_day_over_http_with_imperfect_replies() {
     // Actions on real object tiles.
     let mut on_object = 0;
     for step in 0..576u64 {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
         let john = &m["persona"]["John Lin"];
         let addr = john["description"].as_str().unwrap().split(" @ ").nth(1).unwrap().to_string();
         let t = (john["movement"][0].as_u64().unwrap() as usize, john["movement"][1].as_u64().unwrap() as usize);
@@ -90,7 +96,10 @@ async fn a_day_over_http_with_imperfect_replies() {
             let sum: u64 = dims.as_object().unwrap().values().map(|d| d["score"].as_u64().unwrap()).sum();
             assert!(sum <= 4);
             assert_eq!(r["scores"][i].as_f64().unwrap(), sum as f64);
-            assert_eq!(dims.as_object().unwrap().keys().collect::<Vec<_>>(), ["Personal_Preference", "Timing", "Frequency", "Communication_&_Safety"]);
+            assert_eq!(
+                dims.as_object().unwrap().keys().collect::<Vec<_>>(),
+                ["Personal_Preference", "Timing", "Frequency", "Communication_&_Safety"]
+            );
         }
     }
     // Both candidates are generated at once, and the evaluator's checks run concurrently.
@@ -103,7 +112,20 @@ async fn a_day_over_http_with_imperfect_replies() {
     assert!(ledger.iter().any(|l| l["retries"].as_u64().unwrap_or(0) > 0), "some replies needed a retry");
     assert!(ledger.iter().all(|l| l["provider"] == "openai"));
     let tasks: std::collections::BTreeSet<&str> = ledger.iter().filter_map(|l| l["task"].as_str()).collect();
-    for t in ["wake_up_hour", "daily_plan", "hourly_schedule", "decompose", "choose_area", "choose_object", "emoji", "poignancy", "suggest", "evaluate_timing", "evaluate_frequency_too_rarely", "summarize_hour"] {
+    for t in [
+        "wake_up_hour",
+        "daily_plan",
+        "hourly_schedule",
+        "decompose",
+        "choose_area",
+        "choose_object",
+        "emoji",
+        "poignancy",
+        "suggest",
+        "evaluate_timing",
+        "evaluate_frequency_too_rarely",
+        "summarize_hour",
+    ] {
         assert!(tasks.contains(t), "task {t} never ran: {tasks:?}");
     }
 }
@@ -117,7 +139,14 @@ async fn replay_matches_without_a_server(fs: &Path, root: &Path, recorded: &Path
     let mut cfg = config(fs, root, &closed);
     cfg.sim.sim = "mock_replay".into();
     let replay_dir = root.join("storage/mock_replay");
-    let sd = propersim::storage::SimDir::fork(&cfg.paths.storage, &[fs.join("storage")], &cfg.sim.fork, "mock_replay", false).unwrap();
+    let sd = propersim::storage::SimDir::fork(
+        &cfg.paths.storage,
+        &[fs.join("storage")],
+        &cfg.sim.fork,
+        "mock_replay",
+        false,
+    )
+    .unwrap();
     propersim::storage::sim::copy_tree(&recorded.join("llm_cache"), &sd.path("llm_cache")).unwrap();
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Replay).unwrap();
     for _ in 0..200 {
@@ -129,5 +158,8 @@ async fn replay_matches_without_a_server(fs: &Path, root: &Path, recorded: &Path
         let b = std::fs::read(replay_dir.join(format!("movement/{step}.json"))).unwrap();
         assert_eq!(a, b, "step {step} differs in replay");
     }
-    assert!(std::fs::read_to_string(replay_dir.join("records.jsonl")).unwrap().lines().count() > 10, "the replay covered awake steps");
+    assert!(
+        std::fs::read_to_string(replay_dir.join("records.jsonl")).unwrap().lines().count() > 10,
+        "the replay covered awake steps"
+    );
 }

@@ -21,7 +21,11 @@ fn peft_python() -> Option<PathBuf> {
 }
 
 fn json_lines(out: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(out).lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -46,15 +50,36 @@ fn peft_loads_the_trained_adapter_and_agrees_with_score() {
     assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(adapter.join("adapter_model.safetensors").is_file() && adapter.join("adapter_config.json").is_file());
 
-    let out = Command::new(common::bin()).arg("score").arg("--pairs").arg(&pairs).arg("--model").arg(&gguf).arg("--adapter").arg(&adapter).output().unwrap();
+    let out = Command::new(common::bin())
+        .arg("score")
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--adapter")
+        .arg(&adapter)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
     let ours = json_lines(&out.stdout);
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peft_check.py");
-    let out = Command::new(&py).arg(&script).arg("--gguf").arg(&gguf).arg("--adapter").arg(&adapter).arg("--pairs").arg(&pairs).output().unwrap();
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg("--gguf")
+        .arg(&gguf)
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--pairs")
+        .arg(&pairs)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "peft_check.py failed: {stderr}");
-    assert!(stderr.contains("{\"lora_tensors\": 420}"), "PEFT placed every LoRA tensor (30 layers x 7 modules x A,B): {stderr}");
+    assert!(
+        stderr.contains("{\"lora_tensors\": 420}"),
+        "PEFT placed every LoRA tensor (30 layers x 7 modules x A,B): {stderr}"
+    );
     let theirs = json_lines(&out.stdout);
 
     assert_eq!(ours.len(), 4, "one line per pair");

@@ -14,8 +14,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-const KEYS: [&str; 10] =
-    ["date", "steps", "mean_score", "recs", "rec_mean", "norecs", "norec_mean", "success_rate", "recs_per_awake_hour", "dimensions"];
+const KEYS: [&str; 10] = [
+    "date",
+    "steps",
+    "mean_score",
+    "recs",
+    "rec_mean",
+    "norecs",
+    "norec_mean",
+    "success_rate",
+    "recs_per_awake_hour",
+    "dimensions",
+];
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report_sim")
@@ -135,10 +145,14 @@ fn check_against_oracle(sim_dir: &Path, assistant: &str, decisions_per_hour: f64
         close(g.mean_score, mean(&o.scores), &w("mean_score"));
         close(g.rec_mean, mean(&o.rec_scores), &w("rec_mean"));
         close(g.norec_mean, mean(&o.norec_scores), &w("norec_mean"));
-        let success =
-            (!o.scores.is_empty()).then(|| o.scores.iter().filter(|s| s.is_some_and(|x| x >= 3.0)).count() as f64 / o.scores.len() as f64);
+        let success = (!o.scores.is_empty())
+            .then(|| o.scores.iter().filter(|s| s.is_some_and(|x| x >= 3.0)).count() as f64 / o.scores.len() as f64);
         close(g.success_rate, success, &w("success_rate"));
-        close(Some(g.recs_per_awake_hour), Some(o.recs as f64 / (o.steps as f64 / decisions_per_hour)), &w("recs_per_awake_hour"));
+        close(
+            Some(g.recs_per_awake_hour),
+            Some(o.recs as f64 / (o.steps as f64 / decisions_per_hour)),
+            &w("recs_per_awake_hour"),
+        );
         let mut names: Vec<&String> = o.dim_total.keys().filter(|k| o.dim_total[*k] > 0).collect();
         names.sort();
         let mut got_names: Vec<&String> = g.dimensions.keys().collect();
@@ -171,7 +185,10 @@ fn fixture_matches_oracle_and_hand_checked_values() {
     close(d1.success_rate, Some(0.4), "day 1 success");
     close(Some(d1.recs_per_awake_hour), Some(14.4), "day 1 recs/h");
     let dims1: Vec<(&str, f64)> = d1.dimensions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    assert_eq!(dims1, [("Personal_Preference", 0.8), ("Timing", 0.4), ("Frequency", 0.4), ("Communication_&_Safety", 1.0)]);
+    assert_eq!(
+        dims1,
+        [("Personal_Preference", 0.8), ("Timing", 0.4), ("Frequency", 0.4), ("Communication_&_Safety", 1.0)]
+    );
     assert_eq!((d2.date.as_str(), d2.steps, d2.recs, d2.norecs), ("February 14", 4, 2, 2));
     close(d2.mean_score, Some(7.0 / 3.0), "day 2 mean (null skipped)");
     close(d2.rec_mean, Some(4.0), "day 2 rec mean");
@@ -260,8 +277,13 @@ const REC_TEXTS: [&str; 5] = [
     "\"No Recommendation needed? Try stretching.\"",
     "\"Drink some water.\"",
 ];
-const NOREC_TEXTS: [&str; 5] =
-    ["No Recommendation", "\"No Recommendation\"", "{\"Suggestion\": No Recommendation}", "no recommendation", " NO RECOMMENDATION "];
+const NOREC_TEXTS: [&str; 5] = [
+    "No Recommendation",
+    "\"No Recommendation\"",
+    "{\"Suggestion\": No Recommendation}",
+    "no recommendation",
+    " NO RECOMMENDATION ",
+];
 const DIMS: [&str; 4] = ["Personal_Preference", "Timing", "Frequency", "Communication_&_Safety"];
 
 /// Writes `steps` movement files from February 13, 00:00:00 on (`sec_per_step` apart) and
@@ -353,7 +375,11 @@ fn generated_sims_match_oracle() {
     check_against_oracle(&dir, ada, 24.0, &days);
     // Naming the assistant in meta.json gives the same answer.
     fs::create_dir_all(dir.join("reverie")).unwrap();
-    fs::write(dir.join("reverie/meta.json"), json!({"persona_names": ["Sam Moore", ada], "sec_per_step": 150}).to_string()).unwrap();
+    fs::write(
+        dir.join("reverie/meta.json"),
+        json!({"persona_names": ["Sam Moore", ada], "sec_per_step": 150}).to_string(),
+    )
+    .unwrap();
     assert_eq!(report::report(tmp.path(), "gen_150").unwrap(), days);
 
     // Ten-minute steps (6 decisions an hour) over four and a bit days, meta.json without names.

@@ -24,7 +24,16 @@ fn config(fs: &Path, storage: &Path, sim: &str) -> Config {
     cfg
 }
 
-const USER_KEYS: [&str; 8] = ["movement", "pronunciatio", "description", "chat", "user_action_for_suggestion", "suggestion", "eval_res_score", "eval_res_reason"];
+const USER_KEYS: [&str; 8] = [
+    "movement",
+    "pronunciatio",
+    "description",
+    "chat",
+    "user_action_for_suggestion",
+    "suggestion",
+    "eval_res_score",
+    "eval_res_reason",
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_scripted_day_keeps_every_contract() {
@@ -33,7 +42,8 @@ async fn one_scripted_day_keeps_every_contract() {
     let storage = tmp.path().join("storage");
     let cfg = config(&fs, &storage, "day");
     let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Off).unwrap();
-    let summary = propersim::sim::headless::run(&mut engine, 576, false, Arc::new(AtomicBool::new(false))).await.unwrap();
+    let summary =
+        propersim::sim::headless::run(&mut engine, 576, false, Arc::new(AtomicBool::new(false))).await.unwrap();
     assert_eq!(summary.steps, 576);
     let maze = Maze::load(&cfg.paths.assets).unwrap();
     let sim = storage.join("day");
@@ -41,7 +51,8 @@ async fn one_scripted_day_keeps_every_contract() {
     let mut prev_tile: Option<[i64; 2]> = None;
     let (mut suggested, mut asleep_steps, mut objects_hit) = (0, 0, 0);
     for step in 0..576u64 {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
         // Time advances 150 s a step from midnight.
         let secs = step * 150;
         let want = format!("February 13, 2025, {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
@@ -73,7 +84,9 @@ async fn one_scripted_day_keeps_every_contract() {
         // Arrived actions are on a tile of their address.
         let desc = john["description"].as_str().unwrap();
         let address = desc.split(" @ ").nth(1).unwrap();
-        if m["meta"]["is_john_walking"] == "no" && maze.address_tiles(address).contains(&(tile[0] as usize, tile[1] as usize)) {
+        if m["meta"]["is_john_walking"] == "no"
+            && maze.address_tiles(address).contains(&(tile[0] as usize, tile[1] as usize))
+        {
             objects_hit += 1;
         }
         let eddy = &m["persona"]["Eddy Lin"];
@@ -113,7 +126,8 @@ async fn one_scripted_day_keeps_every_contract() {
 
     // Saved persona files load back identically.
     let user_dir = sim.join("personas/John Lin/bootstrap_memory");
-    let scratch: Value = serde_json::from_str(&std::fs::read_to_string(user_dir.join("scratch.json")).unwrap()).unwrap();
+    let scratch: Value =
+        serde_json::from_str(&std::fs::read_to_string(user_dir.join("scratch.json")).unwrap()).unwrap();
     assert_eq!(scratch["daily_req"].as_array().map(|a| !a.is_empty()), Some(true));
     let sched: Vec<(String, u32)> = serde_json::from_value(scratch["f_daily_schedule"].clone()).unwrap();
     assert_eq!(sched.iter().map(|s| s.1).sum::<u32>(), 1440, "the schedule covers 24 h");
@@ -124,7 +138,11 @@ async fn one_scripted_day_keeps_every_contract() {
     let mut b = propersim::user::UserAgent::load(&user_dir).unwrap();
     b.save(&dir2, engine.clock.time(576)).unwrap();
     for f in ["spatial_memory.json", "associative_memory/nodes.json", "associative_memory/embeddings.json"] {
-        assert_eq!(std::fs::read(user_dir.join(f)).unwrap(), std::fs::read(dir2.join(f)).unwrap(), "{f} round-trips byte for byte");
+        assert_eq!(
+            std::fs::read(user_dir.join(f)).unwrap(),
+            std::fs::read(dir2.join(f)).unwrap(),
+            "{f} round-trips byte for byte"
+        );
     }
     assert!(a.memory.nodes.len() > 10, "memories grew: {}", a.memory.nodes.len());
     assert!(a.spatial.knows("the Ville:Lin family's house:kitchen"), "the kitchen was perceived");
@@ -176,11 +194,15 @@ fn the_example_config_parses_to_the_defaults() {
 
 #[test]
 fn cli_reports_bad_config_clearly() {
-    let out = std::process::Command::new(common::bin()).args(["run", "--novis", "--set", "memory_level=XYZ"]).output().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "--novis", "--set", "memory_level=XYZ"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory_level") && err.contains("ASC8R2"), "{err}");
-    let out = std::process::Command::new(common::bin()).args(["run", "--novis", "--provider", "telepathy"]).output().unwrap();
+    let out =
+        std::process::Command::new(common::bin()).args(["run", "--novis", "--provider", "telepathy"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("scripted"), "{err}");
 }
@@ -193,10 +215,16 @@ fn rewriting_a_seed_keeps_python_formatting() {
         let p = fs.join("storage/base_the_ville_persona_7").join(rel);
         let original = std::fs::read_to_string(&p).unwrap();
         let v: Value = serde_json::from_str(&original).unwrap();
-        assert_eq!(propersim::storage::pyjson::to_string_indent2(&v).unwrap(), original.trim_end_matches('\n'), "{rel}");
+        assert_eq!(
+            propersim::storage::pyjson::to_string_indent2(&v).unwrap(),
+            original.trim_end_matches('\n'),
+            "{rel}"
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
-    let sd = propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false).unwrap();
+    let sd =
+        propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false)
+            .unwrap();
     let meta = sd.meta().unwrap();
     assert_eq!(meta.fork_sim_code, "base_the_ville_persona_7");
     assert_eq!(meta.persona_names, vec!["John Lin", "Eddy Lin"]);
@@ -207,5 +235,9 @@ fn rewriting_a_seed_keeps_python_formatting() {
     sd.write_env(1, &env).unwrap();
     let original_env = std::fs::read_to_string(fs.join("storage/base_the_ville_persona_7/environment/0.json")).unwrap();
     assert_eq!(std::fs::read_to_string(sd.env_path(1)).unwrap(), original_env.trim_end());
-    assert!(propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false).is_err(), "no silent overwrite");
+    assert!(
+        propersim::storage::SimDir::fork(tmp.path(), &[fs.join("storage")], "base_the_ville_persona_7", "copy", false)
+            .is_err(),
+        "no silent overwrite"
+    );
 }

@@ -52,6 +52,10 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
         assert!(l["completion_tokens"].as_u64().unwrap() > 0, "{task} generated nothing");
     }
     let fallbacks = ledger.iter().filter(|l| l["fallback_used"] == true).count();
-    println!("SmolLM2 run: {} ledger lines, {} fallbacks, stopped at step {}", ledger.len(), fallbacks, engine.next_step);
+    println!(
+        "SmolLM2 run: {} ledger lines, {} fallbacks, stopped at step {}",
+        ledger.len(),
+        fallbacks,
+        engine.next_step
+    );
 }
-

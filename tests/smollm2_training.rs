@@ -32,7 +32,14 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     cfg.sim.train_max_pairs = Some(2);
 
     // Three hours per step, so a day is 8 steps and the boundary comes quickly.
-    let seed = propersim::storage::SimDir::fork(&cfg.paths.storage, &[fs.join("storage")], "base_the_ville_persona_1", "trained", false).unwrap();
+    let seed = propersim::storage::SimDir::fork(
+        &cfg.paths.storage,
+        &[fs.join("storage")],
+        "base_the_ville_persona_1",
+        "trained",
+        false,
+    )
+    .unwrap();
     let mut meta = seed.meta().unwrap();
     meta.sec_per_step = 10800;
     seed.write_meta(&meta).unwrap();
@@ -50,14 +57,16 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     propersim::sim::headless::run(&mut engine, 8 + 5, false, stop).await.unwrap();
     let weights = adapter_dir.join("adapter_model.safetensors");
     assert!(weights.is_file() && adapter_dir.join("adapter_config.json").is_file(), "PEFT files saved");
-    let cfg_json: Value = serde_json::from_str(&std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg_json["peft_type"], "LORA");
     let mv26 = std::fs::metadata(sim.join("movement/9.json")).unwrap().modified().unwrap();
     let trained_at = std::fs::metadata(&weights).unwrap().modified().unwrap();
     assert!(mv26 <= trained_at, "the loop kept stepping while the adapter trained");
     // Suggestions after the swap come from the new adapter: the cache keys carry its version.
     let ledger: Vec<Value> = propersim::storage::read_jsonl(&sim.join("llm_ledger.jsonl")).unwrap();
-    let after: Vec<&Value> = ledger.iter().filter(|l| l["task"] == "suggest" && l["step"].as_u64().unwrap_or(0) > 9).collect();
+    let after: Vec<&Value> =
+        ledger.iter().filter(|l| l["task"] == "suggest" && l["step"].as_u64().unwrap_or(0) > 9).collect();
     assert!(!after.is_empty(), "the assistant suggested after the swap");
     let metrics = std::fs::read_to_string(adapter_dir.join("train_metrics.jsonl")).unwrap();
     assert!(metrics.lines().count() >= 1, "training metrics written per step");

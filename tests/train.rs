@@ -154,7 +154,15 @@ fn lora_gradients_match_central_finite_differences() -> Result<()> {
     let grads = loss(&model)?.backward()?;
     let h = 1e-5;
     let mut checked = 0;
-    for (layer, target) in [(0, LoraTarget::Q), (0, LoraTarget::K), (1, LoraTarget::V), (1, LoraTarget::O), (0, LoraTarget::Gate), (1, LoraTarget::Up), (0, LoraTarget::Down)] {
+    for (layer, target) in [
+        (0, LoraTarget::Q),
+        (0, LoraTarget::K),
+        (1, LoraTarget::V),
+        (1, LoraTarget::O),
+        (0, LoraTarget::Gate),
+        (1, LoraTarget::Up),
+        (0, LoraTarget::Down),
+    ] {
         let p = ad.pair(layer, target).expect("pair");
         for (name, var) in [("A", &p.a), ("B", &p.b)] {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {layer} {target:?} {name}"));
@@ -249,7 +257,11 @@ fn dpo_starts_at_ln2_and_learns_a_separable_preference() -> Result<()> {
     assert!((steps[0].loss - std::f64::consts::LN_2).abs() < 1e-4, "first loss {}", steps[0].loss);
     assert!(steps[0].reward_margin.abs() < 1e-4);
     let last = steps.last().unwrap();
-    assert!(last.loss < 0.5 * std::f64::consts::LN_2, "loss did not fall: {:?}", steps.iter().map(|s| s.loss).collect::<Vec<_>>());
+    assert!(
+        last.loss < 0.5 * std::f64::consts::LN_2,
+        "loss did not fall: {:?}",
+        steps.iter().map(|s| s.loss).collect::<Vec<_>>()
+    );
     assert!(last.reward_accuracy > steps[0].reward_accuracy && last.reward_accuracy == 1.0);
     assert!(last.lr < steps[0].lr && steps[0].lr == cfg.adam.lr);
     let m = margins(&model, Some(&ad), &pairs)?;
@@ -295,7 +307,11 @@ fn kto_starts_at_half_and_learns_with_a_kl_term() -> Result<()> {
     assert!(steps[0].kl.abs() < 1e-6, "kl {}", steps[0].kl);
     assert!(steps[0].loss >= 0.5 - 1e-6 && steps[0].loss <= 0.75 + 1e-6, "first loss {}", steps[0].loss);
     let last = steps.last().unwrap();
-    assert!(last.loss < steps[0].loss - 0.05, "loss did not fall: {:?}", steps.iter().map(|s| s.loss).collect::<Vec<_>>());
+    assert!(
+        last.loss < steps[0].loss - 0.05,
+        "loss did not fall: {:?}",
+        steps.iter().map(|s| s.loss).collect::<Vec<_>>()
+    );
     assert!(last.rewards_chosen > last.rewards_rejected);
     assert!(steps.iter().all(|s| s.kl >= 0.0), "z0 must be clamped at 0");
     let m = margins(&model, Some(&ad), &pairs)?;
@@ -310,7 +326,8 @@ fn kto_filters_no_recommendation_and_needs_two_examples() -> Result<()> {
     let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, 1)?;
     // One pair whose rejected side is filtered: a single example is left, which KTO refuses.
     let pairs = vec![pair("ab", "yes", "{\"Suggestion\": No Recommendation}")];
-    let err = propersim::train::offline::train_pairs(&model, &ad, &ByteChat, &pairs, &cfg, &mut |_| Ok(())).unwrap_err();
+    let err =
+        propersim::train::offline::train_pairs(&model, &ad, &ByteChat, &pairs, &cfg, &mut |_| Ok(())).unwrap_err();
     assert!(format!("{err:#}").contains("at least 2"), "{err:#}");
     Ok(())
 }
@@ -384,7 +401,10 @@ fn adapter_round_trip_gives_identical_logits_in_peft_layout() -> Result<()> {
     let c = model.config();
     let a = &ts["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"];
     assert_eq!(a.dims(), &[4, c.hidden]);
-    assert_eq!(ts["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].dims(), &[c.kv_heads * c.head_dim, 4]);
+    assert_eq!(
+        ts["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].dims(),
+        &[c.kv_heads * c.head_dim, 4]
+    );
     assert_eq!(ts["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"].dims(), &[4, c.intermediate]);
     assert_eq!(ts["base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight"].dims(), &[c.intermediate, 4]);
     assert_eq!(ts["base_model.model.model.layers.1.self_attn.o_proj.lora_A.weight"].dims(), &[4, c.heads * c.head_dim]);
@@ -489,7 +509,10 @@ fn worker_publishes_new_versions_while_the_caller_runs_and_reports_failures() ->
     // The published adapter changes the model's output.
     let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;
     let cur = slot.current();
-    let d = (model.forward(&ids, cur.adapter.as_deref())? - model.forward(&ids, None)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let d = (model.forward(&ids, cur.adapter.as_deref())? - model.forward(&ids, None)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     assert!(d > 0.0);
 
     // A failing day is reported and publishes nothing.
@@ -547,10 +570,21 @@ fn mmlu_check_scores_letters_per_subject() -> Result<()> {
     // The real model path runs too (random weights: any accuracy, but a valid report).
     let model = Arc::new(tiny_llama(DType::F32, 13, true));
     let mut sess = LlamaSession::new(model, None);
-    let rep = mmlu::run_mmlu(&mut sess, &ByteChat, &items, &MmluOptions { per_subject: 1, max_new_tokens: 3, ..Default::default() })?;
+    let rep = mmlu::run_mmlu(
+        &mut sess,
+        &ByteChat,
+        &items,
+        &MmluOptions { per_subject: 1, max_new_tokens: 3, ..Default::default() },
+    )?;
     assert_eq!(rep.questions, 5);
     assert!((0.0..=1.0).contains(&rep.overall_accuracy));
-    assert!(mmlu::run_mmlu(&mut AlwaysB { emitted: 0 }, &ByteChat, &items, &MmluOptions { subjects: vec!["astronomy".into()], ..Default::default() }).is_err());
+    assert!(mmlu::run_mmlu(
+        &mut AlwaysB { emitted: 0 },
+        &ByteChat,
+        &items,
+        &MmluOptions { subjects: vec!["astronomy".into()], ..Default::default() }
+    )
+    .is_err());
     Ok(())
 }
 
@@ -574,7 +608,10 @@ mod smollm2 {
             let mut f = std::fs::File::open(path)?;
             let ct = gguf_file::Content::read(&mut f)?;
             let mut tok = Tokenizer::from_gguf(&ct)?;
-            tok.with_pre_tokenizer(Some(PreSeq::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])));
+            tok.with_pre_tokenizer(Some(PreSeq::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])));
             Ok(SmolChat { tok })
         }
     }
@@ -597,7 +634,6 @@ mod smollm2 {
             Ok(self.tok.encode(text, false).map_err(anyhow::Error::msg)?.get_ids().to_vec())
         }
     }
-
 }
 
 #[test]
@@ -622,7 +658,8 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
         let theirs = q.forward(&ids, 0)?.squeeze(0)?.to_dtype(DType::F32)?;
         let ours = model.forward(&ids, None)?.squeeze(0)?.get(prompt.len() - 1)?;
         let cos = (&ours * &theirs)?.sum_all()?.to_scalar::<f32>()?
-            / (ours.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? * theirs.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+            / (ours.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
+                * theirs.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
         let top = |t: &Tensor| -> Result<Vec<u32>> {
             let v: Vec<f32> = t.to_vec1()?;
             let mut idx: Vec<u32> = (0..v.len() as u32).collect();
@@ -639,7 +676,11 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     assert_eq!(fmt.encode("<|im_start|>user")?.len(), 2);
     let pairs = common::smollm2_pairs();
     let t = tokenize_pair(&fmt, &pairs[0], &TokenLimits::default())?;
-    assert_eq!(&t.chosen.completion[t.chosen.completion.len() - 2..], &[2, 198], "completion ends with <|im_end|> and newline");
+    assert_eq!(
+        &t.chosen.completion[t.chosen.completion.len() - 2..],
+        &[2, 198],
+        "completion ends with <|im_end|> and newline"
+    );
 
     let limits = TokenLimits::default();
     let before = score_pairs(&model, None, &fmt, &pairs, &limits, &mut std::io::sink())?;
@@ -677,7 +718,6 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     Ok(())
 }
 
-
 /// Benchmark (not a test of speed): `cargo test --release --test train bench_smollm2_dpo -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -688,11 +728,21 @@ fn bench_smollm2_dpo() -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let model = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
-    println!("load+dequantize: {:.2}s, weights {:.1} MB, rss {:?}", t0.elapsed().as_secs_f64(), model.weight_bytes() as f64 / 1e6, propersim::train::offline::peak_rss_bytes());
+    println!(
+        "load+dequantize: {:.2}s, weights {:.1} MB, rss {:?}",
+        t0.elapsed().as_secs_f64(),
+        model.weight_bytes() as f64 / 1e6,
+        propersim::train::offline::peak_rss_bytes()
+    );
     let fmt = smollm2::SmolChat::from_gguf(&path)?;
     let pairs = common::smollm2_pairs();
     let t = tokenize_pair(&fmt, &pairs[0], &TokenLimits::default())?;
-    println!("pair tokens: prompt {} chosen {} rejected {}", t.chosen.prompt.len(), t.chosen.completion.len(), t.rejected.completion.len());
+    println!(
+        "pair tokens: prompt {} chosen {} rejected {}",
+        t.chosen.prompt.len(),
+        t.chosen.completion.len(),
+        t.rejected.completion.len()
+    );
     let b = Batch::new(&[&t.chosen, &t.rejected], DType::F32, &Device::Cpu)?;
     let ad = LoraAdapter::new(LoraConfig::default(), model.config(), DType::F32, &Device::Cpu, 1)?;
     let cpu = || propersim::train::offline::cpu_seconds().unwrap_or(0.0);
@@ -706,7 +756,11 @@ fn bench_smollm2_dpo() -> Result<()> {
         let fwd = t1.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let _g = lp.sum_all()?.backward()?;
-        println!("ref fwd {fwd_ref:.2}s, lora fwd {fwd:.2}s, backward {:.2}s (wall); cpu total {:.2}s", t1.elapsed().as_secs_f64(), cpu() - c1);
+        println!(
+            "ref fwd {fwd_ref:.2}s, lora fwd {fwd:.2}s, backward {:.2}s (wall); cpu total {:.2}s",
+            t1.elapsed().as_secs_f64(),
+            cpu() - c1
+        );
     }
     if std::env::var("BENCH_STEPS").as_deref() == Ok("0") {
         return Ok(());
@@ -746,7 +800,8 @@ fn train_offline_writes_adapter_and_metrics_and_score_prints_json_lines() -> Res
     let pairs = propersim::train::data::read_pairs(&pairs_path)?;
     let mut out = Vec::new();
     let scores = score_pairs(&model, Some(&ad), &ByteChat, &pairs, &TokenLimits::default(), &mut out)?;
-    let lines: Vec<serde_json::Value> = String::from_utf8(out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 8);
     for (l, s) in lines.iter().zip(&scores) {
         for k in ["chosen", "rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens"] {
@@ -757,7 +812,11 @@ fn train_offline_writes_adapter_and_metrics_and_score_prints_json_lines() -> Res
     // "yes i" is 5 characters + end marker + newline.
     assert_eq!(lines[0]["chosen_tokens"], 7);
     // Continue training from the saved adapter; a bad pairs file is a clear error.
-    let opts2 = propersim::train::OfflineTrainOptions { init_adapter: Some(opts.out.clone()), out: dir.path().join("out2"), ..opts.clone() };
+    let opts2 = propersim::train::OfflineTrainOptions {
+        init_adapter: Some(opts.out.clone()),
+        out: dir.path().join("out2"),
+        ..opts.clone()
+    };
     propersim::train::train_offline(&model, &ByteChat, &opts2)?;
     std::fs::write(&pairs_path, "{\"prompt\": 1}\n")?;
     let err = propersim::train::train_offline(&model, &ByteChat, &opts).unwrap_err();

@@ -51,14 +51,18 @@ async fn two_days_hook_pairs_and_report() {
     // Independent computation from the raw movement files (the notebook's definitions).
     let mut by_day: BTreeMap<String, Vec<(bool, f64)>> = BTreeMap::new();
     for step in 0..2 * 576u64 {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(sim.join(format!("movement/{step}.json"))).unwrap()).unwrap();
         let e = &m["persona"]["Eddy Lin"];
         let s = e["suggestion"].as_str().unwrap();
         if s.is_empty() {
             continue;
         }
         let date = m["meta"]["curr_time"].as_str().unwrap().split(", ").next().unwrap().to_string();
-        by_day.entry(date).or_default().push((s == "No Recommendation", e["eval_res_score"].as_str().unwrap().parse().unwrap()));
+        by_day
+            .entry(date)
+            .or_default()
+            .push((s == "No Recommendation", e["eval_res_score"].as_str().unwrap().parse().unwrap()));
     }
     let days = propersim::report::report(&tmp.path().join("storage"), "two").unwrap();
     assert_eq!(days.len(), 2);
@@ -86,5 +90,19 @@ async fn two_days_hook_pairs_and_report() {
     propersim::report::write_outputs(&tmp.path().join("storage"), "two", &days).unwrap();
     let json: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(sim.join("metrics.json")).unwrap()).unwrap();
     let keys: Vec<&str> = json[0].as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(keys, ["date", "steps", "mean_score", "recs", "rec_mean", "norecs", "norec_mean", "success_rate", "recs_per_awake_hour", "dimensions"]);
+    assert_eq!(
+        keys,
+        [
+            "date",
+            "steps",
+            "mean_score",
+            "recs",
+            "rec_mean",
+            "norecs",
+            "norec_mean",
+            "success_rate",
+            "recs_per_awake_hour",
+            "dimensions"
+        ]
+    );
 }

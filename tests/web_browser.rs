@@ -20,8 +20,8 @@ use std::sync::atomic::AtomicBool;
 
 use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
-use propersim::web::{router, AppState, LiveSim, ServeOptions};
 use propersim::storage::sim::copy_tree;
+use propersim::web::{router, AppState, LiveSim, ServeOptions};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
@@ -92,7 +92,10 @@ impl Drop for Driver {
         let addr = self.base.trim_start_matches("http://").to_string();
         if let Ok(mut conn) = std::net::TcpStream::connect(&addr) {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-            let req = format!("DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.session);
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
             if conn.write_all(req.as_bytes()).is_ok() {
                 let _ = conn.read_to_end(&mut Vec::new());
             }
@@ -105,7 +108,12 @@ impl Drop for Driver {
 impl Driver {
     async fn start(profile: &Path) -> Driver {
         let port = free_port();
-        let child = Command::new("/usr/bin/chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting chromedriver");
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let mut driver = Driver { child, base, session: String::new(), http };
@@ -115,13 +123,29 @@ impl Driver {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let args = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--window-size=1280,1100",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1100",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
-        let v: Value = driver.http.post(format!("{}/session", driver.base)).json(&caps).send().await.unwrap().json().await.unwrap();
+        let v: Value = driver
+            .http
+            .post(format!("{}/session", driver.base))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         driver.session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
         driver
     }
@@ -146,7 +170,11 @@ impl Driver {
     }
 
     async fn text(&self, id: &str) -> String {
-        self.js(&format!("const e = document.getElementById({id:?}); return e ? e.textContent : null;")).await.as_str().unwrap_or("").to_string()
+        self.js(&format!("const e = document.getElementById({id:?}); return e ? e.textContent : null;"))
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     async fn step(&self) -> u64 {
@@ -162,14 +190,20 @@ impl Driver {
                 return v;
             }
             if t0.elapsed() > Duration::from_secs(secs) {
-                panic!("timed out waiting for {what}; step={} status={:?}", self.step().await, self.text("status").await);
+                panic!(
+                    "timed out waiting for {what}; step={} status={:?}",
+                    self.step().await,
+                    self.text("status").await
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     async fn screenshot(&self, name: &str) {
-        let dir = std::env::var_os("PROPERSIM_SCREENSHOT_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target/screenshots"));
+        let dir = std::env::var_os("PROPERSIM_SCREENSHOT_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target/screenshots"));
         fs::create_dir_all(&dir).unwrap();
         let b64 = self.cmd(reqwest::Method::GET, "screenshot", Value::Null).await;
         let png = base64_decode(b64.as_str().unwrap());
@@ -237,7 +271,8 @@ async fn live_reload_replay_and_demo_in_chromium() {
     // Live run: at least 5 steps with actions and a suggestion.
     d.goto(&format!("{base}/simulator_home")).await;
     d.assert_scene_rendered(&["John_Lin", "Eddy_Lin"]).await;
-    d.wait_for("5 steps", 90, &format!("return Number(document.getElementById('step').textContent) >= {}", start + 5)).await;
+    d.wait_for("5 steps", 90, &format!("return Number(document.getElementById('step').textContent) >= {}", start + 5))
+        .await;
     let action = d.text("current_action__John_Lin").await;
     assert!(!action.trim().is_empty() && action != "—", "John's action shown: {action:?}");
     assert!(!d.text("target_address__Eddy_Lin").await.trim().is_empty());
@@ -245,9 +280,17 @@ async fn live_reload_replay_and_demo_in_chromium() {
     let step_shown = d.step().await;
     let shown_in_files: Vec<String> = (start..step_shown)
         .filter_map(|s| fs::read_to_string(storage.join(SIM).join(format!("movement/{s}.json"))).ok())
-        .map(|t| serde_json::from_str::<Value>(&t).unwrap()["persona"]["Eddy Lin"]["suggestion"].as_str().unwrap().to_string())
+        .map(|t| {
+            serde_json::from_str::<Value>(&t).unwrap()["persona"]["Eddy Lin"]["suggestion"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert!(!suggestion.trim().is_empty() && shown_in_files.iter().any(|s| suggestion.contains(s.as_str())), "suggestion shown: {suggestion:?}, recorded: {shown_in_files:?}");
+    assert!(
+        !suggestion.trim().is_empty() && shown_in_files.iter().any(|s| suggestion.contains(s.as_str())),
+        "suggestion shown: {suggestion:?}, recorded: {shown_in_files:?}"
+    );
     assert!(!d.text("eval_score").await.contains('—'));
     assert!(d.text("game-time-content").await.starts_with("February 13, 2025"));
     lap("live: 5 steps");
@@ -257,12 +300,22 @@ async fn live_reload_replay_and_demo_in_chromium() {
     let before = d.step().await;
     d.js("location.reload(); return true;").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    d.wait_for("the reloaded page", 30, "return !!document.getElementById('step') && document.readyState === 'complete'").await;
+    d.wait_for(
+        "the reloaded page",
+        30,
+        "return !!document.getElementById('step') && document.readyState === 'complete'",
+    )
+    .await;
     let resumed = d.step().await;
     assert!(resumed >= before, "reload resumed at {resumed}, before it was at {before}");
     assert!(!d.text("suggestion").await.trim().is_empty(), "the reloaded page shows the last suggestion at once");
     d.assert_scene_rendered(&["John_Lin", "Eddy_Lin"]).await;
-    d.wait_for("2 more steps after the reload", 60, &format!("return Number(document.getElementById('step').textContent) >= {}", resumed + 2)).await;
+    d.wait_for(
+        "2 more steps after the reload",
+        60,
+        &format!("return Number(document.getElementById('step').textContent) >= {}", resumed + 2),
+    )
+    .await;
     assert!(live.current_step() >= resumed + 2);
 
     lap("reload continued");
@@ -283,11 +336,21 @@ async fn live_reload_replay_and_demo_in_chromium() {
     let env1_before = fs::read(env_dir.join("1.json")).unwrap();
     d.goto(&format!("{base}/replay/{SIM}/{start}/")).await;
     d.assert_scene_rendered(&["John_Lin", "Eddy_Lin"]).await;
-    d.wait_for("replay to pass 3 steps", 60, &format!("return Number(document.getElementById('step').textContent) >= {}", start + 3)).await;
+    d.wait_for(
+        "replay to pass 3 steps",
+        60,
+        &format!("return Number(document.getElementById('step').textContent) >= {}", start + 3),
+    )
+    .await;
     assert!(!d.text("suggestion").await.trim().is_empty());
     lap("replay started");
     d.screenshot("replay.png").await;
-    d.wait_for("end of replay", 90, "return document.getElementById('status').textContent.includes('End of the recorded run')").await;
+    d.wait_for(
+        "end of replay",
+        90,
+        "return document.getElementById('status').textContent.includes('End of the recorded run')",
+    )
+    .await;
     assert_eq!(d.step().await, last_movement + 1);
     let envs_after: Vec<_> = fs::read_dir(&env_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(envs_before.len(), envs_after.len(), "replay wrote environment files");
@@ -298,23 +361,39 @@ async fn live_reload_replay_and_demo_in_chromium() {
     compress(&storage, SIM, &compressed).unwrap();
     d.goto(&format!("{base}/demo/{SIM}/{start}/4/")).await;
     d.assert_scene_rendered(&["John_Lin", "Eddy_Lin"]).await;
-    d.wait_for("demo to pass 2 steps", 60, &format!("return Number(document.getElementById('step').textContent) >= {}", start + 2)).await;
+    d.wait_for(
+        "demo to pass 2 steps",
+        60,
+        &format!("return Number(document.getElementById('step').textContent) >= {}", start + 2),
+    )
+    .await;
     assert!(!d.text("current_action__John_Lin").await.trim().is_empty());
     lap("demo started");
     d.screenshot("demo.png").await;
-    d.wait_for("the demo's end message", 120, "return document.getElementById('status').textContent.includes('End of the run')").await;
+    d.wait_for(
+        "the demo's end message",
+        120,
+        "return document.getElementById('status').textContent.includes('End of the run')",
+    )
+    .await;
     assert_eq!(d.step().await, last_movement + 1);
     lap("demo ended");
 
     // The path tester draws the map and reports the camera position to temp_storage.
     d.goto(&format!("{base}/path_tester/")).await;
-    d.wait_for("the path tester's tile readout", 30, "return document.getElementById('tile').textContent.startsWith('(')").await;
+    d.wait_for(
+        "the path tester's tile readout",
+        30,
+        "return document.getElementById('tile').textContent.startsWith('(')",
+    )
+    .await;
     let probe = root.path().join("temp_storage/path_tester_env.json");
     let t0 = Instant::now();
     while !probe.is_file() && t0.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let camera: Value = serde_json::from_str(&fs::read_to_string(&probe).expect("path_tester_env.json written")).unwrap();
+    let camera: Value =
+        serde_json::from_str(&fs::read_to_string(&probe).expect("path_tester_env.json written")).unwrap();
     assert_eq!(camera["maze"], "the_ville");
     assert!(camera["x"].as_f64().is_some() && camera["y"].as_f64().is_some(), "{camera}");
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use propersim::storage::compress::compress;
+use propersim::storage::sim::copy_tree;
 use propersim::web::test_double::CopyEnvToMovement;
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
-use propersim::storage::sim::copy_tree;
 use serde_json::{json, Value};
 
 const SIM: &str = "fixture_sim";
@@ -29,8 +29,14 @@ fn write(p: &Path, text: &str) {
 /// A small sim: two personas, environment/0.json, movement/0..=2, saved memories with gaps.
 fn make_fixture(root: &Path) {
     let s = root.join("storage").join(SIM);
-    write(&s.join("reverie/meta.json"), r#"{"fork_sim_code": "seed", "start_date": "February 13, 2025", "curr_time": "February 13, 2025, 00:00:00", "sec_per_step": 150, "maze_name": "the_ville", "persona_names": ["John Lin", "Eddy Lin"], "step": 0}"#);
-    write(&s.join("environment/0.json"), r#"{"John Lin": {"maze": "the_ville", "x": 5, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}"#);
+    write(
+        &s.join("reverie/meta.json"),
+        r#"{"fork_sim_code": "seed", "start_date": "February 13, 2025", "curr_time": "February 13, 2025, 00:00:00", "sec_per_step": 150, "maze_name": "the_ville", "persona_names": ["John Lin", "Eddy Lin"], "step": 0}"#,
+    );
+    write(
+        &s.join("environment/0.json"),
+        r#"{"John Lin": {"maze": "the_ville", "x": 5, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}"#,
+    );
     for (i, x) in [6, 7, 7].iter().enumerate() {
         let mv = json!({"persona": {
             "John Lin": {"movement": [x, 10], "pronunciatio": "☕", "description": format!("act {i} @ the Ville:house:kitchen"), "chat": null,
@@ -43,7 +49,10 @@ fn make_fixture(root: &Path) {
     for name in ["John Lin", "Eddy Lin"] {
         let b = s.join("personas").join(name).join("bootstrap_memory");
         write(&b.join("scratch.json"), &json!({"first_name": name.split(' ').next(), "age": 40, "curr_tile": null, "daily_req": ["sleep", "work"], "f_daily_schedule": [["sleeping", 360]], "innate": null}).to_string());
-        write(&b.join("associative_memory/nodes.json"), r#"{"node_9": {"type": "event", "created": "2025-02-13 00:10:00", "description": "newest event"}, "node_2": {"type": "event", "created": "2025-02-13 00:00:00", "description": "older event"}, "node_5": {"type": "chat", "created": "2025-02-13 00:05:00", "description": "a chat", "filling": [["John Lin", "it's <late>"]]}, "node_6": {"type": "thought", "created": "2025-02-13 00:06:00", "description": "a thought", "depth": 1, "filling": ["node_2"]}}"#);
+        write(
+            &b.join("associative_memory/nodes.json"),
+            r#"{"node_9": {"type": "event", "created": "2025-02-13 00:10:00", "description": "newest event"}, "node_2": {"type": "event", "created": "2025-02-13 00:00:00", "description": "older event"}, "node_5": {"type": "chat", "created": "2025-02-13 00:05:00", "description": "a chat", "filling": [["John Lin", "it's <late>"]]}, "node_6": {"type": "thought", "created": "2025-02-13 00:06:00", "description": "a thought", "depth": 1, "filling": ["node_2"]}}"#,
+        );
     }
     // Map assets: only what the server itself reads (the sprite sheets); the browser test uses the real ones.
     write(&root.join("assets/characters/atlas.json"), r#"{"frames": []}"#);
@@ -86,7 +95,14 @@ impl Server {
     }
 
     async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
-        let r = self.client.post(format!("{}{path}", self.base)).header("content-type", "text/plain;charset=UTF-8").body(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 }
@@ -113,7 +129,9 @@ async fn landing_static_and_slashes() {
     let r = s.client.get(format!("{}/static/js/ville_map.js", s.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let js = r.text().await.unwrap();
-    assert!(js.contains("the_ville_jan7.json") && js.contains("CuteRPG_Forest_C.png") && js.contains("blocks/blocks_1.png"));
+    assert!(
+        js.contains("the_ville_jan7.json") && js.contains("CuteRPG_Forest_C.png") && js.contains("blocks/blocks_1.png")
+    );
     let r = s.client.get(format!("{}/static/assets/characters/atlas.json", s.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -189,7 +207,13 @@ async fn replay_page_and_bad_urls() {
 #[tokio::test]
 async fn update_environment_shapes_and_errors() {
     let s = Server::start(None).await;
-    let r = s.client.post(format!("{}/update_environment/", s.base)).body(format!(r#"{{"step": 1, "sim_code": "{SIM}"}}"#)).send().await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/update_environment/", s.base))
+        .body(format!(r#"{{"step": 1, "sim_code": "{SIM}"}}"#))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     let text = r.text().await.unwrap();
@@ -201,7 +225,11 @@ async fn update_environment_shapes_and_errors() {
 
     let (st, body) = s.post("/update_environment/", format!(r#"{{"step": "2", "sim_code": "{SIM}"}}"#)).await;
     assert_eq!(st, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["<step>"], json!("2"), "string steps are echoed as strings");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["<step>"],
+        json!("2"),
+        "string steps are echoed as strings"
+    );
     let (st, body) = s.post("/update_environment/", format!(r#"{{"step": 7, "sim_code": "{SIM}"}}"#)).await;
     assert_eq!((st, body.as_str()), (200, r#"{"<step>": -1}"#));
 
@@ -234,7 +262,14 @@ async fn update_environment_shapes_and_errors() {
 async fn process_environment_writes_python_format_without_live_sim() {
     let s = Server::start(None).await;
     let env = r#"{"step": 3, "sim_code": "fixture_sim", "environment": {"John Lin": {"maze": "the_ville", "x": 7, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}}"#;
-    let r = s.client.post(format!("{}/process_environment/", s.base)).header("content-type", "text/plain;charset=UTF-8").body(env).send().await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/process_environment/", s.base))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(env)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert_eq!(r.text().await.unwrap(), "received");
@@ -281,31 +316,43 @@ async fn live_sim_drives_the_step_loop() {
     for step in 3..6 {
         let env = json!({"John Lin": {"maze": "the_ville", "x": tiles["John Lin"][0], "y": tiles["John Lin"][1]},
                          "Eddy Lin": {"maze": "the_ville", "x": tiles["Eddy Lin"][0], "y": tiles["Eddy Lin"][1]}});
-        let (st, _) = live.post("/process_environment/", json!({"step": step, "sim_code": SIM, "environment": env}).to_string()).await;
+        let (st, _) = live
+            .post("/process_environment/", json!({"step": step, "sim_code": SIM, "environment": env}).to_string())
+            .await;
         assert_eq!(st, 200);
         let (st, body) = live.post("/update_environment/", json!({"step": step, "sim_code": SIM}).to_string()).await;
         assert_eq!(st, 200);
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["<step>"], json!(step), "{body}");
         assert!(v["persona"]["Eddy Lin"]["suggestion"].as_str().unwrap().contains("suggestion"));
-        tiles = json!({"John Lin": v["persona"]["John Lin"]["movement"], "Eddy Lin": v["persona"]["Eddy Lin"]["movement"]});
+        tiles =
+            json!({"John Lin": v["persona"]["John Lin"]["movement"], "Eddy Lin": v["persona"]["Eddy Lin"]["movement"]});
         assert_eq!(double.current_step(), step + 1);
     }
-    let env5: Value = serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/environment/5.json"))).unwrap()).unwrap();
-    let mv4: Value = serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/movement/4.json"))).unwrap()).unwrap();
+    let env5: Value =
+        serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/environment/5.json"))).unwrap()).unwrap();
+    let mv4: Value =
+        serde_json::from_str(&fs::read_to_string(storage.join(format!("{SIM}/movement/4.json"))).unwrap()).unwrap();
     assert_eq!(json!([env5["John Lin"]["x"], env5["John Lin"]["y"]]), mv4["persona"]["John Lin"]["movement"]);
     // Reloading resumes at the engine's step, now with the environment still to post.
     let (_, body) = live.get("/simulator_home").await;
     assert!(body.contains(r#"<span id="step">6</span>"#));
     // A stale tab posting an old step is refused and the file kept.
     let env3 = fs::read(storage.join(format!("{SIM}/environment/3.json"))).unwrap();
-    let (st, body) = live.post("/process_environment/", json!({"step": 3, "sim_code": SIM, "environment": {"John Lin": {"maze": "the_ville", "x": 1, "y": 1}}}).to_string()).await;
+    let (st, body) = live
+        .post(
+            "/process_environment/",
+            json!({"step": 3, "sim_code": SIM, "environment": {"John Lin": {"maze": "the_ville", "x": 1, "y": 1}}})
+                .to_string(),
+        )
+        .await;
     assert_eq!(st, 409, "{body}");
     assert!(body.contains("next step (6)"), "{body}");
     assert_eq!(fs::read(storage.join(format!("{SIM}/environment/3.json"))).unwrap(), env3);
     // Replay tabs cannot write into a live server's storage for another sim.
     fs::create_dir_all(storage.join("other_sim/environment")).unwrap();
-    let (st, body) = live.post("/process_environment/", r#"{"step": 0, "sim_code": "other_sim", "environment": {}}"#).await;
+    let (st, body) =
+        live.post("/process_environment/", r#"{"step": 0, "sim_code": "other_sim", "environment": {}}"#).await;
     assert_eq!(st, 409, "{body}");
     assert!(!storage.join("other_sim/environment/0.json").exists());
     // Pause and play.
@@ -344,10 +391,15 @@ async fn junk_input_gets_4xx_never_a_crash() {
     let s = Server::start(Some(CopyEnvToMovement::new(PathBuf::from("/nonexistent"), SIM, 0, Duration::ZERO))).await;
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let bodies: Vec<String> = vec![
-        String::new(), "null".into(), "\u{0}".into(), "{\"step\": 1e400, \"sim_code\": \"x\"}".into(), deep,
+        String::new(),
+        "null".into(),
+        "\u{0}".into(),
+        "{\"step\": 1e400, \"sim_code\": \"x\"}".into(),
+        deep,
         "{\"step\": 18446744073709551615, \"sim_code\": \"fixture_sim\", \"environment\": {}}".into(),
         "{\"step\": \"9999999999999999999\", \"sim_code\": \"fixture_sim\"}".into(),
-        "{\"step\": 1, \"sim_code\": \"\\u00e9t\\u00e9\"}".into(), "{\"camera\": null, \"paused\": null}".into(),
+        "{\"step\": 1, \"sim_code\": \"\\u00e9t\\u00e9\"}".into(),
+        "{\"camera\": null, \"paused\": null}".into(),
         String::from_utf8_lossy(&[0xff, 0xfe, 0x00]).into_owned(),
     ];
     for path in ["/update_environment/", "/process_environment/", "/path_tester_update/", "/live_control/"] {
@@ -356,8 +408,15 @@ async fn junk_input_gets_4xx_never_a_crash() {
             assert!((400..500).contains(&st) || st == 200, "{path} {b:.40} -> {st} {body}");
         }
     }
-    for path in ["/replay/x/99999999999999999999/", "/demo/x/1/99999999999999999999/", "/replay_persona_state/%00/1/a/", "/replay/%C3%A9/1/",
-                 "/demo/fixture_sim/18446744073709551615/1/", "/replay_persona_state/fixture_sim/1/_/", "/replay_persona_state/fixture_sim/1/%20x/"] {
+    for path in [
+        "/replay/x/99999999999999999999/",
+        "/demo/x/1/99999999999999999999/",
+        "/replay_persona_state/%00/1/a/",
+        "/replay/%C3%A9/1/",
+        "/demo/fixture_sim/18446744073709551615/1/",
+        "/replay_persona_state/fixture_sim/1/_/",
+        "/replay_persona_state/fixture_sim/1/%20x/",
+    ] {
         let (st, body) = s.get(path).await;
         assert!((400..500).contains(&st), "{path} -> {st} {body}");
     }
@@ -371,9 +430,13 @@ async fn path_tester_routes() {
     let (st, body) = s.get("/path_tester/").await;
     assert_eq!(st, 200);
     assert!(body.contains("/static/js/ville_map.js") && body.contains("/static/js/path_tester.js"));
-    let (st, body) = s.post("/path_tester_update/", r#"{"camera": {"maze": "the_ville", "x": 240.5, "y": 352.0}}"#).await;
+    let (st, body) =
+        s.post("/path_tester_update/", r#"{"camera": {"maze": "the_ville", "x": 240.5, "y": 352.0}}"#).await;
     assert_eq!((st, body.as_str()), (200, "received"));
-    assert_eq!(fs::read_to_string(s.path("temp_storage/path_tester_env.json")).unwrap(), "{\n  \"maze\": \"the_ville\",\n  \"x\": 240.5,\n  \"y\": 352.0\n}");
+    assert_eq!(
+        fs::read_to_string(s.path("temp_storage/path_tester_env.json")).unwrap(),
+        "{\n  \"maze\": \"the_ville\",\n  \"x\": 240.5,\n  \"y\": 352.0\n}"
+    );
     assert_eq!(s.post("/path_tester_update/", r#"{"cam": {}}"#).await.0, 400);
     assert_eq!(s.get("/path_tester_update/").await.0, 405);
 }
@@ -390,7 +453,10 @@ async fn demo_from_compressed_storage() {
     assert!(body.contains("let step_size = 150 * 1000;"));
     assert!(body.contains(r#"let start_datetime = "2025-02-13T00:02:30";"#), "{body}");
     assert!(body.contains("/static/js/ville_map.js") && body.contains("/static/js/game.js"));
-    assert!(body.contains(r#""assistant_log":{"1":"#) && body.contains("suggestion 2"), "assistant fields kept for the demo: {body}");
+    assert!(
+        body.contains(r#""assistant_log":{"1":"#) && body.contains("suggestion 2"),
+        "assistant fields kept for the demo: {body}"
+    );
     assert!(!body.contains(r#""0":{"curr_time""#), "log starts at the demo's step");
     for id in ["current_action__John_Lin", "chat__Eddy_Lin"] {
         assert!(body.contains(&format!("id=\"{id}\"")));
@@ -413,7 +479,10 @@ async fn persona_state_page() {
     let older = body.find("older event").unwrap();
     assert!(newest < older, "events newest first");
     assert!(body.contains("[node_9]") && body.contains("[node_6]") && body.contains("[node_5]"));
-    assert!(body.contains("it&#x27;s &lt;late&gt;") || body.contains("it&#39;s &lt;late&gt;"), "chat text escaped: {body}");
+    assert!(
+        body.contains("it&#x27;s &lt;late&gt;") || body.contains("it&#39;s &lt;late&gt;"),
+        "chat text escaped: {body}"
+    );
     assert!(body.contains("None"), "null shown as None");
     assert!(body.contains("[&#x27;sleeping&#x27;, 360]") || body.contains("[&#39;sleeping&#39;, 360]"));
     // Falls back to compressed storage when the live folder is gone.
@@ -450,8 +519,12 @@ async fn original_seed_replays_and_shows_state() {
     assert!(body.contains("John"));
     let (st, body) = s.post("/update_environment/", format!(r#"{{"step": 0, "sim_code": "{seed}"}}"#)).await;
     assert_eq!((st, body.as_str()), (200, r#"{"<step>": -1}"#));
-    let r = s.client.get(format!("{}/static/assets/the_ville/visuals/map_assets/v1/interiors_pt1.png", s.base)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!("{}/static/assets/the_ville/visuals/map_assets/v1/interiors_pt1.png", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
 }
-

@@ -21,11 +21,18 @@ fn shared_frontend() -> Option<PathBuf> {
         let p = PathBuf::from(v);
         return [p.join("frontend_server"), p].into_iter().find(|c| c.join("static_dirs").is_dir());
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().skip(1).take(2).map(|a| a.join("shared/frontend_server")).find(|p| p.join("static_dirs").is_dir())
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|a| a.join("shared/frontend_server"))
+        .find(|p| p.join("static_dirs").is_dir())
 }
 
 fn shared_assets(test: &str) -> Option<PathBuf> {
-    let p = shared_frontend().map(|f| f.join("static_dirs/assets")).filter(|p| p.join("the_ville/matrix/maze_meta_info.json").is_file());
+    let p = shared_frontend()
+        .map(|f| f.join("static_dirs/assets"))
+        .filter(|p| p.join("the_ville/matrix/maze_meta_info.json").is_file());
     if p.is_none() {
         println!("PROPERSIM-SKIP: {test}: the original map assets (../shared/frontend_server/static_dirs/assets or $PROPERSIM_SHARED) are missing");
     }
@@ -114,7 +121,10 @@ fn fixture_maze_loads_with_addresses() {
     assert!(m.address_tiles("Tiny Town:Ruiz flat:garden").is_empty());
     assert_eq!(m.address_tiles("Tiny Town:Ruiz flat").len(), 12 * 8);
 
-    assert_eq!(m.arenas("Tiny Town:Ruiz flat"), vec!["Ana Ruiz's bedroom", "Theo Park's room", "bathroom", "living room", "kitchen"]);
+    assert_eq!(
+        m.arenas("Tiny Town:Ruiz flat"),
+        vec!["Ana Ruiz's bedroom", "Theo Park's room", "bathroom", "living room", "kitchen"]
+    );
     assert_eq!(m.objects("Tiny Town:Ruiz flat:kitchen"), vec!["cooking area", "kitchen sink", "refrigerator"]);
     assert_eq!(m.objects("Tiny Town:Ruiz flat:Ana Ruiz's bedroom"), vec!["bed", "closet", "desk"]);
     assert!(m.objects("Tiny Town:Ruiz flat").is_empty() && m.arenas("nonsense").is_empty());
@@ -193,23 +203,30 @@ fn fixture_nearby_tiles_reach_the_last_row_and_column() {
 fn fixture_seed_agrees_with_the_fixture_maze() {
     let m = Maze::load(&fixture_assets()).unwrap();
     let seed = fixture_seed();
-    let env: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(seed.join("environment/0.json")).unwrap()).unwrap();
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(seed.join("environment/0.json")).unwrap()).unwrap();
     let tile = |who: &str| (env[who]["x"].as_u64().unwrap() as usize, env[who]["y"].as_u64().unwrap() as usize);
     assert!(!m.is_walkable(tile("Ana Ruiz").0, tile("Ana Ruiz").1), "Ana starts on a wall tile like John");
     assert!(m.is_walkable(tile("Theo Park").0, tile("Theo Park").1));
     for who in ["Ana Ruiz", "Theo Park"] {
-        let mem = SpatialMemory::load(&seed.join(format!("personas/{who}/bootstrap_memory/spatial_memory.json"))).unwrap();
+        let mem =
+            SpatialMemory::load(&seed.join(format!("personas/{who}/bootstrap_memory/spatial_memory.json"))).unwrap();
         for (w, sectors) in &mem.tree {
             for (s, arenas) in sectors {
                 for (a, objects) in arenas {
                     for o in objects {
-                        assert!(m.has_address(&format!("{w}:{s}:{a}:{o}")), "{who} knows {w}:{s}:{a}:{o}, which is not on the map");
+                        assert!(
+                            m.has_address(&format!("{w}:{s}:{a}:{o}")),
+                            "{who} knows {w}:{s}:{a}:{o}, which is not on the map"
+                        );
                     }
                 }
             }
         }
-        let scratch: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(seed.join(format!("personas/{who}/bootstrap_memory/scratch.json"))).unwrap()).unwrap();
+        let scratch: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(seed.join(format!("personas/{who}/bootstrap_memory/scratch.json"))).unwrap(),
+        )
+        .unwrap();
         let area = scratch["living_area"].as_str().unwrap();
         assert!(m.has_address(area), "{who}'s living area {area}");
     }
@@ -231,8 +248,14 @@ fn fixture_spatial_memory_perceives_and_round_trips() {
     // Standing in her bedroom with vision 8 she sees the kitchen; it is appended, order kept.
     let added = mem.perceive(&m, (2, 2), 8);
     assert_eq!(added, 4, "kitchen + its three objects");
-    assert_eq!(mem.arenas_in("Tiny Town", "Ruiz flat"), vec!["Ana Ruiz's bedroom", "living room", "bathroom", "Theo Park's room", "kitchen"]);
-    assert_eq!(mem.objects_in("Tiny Town", "Ruiz flat", "kitchen"), vec!["cooking area", "kitchen sink", "refrigerator"]);
+    assert_eq!(
+        mem.arenas_in("Tiny Town", "Ruiz flat"),
+        vec!["Ana Ruiz's bedroom", "living room", "bathroom", "Theo Park's room", "kitchen"]
+    );
+    assert_eq!(
+        mem.objects_in("Tiny Town", "Ruiz flat", "kitchen"),
+        vec!["cooking area", "kitchen sink", "refrigerator"]
+    );
     assert_eq!(mem.perceive(&m, (2, 2), 8), 0, "nothing new the second time");
     mem.save(&out).unwrap();
     assert_eq!(SpatialMemory::load(&out).unwrap(), mem);
@@ -247,7 +270,10 @@ fn fixture_spatial_memory_perceives_and_round_trips() {
     let mut tester = SpatialMemory::new();
     tester.perceive_same_arena(&m, (2, 5), 8);
     assert_eq!(tester.arenas_in("Tiny Town", "Ruiz flat"), vec!["living room"]);
-    assert_eq!(tester.objects_in("Tiny Town", "Ruiz flat", "living room"), vec!["common room sofa", "shelf", "common room table"]);
+    assert_eq!(
+        tester.objects_in("Tiny Town", "Ruiz flat", "living room"),
+        vec!["common room sofa", "shelf", "common room table"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +377,10 @@ fn shared_object_tiles_resolve_to_their_addresses() {
     assert!(garden.iter().all(|&(x, y)| (15..=19).contains(&y) && m.is_walkable(x, y)));
     assert_eq!(m.spawn_tiles("sp-A"), &[(4, 11), (7, 11)]);
     assert_eq!(m.spawn_tiles("sp-B"), &[(5, 11), (8, 11)]);
-    assert_eq!(m.arenas(HOUSE), vec!["common room", "kitchen", "bathroom", "Mei and John Lin's bedroom", "Eddy Lin's bedroom", "garden"]);
+    assert_eq!(
+        m.arenas(HOUSE),
+        vec!["common room", "kitchen", "bathroom", "Mei and John Lin's bedroom", "Eddy Lin's bedroom", "garden"]
+    );
 }
 
 #[test]
@@ -411,19 +440,26 @@ fn shared_nearby_tiles_and_perception() {
     assert!(!mem.arenas_in("the Ville", "Lin family's house").contains(&"kitchen"));
     mem.perceive(&m, (5, 10), 8);
     assert!(mem.arenas_in("the Ville", "Lin family's house").contains(&"kitchen"));
-    assert_eq!(mem.objects_in("the Ville", "Lin family's house", "kitchen"), vec!["kitchen sink", "cooking area", "refrigerator"]);
+    assert_eq!(
+        mem.objects_in("the Ville", "Lin family's house", "kitchen"),
+        vec!["kitchen sink", "cooking area", "refrigerator"]
+    );
 }
 
 #[test]
 fn shared_seed_spatial_memories_round_trip() {
     let Some(front) = shared_frontend().filter(|f| f.join("storage").is_dir()) else {
-        println!("PROPERSIM-SKIP: shared_seed_spatial_memories_round_trip: ../shared/frontend_server/storage is missing");
+        println!(
+            "PROPERSIM-SKIP: shared_seed_spatial_memories_round_trip: ../shared/frontend_server/storage is missing"
+        );
         return;
     };
     let d = tempfile::tempdir().unwrap();
     for n in 1..=32 {
         for who in ["John Lin", "Eddy Lin"] {
-            let p = front.join(format!("storage/base_the_ville_persona_{n}/personas/{who}/bootstrap_memory/spatial_memory.json"));
+            let p = front.join(format!(
+                "storage/base_the_ville_persona_{n}/personas/{who}/bootstrap_memory/spatial_memory.json"
+            ));
             let mem = SpatialMemory::load(&p).unwrap();
             let out = d.path().join("s.json");
             mem.save(&out).unwrap();
@@ -464,7 +500,8 @@ fn shared_full_ville_loads() {
 fn bench_paths() {
     let Some(assets) = shared_assets("bench_paths") else { return };
     let m = Maze::load(&assets).unwrap();
-    let objects: Vec<Pos> = m.addresses().filter(|a| a.matches(':').count() == 3).flat_map(|a| m.address_tiles(a).to_vec()).collect();
+    let objects: Vec<Pos> =
+        m.addresses().filter(|a| a.matches(':').count() == 3).flat_map(|a| m.address_tiles(a).to_vec()).collect();
     let t0 = std::time::Instant::now();
     let mut n = 0u64;
     for _ in 0..20 {
@@ -495,5 +532,9 @@ fn bench_paths() {
         big.address_tiles("the Ville:Lin family's house:kitchen:refrigerator")[0],
         big.address_tiles("the Ville:Hobbs Cafe:cafe:behind the cafe counter")[0],
     );
-    println!("one cross-town path on 140x100: {:.1} us, {} tiles", t0.elapsed().as_secs_f64() * 1e6, far.map_or(0, |p| p.len()));
+    println!(
+        "one cross-town path on 140x100: {:.1} us, {} tiles",
+        t0.elapsed().as_secs_f64() * 1e6,
+        far.map_or(0, |p| p.len())
+    );
 }

@@ -29,7 +29,15 @@ pub const W_RECENCY: f32 = 0.5;
 pub const RECENCY_DECAY: f32 = 0.995;
 
 /// The text a memory record holds at a memory level: action, suggestion, score, reason.
-pub fn record_text(level: MemoryLevel, user: &str, action: &str, suggestion: &str, score: &str, reason: &str, rng: &mut ChaCha8Rng) -> String {
+pub fn record_text(
+    level: MemoryLevel,
+    user: &str,
+    action: &str,
+    suggestion: &str,
+    score: &str,
+    reason: &str,
+    rng: &mut ChaCha8Rng,
+) -> String {
     let mut t = format!("{user}'s action: {action}");
     if level.includes_suggestion() {
         t.push_str(&format!("\nAssistant's suggestion: {suggestion}"));
@@ -76,7 +84,11 @@ impl AssistantMemory {
                     return 0.0;
                 }
                 let (dot, nn) = dot_and_sq_norm(&r.embedding, focal);
-                if nn == 0.0 { 0.0 } else { dot / (nn.sqrt() * focal_norm) }
+                if nn == 0.0 {
+                    0.0
+                } else {
+                    dot / (nn.sqrt() * focal_norm)
+                }
             })
             .collect();
         let mut rec = vec![0f32; n];
@@ -109,7 +121,8 @@ impl AssistantMemory {
         picks.dedup();
         // Entries already shown under "this hour" are not repeated.
         let hour_steps: Vec<u64> = self.structured.hour.iter().map(|i| i.step).collect();
-        let extra: Vec<&Record> = picks.iter().map(|&i| &self.all[i]).filter(|r| !hour_steps.contains(&r.step)).collect();
+        let extra: Vec<&Record> =
+            picks.iter().map(|&i| &self.all[i]).filter(|r| !hour_steps.contains(&r.step)).collect();
         if !extra.is_empty() {
             out.push_str("Related moments:\n");
             for r in extra {
@@ -169,7 +182,13 @@ mod tests {
     use rand::SeedableRng;
 
     fn rec(step: u64, e: Vec<f32>) -> Record {
-        Record { step, time: chrono::NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(8, 0, 0).unwrap(), text: format!("r{step}"), recommended: true, embedding: e }
+        Record {
+            step,
+            time: chrono::NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(8, 0, 0).unwrap(),
+            text: format!("r{step}"),
+            recommended: true,
+            embedding: e,
+        }
     }
 
     #[test]

@@ -32,5 +32,8 @@ Otherwise give one concise, specific suggestion that fits the moment, in English
 
 /// User prompt: memory, then the current moment.
 pub fn user(memory: &str, time: &str, user: &str, action: &str, mode: ReasonMode) -> String {
-    format!("[MEMORY]\n{memory}\n[ACTION]\n{time}\n{user}'s action: {user} is {action}.\n\nAnswer in the format {}", format_hint(mode))
+    format!(
+        "[MEMORY]\n{memory}\n[ACTION]\n{time}\n{user}'s action: {user} is {action}.\n\nAnswer in the format {}",
+        format_hint(mode)
+    )
 }

@@ -76,7 +76,11 @@ impl Task for Suggest<'_> {
             "Call a friend for a short chat after {a}.",
             "Set a timer so {a} doesn't eat the whole afternoon.",
         ];
-        let s = if rng.gen_bool(0.45) { NO_REC.to_string() } else { IDEAS.choose(rng).expect("non-empty").replace("{a}", self.action) };
+        let s = if rng.gen_bool(0.45) {
+            NO_REC.to_string()
+        } else {
+            IDEAS.choose(rng).expect("non-empty").replace("{a}", self.action)
+        };
         match self.mode {
             ReasonMode::None => json!({ "Suggestion": s }).to_string(),
             ReasonMode::After => format!("{{\"Suggestion\": {}, \"Reason\": \"It suits the moment.\"}}", json!(s)),

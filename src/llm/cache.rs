@@ -107,16 +107,26 @@ struct ReplyKeyParts<'a> {
 }
 
 /// The content address of one reply.
-pub fn reply_key(provider: &str, model: &str, messages: &[Message], sampling: &Sampling, adapter_version: u64, attempt: u32) -> String {
+pub fn reply_key(
+    provider: &str,
+    model: &str,
+    messages: &[Message],
+    sampling: &Sampling,
+    adapter_version: u64,
+    attempt: u32,
+) -> String {
     let parts = ReplyKeyParts { v: KEY_VERSION, provider, model, messages, sampling, adapter_version, attempt };
     // Serializing plain structs and strings cannot fail; fall back to Debug text just in case.
-    let bytes = serde_json::to_vec(&parts).unwrap_or_else(|_| format!("{provider}{model}{messages:?}{sampling:?}{adapter_version}{attempt}").into_bytes());
+    let bytes = serde_json::to_vec(&parts).unwrap_or_else(|_| {
+        format!("{provider}{model}{messages:?}{sampling:?}{adapter_version}{attempt}").into_bytes()
+    });
     hex::encode(Sha256::digest(&bytes))
 }
 
 /// The content address of one embedding.
 pub fn embed_key(provider: &str, model: &str, text: &str) -> String {
-    let bytes = serde_json::to_vec(&(KEY_VERSION, "embed", provider, model, text)).unwrap_or_else(|_| text.as_bytes().to_vec());
+    let bytes =
+        serde_json::to_vec(&(KEY_VERSION, "embed", provider, model, text)).unwrap_or_else(|_| text.as_bytes().to_vec());
     hex::encode(Sha256::digest(&bytes))
 }
 

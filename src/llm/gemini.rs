@@ -21,7 +21,9 @@ pub struct GeminiProvider {
 
 impl GeminiProvider {
     pub fn new(rc: &RoleConfig) -> anyhow::Result<GeminiProvider> {
-        Ok(GeminiProvider { http: HttpCaller::new(rc, AuthStyle::Header("x-goog-api-key"), DEFAULT_BASE_URL, DEFAULT_KEY_ENV)? })
+        Ok(GeminiProvider {
+            http: HttpCaller::new(rc, AuthStyle::Header("x-goog-api-key"), DEFAULT_BASE_URL, DEFAULT_KEY_ENV)?,
+        })
     }
 
     pub fn with_policy(mut self, policy: HttpPolicy) -> Self {
@@ -92,19 +94,34 @@ pub fn generate_body(req: &ChatRequest) -> Value {
 /// a bad reply (the task may retry or fall back), not a transport failure.
 pub fn parse_generate(v: &Value) -> Result<ChatReply, ProviderError> {
     let Some(cand) = v.pointer("/candidates/0") else {
-        let why = v.pointer("/promptFeedback/blockReason").and_then(Value::as_str).map(|r| format!("the prompt was blocked ({r})"));
-        return Err(ProviderError::Malformed(why.unwrap_or_else(|| format!("no `candidates` in the reply: {}", short(v)))));
+        let why = v
+            .pointer("/promptFeedback/blockReason")
+            .and_then(Value::as_str)
+            .map(|r| format!("the prompt was blocked ({r})"));
+        return Err(ProviderError::Malformed(
+            why.unwrap_or_else(|| format!("no `candidates` in the reply: {}", short(v))),
+        ));
     };
     let parts = cand.pointer("/content/parts").and_then(Value::as_array);
     let text: String = parts
-        .map(|ps| ps.iter().filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true)).filter_map(|p| p.get("text").and_then(Value::as_str)).collect())
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect()
+        })
         .unwrap_or_default();
     if parts.is_none() {
         let reason = cand.get("finishReason").and_then(Value::as_str).unwrap_or("unknown");
         return Err(ProviderError::Malformed(format!("the candidate has no text (finishReason: {reason})")));
     }
     let tok = |k: &str| v.pointer(&format!("/usageMetadata/{k}")).and_then(Value::as_u64).unwrap_or(0);
-    Ok(ChatReply { text, prompt_tokens: tok("promptTokenCount"), completion_tokens: tok("candidatesTokenCount"), retries: 0 })
+    Ok(ChatReply {
+        text,
+        prompt_tokens: tok("promptTokenCount"),
+        completion_tokens: tok("candidatesTokenCount"),
+        retries: 0,
+    })
 }
 
 impl ChatProvider for GeminiProvider {
@@ -128,21 +145,33 @@ impl ChatProvider for GeminiProvider {
                     let url = self.url(model, "embedContent")?;
                     let body = json!({"model": format!("models/{id}"), "content": content(one)});
                     let extract = |v: &Value| {
-                        floats(v.pointer("/embedding/values")).map(|e| vec![e]).ok_or_else(|| ProviderError::Malformed(format!("no `embedding.values` in the reply: {}", short(v))))
+                        floats(v.pointer("/embedding/values")).map(|e| vec![e]).ok_or_else(|| {
+                            ProviderError::Malformed(format!("no `embedding.values` in the reply: {}", short(v)))
+                        })
                     };
                     Ok(self.http.post_json(&url, &body, extract).await?.0)
                 }
                 many => {
                     let url = self.url(model, "batchEmbedContents")?;
-                    let requests: Vec<Value> = many.iter().map(|t| json!({"model": format!("models/{id}"), "content": content(t)})).collect();
+                    let requests: Vec<Value> =
+                        many.iter().map(|t| json!({"model": format!("models/{id}"), "content": content(t)})).collect();
                     let extract = |v: &Value| -> Result<Vec<Vec<f32>>, ProviderError> {
-                        let list = v.get("embeddings").and_then(Value::as_array).ok_or_else(|| ProviderError::Malformed(format!("no `embeddings` in the reply: {}", short(v))))?;
+                        let list = v.get("embeddings").and_then(Value::as_array).ok_or_else(|| {
+                            ProviderError::Malformed(format!("no `embeddings` in the reply: {}", short(v)))
+                        })?;
                         if list.len() != many.len() {
-                            return Err(ProviderError::Malformed(format!("asked for {} embeddings, got {}", many.len(), list.len())));
+                            return Err(ProviderError::Malformed(format!(
+                                "asked for {} embeddings, got {}",
+                                many.len(),
+                                list.len()
+                            )));
                         }
                         list.iter()
                             .enumerate()
-                            .map(|(i, e)| floats(e.get("values")).ok_or_else(|| ProviderError::Malformed(format!("embedding {i} has no `values`"))))
+                            .map(|(i, e)| {
+                                floats(e.get("values"))
+                                    .ok_or_else(|| ProviderError::Malformed(format!("embedding {i} has no `values`")))
+                            })
                             .collect()
                     };
                     Ok(self.http.post_json(&url, &json!({"requests": requests}), extract).await?.0)
@@ -165,7 +194,12 @@ mod tests {
     fn body_maps_roles_and_config() {
         let req = ChatRequest {
             model: "gemini-2.0-flash".into(),
-            messages: vec![Message::system("be brief"), Message::user("hi"), Message::assistant("hello"), Message::user("again")],
+            messages: vec![
+                Message::system("be brief"),
+                Message::user("hi"),
+                Message::assistant("hello"),
+                Message::user("again"),
+            ],
             sampling: Sampling { temperature: Some(0.2), top_k: Some(5), max_tokens: Some(64), ..Sampling::default() },
         };
         let b = generate_body(&req);

@@ -106,7 +106,12 @@ impl HttpCaller {
     /// Ollama or llama.cpp server). A missing variable is not an error here, only when a
     /// request is made, so a replayed run needs no keys. A loopback `base_url` (a model server
     /// on this machine) bypasses any `HTTP(S)_PROXY`.
-    pub fn new(rc: &RoleConfig, auth: AuthStyle, default_base_url: &str, default_key_env: &str) -> anyhow::Result<HttpCaller> {
+    pub fn new(
+        rc: &RoleConfig,
+        auth: AuthStyle,
+        default_base_url: &str,
+        default_key_env: &str,
+    ) -> anyhow::Result<HttpCaller> {
         let base_url = rc.base_url.clone().unwrap_or_else(|| default_base_url.to_string());
         check_base_url(&base_url)?;
         let key_env = match (&rc.api_key_env, &rc.base_url) {
@@ -130,10 +135,9 @@ impl HttpCaller {
         if is_loopback(&base_url) {
             builder = builder.no_proxy();
         }
-        let client = builder
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
-        let key = key_env.as_deref().and_then(|v| std::env::var(v).ok()).filter(|k| !k.trim().is_empty()).map(ApiKey::new);
+        let client = builder.build().map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        let key =
+            key_env.as_deref().and_then(|v| std::env::var(v).ok()).filter(|k| !k.trim().is_empty()).map(ApiKey::new);
         Ok(HttpCaller {
             client,
             base_url,
@@ -232,7 +236,10 @@ impl HttpCaller {
             200..=299 => match serde_json::from_str::<Value>(&text) {
                 Ok(v) => Outcome::Done(v),
                 Err(e) => Outcome::Retry {
-                    message: self.scrub(&format!("the server's reply is not valid JSON ({e}); it starts with: {}", snippet(&text))),
+                    message: self.scrub(&format!(
+                        "the server's reply is not valid JSON ({e}); it starts with: {}",
+                        snippet(&text)
+                    )),
                     retry_after: None,
                 },
             },
@@ -397,7 +404,11 @@ mod tests {
     fn urls_join() {
         assert_eq!(join_url("http://h/v1/", "/chat/completions"), "http://h/v1/chat/completions");
         assert_eq!(estimate_tokens(9), 3);
-        assert!(is_loopback("http://127.0.0.1:8000/v1") && is_loopback("http://localhost:11434/v1") && is_loopback("http://[::1]:80"));
+        assert!(
+            is_loopback("http://127.0.0.1:8000/v1")
+                && is_loopback("http://localhost:11434/v1")
+                && is_loopback("http://[::1]:80")
+        );
         assert!(!is_loopback("https://api.openai.com/v1") && !is_loopback("not a url"));
     }
 }

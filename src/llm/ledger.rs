@@ -122,7 +122,8 @@ impl LedgerTotals {
 /// A plain-text table for the end of a run.
 impl fmt::Display for LedgerTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head = ["role", "task", "calls", "fallbacks", "cached", "errors", "prompt tok", "completion tok", "cost USD"];
+        let head =
+            ["role", "task", "calls", "fallbacks", "cached", "errors", "prompt tok", "completion tok", "cost USD"];
         let row = |role: &str, task: &str, t: &Tally| -> [String; 9] {
             [
                 role.to_string(),
@@ -202,7 +203,8 @@ impl Ledger {
                 *f = Some(crate::storage::open_append(p)?);
             }
             let line = crate::storage::jsonl_bytes([e])?;
-            std::io::Write::write_all(f.as_mut().expect("opened above"), &line).with_context(|| format!("appending to {}", p.display()))?;
+            std::io::Write::write_all(f.as_mut().expect("opened above"), &line)
+                .with_context(|| format!("appending to {}", p.display()))?;
         }
         lock(&self.totals).add(e);
         Ok(())

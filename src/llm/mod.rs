@@ -85,7 +85,11 @@ pub enum ProviderError {
 /// Something that turns messages into text (and, optionally, text into vectors).
 pub trait ChatProvider: Send + Sync {
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>>;
-    fn embed<'a>(&'a self, _model: &'a str, _texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
+    fn embed<'a>(
+        &'a self,
+        _model: &'a str,
+        _texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
         Box::pin(async { Err(ProviderError::Other("this provider has no embeddings".into())) })
     }
     /// Short name for the ledger and the cache key (`openai`, `gemini`, `local`, ...).

@@ -39,7 +39,10 @@ impl OpenAiProvider {
 pub fn chat_body(req: &ChatRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(req.model));
-    body.insert("messages".into(), json!(req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>()));
+    body.insert(
+        "messages".into(),
+        json!(req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>()),
+    );
     let s = &req.sampling;
     if let Some(t) = s.temperature {
         body.insert("temperature".into(), json!(t));
@@ -72,7 +75,9 @@ pub fn parse_chat(v: &Value) -> Result<ChatReply, ProviderError> {
     let text = match choice.pointer("/message/content") {
         Some(Value::String(s)) => s.clone(),
         // Some servers return content as a list of parts.
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(""),
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+        }
         _ => {
             let reason = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("unknown");
             return Err(ProviderError::Malformed(format!("the reply has no message text (finish_reason: {reason})")));
@@ -84,14 +89,22 @@ pub fn parse_chat(v: &Value) -> Result<ChatReply, ProviderError> {
 
 /// `data[*].embedding`, ordered by `index`.
 pub fn parse_embeddings(v: &Value, expected: usize) -> Result<Vec<Vec<f32>>, ProviderError> {
-    let data = v.get("data").and_then(Value::as_array).ok_or_else(|| ProviderError::Malformed(format!("no `data` in the embeddings reply: {}", short(v))))?;
+    let data = v
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ProviderError::Malformed(format!("no `data` in the embeddings reply: {}", short(v))))?;
     let mut out: Vec<Option<Vec<f32>>> = vec![None; expected];
     for (pos, item) in data.iter().enumerate() {
         let idx = item.get("index").and_then(Value::as_u64).map(|i| i as usize).unwrap_or(pos);
-        let vec = floats(item.get("embedding")).ok_or_else(|| ProviderError::Malformed(format!("embedding {idx} is not a list of numbers")))?;
+        let vec = floats(item.get("embedding"))
+            .ok_or_else(|| ProviderError::Malformed(format!("embedding {idx} is not a list of numbers")))?;
         match out.get_mut(idx) {
             Some(slot) => *slot = Some(vec),
-            None => return Err(ProviderError::Malformed(format!("embedding index {idx} is out of range (asked for {expected})"))),
+            None => {
+                return Err(ProviderError::Malformed(format!(
+                    "embedding index {idx} is out of range (asked for {expected})"
+                )))
+            }
         }
     }
     out.into_iter()
@@ -147,7 +160,8 @@ mod tests {
 
     #[test]
     fn body_sends_extras_only_when_set() {
-        let mut req = ChatRequest { model: "m".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
+        let mut req =
+            ChatRequest { model: "m".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
         let b = chat_body(&req);
         assert!(b.get("top_k").is_none() && b.get("temperature").is_none());
         req.sampling.top_k = Some(40);
@@ -161,10 +175,14 @@ mod tests {
 
     #[test]
     fn parses_replies_and_errors() {
-        let r = parse_chat(&json!({"choices":[{"message":{"content":"hey"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}})).unwrap();
+        let r = parse_chat(
+            &json!({"choices":[{"message":{"content":"hey"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}),
+        )
+        .unwrap();
         assert_eq!((r.text.as_str(), r.prompt_tokens, r.completion_tokens), ("hey", 3, 1));
         assert!(matches!(parse_chat(&json!({"choices":[]})), Err(ProviderError::Malformed(_))));
-        let e = parse_embeddings(&json!({"data":[{"index":1,"embedding":[1.0]},{"index":0,"embedding":[2.0]}]}), 2).unwrap();
+        let e = parse_embeddings(&json!({"data":[{"index":1,"embedding":[1.0]},{"index":0,"embedding":[2.0]}]}), 2)
+            .unwrap();
         assert_eq!(e, vec![vec![2.0], vec![1.0]]);
         assert!(parse_embeddings(&json!({"data":[{"index":0,"embedding":[2.0]}]}), 2).is_err());
     }

@@ -43,7 +43,13 @@ pub struct StructuredMemory {
 
 impl StructuredMemory {
     pub fn new(keep_four_hourly: usize) -> Self {
-        StructuredMemory { recent: VecDeque::new(), hour: Vec::new(), hourly: Vec::new(), four_hourly: VecDeque::new(), keep_four_hourly }
+        StructuredMemory {
+            recent: VecDeque::new(),
+            hour: Vec::new(),
+            hourly: Vec::new(),
+            four_hourly: VecDeque::new(),
+            keep_four_hourly,
+        }
     }
 
     /// Forget everything (the user's evaluator memory is reset each morning).
@@ -54,7 +60,14 @@ impl StructuredMemory {
     /// Record an interaction. An hour is frozen into a summary by the first interaction of a
     /// later hour (the original froze only on an evaluated `:57:30` step and otherwise let hours
     /// run together), and every four hourly blocks fold into a 4-hourly summary.
-    pub async fn add(&mut self, llm: &Llm, viewpoint: &str, user: &str, with_scores: bool, it: Interaction) -> Result<()> {
+    pub async fn add(
+        &mut self,
+        llm: &Llm,
+        viewpoint: &str,
+        user: &str,
+        with_scores: bool,
+        it: Interaction,
+    ) -> Result<()> {
         if let Some(first) = self.hour.first() {
             if first.time.date() != it.time.date() || first.time.hour() != it.time.hour() {
                 self.freeze_hour(llm, viewpoint, user, with_scores).await?;
@@ -73,12 +86,23 @@ impl StructuredMemory {
         let Some(first) = events.first() else { return Ok(()) };
         let from = first.time.with_minute(0).and_then(|t| t.with_second(0)).unwrap_or(first.time);
         let entries: Vec<String> = events.iter().map(|e| e.text.clone()).collect();
-        let summary = llm.run(&Summarize { viewpoint, user_name: user, span: "hour", entries: &entries, with_scores }).await?.value;
-        self.hourly.push(Block { from, to: from + Duration::hours(1), recommendations: events.iter().filter(|e| e.recommended).count(), summary });
+        let summary = llm
+            .run(&Summarize { viewpoint, user_name: user, span: "hour", entries: &entries, with_scores })
+            .await?
+            .value;
+        self.hourly.push(Block {
+            from,
+            to: from + Duration::hours(1),
+            recommendations: events.iter().filter(|e| e.recommended).count(),
+            summary,
+        });
         if self.hourly.len() >= 4 {
             let blocks = std::mem::take(&mut self.hourly);
             let entries: Vec<String> = blocks.iter().map(render_block).collect();
-            let summary = llm.run(&Summarize { viewpoint, user_name: user, span: "four hours", entries: &entries, with_scores }).await?.value;
+            let summary = llm
+                .run(&Summarize { viewpoint, user_name: user, span: "four hours", entries: &entries, with_scores })
+                .await?
+                .value;
             self.four_hourly.push_back(Block {
                 from: blocks[0].from,
                 to: blocks[blocks.len() - 1].to,

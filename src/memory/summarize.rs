@@ -58,7 +58,8 @@ impl Task for Summarize<'_> {
         format!("{} interactions (summary unavailable).", self.entries.len())
     }
     fn scripted(&self, _rng: &mut ChaCha8Rng) -> String {
-        let recs = self.entries.iter().filter(|e| e.contains("Suggestion") && !e.contains(crate::suggestion::NO_REC)).count();
+        let recs =
+            self.entries.iter().filter(|e| e.contains("Suggestion") && !e.contains(crate::suggestion::NO_REC)).count();
         let first = self.entries.first().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
         json!({ "Summary": format!("{} interactions, {} with a recommendation. It began with: {}", self.entries.len(), recs, first) }).to_string()
     }

@@ -192,11 +192,7 @@ impl Llama {
         }
         let norm = conv(take("output_norm.weight", &[h])?)?;
         let tied = !has_output;
-        let lm_head = if has_output {
-            conv(take("output.weight", &[cfg.vocab, h])?)?
-        } else {
-            embed.clone()
-        };
+        let lm_head = if has_output { conv(take("output.weight", &[cfg.vocab, h])?)? } else { embed.clone() };
         let embed = embed.contiguous()?;
         Ok(Llama { cfg, embed, blocks, norm, lm_head, tied, dtype, device })
     }
@@ -453,7 +449,13 @@ impl LlamaSession {
     /// A session that swaps in the slot's newest adapter at every `reset()`.
     pub fn following(model: Arc<Llama>, slot: Arc<AdapterSlot>) -> Self {
         let cur = slot.current();
-        LlamaSession { model, adapter: cur.adapter.clone(), slot: Some(slot), version: cur.version, cache: KvCache::default() }
+        LlamaSession {
+            model,
+            adapter: cur.adapter.clone(),
+            slot: Some(slot),
+            version: cur.version,
+            cache: KvCache::default(),
+        }
     }
 
     /// Replace the adapter (clears the cache, whose keys/values depend on it).

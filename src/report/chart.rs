@@ -59,7 +59,15 @@ fn polylines(points: &[Option<(f64, f64)>]) -> Vec<Vec<(f64, f64)>> {
     runs
 }
 
-fn series(svg: &mut String, id: &str, color: &str, dashed: bool, square: bool, points: &[Option<(f64, f64)>], tips: &[String]) {
+fn series(
+    svg: &mut String,
+    id: &str,
+    color: &str,
+    dashed: bool,
+    square: bool,
+    points: &[Option<(f64, f64)>],
+    tips: &[String],
+) {
     let _ = writeln!(svg, r#"<g id="{id}" class="series" fill="none" stroke="{color}" stroke-width="2.5">"#);
     for run in polylines(points) {
         let coords: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
@@ -69,7 +77,11 @@ fn series(svg: &mut String, id: &str, color: &str, dashed: bool, square: bool, p
     for (p, tip) in points.iter().zip(tips) {
         let Some((x, y)) = p else { continue };
         let shape = if square {
-            format!(r#"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{color}" stroke="white" stroke-width="1">"#, x - 4.0, y - 4.0)
+            format!(
+                r#"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{color}" stroke="white" stroke-width="1">"#,
+                x - 4.0,
+                y - 4.0
+            )
         } else {
             format!(r#"<circle cx="{x:.1}" cy="{y:.1}" r="4.5" fill="{color}" stroke="white" stroke-width="1">"#)
         };
@@ -111,8 +123,17 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
     svg.push_str("<g id=\"axes\">\n");
     for k in 0..=4 {
         let y = bottom - k as f64 / 4.0 * plot_h;
-        let _ = writeln!(svg, r##"  <line x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#dddddd" stroke-width="1"/>"##);
-        let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="end" fill="{SCORE_COLOR}">{}</text>"#, LEFT - 8.0, y + 4.5, k);
+        let _ = writeln!(
+            svg,
+            r##"  <line x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#dddddd" stroke-width="1"/>"##
+        );
+        let _ = writeln!(
+            svg,
+            r#"  <text x="{:.1}" y="{:.1}" text-anchor="end" fill="{SCORE_COLOR}">{}</text>"#,
+            LEFT - 8.0,
+            y + 4.5,
+            k
+        );
         let _ = writeln!(
             svg,
             r#"  <text x="{:.1}" y="{:.1}" text-anchor="start" fill="{RATE_COLOR}">{}</text>"#,
@@ -141,7 +162,11 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
     let label_every = days.len().div_ceil(20).max(1);
     for (i, d) in days.iter().enumerate() {
         let x = x_of(i);
-        let _ = writeln!(svg, r##"  <line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444444"/>"##, bottom + 5.0);
+        let _ = writeln!(
+            svg,
+            r##"  <line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444444"/>"##,
+            bottom + 5.0
+        );
         if i % label_every != 0 {
             continue;
         }
@@ -153,8 +178,12 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
             xml(&d.date)
         );
     }
-    let _ =
-        writeln!(svg, r#"  <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">Day</text>"#, LEFT + plot_w / 2.0, HEIGHT - 12.0);
+    let _ = writeln!(
+        svg,
+        r#"  <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">Day</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 12.0
+    );
     if days.is_empty() {
         let _ = writeln!(
             svg,
@@ -165,15 +194,26 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
     }
     svg.push_str("</g>\n");
 
-    let score_pts: Vec<Option<(f64, f64)>> = days.iter().enumerate().map(|(i, d)| d.mean_score.map(|v| (x_of(i), y_score(v)))).collect();
-    let score_tips: Vec<String> =
-        days.iter().map(|d| format!("{}: mean score {}", d.date, d.mean_score.map_or("-".to_owned(), |v| format!("{v:.3}")))).collect();
+    let score_pts: Vec<Option<(f64, f64)>> =
+        days.iter().enumerate().map(|(i, d)| d.mean_score.map(|v| (x_of(i), y_score(v)))).collect();
+    let score_tips: Vec<String> = days
+        .iter()
+        .map(|d| format!("{}: mean score {}", d.date, d.mean_score.map_or("-".to_owned(), |v| format!("{v:.3}"))))
+        .collect();
     series(&mut svg, "series-mean-score", SCORE_COLOR, false, false, &score_pts, &score_tips);
-    let rate_pts: Vec<Option<(f64, f64)>> =
-        days.iter().enumerate().map(|(i, d)| d.recs_per_awake_hour.is_finite().then(|| (x_of(i), y_rate(d.recs_per_awake_hour)))).collect();
+    let rate_pts: Vec<Option<(f64, f64)>> = days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.recs_per_awake_hour.is_finite().then(|| (x_of(i), y_rate(d.recs_per_awake_hour))))
+        .collect();
     let rate_tips: Vec<String> = days
         .iter()
-        .map(|d| format!("{}: {:.2} recommendations per awake hour ({} of {} steps)", d.date, d.recs_per_awake_hour, d.recs, d.steps))
+        .map(|d| {
+            format!(
+                "{}: {:.2} recommendations per awake hour ({} of {} steps)",
+                d.date, d.recs_per_awake_hour, d.recs, d.steps
+            )
+        })
         .collect();
     series(&mut svg, "series-recs-per-hour", RATE_COLOR, true, true, &rate_pts, &rate_tips);
 
@@ -194,7 +234,12 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         r#"  <line x1="{lx2:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{RATE_COLOR}" stroke-width="2.5" stroke-dasharray="7 4"/>"#,
         lx2 + 28.0
     );
-    let _ = writeln!(svg, r#"  <rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{RATE_COLOR}"/>"#, lx2 + 10.0, ly - 4.0);
+    let _ = writeln!(
+        svg,
+        r#"  <rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{RATE_COLOR}"/>"#,
+        lx2 + 10.0,
+        ly - 4.0
+    );
     let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Recs per awake hour</text>"#, lx2 + 36.0, ly + 4.5);
     svg.push_str("</g>\n</svg>\n");
     svg

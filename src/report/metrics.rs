@@ -54,7 +54,9 @@ impl Score {
         match v {
             None | Some(Value::Null) => Score::Missing,
             Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()).map_or(Score::Unparseable, Score::Value),
-            Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()).map_or(Score::Unparseable, Score::Value),
+            Some(Value::String(s)) => {
+                s.trim().parse::<f64>().ok().filter(|x| x.is_finite()).map_or(Score::Unparseable, Score::Value)
+            }
             Some(_) => Score::Unparseable,
         }
     }
@@ -258,7 +260,9 @@ fn add_record(days: &mut IndexMap<String, DayAcc>, rec: &Value, path: &Path, lin
     // Days without a shown suggestion in the movement files are not reported.
     let Some(day) = days.get_mut(date_of(time)) else { return Ok(()) };
     let Some(shown) = rec.get("shown").and_then(Value::as_u64) else { return Ok(()) };
-    let Some(dims) = rec.get("dimensions").and_then(Value::as_array).and_then(|d| d.get(shown as usize)).and_then(Value::as_object) else {
+    let Some(dims) =
+        rec.get("dimensions").and_then(Value::as_array).and_then(|d| d.get(shown as usize)).and_then(Value::as_object)
+    else {
         return Ok(());
     };
     for (name, res) in dims {

@@ -47,7 +47,11 @@ pub struct DayMetrics {
 /// The folder of simulation `sim` under `storage`, refusing names that are not one plain folder
 /// name (the name comes from the command line or a request).
 pub fn sim_dir(storage: &Path, sim: &str) -> Result<PathBuf> {
-    let plain = !sim.is_empty() && sim != "." && sim != ".." && !sim.contains(['/', '\\', '\0']) && !Path::new(sim).is_absolute();
+    let plain = !sim.is_empty()
+        && sim != "."
+        && sim != ".."
+        && !sim.contains(['/', '\\', '\0'])
+        && !Path::new(sim).is_absolute();
     if !plain {
         bail!("invalid simulation name {sim:?}: expected a folder name under {}", storage.display());
     }

@@ -67,7 +67,9 @@ fn percent(v: Option<f64>) -> String {
 pub fn render_table(days: &[DayMetrics]) -> String {
     let dims = all_dimensions(days);
     let mut header: Vec<String> =
-        ["Date", "Steps", "Mean", "Recs", "Rec mean", "NoRecs", "NoRec mean", "Success", "Recs/awake h"].map(String::from).to_vec();
+        ["Date", "Steps", "Mean", "Recs", "Rec mean", "NoRecs", "NoRec mean", "Success", "Recs/awake h"]
+            .map(String::from)
+            .to_vec();
     header.extend(dims.iter().cloned());
     let rows: Vec<Vec<String>> = days
         .iter()
@@ -87,7 +89,8 @@ pub fn render_table(days: &[DayMetrics]) -> String {
             row
         })
         .collect();
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0);
+    let width =
+        |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0);
     let widths: Vec<usize> = (0..header.len()).map(width).collect();
     let line = |cells: &[String]| {
         let parts: Vec<String> = cells

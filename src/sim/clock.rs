@@ -14,7 +14,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(start_date: &str, sec_per_step: u64) -> Result<Clock> {
-        let d = NaiveDate::parse_from_str(start_date.trim(), "%B %d, %Y").with_context(|| format!("bad start_date `{start_date}` (want e.g. `February 13, 2025`)"))?;
+        let d = NaiveDate::parse_from_str(start_date.trim(), "%B %d, %Y")
+            .with_context(|| format!("bad start_date `{start_date}` (want e.g. `February 13, 2025`)"))?;
         Ok(Clock { start: d.and_hms_opt(0, 0, 0).expect("midnight exists"), sec_per_step: sec_per_step.max(1) })
     }
     pub fn time(&self, step: u64) -> NaiveDateTime {

@@ -61,7 +61,9 @@ fn checkpoints(dir: &std::path::Path) -> Result<Vec<(u64, PathBuf)>> {
         let name = name.to_string_lossy();
         if name == LEGACY_CHECKPOINT {
             out.push((0, e.path()));
-        } else if let Some(n) = name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".json")).and_then(|n| n.parse().ok()) {
+        } else if let Some(n) =
+            name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".json")).and_then(|n| n.parse().ok())
+        {
             out.push((n, e.path()));
         }
     }
@@ -115,11 +117,13 @@ impl Engine {
             bail!("{}: persona_names must list the user and the assistant", sim.path("reverie/meta.json").display());
         }
         let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
-        let mut user = UserAgent::load(&sim.bootstrap(&user_name)).with_context(|| format!("loading persona {user_name}"))?;
+        let mut user =
+            UserAgent::load(&sim.bootstrap(&user_name)).with_context(|| format!("loading persona {user_name}"))?;
         let mut engine = Engine {
             user: {
                 let env0 = sim.read_env(0)?.with_context(|| "environment/0.json is missing")?;
-                let t = env0.get(&user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
+                let t =
+                    env0.get(&user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
                 user.state.tile = (t.x.max(0) as usize, t.y.max(0) as usize);
                 user
             },
@@ -149,7 +153,10 @@ impl Engine {
         let all = checkpoints(&self.sim.path(CHECKPOINT_DIR))?;
         let mut found = None;
         for (_, p) in &all {
-            match std::fs::read_to_string(p).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<Checkpoint>(&t)?)) {
+            match std::fs::read_to_string(p)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| Ok(serde_json::from_str::<Checkpoint>(&t)?))
+            {
                 Ok(cp) => {
                     found = Some((p.clone(), cp));
                     break;
@@ -159,7 +166,11 @@ impl Engine {
         }
         let Some((chosen, cp)) = found else {
             if let Some((_, p)) = all.first() {
-                bail!("no checkpoint in {} could be read (the newest is {})", self.sim.path(CHECKPOINT_DIR).display(), p.display());
+                bail!(
+                    "no checkpoint in {} could be read (the newest is {})",
+                    self.sim.path(CHECKPOINT_DIR).display(),
+                    p.display()
+                );
             }
             return Ok(());
         };
@@ -175,7 +186,11 @@ impl Engine {
         if let Some(n) = cp.user_nodes {
             let mut nodes = crate::storage::read_jsonl::<Node>(&node_log)?;
             if nodes.len() < n {
-                bail!("{} has {} nodes but the checkpoint counts {n}: the sim's state is damaged", node_log.display(), nodes.len());
+                bail!(
+                    "{} has {} nodes but the checkpoint counts {n}: the sim's state is damaged",
+                    node_log.display(),
+                    nodes.len()
+                );
             }
             nodes.truncate(n);
             self.user.memory.nodes = nodes;
@@ -185,7 +200,10 @@ impl Engine {
         self.user.spatial = cp.spatial;
         self.evaluator = cp.evaluator;
         let eval_log = self.sim.path(EVALUATED_LOG);
-        self.evaluated_today = crate::storage::read_jsonl::<Interaction>(&eval_log)?.into_iter().filter(|i| i.step < self.next_step).collect();
+        self.evaluated_today = crate::storage::read_jsonl::<Interaction>(&eval_log)?
+            .into_iter()
+            .filter(|i| i.step < self.next_step)
+            .collect();
         rewrite_jsonl(&eval_log, &self.evaluated_today)?;
         self.assistant = cp.assistant;
         // Logs may hold lines of the step that was cut short: keep only finished steps.
@@ -239,7 +257,10 @@ impl Engine {
             h.before_step(step)?;
         }
 
-        let tile = env.get(&self.user_name).map(|t| (t.x.max(0) as usize, t.y.max(0) as usize)).unwrap_or(self.user.state.tile);
+        let tile = env
+            .get(&self.user_name)
+            .map(|t| (t.x.max(0) as usize, t.y.max(0) as usize))
+            .unwrap_or(self.user.state.tile);
         let tile = if self.maze.tile(tile.0, tile.1).is_some() { tile } else { self.user.state.tile };
         let tps = self.cfg.sim.tiles_per_step(self.meta.sec_per_step);
         let u = self.user.step(&self.llm, &self.maze, now, tile, tps).await?;
@@ -252,22 +273,50 @@ impl Engine {
                 h.before_suggest()?;
             }
             let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let moment = Moment { step, now, user_name: &self.user_name, assistant_name: &self.assistant_name, profile: &self.user.profile, action: &u.action, walking: u.walking };
+            let moment = Moment {
+                step,
+                now,
+                user_name: &self.user_name,
+                assistant_name: &self.assistant_name,
+                profile: &self.user.profile,
+                action: &u.action,
+                walking: u.walking,
+            };
             let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;
             let score = r.shown_judgement.score_string();
             let shown_text = r.shown.suggestion.text().to_string();
             // Into both memories: the shown suggestion with its score.
-            let text = record_text(self.cfg.sim.memory_level, &self.user_name, &r.user_action, &shown_text, &score, &r.shown_judgement.reason, &mut rng);
+            let text = record_text(
+                self.cfg.sim.memory_level,
+                &self.user_name,
+                &r.user_action,
+                &shown_text,
+                &score,
+                &r.shown_judgement.reason,
+                &mut rng,
+            );
             let embedding = self.llm.embed(&text).await?;
             let rec = Record { step, time: now, text, recommended: !r.shown.suggestion.is_norec(), embedding };
             append_jsonl(&self.sim.path(ASSISTANT_LOG), &rec)?;
             let score_aware = self.cfg.sim.memory_level.score_aware_summaries();
-            self.assistant.structured.add(&self.llm, "the assistant", &self.user_name, score_aware, AssistantMemory::interaction(&rec, Some(r.shown_judgement.total))).await?;
+            self.assistant
+                .structured
+                .add(
+                    &self.llm,
+                    "the assistant",
+                    &self.user_name,
+                    score_aware,
+                    AssistantMemory::interaction(&rec, Some(r.shown_judgement.total)),
+                )
+                .await?;
             self.assistant.push(rec);
             let seen = Interaction {
                 step,
                 time: now,
-                text: format!("{}'s action: {}\nSuggestion: {}\nMy score: {}/4", self.user_name, r.user_action, shown_text, score),
+                text: format!(
+                    "{}'s action: {}\nSuggestion: {}\nMy score: {}/4",
+                    self.user_name, r.user_action, shown_text, score
+                ),
                 recommended: !r.shown.suggestion.is_norec(),
                 score: Some(r.shown_judgement.total),
             };
@@ -279,11 +328,28 @@ impl Engine {
                 append_jsonl(&self.sim.path(&pairs_file(self.clock.day(step))), p)?;
             }
             let reason = r.shown.reason.clone().unwrap_or_default();
-            tokens = (self.token_counter)(&shown_text) + (self.token_counter)(&reason) + (self.token_counter)(&format!("{} is {}", self.user_name, r.user_action));
-            a_entry = PersonaEntry::suggesting(assistant_tile, &self.user_name, r.user_action, shown_text, score, r.shown_judgement.reason.clone());
+            tokens = (self.token_counter)(&shown_text)
+                + (self.token_counter)(&reason)
+                + (self.token_counter)(&format!("{} is {}", self.user_name, r.user_action));
+            a_entry = PersonaEntry::suggesting(
+                assistant_tile,
+                &self.user_name,
+                r.user_action,
+                shown_text,
+                score,
+                r.shown_judgement.reason.clone(),
+            );
         }
         let u_entry = PersonaEntry::user([u.tile.0 as i64, u.tile.1 as i64], u.emoji, u.description, &u.walked);
-        let mv = movement_json(&self.user_name, u_entry, &self.assistant_name, a_entry, &fmt_curr_time(now), u.walking, tokens);
+        let mv = movement_json(
+            &self.user_name,
+            u_entry,
+            &self.assistant_name,
+            a_entry,
+            &fmt_curr_time(now),
+            u.walking,
+            tokens,
+        );
         self.sim.write_movement(step, &mv)?;
         self.next_step = step + 1;
         self.write_checkpoint()?;
@@ -312,7 +378,9 @@ impl Engine {
         // Keep the previous one as well; drop the one before it.
         if let Some(old) = self.next_step.checked_sub(2) {
             match std::fs::remove_file(dir.join(checkpoint_name(old))) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("removing an old checkpoint"),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).context("removing an old checkpoint")
+                }
                 _ => {}
             }
         }
@@ -324,9 +392,17 @@ impl Engine {
         let now = self.clock.time(self.next_step);
         let dir = self.sim.bootstrap(&self.user_name);
         self.user.save(&dir, now)?;
-        crate::user::eval_store::save(&dir.join("evaluation_memory"), &self.user_name, self.evaluated_today.iter().map(|i| (i.time, i.text.as_str())))?;
+        crate::user::eval_store::save(
+            &dir.join("evaluation_memory"),
+            &self.user_name,
+            self.evaluated_today.iter().map(|i| (i.time, i.text.as_str())),
+        )?;
         let adir = self.sim.bootstrap(&self.assistant_name);
-        crate::user::eval_store::save(&adir.join("evaluation_memory"), &self.assistant_name, self.assistant.all.iter().map(|r| (r.time, r.text.as_str())))?;
+        crate::user::eval_store::save(
+            &adir.join("evaluation_memory"),
+            &self.assistant_name,
+            self.assistant.all.iter().map(|r| (r.time, r.text.as_str())),
+        )?;
         self.meta.step = self.next_step;
         self.meta.curr_time = fmt_curr_time(now);
         self.sim.write_meta(&self.meta)
@@ -344,7 +420,8 @@ impl Engine {
         if let Some(Value::Object(ps)) = prev.get("persona") {
             for (name, p) in ps {
                 let xy = p.get("movement").and_then(Value::as_array).cloned().unwrap_or_default();
-                let (x, y) = (xy.first().and_then(Value::as_i64).unwrap_or(0), xy.get(1).and_then(Value::as_i64).unwrap_or(0));
+                let (x, y) =
+                    (xy.first().and_then(Value::as_i64).unwrap_or(0), xy.get(1).and_then(Value::as_i64).unwrap_or(0));
                 env.insert(name.clone(), crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
             }
         }
@@ -377,7 +454,8 @@ fn truncate_jsonl_by_step(path: &std::path::Path, next_step: u64) -> Result<()> 
         return Ok(());
     }
     let rows: Vec<Value> = crate::storage::read_jsonl(path)?;
-    let keep: Vec<&Value> = rows.iter().filter(|v| v.get("step").and_then(Value::as_u64).map(|s| s < next_step).unwrap_or(false)).collect();
+    let keep: Vec<&Value> =
+        rows.iter().filter(|v| v.get("step").and_then(Value::as_u64).map(|s| s < next_step).unwrap_or(false)).collect();
     if keep.len() != rows.len() {
         rewrite_jsonl(path, &keep)?;
     }

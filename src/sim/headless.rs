@@ -22,7 +22,10 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
     let start_step = engine.next_step;
     let bar = if progress && until_step > start_step {
         let b = ProgressBar::new(until_step - start_step);
-        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}").expect("static template"));
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+                .expect("static template"),
+        );
         b
     } else {
         ProgressBar::hidden()

@@ -50,7 +50,14 @@ impl PersonaEntry {
         }
     }
 
-    pub fn suggesting(at: [i64; 2], user: &str, action: String, suggestion: String, score: String, reason: String) -> PersonaEntry {
+    pub fn suggesting(
+        at: [i64; 2],
+        user: &str,
+        action: String,
+        suggestion: String,
+        score: String,
+        reason: String,
+    ) -> PersonaEntry {
         PersonaEntry {
             movement: at,
             pronunciatio: Some("💬".into()),
@@ -67,7 +74,15 @@ impl PersonaEntry {
 
 /// `{"persona": {user, assistant}, "meta": {curr_time, is_john_walking, number_of_action_tokens}}`.
 /// `is_john_walking` keeps its original name whatever the user is called: readers key on it.
-pub fn movement_json(user: &str, u: PersonaEntry, assistant: &str, a: PersonaEntry, curr_time: &str, walking: bool, tokens: usize) -> Value {
+pub fn movement_json(
+    user: &str,
+    u: PersonaEntry,
+    assistant: &str,
+    a: PersonaEntry,
+    curr_time: &str,
+    walking: bool,
+    tokens: usize,
+) -> Value {
     let mut persona = serde_json::Map::new();
     persona.insert(user.to_string(), serde_json::to_value(u).expect("plain data"));
     persona.insert(assistant.to_string(), serde_json::to_value(a).expect("plain data"));

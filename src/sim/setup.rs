@@ -37,21 +37,27 @@ pub fn ensure_assets(cfg: &Config) -> Result<()> {
     }
     eprintln!("Map assets or persona seeds are missing; fetching them once (propersim assets fetch)...");
     let opts = crate::assets::FetchOptions::new(&cfg.paths.assets, &cfg.paths.storage)?;
-    crate::assets::fetch(&opts).context("fetching the map and persona seeds; pass --assets and --seeds to use local copies")?;
+    crate::assets::fetch(&opts)
+        .context("fetching the map and persona seeds; pass --assets and --seeds to use local copies")?;
     Ok(())
 }
 
 pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine> {
     let sim = match open {
         Open::Resume => SimDir::open(&cfg.paths.storage, &cfg.sim.sim)?,
-        Open::Fork | Open::Force => SimDir::fork(&cfg.paths.storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, open == Open::Force)?,
+        Open::Fork | Open::Force => {
+            SimDir::fork(&cfg.paths.storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, open == Open::Force)?
+        }
     };
     let mut meta = sim.meta()?;
     if open != Open::Resume {
         meta.extra.insert("train_mode".into(), cfg.sim.train_mode_label().into());
         sim.write_meta(&meta)?;
     }
-    let maze = Arc::new(Maze::load(&cfg.paths.assets).with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?);
+    let maze = Arc::new(
+        Maze::load(&cfg.paths.assets)
+            .with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?,
+    );
     let llm = Llm::for_sim(cfg, &sim.root, cache)?;
     let (llm, training) = super::training::attach(cfg, &sim.root, llm)?;
     let llm = Arc::new(llm);

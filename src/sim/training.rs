@@ -97,7 +97,10 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
     let provider = Arc::new(LocalProvider::new(&rc, Role::Assistant)?);
     let gguf = crate::llm::local::resolve_gguf(&rc.model, Role::Assistant)?;
     let device = crate::train::pick_device();
-    let model = Arc::new(Llama::load_gguf(&gguf, crate::train::model_dtype(&device), &device).with_context(|| format!("loading {} for training", gguf.display()))?);
+    let model = Arc::new(
+        Llama::load_gguf(&gguf, crate::train::model_dtype(&device), &device)
+            .with_context(|| format!("loading {} for training", gguf.display()))?,
+    );
     let adapters = sim_root.join("adapters");
     // A resumed run continues from its newest adapter.
     let (initial, published) = match adapter::latest_day(&adapters)? {
@@ -112,11 +115,24 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
     let slot = Arc::new(AdapterSlot::new(published));
     provider.swap_model(Box::new(LlamaSession::following(model.clone(), slot.clone())), version)?;
     let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
-        (true, Some(p)) => Some(Mmlu { items: crate::train::mmlu::read_items(p)?, out: sim_root.join("mmlu.jsonl"), model: model.clone(), slot: slot.clone() }),
-        (true, None) => bail!("daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer)"),
+        (true, Some(p)) => Some(Mmlu {
+            items: crate::train::mmlu::read_items(p)?,
+            out: sim_root.join("mmlu.jsonl"),
+            model: model.clone(),
+            slot: slot.clone(),
+        }),
+        (true, None) => {
+            bail!("daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer)")
+        }
         _ => None,
     };
-    let worker = TrainWorker::spawn(WorkerSetup { model, formatter: Arc::new(ProviderFormatter(provider.clone())), initial, slot, base_model_name: rc.model.clone() })?;
+    let worker = TrainWorker::spawn(WorkerSetup {
+        model,
+        formatter: Arc::new(ProviderFormatter(provider.clone())),
+        initial,
+        slot,
+        base_model_name: rc.model.clone(),
+    })?;
     let llm = llm.with_provider(Role::Assistant, rc, provider.clone());
     llm.set_adapter_version(Role::Assistant, version);
     // The pairs of days already trained into the adapter are the replay buffer's past.
@@ -132,7 +148,20 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
         ReplayChoice::Equally400 => ReplayMode::Equally(400),
         ReplayChoice::HalfToday => ReplayMode::HalfToday,
     };
-    let t = Training { worker, mmlu, method, replay, mode, seed: cfg.sim.seed, epochs: cfg.sim.train_epochs, max_pairs: cfg.sim.train_max_pairs, adapters, llm: None, provider, pending: None };
+    let t = Training {
+        worker,
+        mmlu,
+        method,
+        replay,
+        mode,
+        seed: cfg.sim.seed,
+        epochs: cfg.sim.train_epochs,
+        max_pairs: cfg.sim.train_max_pairs,
+        adapters,
+        llm: None,
+        provider,
+        pending: None,
+    };
     Ok((llm, Some(t)))
 }
 
@@ -170,11 +199,18 @@ impl Training {
         let Some(m) = &self.mmlu else { return Ok(()) };
         let fmt = ProviderFormatter(self.provider.clone());
         let special = self.provider.try_tokenizer()?.special().clone();
-        let opts = crate::train::mmlu::MmluOptions { bos: special.bos.map(|b| b.0), stop: special.stop_ids, ..Default::default() };
+        let opts = crate::train::mmlu::MmluOptions {
+            bos: special.bos.map(|b| b.0),
+            stop: special.stop_ids,
+            ..Default::default()
+        };
         let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
         let report = crate::train::mmlu::run_mmlu(&mut session, &fmt, &m.items, &opts)?;
         eprintln!("MMLU after day {day}: {:.3} over {} questions", report.overall_accuracy, report.questions);
-        crate::storage::append_jsonl(&m.out, &serde_json::json!({"day": day, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}))
+        crate::storage::append_jsonl(
+            &m.out,
+            &serde_json::json!({"day": day, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}),
+        )
     }
 }
 
@@ -216,7 +252,9 @@ impl DayHook for Training {
             // The engine runs on tokio: block this worker thread, not the runtime.
             let worker = &mut self.worker;
             let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => bail!("training needs a multi-thread tokio runtime"),
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                    bail!("training needs a multi-thread tokio runtime")
+                }
                 Ok(_) => tokio::task::block_in_place(|| worker.wait_result()),
                 Err(_) => worker.wait_result(),
             };

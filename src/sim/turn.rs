@@ -42,7 +42,14 @@ pub struct TurnResult {
     pub prompt_user: String,
 }
 
-pub async fn turn(llm: &Llm, s: &SimSettings, m: &Moment<'_>, amem: &AssistantMemory, emem: &StructuredMemory, rng: &mut ChaCha8Rng) -> Result<TurnResult> {
+pub async fn turn(
+    llm: &Llm,
+    s: &SimSettings,
+    m: &Moment<'_>,
+    amem: &AssistantMemory,
+    emem: &StructuredMemory,
+    rng: &mut ChaCha8Rng,
+) -> Result<TurnResult> {
     let user_action = if m.walking { "walking".to_string() } else { m.action.to_string() };
     let time = fmt_prompt_time(m.now);
 
@@ -60,18 +67,35 @@ pub async fn turn(llm: &Llm, s: &SimSettings, m: &Moment<'_>, amem: &AssistantMe
 
     // Candidates. With ranking the first may be forced to "No Recommendation".
     let n = if s.ranking { 2 } else { 1 };
-    let forced: Vec<bool> = (0..n).map(|i| i == 0 && s.ranking && !s.user_revision && rng.gen_bool(s.forced_norec_ratio.probability())).collect();
-    let tasks: Vec<Suggest> = (0..n as u32).map(|i| Suggest { system: &system, user: &user, mode: s.reason_mode, sample: i, action: &user_action }).collect();
+    let forced: Vec<bool> = (0..n)
+        .map(|i| i == 0 && s.ranking && !s.user_revision && rng.gen_bool(s.forced_norec_ratio.probability()))
+        .collect();
+    let tasks: Vec<Suggest> = (0..n as u32)
+        .map(|i| Suggest { system: &system, user: &user, mode: s.reason_mode, sample: i, action: &user_action })
+        .collect();
     let generated = try_join_all(tasks.iter().zip(&forced).filter(|(_, f)| !**f).map(|(t, _)| llm.run(t))).await?;
     let mut gen_iter = generated.into_iter();
     let mut answers: Vec<Answer> = forced
         .iter()
-        .map(|f| if *f { Answer { suggestion: Suggestion::NoRec, reason: None } } else { gen_iter.next().expect("one per unforced").value })
+        .map(|f| {
+            if *f {
+                Answer { suggestion: Suggestion::NoRec, reason: None }
+            } else {
+                gen_iter.next().expect("one per unforced").value
+            }
+        })
         .collect();
 
     let recs_last_hour = emem.recommendations_within(m.now, 60);
     let user_view = if m.walking { format!("walking, on the way to {}", m.action) } else { m.action.to_string() };
-    let input = |a: &Answer| EvalInput { time: time.clone(), action: user_view.clone(), walking: m.walking, suggestion: a.suggestion.clone(), memory: emem.render(), recs_last_hour };
+    let input = |a: &Answer| EvalInput {
+        time: time.clone(),
+        action: user_view.clone(),
+        walking: m.walking,
+        suggestion: a.suggestion.clone(),
+        memory: emem.render(),
+        recs_last_hour,
+    };
 
     // With user revision: the user rewrites the first candidate unless it was perfect, and the
     // pair is the suggestion against the revision.
@@ -82,7 +106,10 @@ pub async fn turn(llm: &Llm, s: &SimSettings, m: &Moment<'_>, amem: &AssistantMe
             answers[1].clone()
         } else {
             let inp = input(&answers[0]);
-            Answer { suggestion: llm.run(&Revise { profile: m.profile, input: &inp, judgement: &first }).await?.value, reason: None }
+            Answer {
+                suggestion: llm.run(&Revise { profile: m.profile, input: &inp, judgement: &first }).await?.value,
+                reason: None,
+            }
         };
         answers[1] = second;
         let j2 = judge(llm, s.evaluation, m.profile, &input(&answers[1])).await?;
@@ -125,5 +152,12 @@ pub async fn turn(llm: &Llm, s: &SimSettings, m: &Moment<'_>, amem: &AssistantMe
         dimensions: judgements.iter().map(|j| j.dimensions.clone()).collect(),
     };
     judgements.truncate(shown + 1);
-    Ok(TurnResult { user_action, shown: answers.swap_remove(shown), shown_judgement: judgements.swap_remove(shown), record, pair, prompt_user: user })
+    Ok(TurnResult {
+        user_action,
+        shown: answers.swap_remove(shown),
+        shown_judgement: judgements.swap_remove(shown),
+        record,
+        pair,
+        prompt_user: user,
+    })
 }

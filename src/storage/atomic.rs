@@ -51,7 +51,8 @@ pub fn append_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 /// the file open across many appends (each still one `write` of whole lines).
 pub fn open_append(path: &Path) -> Result<fs::File> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    with_parent(dir, || fs::OpenOptions::new().create(true).append(true).open(path)).with_context(|| format!("opening {}", path.display()))
+    with_parent(dir, || fs::OpenOptions::new().create(true).append(true).open(path))
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// Items as JSONL: one compact JSON value per line, each ending in a newline.

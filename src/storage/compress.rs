@@ -71,7 +71,9 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
         .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".json")?.parse().ok())
         .collect();
     steps.sort_unstable();
-    let (Some(&first), Some(&last)) = (steps.first(), steps.last()) else { bail!("{} has no movement files", mdir.display()) };
+    let (Some(&first), Some(&last)) = (steps.first(), steps.last()) else {
+        bail!("{} has no movement files", mdir.display())
+    };
     if (last - first + 1) as usize != steps.len() {
         let missing = (first..=last).find(|s| steps.binary_search(s).is_err()).unwrap_or(first);
         bail!("movement files are not contiguous: {}/{missing}.json is missing", mdir.display());
@@ -89,16 +91,20 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
     let mut last_seen: Map<String, Value> = Map::new();
     for step in first..=last {
         let path = mdir.join(format!("{step}.json"));
-        let doc: Value = serde_json::from_slice(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let Some(d) = doc.get("persona").and_then(Value::as_object) else { bail!("{} has no \"persona\" object", path.display()) };
+        let doc: Value =
+            serde_json::from_slice(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let Some(d) = doc.get("persona").and_then(Value::as_object) else {
+            bail!("{} has no \"persona\" object", path.display())
+        };
         if step == first {
             personas.sort_by_key(|p| d.keys().position(|k| k == p).unwrap_or(usize::MAX));
         }
         let mut out = Map::new();
         for p in &personas {
             let Some(entry) = d.get(p) else { bail!("{} has no entry for persona {p:?}", path.display()) };
-            let slim: Map<String, Value> = KEYS.iter().map(|k| (k.to_string(), entry.get(*k).cloned().unwrap_or(Value::Null))).collect();
+            let slim: Map<String, Value> =
+                KEYS.iter().map(|k| (k.to_string(), entry.get(*k).cloned().unwrap_or(Value::Null))).collect();
             let slim = Value::Object(slim);
             if step == first || last_seen.get(p) != Some(&slim) {
                 last_seen.insert(p.clone(), slim.clone());
@@ -151,10 +157,24 @@ mod tests {
         fs::create_dir_all(sim.join("movement")).unwrap();
         fs::write(sim.join("reverie/meta.json"), "{\"step\": 0}").unwrap();
         fs::write(sim.join("personas/A B/bootstrap_memory/scratch.json"), "{}").unwrap();
-        let e = |x: i32, em: &str| format!("{{\"movement\": [{x}, 1], \"pronunciatio\": \"{em}\", \"description\": \"d @ a\", \"chat\": null, \"suggestion\": \"s\"}}");
-        fs::write(sim.join("movement/0.json"), format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(2, "😀"))).unwrap();
-        fs::write(sim.join("movement/1.json"), format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(3, "😀"))).unwrap();
-        fs::write(sim.join("movement/2.json"), format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(3, "😀"))).unwrap();
+        let e = |x: i32, em: &str| {
+            format!("{{\"movement\": [{x}, 1], \"pronunciatio\": \"{em}\", \"description\": \"d @ a\", \"chat\": null, \"suggestion\": \"s\"}}")
+        };
+        fs::write(
+            sim.join("movement/0.json"),
+            format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(2, "😀")),
+        )
+        .unwrap();
+        fs::write(
+            sim.join("movement/1.json"),
+            format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(3, "😀")),
+        )
+        .unwrap();
+        fs::write(
+            sim.join("movement/2.json"),
+            format!("{{\"persona\": {{\"C D\": {}, \"A B\": {}}}, \"meta\": {{}}}}", e(1, "z"), e(3, "😀")),
+        )
+        .unwrap();
         let out = compress(&d.path().join("storage"), "s", &d.path().join("compressed")).unwrap();
         let text = fs::read_to_string(out.join("master_movement.json")).unwrap();
         let expected = "{\n  \"0\": {\n    \"C D\": {\n      \"movement\": [\n        1,\n        1\n      ],\n      \"pronunciatio\": \"z\",\n      \"description\": \"d @ a\",\n      \"chat\": null\n    },\n    \"A B\": {\n      \"movement\": [\n        2,\n        1\n      ],\n      \"pronunciatio\": \"\\ud83d\\ude00\",\n      \"description\": \"d @ a\",\n      \"chat\": null\n    }\n  },\n  \"1\": {\n    \"A B\": {\n      \"movement\": [\n        3,\n        1\n      ],\n      \"pronunciatio\": \"\\ud83d\\ude00\",\n      \"description\": \"d @ a\",\n      \"chat\": null\n    }\n  },\n  \"2\": {}\n}";

@@ -7,4 +7,4 @@ pub mod pyjson;
 pub use atomic::{append_bytes, append_jsonl, jsonl_bytes, open_append, read_jsonl, write_atomic, write_json_py};
 pub mod sim;
 
-pub use sim::{Environment, EnvTile, Meta, SimDir};
+pub use sim::{EnvTile, Environment, Meta, SimDir};

@@ -11,7 +11,8 @@ use serde_json::ser::{CharEscape, Formatter, PrettyFormatter};
 /// Python `json.dumps(value, indent=2)`.
 pub fn to_string_indent2(value: &impl Serialize) -> serde_json::Result<String> {
     let mut out = Vec::with_capacity(256);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter { inner: PrettyFormatter::with_indent(b"  ") });
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, PyFormatter { inner: PrettyFormatter::with_indent(b"  ") });
     value.serialize(&mut ser)?;
     Ok(String::from_utf8(out).expect("escaped output is ASCII"))
 }
@@ -66,7 +67,13 @@ macro_rules! py_string_methods {
 /// Python's float repr: shortest round-trip digits, always with `.0` or an exponent.
 fn write_py_float<W: ?Sized + io::Write>(w: &mut W, v: f64) -> io::Result<()> {
     if !v.is_finite() {
-        return w.write_all(if v.is_nan() { b"NaN" } else if v > 0.0 { b"Infinity" } else { b"-Infinity" });
+        return w.write_all(if v.is_nan() {
+            b"NaN"
+        } else if v > 0.0 {
+            b"Infinity"
+        } else {
+            b"-Infinity"
+        });
     }
     let abs = v.abs();
     if abs != 0.0 && !(1e-4..1e16).contains(&abs) {

@@ -64,7 +64,10 @@ pub fn latest_day(adapters_root: &Path) -> Result<Option<(u32, PathBuf)>> {
         let name = entry.file_name().to_string_lossy().to_string();
         let Some(day) = name.strip_prefix("day_").and_then(|d| d.parse::<u32>().ok()) else { continue };
         let p = entry.path();
-        if p.join(WEIGHTS_FILE).is_file() && p.join(CONFIG_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| day > *b) {
+        if p.join(WEIGHTS_FILE).is_file()
+            && p.join(CONFIG_FILE).is_file()
+            && best.as_ref().is_none_or(|(b, _)| day > *b)
+        {
             best = Some((day, p));
         }
     }
@@ -117,16 +120,23 @@ pub fn save_adapter(adapter: &LoraAdapter, model: &LlamaConfig, dir: &Path, base
 }
 
 /// Load a PEFT adapter for `model` (factors in `dtype` on `device`).
-pub fn load_adapter(dir: &Path, model: &LlamaConfig, dtype: DType, device: &Device, trainable: bool) -> Result<LoraAdapter> {
+pub fn load_adapter(
+    dir: &Path,
+    model: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    trainable: bool,
+) -> Result<LoraAdapter> {
     let cpath = dir.join(CONFIG_FILE);
-    let conf: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?,
-    )
-    .with_context(|| format!("parsing {}", cpath.display()))?;
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?)
+            .with_context(|| format!("parsing {}", cpath.display()))?;
     if conf.get("peft_type").and_then(|v| v.as_str()).is_some_and(|t| t != "LORA") {
         bail!("{}: not a LoRA adapter", cpath.display());
     }
-    if conf.get("use_rslora").and_then(|v| v.as_bool()) == Some(true) || conf.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+    if conf.get("use_rslora").and_then(|v| v.as_bool()) == Some(true)
+        || conf.get("use_dora").and_then(|v| v.as_bool()) == Some(true)
+    {
         bail!("{}: rsLoRA/DoRA adapters are not supported", cpath.display());
     }
     let r = conf.get("r").and_then(|v| v.as_u64()).context("adapter_config.json lacks r")? as usize;
@@ -137,7 +147,8 @@ pub fn load_adapter(dir: &Path, model: &LlamaConfig, dtype: DType, device: &Devi
         Some(serde_json::Value::Array(a)) => {
             for v in a {
                 let s = v.as_str().context("target_modules must hold strings")?;
-                targets.push(LoraTarget::from_peft_name(s).with_context(|| format!("unsupported target module {s:?}"))?);
+                targets
+                    .push(LoraTarget::from_peft_name(s).with_context(|| format!("unsupported target module {s:?}"))?);
             }
         }
         _ => bail!("{}: target_modules must be a list", cpath.display()),
@@ -159,7 +170,12 @@ pub fn load_adapter(dir: &Path, model: &LlamaConfig, dtype: DType, device: &Devi
             let a = tensors.remove(&an).with_context(|| format!("{}: missing {an}", wpath.display()))?;
             let mut b = tensors.remove(&bn).with_context(|| format!("{}: missing {bn}", wpath.display()))?;
             if a.dims() != [r, fan_in] || b.dims() != [out, r] {
-                bail!("{}: {an}/{bn} have shapes {:?}/{:?}, expected [{r}, {fan_in}]/[{out}, {r}]", wpath.display(), a.dims(), b.dims());
+                bail!(
+                    "{}: {an}/{bn} have shapes {:?}/{:?}, expected [{r}, {fan_in}]/[{out}, {r}]",
+                    wpath.display(),
+                    a.dims(),
+                    b.dims()
+                );
             }
             if let Some(h) = rope_heads(model, t) {
                 b = hf_rows_to_gguf(&b, h)?;

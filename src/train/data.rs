@@ -70,7 +70,8 @@ pub fn parse_pairs(text: &str) -> Result<Vec<PreferencePair>> {
         if line.trim().is_empty() {
             continue;
         }
-        let p: PreferencePair = serde_json::from_str(line).with_context(|| format!("line {}: not a preference pair", i + 1))?;
+        let p: PreferencePair =
+            serde_json::from_str(line).with_context(|| format!("line {}: not a preference pair", i + 1))?;
         out.push(p.normalized().with_context(|| format!("line {}", i + 1))?);
     }
     Ok(out)
@@ -92,7 +93,12 @@ impl Default for TokenLimits {
 }
 
 /// Tokenize prompt + answer into a [`Sequence`] with truncation applied.
-pub fn tokenize(fmt: &dyn ChatFormatter, prompt: &[Message], answer: &[Message], limits: &TokenLimits) -> Result<Sequence> {
+pub fn tokenize(
+    fmt: &dyn ChatFormatter,
+    prompt: &[Message],
+    answer: &[Message],
+    limits: &TokenLimits,
+) -> Result<Sequence> {
     let prompt_text = fmt.render(prompt, true)?;
     let mut all = prompt.to_vec();
     all.extend_from_slice(answer);

@@ -60,7 +60,8 @@ pub fn read_items(path: &Path) -> Result<Vec<MmluItem>> {
         if line.trim().is_empty() {
             continue;
         }
-        let item: MmluItem = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let item: MmluItem =
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
         item.answer_letter().with_context(|| format!("{} line {}", path.display(), i + 1))?;
         out.push(item);
     }
@@ -69,7 +70,8 @@ pub fn read_items(path: &Path) -> Result<Vec<MmluItem>> {
 
 /// The original's prompt text.
 pub fn prompt_text(item: &MmluItem) -> String {
-    let mut s = String::from("Answer the following multiple choice question by selecting the most appropriate option.\n\n");
+    let mut s =
+        String::from("Answer the following multiple choice question by selecting the most appropriate option.\n\n");
     s += &format!("Question: {}\n\nOptions:\n", item.question);
     for (i, c) in item.choices.iter().enumerate() {
         s += &format!("{}. {}\n", (b'A' + i as u8) as char, c);
@@ -148,7 +150,12 @@ pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32
 }
 
 /// Run the check over `items` (the first `per_subject` items of each subject, in file order).
-pub fn run_mmlu(lm: &mut dyn CausalLm, codec: &dyn TextCodec, items: &[MmluItem], opts: &MmluOptions) -> Result<MmluReport> {
+pub fn run_mmlu(
+    lm: &mut dyn CausalLm,
+    codec: &dyn TextCodec,
+    items: &[MmluItem],
+    opts: &MmluOptions,
+) -> Result<MmluReport> {
     let mut subject_accuracies = IndexMap::new();
     let mut questions = 0;
     for subject in &opts.subjects {

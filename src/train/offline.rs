@@ -43,7 +43,8 @@ pub fn train_pairs(
                             continue;
                         }
                     }
-                    let seq = tokenize(fmt, &p.prompt, answer, &cfg.limits).with_context(|| format!("pair {}", i + 1))?;
+                    let seq =
+                        tokenize(fmt, &p.prompt, answer, &cfg.limits).with_context(|| format!("pair {}", i + 1))?;
                     ex.push(KtoExample { seq, desirable });
                 }
             }
@@ -118,7 +119,9 @@ pub fn train_offline(model: &Llama, fmt: &dyn ChatFormatter, opts: &OfflineTrain
     }
     let adapter = match &opts.init_adapter {
         Some(dir) => adapter::load_adapter(dir, model.config(), model.dtype(), model.device(), true)?,
-        None => LoraAdapter::new(opts.config.lora.clone(), model.config(), model.dtype(), model.device(), opts.config.seed)?,
+        None => {
+            LoraAdapter::new(opts.config.lora.clone(), model.config(), model.dtype(), model.device(), opts.config.seed)?
+        }
     };
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let metrics = opts.out.join("metrics.jsonl");
@@ -158,7 +161,13 @@ pub struct BenchReport {
 
 /// Run `steps` DPO optimizer steps (batch × accumulation from `cfg`) over `pairs` (cycled) on a
 /// fresh adapter and measure. Peak RSS is the process's high-water mark (Linux `VmHWM`).
-pub fn bench_dpo(model: &Llama, fmt: &dyn ChatFormatter, pairs: &[PreferencePair], steps: usize, cfg: &TrainConfig) -> Result<BenchReport> {
+pub fn bench_dpo(
+    model: &Llama,
+    fmt: &dyn ChatFormatter,
+    pairs: &[PreferencePair],
+    steps: usize,
+    cfg: &TrainConfig,
+) -> Result<BenchReport> {
     if pairs.is_empty() || steps == 0 {
         bail!("the benchmark needs pairs and at least one step");
     }

@@ -67,8 +67,10 @@ impl<T: Clone> ReplayBuffer<T> {
                     v.extend(self.all_time.iter().cloned());
                     v
                 } else {
-                    let mut v: Vec<T> =
-                        rand::seq::index::sample(&mut rng, t, p).into_iter().map(|i| self.all_time[i].clone()).collect();
+                    let mut v: Vec<T> = rand::seq::index::sample(&mut rng, t, p)
+                        .into_iter()
+                        .map(|i| self.all_time[i].clone())
+                        .collect();
                     v.extend(today.iter().cloned());
                     v
                 };

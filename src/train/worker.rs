@@ -124,12 +124,15 @@ fn worker_loop(setup: WorkerSetup, jobs: std::sync::mpsc::Receiver<TrainJob>, re
     let mut adapter = setup.initial;
     while let Ok(job) = jobs.recv() {
         let day = job.day;
-        let run = catch_unwind(AssertUnwindSafe(|| run_job(&setup.model, setup.formatter.as_ref(), &mut adapter, &setup.slot, &setup.base_model_name, job)));
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_job(&setup.model, setup.formatter.as_ref(), &mut adapter, &setup.slot, &setup.base_model_name, job)
+        }));
         let res = match run {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(TrainFailure { day, message: format!("{e:#}") }),
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 Err(TrainFailure { day, message: format!("panic: {}", msg.unwrap_or_else(|| "unknown".into())) })
             }
         };

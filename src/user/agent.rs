@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::day::{is_sleep, DayPlan};
 use super::memory::AssociativeMemory;
-use super::plan_tasks::{ChoosePlace, DailyPlan, Decompose, Emoji, HourlySchedule, Poignancy, ReviseStatus, WakeUpHour};
+use super::plan_tasks::{
+    ChoosePlace, DailyPlan, Decompose, Emoji, HourlySchedule, Poignancy, ReviseStatus, WakeUpHour,
+};
 use super::profile::{content_words, Profile, Scratch};
 use crate::llm::Llm;
 use crate::sim::clock::{fmt_curr_time, minute_of_day};
@@ -119,7 +121,14 @@ impl UserAgent {
     }
 
     /// One step: perceive, plan, place, walk.
-    pub async fn step(&mut self, llm: &Llm, maze: &Maze, now: NaiveDateTime, tile: Tile, tiles_per_step: usize) -> Result<UserStep> {
+    pub async fn step(
+        &mut self,
+        llm: &Llm,
+        maze: &Maze,
+        now: NaiveDateTime,
+        tile: Tile,
+        tiles_per_step: usize,
+    ) -> Result<UserStep> {
         self.state.tile = tile;
         // The house does not change: looking again from the same tile teaches nothing new.
         if self.perceived_from != Some(tile) {
@@ -136,7 +145,12 @@ impl UserAgent {
         self.ensure_decomposed(llm, minute, now).await?;
         let day = self.state.day.as_ref().expect("planned above");
         let (block, sub, desc, start_min, minutes) = day.action_at(minute);
-        let changed = self.state.action.as_ref().map(|a| (a.block, a.sub, a.description.as_str()) != (block, sub, desc.as_str())).unwrap_or(true);
+        let changed = self
+            .state
+            .action
+            .as_ref()
+            .map(|a| (a.block, a.sub, a.description.as_str()) != (block, sub, desc.as_str()))
+            .unwrap_or(true);
         if changed {
             let start = now.date().and_hms_opt(start_min / 60, start_min % 60, 0).unwrap_or(now);
             self.begin_action(llm, maze, now, block, sub, desc, start, minutes).await?;
@@ -165,11 +179,25 @@ impl UserAgent {
         if self.state.day.is_some() {
             self.state.actions_yesterday = std::mem::take(&mut self.state.actions_today);
             let yesterday = self.state.actions_yesterday.clone();
-            self.state.status = llm.run(&ReviseStatus { profile: &self.profile, date: pretty.clone(), yesterday: &yesterday }).await?.value;
+            self.state.status = llm
+                .run(&ReviseStatus { profile: &self.profile, date: pretty.clone(), yesterday: &yesterday })
+                .await?
+                .value;
         }
         let wake = llm.run(&WakeUpHour { profile: &self.profile }).await?.value;
-        let plan = llm.run(&DailyPlan { profile: &self.profile, date: pretty.clone(), wake_hour: wake, status: &self.state.status }).await?.value;
-        let mut hours = llm.run(&HourlySchedule { profile: &self.profile, date: pretty.clone(), wake_hour: wake, plan: &plan }).await?.value;
+        let plan = llm
+            .run(&DailyPlan {
+                profile: &self.profile,
+                date: pretty.clone(),
+                wake_hour: wake,
+                status: &self.state.status,
+            })
+            .await?
+            .value;
+        let mut hours = llm
+            .run(&HourlySchedule { profile: &self.profile, date: pretty.clone(), wake_hour: wake, plan: &plan })
+            .await?
+            .value;
         for h in hours.iter_mut().take(wake as usize) {
             *h = "sleeping".into();
         }
@@ -177,7 +205,16 @@ impl UserAgent {
         let emb = llm.embed(&thought).await.ok();
         let created = now.format("%Y-%m-%d %H:%M:%S").to_string();
         let expires = (now + Duration::days(30)).format("%Y-%m-%d %H:%M:%S").to_string();
-        self.memory.add("thought", &created, Some(expires), (&self.profile.name, "plan", &pretty), &thought, 5, vec!["plan".into()], emb);
+        self.memory.add(
+            "thought",
+            &created,
+            Some(expires),
+            (&self.profile.name, "plan", &pretty),
+            &thought,
+            5,
+            vec!["plan".into()],
+            emb,
+        );
         self.state.day = Some(DayPlan::from_hours(date, wake, plan, &hours));
         Ok(())
     }
@@ -191,8 +228,14 @@ impl UserAgent {
             return Ok(());
         }
         let subs = if b.minutes >= 60 && !is_sleep(&b.activity) {
-            let start = now.date().and_hms_opt(b.start_min / 60, b.start_min % 60, 0).map(|t| t.format("%I:%M %p").to_string()).unwrap_or_default();
-            llm.run(&Decompose { profile: &self.profile, activity: &b.activity, start, minutes: b.minutes }).await?.value
+            let start = now
+                .date()
+                .and_hms_opt(b.start_min / 60, b.start_min % 60, 0)
+                .map(|t| t.format("%I:%M %p").to_string())
+                .unwrap_or_default();
+            llm.run(&Decompose { profile: &self.profile, activity: &b.activity, start, minutes: b.minutes })
+                .await?
+                .value
         } else {
             Vec::new()
         };
@@ -201,7 +244,17 @@ impl UserAgent {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn begin_action(&mut self, llm: &Llm, maze: &Maze, now: NaiveDateTime, block: usize, sub: usize, desc: String, start: NaiveDateTime, minutes: u32) -> Result<()> {
+    async fn begin_action(
+        &mut self,
+        llm: &Llm,
+        maze: &Maze,
+        now: NaiveDateTime,
+        block: usize,
+        sub: usize,
+        desc: String,
+        start: NaiveDateTime,
+        minutes: u32,
+    ) -> Result<()> {
         let address = self.choose_address(llm, maze, &desc).await?;
         let emoji = llm.run(&Emoji { action: &desc }).await?.value;
         let event = format!("{} is {}", self.profile.name, desc);
@@ -218,7 +271,8 @@ impl UserAgent {
             Some((_, path)) => path.into_iter().skip(1).collect(),
             None => Vec::new(),
         };
-        self.state.action = Some(Action { block, sub, description: desc, address, emoji, start: fmt_curr_time(start), minutes });
+        self.state.action =
+            Some(Action { block, sub, description: desc, address, emoji, start: fmt_curr_time(start), minutes });
         Ok(())
     }
 
@@ -226,20 +280,53 @@ impl UserAgent {
     /// and the maze (a wrong answer is retried by the task, then falls back to keywords).
     async fn choose_address(&mut self, llm: &Llm, maze: &Maze, desc: &str) -> Result<String> {
         let mut parts = self.profile.living_area.split(':');
-        let (world, sector, home_arena) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let arenas: Vec<String> = self.spatial.arenas_in(&world, &sector).into_iter().map(str::to_string).filter(|a| !maze.address_tiles(&format!("{world}:{sector}:{a}")).is_empty()).collect();
+        let (world, sector, home_arena) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let arenas: Vec<String> = self
+            .spatial
+            .arenas_in(&world, &sector)
+            .into_iter()
+            .map(str::to_string)
+            .filter(|a| !maze.address_tiles(&format!("{world}:{sector}:{a}")).is_empty())
+            .collect();
         let arena = if is_sleep(desc) && arenas.contains(&home_arena) {
             home_arena
         } else if arenas.is_empty() {
             return Ok(self.profile.living_area.clone());
         } else {
-            llm.run(&ChoosePlace { profile: &self.profile, action: desc, what: "area", within: sector.to_string(), options: &arenas }).await?.value
+            llm.run(&ChoosePlace {
+                profile: &self.profile,
+                action: desc,
+                what: "area",
+                within: sector.to_string(),
+                options: &arenas,
+            })
+            .await?
+            .value
         };
-        let objects: Vec<String> = self.spatial.objects_in(&world, &sector, &arena).into_iter().map(str::to_string).filter(|o| !maze.address_tiles(&format!("{world}:{sector}:{arena}:{o}")).is_empty()).collect();
+        let objects: Vec<String> = self
+            .spatial
+            .objects_in(&world, &sector, &arena)
+            .into_iter()
+            .map(str::to_string)
+            .filter(|o| !maze.address_tiles(&format!("{world}:{sector}:{arena}:{o}")).is_empty())
+            .collect();
         if objects.is_empty() {
             return Ok(format!("{world}:{sector}:{arena}"));
         }
-        let object = llm.run(&ChoosePlace { profile: &self.profile, action: desc, what: "object", within: format!("the {arena}"), options: &objects }).await?.value;
+        let object = llm
+            .run(&ChoosePlace {
+                profile: &self.profile,
+                action: desc,
+                what: "object",
+                within: format!("the {arena}"),
+                options: &objects,
+            })
+            .await?
+            .value;
         Ok(format!("{world}:{sector}:{arena}:{object}"))
     }
 }

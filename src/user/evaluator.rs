@@ -27,7 +27,8 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 5] = [Check::Preference, Check::Timing, Check::TooOften, Check::TooRarely, Check::Communication];
+    pub const ALL: [Check; 5] =
+        [Check::Preference, Check::Timing, Check::TooOften, Check::TooRarely, Check::Communication];
     fn key(self) -> &'static str {
         match self {
             Check::Preference => "Personal_Preference",
@@ -168,7 +169,9 @@ fn scripted_check(p: &Profile, check: Check, input: &EvalInput, rng: &mut ChaCha
     let action = input.action.to_lowercase();
     let busy = ["sleep", "shower", "bath", "toilet", "journal"].iter().any(|w| action.contains(w));
     match (check, &input.suggestion) {
-        (Check::Preference, Suggestion::NoRec) => (rng.gen_bool(0.4) as u8, "Nothing offered; it may have missed a chance."),
+        (Check::Preference, Suggestion::NoRec) => {
+            (rng.gen_bool(0.4) as u8, "Nothing offered; it may have missed a chance.")
+        }
         (Check::Preference, Suggestion::Text(_)) => {
             let mut liked = p.keywords();
             liked.extend(content_words(p.criterion("Personal_Preference")));
@@ -183,7 +186,9 @@ fn scripted_check(p: &Profile, check: Check, input: &EvalInput, rng: &mut ChaCha
         (Check::Timing, Suggestion::Text(_)) if input.walking || busy => (0, "Bad moment to interrupt."),
         (Check::Timing, Suggestion::Text(_)) => (rng.gen_bool(0.85) as u8, "Reasonable moment."),
         (Check::TooOften, Suggestion::NoRec) => (1, "Quiet never makes it too often."),
-        (Check::TooOften, Suggestion::Text(_)) => ((input.recs_last_hour < 2) as u8, "Depends on how many I had this hour."),
+        (Check::TooOften, Suggestion::Text(_)) => {
+            ((input.recs_last_hour < 2) as u8, "Depends on how many I had this hour.")
+        }
         (Check::TooRarely, Suggestion::Text(_)) => (1, "A suggestion never makes it too rare."),
         (Check::TooRarely, Suggestion::NoRec) => ((input.recs_last_hour >= 1) as u8, "I had none for a while."),
         (Check::Communication, Suggestion::NoRec) => (1, "Nothing to object to."),
@@ -206,7 +211,10 @@ impl Task for ScoreAll<'_> {
         Role::Evaluator
     }
     fn messages(&self) -> Vec<Message> {
-        let rules: Vec<String> = Check::ALL.iter().map(|c| format!("- {}: {} — {}", c.key(), self.profile.criterion(c.dimension()), c.question())).collect();
+        let rules: Vec<String> = Check::ALL
+            .iter()
+            .map(|c| format!("- {}: {} — {}", c.key(), self.profile.criterion(c.dimension()), c.question()))
+            .collect();
         vec![
             Message::system(format!("You are {} judging a home assistant that may speak up at any moment. Score each check 1 if it satisfies your rule, else 0.", self.profile.name)),
             Message::user(format!(
@@ -223,7 +231,11 @@ impl Task for ScoreAll<'_> {
         Check::ALL
             .iter()
             .map(|c| {
-                let entry = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(c.key())).map(|(_, v)| v).ok_or_else(|| format!("`{}` missing", c.key()))?;
+                let entry = obj
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(c.key()))
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| format!("`{}` missing", c.key()))?;
                 parse_score(entry)
             })
             .collect()
@@ -263,7 +275,13 @@ pub async fn judge(llm: &Llm, mode: Mode, profile: &Profile, input: &EvalInput) 
 pub fn combine(scores: &[DimScore], fallbacks: u32) -> Judgement {
     let by = |c: Check| scores[Check::ALL.iter().position(|x| *x == c).expect("known check")].clone();
     let (often, rarely) = (by(Check::TooOften), by(Check::TooRarely));
-    let freq = if often.score == 0 { often } else if rarely.score == 0 { rarely } else { DimScore { score: 1, reason: format!("{} {}", often.reason, rarely.reason).trim().to_string() } };
+    let freq = if often.score == 0 {
+        often
+    } else if rarely.score == 0 {
+        rarely
+    } else {
+        DimScore { score: 1, reason: format!("{} {}", often.reason, rarely.reason).trim().to_string() }
+    };
     let mut dimensions = IndexMap::new();
     for d in DIMENSIONS {
         let s = match d {

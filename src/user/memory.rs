@@ -68,8 +68,10 @@ impl AssociativeMemory {
             }
         }
         let kw = read("kw_strength.json")?;
-        m.kw_event = serde_json::from_value(kw.get("kw_strength_event").cloned().unwrap_or(json!({}))).unwrap_or_default();
-        m.kw_thought = serde_json::from_value(kw.get("kw_strength_thought").cloned().unwrap_or(json!({}))).unwrap_or_default();
+        m.kw_event =
+            serde_json::from_value(kw.get("kw_strength_event").cloned().unwrap_or(json!({}))).unwrap_or_default();
+        m.kw_thought =
+            serde_json::from_value(kw.get("kw_strength_thought").cloned().unwrap_or(json!({}))).unwrap_or_default();
         Ok(m)
     }
 
@@ -80,12 +82,25 @@ impl AssociativeMemory {
         }
         write_json_py(&dir.join("nodes.json"), &nodes)?;
         write_json_py(&dir.join("embeddings.json"), &self.embeddings)?;
-        write_json_py(&dir.join("kw_strength.json"), &json!({"kw_strength_event": self.kw_event, "kw_strength_thought": self.kw_thought}))
+        write_json_py(
+            &dir.join("kw_strength.json"),
+            &json!({"kw_strength_event": self.kw_event, "kw_strength_thought": self.kw_thought}),
+        )
     }
 
     /// Add an event or thought node.
     #[allow(clippy::too_many_arguments)]
-    pub fn add(&mut self, kind: &str, created: &str, expiration: Option<String>, spo: (&str, &str, &str), description: &str, poignancy: u32, keywords: Vec<String>, embedding: Option<Vec<f32>>) -> &Node {
+    pub fn add(
+        &mut self,
+        kind: &str,
+        created: &str,
+        expiration: Option<String>,
+        spo: (&str, &str, &str),
+        description: &str,
+        poignancy: u32,
+        keywords: Vec<String>,
+        embedding: Option<Vec<f32>>,
+    ) -> &Node {
         let type_count = self.nodes.iter().filter(|n| n.kind == kind).count() as u64 + 1;
         let kw_map = if kind == "thought" { &mut self.kw_thought } else { &mut self.kw_event };
         for k in &keywords {
@@ -122,8 +137,26 @@ mod tests {
     fn save_load_round_trip() {
         let d = tempfile::tempdir().unwrap();
         let mut m = AssociativeMemory::default();
-        m.add("event", "2025-02-13 08:00:00", None, ("Ana", "is", "cooking"), "Ana is cooking", 3, vec!["cooking".into()], Some(vec![0.5, 0.5]));
-        m.add("thought", "2025-02-13 00:00:00", Some("2025-03-15 00:00:00".into()), ("Ana", "plan", "Thursday"), "plan", 5, vec!["plan".into()], None);
+        m.add(
+            "event",
+            "2025-02-13 08:00:00",
+            None,
+            ("Ana", "is", "cooking"),
+            "Ana is cooking",
+            3,
+            vec!["cooking".into()],
+            Some(vec![0.5, 0.5]),
+        );
+        m.add(
+            "thought",
+            "2025-02-13 00:00:00",
+            Some("2025-03-15 00:00:00".into()),
+            ("Ana", "plan", "Thursday"),
+            "plan",
+            5,
+            vec!["plan".into()],
+            None,
+        );
         m.save(d.path()).unwrap();
         let back = AssociativeMemory::load(d.path()).unwrap();
         assert_eq!(back, m);

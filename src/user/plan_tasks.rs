@@ -48,7 +48,9 @@ impl Task for WakeUpHour<'_> {
     }
     fn parse(&self, reply: &str) -> Result<u32, String> {
         let v = extract_json(reply).ok_or("no JSON object")?;
-        let h: u32 = json_str(&v, "wake_up_hour").and_then(|s| s.trim().parse().ok()).ok_or("wake_up_hour missing or not an integer")?;
+        let h: u32 = json_str(&v, "wake_up_hour")
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or("wake_up_hour missing or not an integer")?;
         if (4..=11).contains(&h) {
             Ok(h)
         } else {
@@ -87,7 +89,11 @@ impl Task for DailyPlan<'_> {
         Role::User
     }
     fn messages(&self) -> Vec<Message> {
-        let status = if self.status.is_empty() { String::new() } else { format!("\nHow things stand since yesterday: {}", self.status) };
+        let status = if self.status.is_empty() {
+            String::new()
+        } else {
+            format!("\nHow things stand since yesterday: {}", self.status)
+        };
         vec![
             system(self.profile),
             Message::user(format!(
@@ -98,7 +104,12 @@ impl Task for DailyPlan<'_> {
     }
     fn parse(&self, reply: &str) -> Result<Vec<String>, String> {
         let v = extract_json(reply).ok_or("no JSON object")?;
-        let items: Vec<String> = json_list(&v, "plan").ok_or("`plan` list missing")?.iter().filter_map(|x| x.as_str().map(|s| s.trim().to_string())).filter(|s| !s.is_empty()).collect();
+        let items: Vec<String> = json_list(&v, "plan")
+            .ok_or("`plan` list missing")?
+            .iter()
+            .filter_map(|x| x.as_str().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .collect();
         if (3..=12).contains(&items.len()) {
             Ok(items)
         } else {
@@ -175,7 +186,9 @@ impl Task for HourlySchedule<'_> {
             let (h, act) = match e {
                 Value::String(s) => (i as u32, s.clone()),
                 Value::Object(_) => {
-                    let h = json_str(e, "hour").and_then(|h| h.split(':').next().and_then(|x| x.trim().parse::<u32>().ok())).unwrap_or(i as u32);
+                    let h = json_str(e, "hour")
+                        .and_then(|h| h.split(':').next().and_then(|x| x.trim().parse::<u32>().ok()))
+                        .unwrap_or(i as u32);
                     (h, json_str(e, "activity").ok_or("entry without activity")?)
                 }
                 _ => return Err("schedule entry is neither text nor object".into()),
@@ -204,7 +217,13 @@ impl Task for HourlySchedule<'_> {
     }
     fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
         let mut acts = self.fallback();
-        let mut fillers: Vec<String> = self.plan.iter().skip(1).map(|p| strip_time(p)).filter(|p| !p.contains("lunch") && !p.contains("dinner") && !p.contains("bed")).collect();
+        let mut fillers: Vec<String> = self
+            .plan
+            .iter()
+            .skip(1)
+            .map(|p| strip_time(p))
+            .filter(|p| !p.contains("lunch") && !p.contains("dinner") && !p.contains("bed"))
+            .collect();
         fillers.extend(["tidying up the common room", "reading on the couch", "tending the garden"].map(String::from));
         for h in (self.wake_hour + 1)..23 {
             if h == 12 || h == 18 {
@@ -215,14 +234,16 @@ impl Task for HourlySchedule<'_> {
             }
         }
         acts[(self.wake_hour + 1).min(22) as usize] = "having breakfast".into();
-        let sched: Vec<Value> = acts.iter().enumerate().map(|(h, a)| json!({"hour": hour_label(h as u32), "activity": a})).collect();
+        let sched: Vec<Value> =
+            acts.iter().enumerate().map(|(h, a)| json!({"hour": hour_label(h as u32), "activity": a})).collect();
         json!({ "schedule": sched }).to_string()
     }
 }
 
 /// "make breakfast at 8:00 am" → "make breakfast".
 pub fn strip_time(s: &str) -> String {
-    let re = regex::Regex::new(r"(?i)\s*(at|around|by)?\s*\d{1,2}(:\d\d)?\s*(am|pm|a\.m\.|p\.m\.)?\s*$").expect("static regex");
+    let re = regex::Regex::new(r"(?i)\s*(at|around|by)?\s*\d{1,2}(:\d\d)?\s*(am|pm|a\.m\.|p\.m\.)?\s*$")
+        .expect("static regex");
     re.replace(s.trim().trim_end_matches('.'), "").trim().to_string()
 }
 
@@ -257,7 +278,8 @@ impl Task for Decompose<'_> {
         let mut out = Vec::new();
         for e in list {
             let t = json_str(&e, "task").ok_or("subtask without task")?.trim().trim_end_matches('.').to_string();
-            let m: f64 = json_str(&e, "minutes").and_then(|m| m.trim().parse().ok()).ok_or("subtask without minutes")?;
+            let m: f64 =
+                json_str(&e, "minutes").and_then(|m| m.trim().parse().ok()).ok_or("subtask without minutes")?;
             if t.is_empty() || !(1.0..=120.0).contains(&m) {
                 return Err(format!("bad subtask `{t}` ({m} min)"));
             }
@@ -344,13 +366,18 @@ impl Task for ChoosePlace<'_> {
         let v = extract_json(reply).ok_or("no JSON object")?;
         let c = json_str(&v, "choice").ok_or("`choice` missing")?;
         let c = c.trim().trim_matches('"');
-        self.options.iter().find(|o| o.eq_ignore_ascii_case(c)).cloned().ok_or_else(|| format!("`{c}` is not one of the options"))
+        self.options
+            .iter()
+            .find(|o| o.eq_ignore_ascii_case(c))
+            .cloned()
+            .ok_or_else(|| format!("`{c}` is not one of the options"))
     }
     fn fallback(&self) -> String {
         keyword_place(self.action, self.options).unwrap_or_else(|| self.options.first().cloned().unwrap_or_default())
     }
     fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let c = keyword_place(self.action, self.options).or_else(|| self.options.choose(rng).cloned()).unwrap_or_default();
+        let c =
+            keyword_place(self.action, self.options).or_else(|| self.options.choose(rng).cloned()).unwrap_or_default();
         json!({ "choice": c }).to_string()
     }
 }
@@ -359,11 +386,20 @@ impl Task for ChoosePlace<'_> {
 pub fn keyword_place(action: &str, options: &[String]) -> Option<String> {
     const RULES: &[(&[&str], &[&str])] = &[
         (&["sleep", "asleep", "nap", "bed"], &["bed", "bedroom"]),
-        (&["shower", "bath", "brush", "teeth", "wash", "toilet", "groom"], &["shower", "bathroom sink", "bathroom", "toilet"]),
-        (&["cook", "breakfast", "lunch", "dinner", "meal", "recipe", "kitchen", "eat", "snack", "coffee", "tea"], &["cooking area", "kitchen", "refrigerator", "common room table"]),
+        (
+            &["shower", "bath", "brush", "teeth", "wash", "toilet", "groom"],
+            &["shower", "bathroom sink", "bathroom", "toilet"],
+        ),
+        (
+            &["cook", "breakfast", "lunch", "dinner", "meal", "recipe", "kitchen", "eat", "snack", "coffee", "tea"],
+            &["cooking area", "kitchen", "refrigerator", "common room table"],
+        ),
         (&["garden", "plant", "water", "flower", "yard", "outside"], &["house garden", "garden"]),
         (&["read", "book", "shelf"], &["shelf", "common room"]),
-        (&["work", "write", "journal", "sketch", "design", "study", "email", "computer", "plan"], &["desk", "common room table", "common room"]),
+        (
+            &["work", "write", "journal", "sketch", "design", "study", "email", "computer", "plan"],
+            &["desk", "common room table", "common room"],
+        ),
         (&["dress", "clothes", "closet"], &["closet"]),
     ];
     let a = action.to_lowercase();
@@ -393,7 +429,10 @@ impl Task for Emoji<'_> {
         Role::User
     }
     fn messages(&self) -> Vec<Message> {
-        vec![Message::user(format!("Give one to three emoji that show this action: \"{}\". Reply as {{\"emoji\": \"...\"}}.", self.action))]
+        vec![Message::user(format!(
+            "Give one to three emoji that show this action: \"{}\". Reply as {{\"emoji\": \"...\"}}.",
+            self.action
+        ))]
     }
     fn parse(&self, reply: &str) -> Result<String, String> {
         let v = extract_json(reply).ok_or("no JSON object")?;
@@ -408,9 +447,24 @@ impl Task for Emoji<'_> {
     }
     fn scripted(&self, _rng: &mut ChaCha8Rng) -> String {
         const MAP: &[(&str, &str)] = &[
-            ("sleep", "😴"), ("breakfast", "🍳"), ("lunch", "🥗"), ("dinner", "🍲"), ("cook", "🍳"), ("shower", "🚿"),
-            ("garden", "🌱"), ("read", "📖"), ("journal", "📓"), ("sketch", "✏️"), ("work", "💻"), ("music", "🎵"),
-            ("call", "📞"), ("clean", "🧹"), ("tidy", "🧹"), ("decor", "🖼️"), ("bed", "🛏️"), ("exercise", "🏃"),
+            ("sleep", "😴"),
+            ("breakfast", "🍳"),
+            ("lunch", "🥗"),
+            ("dinner", "🍲"),
+            ("cook", "🍳"),
+            ("shower", "🚿"),
+            ("garden", "🌱"),
+            ("read", "📖"),
+            ("journal", "📓"),
+            ("sketch", "✏️"),
+            ("work", "💻"),
+            ("music", "🎵"),
+            ("call", "📞"),
+            ("clean", "🧹"),
+            ("tidy", "🧹"),
+            ("decor", "🖼️"),
+            ("bed", "🛏️"),
+            ("exercise", "🏃"),
         ];
         let a = self.action.to_lowercase();
         let e = MAP.iter().find(|(k, _)| a.contains(k)).map(|(_, e)| *e).unwrap_or("🙂");
@@ -500,7 +554,8 @@ impl Task for ReviseStatus<'_> {
     fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
         let words = content_words(&self.yesterday.join(" "));
         let w = words.choose(rng).cloned().unwrap_or_else(|| "home".into());
-        json!({ "status": format!("I feel settled after yesterday. I want to keep some of the {w} going today.") }).to_string()
+        json!({ "status": format!("I feel settled after yesterday. I want to keep some of the {w} going today.") })
+            .to_string()
     }
 }
 

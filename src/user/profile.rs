@@ -94,7 +94,11 @@ impl Profile {
 
     /// The rubric as one block (the assistant gets this when `persona_given`).
     pub fn rubric_text(&self) -> String {
-        DIMENSIONS.iter().map(|d| format!("{}: {}", d.replace('_', " "), self.criterion(d))).collect::<Vec<_>>().join("\n")
+        DIMENSIONS
+            .iter()
+            .map(|d| format!("{}: {}", d.replace('_', " "), self.criterion(d)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Content words of the persona's interests and lifestyle, for the scripted brain.
@@ -105,7 +109,32 @@ impl Profile {
 
 /// Lower-cased words of four letters or more, minus a few fillers.
 pub fn content_words(text: &str) -> Vec<String> {
-    const STOP: &[&str] = &["john", "with", "that", "this", "from", "your", "have", "will", "into", "typically", "enjoys", "their", "them", "they", "about", "like", "some", "more", "while", "when", "each", "time", "hour", "hours"];
+    const STOP: &[&str] = &[
+        "john",
+        "with",
+        "that",
+        "this",
+        "from",
+        "your",
+        "have",
+        "will",
+        "into",
+        "typically",
+        "enjoys",
+        "their",
+        "them",
+        "they",
+        "about",
+        "like",
+        "some",
+        "more",
+        "while",
+        "when",
+        "each",
+        "time",
+        "hour",
+        "hours",
+    ];
     let mut out: Vec<String> = text
         .split(|c: char| !c.is_alphabetic())
         .filter(|w| w.len() >= 4)

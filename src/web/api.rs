@@ -32,7 +32,10 @@ fn received() -> Response {
 pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> Response {
     let r = (|| {
         let req = validate::json_object(&body)?;
-        let sim = req.get("sim_code").and_then(Value::as_str).ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
+        let sim = req
+            .get("sim_code")
+            .and_then(Value::as_str)
+            .ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
         let step = validate::json_step(req.get("step"))?;
         let env = match req.get("environment") {
             Some(Value::Object(m)) => m,
@@ -40,13 +43,19 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
         };
         if let Some(live) = &state.live {
             if live.sim_code() != sim {
-                return Err(WebError::new(StatusCode::CONFLICT, format!("{sim:?} is not the running simulation; only {:?} accepts environments", live.sim_code())));
+                return Err(WebError::new(
+                    StatusCode::CONFLICT,
+                    format!("{sim:?} is not the running simulation; only {:?} accepts environments", live.sim_code()),
+                ));
             }
             // The next step, or the one after while the engine is still finishing its bookkeeping;
             // anything older comes from a stale tab and would rewrite history.
             let next = live.current_step();
             if step < next || step > next.saturating_add(1) {
-                return Err(WebError::new(StatusCode::CONFLICT, format!("step {step} is not the running simulation's next step ({next}); reload the page")));
+                return Err(WebError::new(
+                    StatusCode::CONFLICT,
+                    format!("step {step} is not the running simulation's next step ({next}); reload the page"),
+                ));
             }
         }
         let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
@@ -64,7 +73,10 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
 pub async fn update_environment(State(state): State<AppState>, body: Bytes) -> Response {
     let r = (|| {
         let req = validate::json_object(&body)?;
-        let sim = req.get("sim_code").and_then(Value::as_str).ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
+        let sim = req
+            .get("sim_code")
+            .and_then(Value::as_str)
+            .ok_or_else(|| WebError::bad_request("missing \"sim_code\" (a string)"))?;
         let step_value = req.get("step").cloned().unwrap_or(Value::Null);
         let step = validate::json_step(Some(&step_value))?;
         let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
@@ -111,7 +123,10 @@ pub async fn live_state(State(state): State<AppState>) -> Response {
 pub async fn live_control(State(state): State<AppState>, body: Bytes) -> Response {
     let r = (|| {
         let req = validate::json_object(&body)?;
-        let paused = req.get("paused").and_then(Value::as_bool).ok_or_else(|| WebError::bad_request("missing \"paused\" (true or false)"))?;
+        let paused = req
+            .get("paused")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| WebError::bad_request("missing \"paused\" (true or false)"))?;
         let live = state.live.as_ref().ok_or_else(|| WebError::not_found("no simulation is running in this server"))?;
         live.set_paused(paused);
         Ok(axum::Json(live_json(&state)).into_response())

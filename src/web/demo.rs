@@ -25,9 +25,13 @@ pub fn play_speed(s: &str) -> u32 {
 
 /// `start_date` ("February 13, 2025") at midnight plus `step * sec_per_step`, as `YYYY-MM-DDTHH:MM:SS`.
 pub fn start_datetime(start_date: &str, step: u64, sec_per_step: u64) -> Result<String, WebError> {
-    let day = NaiveDate::parse_from_str(start_date.trim(), "%B %d, %Y")
-        .map_err(|e| WebError::internal(format!("meta.json start_date {start_date:?} is not like \"February 13, 2025\": {e}")))?;
-    let secs = step.checked_mul(sec_per_step).and_then(|s| i64::try_from(s).ok()).ok_or_else(|| WebError::bad_request("step too large"))?;
+    let day = NaiveDate::parse_from_str(start_date.trim(), "%B %d, %Y").map_err(|e| {
+        WebError::internal(format!("meta.json start_date {start_date:?} is not like \"February 13, 2025\": {e}"))
+    })?;
+    let secs = step
+        .checked_mul(sec_per_step)
+        .and_then(|s| i64::try_from(s).ok())
+        .ok_or_else(|| WebError::bad_request("step too large"))?;
     let t = day
         .and_hms_opt(0, 0, 0)
         .and_then(|t| t.checked_add_signed(chrono::Duration::try_seconds(secs)?))
@@ -37,7 +41,8 @@ pub fn start_datetime(start_date: &str, step: u64, sec_per_step: u64) -> Result<
 
 /// The steps of `master_movement.json` in numeric order.
 fn numeric_steps(master: &Map<String, Value>) -> Vec<(u64, &Map<String, Value>)> {
-    let mut v: Vec<(u64, &Map<String, Value>)> = master.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_object()?))).collect();
+    let mut v: Vec<(u64, &Map<String, Value>)> =
+        master.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_object()?))).collect();
     v.sort_by_key(|(k, _)| *k);
     v
 }
@@ -75,7 +80,10 @@ pub fn demo_movement(master: &Obj, step: u64) -> Result<(Obj, Obj), WebError> {
     Ok((init, all))
 }
 
-pub async fn demo(State(state): State<AppState>, UrlPath((sim, step, speed)): UrlPath<(String, String, String)>) -> Response {
+pub async fn demo(
+    State(state): State<AppState>,
+    UrlPath((sim, step, speed)): UrlPath<(String, String, String)>,
+) -> Response {
     let r = (|| {
         let step = validate::url_step(&step)?;
         let speed = play_speed(&speed);
@@ -89,7 +97,10 @@ pub async fn demo(State(state): State<AppState>, UrlPath((sim, step, speed)): Ur
             _ => return Err(WebError::not_found(format!("compressed run {sim:?} has no master_movement.json"))),
         };
         let sec_per_step = meta.get("sec_per_step").and_then(Value::as_u64).unwrap_or(10);
-        let start_date = meta.get("start_date").and_then(Value::as_str).ok_or_else(|| WebError::internal("meta.json has no start_date"))?;
+        let start_date = meta
+            .get("start_date")
+            .and_then(Value::as_str)
+            .ok_or_else(|| WebError::internal("meta.json has no start_date"))?;
         let start = start_datetime(start_date, step, sec_per_step)?;
         let (init, all) = demo_movement(&master, step)?;
         // The assistant's suggestions and scores, if the compressor kept them (assistant.json).
@@ -97,12 +108,22 @@ pub async fn demo(State(state): State<AppState>, UrlPath((sim, step, speed)): Ur
         let assistant_log: Map<String, Value> = log
             .get("steps")
             .and_then(Value::as_object)
-            .map(|m| m.iter().filter(|(k, _)| k.parse::<u64>().is_ok_and(|k| k >= step)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.parse::<u64>().is_ok_and(|k| k >= step))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let names: Vec<String> = init.keys().filter(|n| validate::is_listable_name(n)).cloned().collect();
-        let positions: Map<String, Value> = init.iter().filter_map(|(n, e)| Some((n.clone(), e.get("movement")?.clone()))).collect();
+        let positions: Map<String, Value> =
+            init.iter().filter_map(|(n, e)| Some((n.clone(), e.get("movement")?.clone()))).collect();
         let personas = persona_entries(&state, &names, &positions);
-        let assistant = log.get("persona").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| sim_files::assistant_name(&names));
+        let assistant = log
+            .get("persona")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| sim_files::assistant_name(&names));
         let last_step = numeric_steps(&master).last().map(|(k, _)| *k);
         let config = json!({
             "mode": "demo", "sim_code": sim, "step": step, "start_phase": "update", "personas": personas,

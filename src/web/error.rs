@@ -31,7 +31,11 @@ impl WebError {
     pub fn page(self, state: &AppState) -> Response {
         let ctx = json!({"status": self.status.as_u16(), "reason": self.status.canonical_reason().unwrap_or(""), "message": self.message});
         let body = state.render.render("error.html", &ctx).unwrap_or_else(|_| {
-            format!("<!doctype html><title>Error</title><h1>{}</h1><p>{}</p>", self.status.as_u16(), escape_html(&self.message))
+            format!(
+                "<!doctype html><title>Error</title><h1>{}</h1><p>{}</p>",
+                self.status.as_u16(),
+                escape_html(&self.message)
+            )
         });
         (self.status, Html(body)).into_response()
     }

@@ -127,7 +127,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         anyhow::bail!("storage folder {} does not exist", opts.storage.display());
     }
     if !opts.assets.join("the_ville/visuals/the_ville_jan7.json").is_file() {
-        tracing::warn!("map assets not found under {} (expected the_ville/visuals/the_ville_jan7.json); pages will show no map", opts.assets.display());
+        tracing::warn!(
+            "map assets not found under {} (expected the_ville/visuals/the_ville_jan7.json); pages will show no map",
+            opts.assets.display()
+        );
     }
     let addr: SocketAddr = tokio::net::lookup_host((opts.host.as_str(), opts.port))
         .await?

@@ -30,9 +30,13 @@ pub async fn simulator_home(State(state): State<AppState>) -> Response {
                 let Some(step_file) = sim_files::read_json(&temp.join("curr_step.json")).ok().flatten() else {
                     return Ok(html(&state, "start_backend.html", &json!({})));
                 };
-                let sim_file = sim_files::read_json(&temp.join("curr_sim_code.json"))?
-                    .ok_or_else(|| WebError::not_found("temp_storage/curr_sim_code.json is missing; start the backend first"))?;
-                let sim = sim_file.get("sim_code").and_then(Value::as_str).ok_or_else(|| WebError::internal("curr_sim_code.json has no \"sim_code\""))?;
+                let sim_file = sim_files::read_json(&temp.join("curr_sim_code.json"))?.ok_or_else(|| {
+                    WebError::not_found("temp_storage/curr_sim_code.json is missing; start the backend first")
+                })?;
+                let sim = sim_file
+                    .get("sim_code")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| WebError::internal("curr_sim_code.json has no \"sim_code\""))?;
                 let step = validate::json_step(step_file.get("step"))?;
                 let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
                 (sim.to_string(), sim_files::resume_step(&dir, step), false)

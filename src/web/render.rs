@@ -30,7 +30,8 @@ impl Renderer {
     /// Render `name` with `ctx`.
     pub fn render(&self, name: &str, ctx: &impl Serialize) -> Result<String> {
         let env = self.env();
-        let tmpl = env.get_template(name).with_context(|| format!("loading template {name} from {}", self.dir.display()))?;
+        let tmpl =
+            env.get_template(name).with_context(|| format!("loading template {name} from {}", self.dir.display()))?;
         tmpl.render(ctx).with_context(|| format!("rendering template {name}"))
     }
 }

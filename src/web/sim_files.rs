@@ -27,7 +27,9 @@ pub fn read_json(path: &Path) -> Result<Option<Value>, WebError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(WebError::internal(format!("reading {}: {e}", path.display()))),
     };
-    serde_json::from_slice(&text).map(Some).map_err(|e| WebError::internal(format!("{} is not valid JSON: {e}", path.display())))
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| WebError::internal(format!("{} is not valid JSON: {e}", path.display())))
 }
 
 /// The step numbers of `<dir>/<n>.json`, ascending (other names are ignored).
@@ -68,7 +70,11 @@ pub fn persona_names(dir: &Path, meta: &Map<String, Value>) -> Vec<String> {
         .filter(|n| !n.starts_with('.') && validate::is_listable_name(n))
         .collect();
     found.sort();
-    let order: Vec<&str> = meta.get("persona_names").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let order: Vec<&str> = meta
+        .get("persona_names")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     found.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
     found
 }

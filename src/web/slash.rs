@@ -21,7 +21,9 @@ fn wants_slash(path: &str) -> bool {
         return false;
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    SLASHED.iter().any(|shape| shape.len() == segs.len() && shape.iter().zip(&segs).all(|(p, s)| !s.is_empty() && (*p == "*" || p == s)))
+    SLASHED.iter().any(|shape| {
+        shape.len() == segs.len() && shape.iter().zip(&segs).all(|(p, s)| !s.is_empty() && (*p == "*" || p == s))
+    })
 }
 
 pub async fn fallback(method: Method, uri: Uri) -> Response {
@@ -30,7 +32,11 @@ pub async fn fallback(method: Method, uri: Uri) -> Response {
             Some(q) => format!("{}/?{q}", uri.path()),
             None => format!("{}/", uri.path()),
         };
-        let status = if method == Method::GET || method == Method::HEAD { StatusCode::MOVED_PERMANENTLY } else { StatusCode::PERMANENT_REDIRECT };
+        let status = if method == Method::GET || method == Method::HEAD {
+            StatusCode::MOVED_PERMANENTLY
+        } else {
+            StatusCode::PERMANENT_REDIRECT
+        };
         return (status, [(header::LOCATION, target)]).into_response();
     }
     (StatusCode::NOT_FOUND, format!("Not found: {}", uri.path())).into_response()

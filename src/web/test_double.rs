@@ -25,7 +25,13 @@ impl CopyEnvToMovement {
     /// A double for `storage/<sim>` whose next step is `start`; each step is written after `delay`.
     /// Like an engine started on a fork, it computes `start` at once if its environment exists.
     pub fn new(storage: PathBuf, sim: &str, start: u64, delay: Duration) -> Arc<Self> {
-        let me = Arc::new(CopyEnvToMovement { sim_dir: storage.join(sim), sim: sim.into(), next: Arc::new(AtomicU64::new(start)), paused: AtomicBool::new(false), delay });
+        let me = Arc::new(CopyEnvToMovement {
+            sim_dir: storage.join(sim),
+            sim: sim.into(),
+            next: Arc::new(AtomicU64::new(start)),
+            paused: AtomicBool::new(false),
+            delay,
+        });
         if me.sim_dir.join(format!("environment/{start}.json")).is_file() {
             me.environment_written(start);
         }
@@ -42,7 +48,11 @@ impl CopyEnvToMovement {
             let y = e.get("y").and_then(Value::as_i64).unwrap_or(1);
             let dx = if (step + i as u64).is_multiple_of(2) { 1 } else { -1 };
             let is_assistant = i + 1 == n;
-            let suggestion = if is_assistant { format!("Scripted suggestion #{step}: take a short walk <b>outside</b>") } else { String::new() };
+            let suggestion = if is_assistant {
+                format!("Scripted suggestion #{step}: take a short walk <b>outside</b>")
+            } else {
+                String::new()
+            };
             persona.insert(name.clone(), json!({
                 "movement": [x + dx, y],
                 "path": [[x, y], [x + dx, y]],
@@ -67,8 +77,15 @@ impl CopyEnvToMovement {
 
     fn compute(sim_dir: &std::path::Path, next: &AtomicU64, step: u64) {
         let env_path = sim_dir.join(format!("environment/{step}.json"));
-        let Some(env) = std::fs::read(&env_path).ok().and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok()) else { return };
-        let meta: Value = std::fs::read(sim_dir.join("reverie/meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let Some(env) =
+            std::fs::read(&env_path).ok().and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        else {
+            return;
+        };
+        let meta: Value = std::fs::read(sim_dir.join("reverie/meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         let start = meta.get("start_date").and_then(Value::as_str).unwrap_or("February 13, 2025");
         let sps = meta.get("sec_per_step").and_then(Value::as_u64).unwrap_or(150);
         let mv = Self::movement_for(step, &env, start, sps);

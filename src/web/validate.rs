@@ -10,7 +10,9 @@ const MAX_NAME: usize = 128;
 /// A sim code: 1–128 of `[A-Za-z0-9_-]` (the original's `[\w-]`, restricted to ASCII).
 pub fn sim_code(s: &str) -> Result<&str, WebError> {
     if s.is_empty() || s.len() > MAX_NAME || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(WebError::bad_request(format!("invalid sim code {s:?}: use 1-{MAX_NAME} letters, digits, '_' or '-'")));
+        return Err(WebError::bad_request(format!(
+            "invalid sim code {s:?}: use 1-{MAX_NAME} letters, digits, '_' or '-'"
+        )));
     }
     Ok(s)
 }
@@ -27,7 +29,9 @@ pub fn url_step(s: &str) -> Result<u64, WebError> {
 /// value with its JSON type, so `"2"` must keep working).
 pub fn json_step(v: Option<&Value>) -> Result<u64, WebError> {
     match v {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| WebError::bad_request(format!("invalid step {n}: expected a non-negative integer"))),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| WebError::bad_request(format!("invalid step {n}: expected a non-negative integer"))),
         Some(Value::String(s)) => url_step(s),
         Some(other) => Err(WebError::bad_request(format!("invalid step {other}: expected a non-negative integer"))),
         None => Err(WebError::bad_request("missing \"step\"")),
@@ -41,7 +45,9 @@ pub fn persona_name(s: &str) -> Result<&str, WebError> {
         && !s.starts_with(' ')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'_' || b == b'-');
     if !ok {
-        return Err(WebError::bad_request(format!("invalid persona name {s:?}: use letters, digits, spaces, '_' or '-'")));
+        return Err(WebError::bad_request(format!(
+            "invalid persona name {s:?}: use letters, digits, spaces, '_' or '-'"
+        )));
     }
     Ok(s)
 }

@@ -254,7 +254,12 @@ impl Maze {
     pub fn arenas(&self, sector_address: &str) -> Vec<&str> {
         let mut it = sector_address.split(':');
         match (it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), None) => self.tree.get(w).and_then(|m| m.get(s)).map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default(),
+            (Some(w), Some(s), None) => self
+                .tree
+                .get(w)
+                .and_then(|m| m.get(s))
+                .map(|a| a.keys().map(String::as_str).collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -263,9 +268,13 @@ impl Maze {
     pub fn objects(&self, arena_address: &str) -> Vec<&str> {
         let mut it = arena_address.split(':');
         match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(w), Some(s), Some(a), None) => {
-                self.tree.get(w).and_then(|m| m.get(s)).and_then(|m| m.get(a)).map(|o| o.iter().map(String::as_str).collect()).unwrap_or_default()
-            }
+            (Some(w), Some(s), Some(a), None) => self
+                .tree
+                .get(w)
+                .and_then(|m| m.get(s))
+                .and_then(|m| m.get(a))
+                .map(|o| o.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -336,9 +345,14 @@ fn read_meta(path: &Path) -> Result<Meta> {
     let int = |key: &str| -> Result<Option<usize>> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(|n| Some(n as usize)).with_context(|| format!("{}: {key} must be a non-negative integer", path.display())),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .with_context(|| format!("{}: {key} must be a non-negative integer", path.display())),
             // The original calls int() on it, so a numeric string is accepted too.
-            Some(Value::String(s)) => s.trim().parse().map(Some).with_context(|| format!("{}: {key} {s:?} is not an integer", path.display())),
+            Some(Value::String(s)) => {
+                s.trim().parse().map(Some).with_context(|| format!("{}: {key} {s:?} is not an integer", path.display()))
+            }
             Some(other) => bail!("{}: {key} must be an integer, found {other}", path.display()),
         }
     };
@@ -348,10 +362,18 @@ fn read_meta(path: &Path) -> Result<Meta> {
         bail!("{}: maze size {width}x{height} is out of range", path.display());
     }
     let sq_tile_size = int("sq_tile_size")?.unwrap_or(32);
-    let sq_tile_size =
-        u32::try_from(sq_tile_size).ok().filter(|s| *s > 0).with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
+    let sq_tile_size = u32::try_from(sq_tile_size)
+        .ok()
+        .filter(|s| *s > 0)
+        .with_context(|| format!("{}: sq_tile_size {sq_tile_size} is out of range", path.display()))?;
     let text_field = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-    Ok(Meta { width, height, sq_tile_size, world_name: text_field("world_name"), special_constraint: text_field("special_constraint") })
+    Ok(Meta {
+        width,
+        height,
+        sq_tile_size,
+        world_name: text_field("world_name"),
+        special_constraint: text_field("special_constraint"),
+    })
 }
 
 /// Split one CSV line into trimmed cells, honouring double quotes like Python's csv reader.
@@ -434,7 +456,10 @@ mod tests {
 
     #[test]
     fn csv_cells_trim_and_quotes() {
-        assert_eq!(csv_cells("32155, the Ville, Ryan Park's apartment "), vec!["32155", "the Ville", "Ryan Park's apartment"]);
+        assert_eq!(
+            csv_cells("32155, the Ville, Ryan Park's apartment "),
+            vec!["32155", "the Ville", "Ryan Park's apartment"]
+        );
         assert_eq!(csv_cells(r#"1, "a, b", "say ""hi""""#), vec!["1", "a, b", r#"say "hi""#]);
         assert_eq!(csv_cells("0,0,"), vec!["0", "0", ""]);
     }
@@ -443,7 +468,11 @@ mod tests {
         let m = dir.join("the_ville/matrix");
         fs::create_dir_all(m.join("maze")).unwrap();
         fs::create_dir_all(m.join("special_blocks")).unwrap();
-        fs::write(m.join("maze_meta_info.json"), format!(r#"{{"world_name": "w", "maze_width": {w}, "maze_height": "{h}", "sq_tile_size": 32}}"#)).unwrap();
+        fs::write(
+            m.join("maze_meta_info.json"),
+            format!(r#"{{"world_name": "w", "maze_width": {w}, "maze_height": "{h}", "sq_tile_size": 32}}"#),
+        )
+        .unwrap();
         let zeros = vec!["0"; w * h].join(",");
         fs::write(m.join("maze/collision_maze.csv"), collision).unwrap();
         for f in ["sector", "arena", "game_object", "spawning_location"] {

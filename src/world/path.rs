@@ -109,6 +109,9 @@ pub fn nearest_reachable(maze: &Maze, from: Pos, targets: &[Pos]) -> Option<(Pos
     }
     let dist = distances(maze, from, targets);
     let w = maze.width;
-    let best = targets.iter().filter(|t| maze.contains(t.0, t.1) && dist[t.1 * w + t.0] != UNSEEN).min_by_key(|t| dist[t.1 * w + t.0])?;
+    let best = targets
+        .iter()
+        .filter(|t| maze.contains(t.0, t.1) && dist[t.1 * w + t.0] != UNSEEN)
+        .min_by_key(|t| dist[t.1 * w + t.0])?;
     Some((*best, backtrack(maze, &dist, *best)))
 }

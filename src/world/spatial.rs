@@ -30,8 +30,11 @@ impl SpatialMemory {
 
     /// Read a `spatial_memory.json`. A missing or malformed file is an error naming the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading spatial memory {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing spatial memory {} (expected {{world: {{sector: {{arena: [objects]}}}}}})", path.display()))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading spatial memory {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!("parsing spatial memory {} (expected {{world: {{sector: {{arena: [objects]}}}}}})", path.display())
+        })
     }
 
     /// Write it atomically in Python's `json.dumps(indent=2)` format.
@@ -72,7 +75,15 @@ impl SpatialMemory {
 
     /// Number of entries at every level (worlds + sectors + arenas + objects).
     pub fn size(&self) -> usize {
-        self.tree.values().map(|sectors| 1 + sectors.values().map(|arenas| 1 + arenas.values().map(|objs| 1 + objs.len()).sum::<usize>()).sum::<usize>()).sum()
+        self.tree
+            .values()
+            .map(|sectors| {
+                1 + sectors
+                    .values()
+                    .map(|arenas| 1 + arenas.values().map(|objs| 1 + objs.len()).sum::<usize>())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Known sectors of a world, in memory order.
@@ -82,14 +93,22 @@ impl SpatialMemory {
 
     /// Known arenas of a sector, in memory order.
     pub fn arenas_in(&self, world: &str, sector: &str) -> Vec<&str> {
-        self.tree.get(world).and_then(|s| s.get(sector)).map(|a| a.keys().map(String::as_str).collect()).unwrap_or_default()
+        self.tree
+            .get(world)
+            .and_then(|s| s.get(sector))
+            .map(|a| a.keys().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// Known objects of an arena, in memory order. Like the original, an arena named with
     /// different capitals (LLMs sometimes lower-case it) falls back to its lower-case key.
     pub fn objects_in(&self, world: &str, sector: &str, arena: &str) -> Vec<&str> {
         let Some(arenas) = self.tree.get(world).and_then(|s| s.get(sector)) else { return Vec::new() };
-        arenas.get(arena).or_else(|| arenas.get(&arena.to_lowercase())).map(|o| o.iter().map(String::as_str).collect()).unwrap_or_default()
+        arenas
+            .get(arena)
+            .or_else(|| arenas.get(&arena.to_lowercase()))
+            .map(|o| o.iter().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// Whether an address `"world[:sector[:arena[:object]]]"` is known.

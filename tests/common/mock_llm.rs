@@ -31,24 +31,57 @@ fn answer(prompt: &str, system: &str) -> String {
     }
     if prompt.contains("{\"schedule\"") {
         let wake = prompt.split("asleep before ").nth(1).and_then(|s| s[..2].parse::<u32>().ok()).unwrap_or(7);
-        let acts = ["cooking breakfast", "rearranging the shelves", "reading a book", "having lunch", "watering the garden", "sketching designs", "cooking dinner", "journaling"];
+        let acts = [
+            "cooking breakfast",
+            "rearranging the shelves",
+            "reading a book",
+            "having lunch",
+            "watering the garden",
+            "sketching designs",
+            "cooking dinner",
+            "journaling",
+        ];
         let sched: Vec<Value> = (0..24u32)
             .map(|hr| {
-                let a = if hr < wake || hr >= 23 { "sleeping".to_string() } else { acts[((hr - wake) as usize) % acts.len()].to_string() };
+                let a = if hr < wake || hr >= 23 {
+                    "sleeping".to_string()
+                } else {
+                    acts[((hr - wake) as usize) % acts.len()].to_string()
+                };
                 json!({"hour": format!("{hr:02}:00"), "activity": a})
             })
             .collect();
         return json!({"schedule": sched}).to_string();
     }
     if prompt.contains("{\"subtasks\"") {
-        let mins: u32 = prompt.split("you will spend ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(60);
+        let mins: u32 = prompt
+            .split("you will spend ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60);
         // Durations that don't add up on purpose: the parser has to fit them.
         return json!({"subtasks": [{"task": "getting ready", "minutes": 10}, {"task": "the main part", "minutes": mins}, {"task": "cleaning up", "minutes": 15}]}).to_string();
     }
     if prompt.contains("{\"choice\"") {
-        let opts: Vec<&str> = prompt.split("Choose exactly one of: ").nth(1).unwrap_or("").split('\n').next().unwrap_or("").trim_end_matches('.').split(", ").map(|o| o.trim_matches('"')).collect();
+        let opts: Vec<&str> = prompt
+            .split("Choose exactly one of: ")
+            .nth(1)
+            .unwrap_or("")
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .split(", ")
+            .map(|o| o.trim_matches('"'))
+            .collect();
         let action = prompt.split("You are about to be ").nth(1).and_then(|s| s.split('.').next()).unwrap_or("");
-        let good = opts.iter().find(|o| action.split(' ').any(|w| w.len() > 3 && o.contains(&w[..4]))).or(opts.first()).copied().unwrap_or("");
+        let good = opts
+            .iter()
+            .find(|o| action.split(' ').any(|w| w.len() > 3 && o.contains(&w[..4])))
+            .or(opts.first())
+            .copied()
+            .unwrap_or("");
         return json!({"choice": good}).to_string();
     }
     if prompt.contains("{\"emoji\"") {
@@ -68,7 +101,11 @@ fn answer(prompt: &str, system: &str) -> String {
     }
     if prompt.contains("with all five keys") {
         let mut m = serde_json::Map::new();
-        for (i, k) in ["Personal_Preference", "Timing", "Frequency_too_often", "Frequency_too_rarely", "Communication_&_Safety"].iter().enumerate() {
+        for (i, k) in
+            ["Personal_Preference", "Timing", "Frequency_too_often", "Frequency_too_rarely", "Communication_&_Safety"]
+                .iter()
+                .enumerate()
+        {
             m.insert(k.to_string(), json!({"Score": (pick >> i) & 1, "Reason": "judged"}));
         }
         return Value::Object(m).to_string();
@@ -77,7 +114,11 @@ fn answer(prompt: &str, system: &str) -> String {
         return json!({"Score": !pick.is_multiple_of(4) as u8, "Reason": "That is how I feel about it."}).to_string();
     }
     if system.contains("proactive assistant") {
-        let s = if pick.is_multiple_of(2) { "No Recommendation".to_string() } else { format!("Maybe take a short break (idea {}).", pick % 7) };
+        let s = if pick.is_multiple_of(2) {
+            "No Recommendation".to_string()
+        } else {
+            format!("Maybe take a short break (idea {}).", pick % 7)
+        };
         return json!({"Suggestion": s}).to_string();
     }
     "I am not sure what you want.".into()
@@ -85,8 +126,10 @@ fn answer(prompt: &str, system: &str) -> String {
 
 async fn chat(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value> {
     let msgs = req["messages"].as_array().cloned().unwrap_or_default();
-    let system = msgs.iter().find(|m| m["role"] == "system").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
-    let user = msgs.iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+    let system =
+        msgs.iter().find(|m| m["role"] == "system").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+    let user =
+        msgs.iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
     let n = m.n.fetch_add(1, Ordering::SeqCst);
     let model = req["model"].as_str().unwrap_or("").to_string();
     {
@@ -129,15 +172,19 @@ async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
             json!({"object": "embedding", "index": i, "embedding": v})
         })
         .collect();
-    Json(json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
+    Json(
+        json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
+    )
 }
 
 pub async fn start_mock() -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock { n: AtomicU64::new(0), in_flight: Default::default() });
-    let app = Router::new().route("/v1/chat/completions", post(chat)).route("/v1/embeddings", post(embeddings)).with_state(mock.clone());
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/v1"), mock)
 }
-

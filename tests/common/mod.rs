@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 /// `../shared/frontend_server` (or `$PROPERSIM_SHARED/frontend_server`), if present.
 pub fn frontend_server() -> Option<PathBuf> {
-    let base = std::env::var_os("PROPERSIM_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let base = std::env::var_os("PROPERSIM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     let p = base.join("frontend_server");
     p.join("storage/base_the_ville_persona_1").is_dir().then_some(p)
 }
@@ -70,9 +72,25 @@ pub fn smollm2_pairs() -> Vec<propersim::train::data::PreferencePair> {
         extra: Default::default(),
     };
     vec![
-        mk("John is reading a novel at 21:30.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Go for a run now.\"}"),
-        mk("John is cooking dinner at 18:10.", "{\"Suggestion\": \"Add some vegetables to the pasta.\"}", "{\"Suggestion\": \"Call your boss about the report.\"}"),
-        mk("John is sleeping at 02:00.", "{\"Suggestion\": No Recommendation}", "{\"Suggestion\": \"Check your email.\"}"),
-        mk("John is walking to the pharmacy at 09:45.", "{\"Suggestion\": \"Bring your prescription card.\"}", "{\"Suggestion\": \"Start a new painting.\"}"),
+        mk(
+            "John is reading a novel at 21:30.",
+            "{\"Suggestion\": No Recommendation}",
+            "{\"Suggestion\": \"Go for a run now.\"}",
+        ),
+        mk(
+            "John is cooking dinner at 18:10.",
+            "{\"Suggestion\": \"Add some vegetables to the pasta.\"}",
+            "{\"Suggestion\": \"Call your boss about the report.\"}",
+        ),
+        mk(
+            "John is sleeping at 02:00.",
+            "{\"Suggestion\": No Recommendation}",
+            "{\"Suggestion\": \"Check your email.\"}",
+        ),
+        mk(
+            "John is walking to the pharmacy at 09:45.",
+            "{\"Suggestion\": \"Bring your prescription card.\"}",
+            "{\"Suggestion\": \"Start a new painting.\"}",
+        ),
     ]
 }

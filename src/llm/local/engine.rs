@@ -96,7 +96,13 @@ impl Engine {
     }
 }
 
-fn run(mut model: Box<dyn CausalLm>, rx: mpsc::Receiver<Job>, stop_ids: Vec<u32>, max_seq_len: usize, version: Arc<AtomicU64>) {
+fn run(
+    mut model: Box<dyn CausalLm>,
+    rx: mpsc::Receiver<Job>,
+    stop_ids: Vec<u32>,
+    max_seq_len: usize,
+    version: Arc<AtomicU64>,
+) {
     let mut current_version = 0u64;
     while let Ok(job) = rx.recv() {
         match job {
@@ -106,11 +112,10 @@ fn run(mut model: Box<dyn CausalLm>, rx: mpsc::Receiver<Job>, stop_ids: Vec<u32>
                 version.store(v, Ordering::SeqCst);
             }
             Job::Generate { prompt, params, reply } => {
-                let out = generate(model.as_mut(), &prompt, params, &stop_ids, max_seq_len)
-                    .map(|mut g| {
-                        g.model_version = current_version;
-                        g
-                    });
+                let out = generate(model.as_mut(), &prompt, params, &stop_ids, max_seq_len).map(|mut g| {
+                    g.model_version = current_version;
+                    g
+                });
                 // The caller may have gone away (cancelled future); nothing to do then.
                 let _ = reply.send(out);
             }
@@ -167,7 +172,14 @@ pub fn generate(
         logits = model.forward_last(&[next], pos)?;
         pos += 1;
     };
-    Ok(Generation { tokens, prompt_tokens: prompt.len(), stop, prefill_time, decode_time: t1.elapsed(), model_version: 0 })
+    Ok(Generation {
+        tokens,
+        prompt_tokens: prompt.len(),
+        stop,
+        prefill_time,
+        decode_time: t1.elapsed(),
+        model_version: 0,
+    })
 }
 
 #[cfg(test)]

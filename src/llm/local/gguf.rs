@@ -132,10 +132,8 @@ impl GgufMeta {
             feed_forward_length: get_u("feed_forward_length").unwrap_or(0),
             context_length: get_u("context_length").unwrap_or(2048),
             rope_freq_base: md.get(&key("rope.freq_base")).and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0),
-            rms_norm_eps: md
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(1e-5) as f64,
+            rms_norm_eps: md.get(&key("attention.layer_norm_rms_epsilon")).and_then(|v| v.to_f32().ok()).unwrap_or(1e-5)
+                as f64,
             vocab_size,
             chat_template: md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
             tensors: ct
@@ -183,8 +181,8 @@ pub fn value_u64(v: &Value) -> Option<u64> {
 pub fn open(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
     let f = File::open(path).with_context(|| format!("cannot open GGUF model {}", path.display()))?;
     let mut r = BufReader::new(f);
-    let ct = gguf_file::Content::read(&mut r)
-        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let ct =
+        gguf_file::Content::read(&mut r).with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
     Ok((ct, r))
 }
 

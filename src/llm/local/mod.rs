@@ -94,8 +94,11 @@ impl LocalProvider {
         let (model, meta) = QuantizedLm::load(&path, mode)?;
         let tokenizer = Tokenizer::for_model(&meta)?;
         let template = match (&rc.chat_template, &meta.chat_template) {
-            (Some(t), _) => ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer)).context("the chat_template in the role config")?,
-            (None, Some(t)) => ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer)).context("the model's chat template")?,
+            (Some(t), _) => ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer))
+                .context("the chat_template in the role config")?,
+            (None, Some(t)) => {
+                ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer)).context("the model's chat template")?
+            }
             (None, None) => ChatTemplate::new(template::CHATML, bos_str(&tokenizer), eos_str(&tokenizer))?,
         };
         let max_seq = model.max_seq_len();
@@ -193,9 +196,13 @@ impl LocalProvider {
         match &self.backend {
             Backend::Embed(e) => {
                 let e = e.clone();
-                tokio::task::spawn_blocking(move || e.embed(&texts)).await.map_err(|e| anyhow!("embedding thread failed: {e}"))?
+                tokio::task::spawn_blocking(move || e.embed(&texts))
+                    .await
+                    .map_err(|e| anyhow!("embedding thread failed: {e}"))?
             }
-            Backend::Chat(_) => bail!("the `{}` role's local model is a chat model; embeddings need the embedding role", self.role),
+            Backend::Chat(_) => {
+                bail!("the `{}` role's local model is a chat model; embeddings need the embedding role", self.role)
+            }
         }
     }
 }
@@ -203,13 +210,27 @@ impl LocalProvider {
 impl ChatProvider for LocalProvider {
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>> {
         Box::pin(async move {
-            let (text, g) = self.generate(&req.messages, &req.sampling).await.map_err(|e| ProviderError::Other(format!("{e:#}")))?;
-            Ok(ChatReply { text, prompt_tokens: g.prompt_tokens as u64, completion_tokens: g.tokens.len() as u64, retries: 0 })
+            let (text, g) = self
+                .generate(&req.messages, &req.sampling)
+                .await
+                .map_err(|e| ProviderError::Other(format!("{e:#}")))?;
+            Ok(ChatReply {
+                text,
+                prompt_tokens: g.prompt_tokens as u64,
+                completion_tokens: g.tokens.len() as u64,
+                retries: 0,
+            })
         })
     }
 
-    fn embed<'a>(&'a self, _model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
-        Box::pin(async move { self.embed_texts(texts.to_vec()).await.map_err(|e| ProviderError::Other(format!("{e:#}"))) })
+    fn embed<'a>(
+        &'a self,
+        _model: &'a str,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
+        Box::pin(
+            async move { self.embed_texts(texts.to_vec()).await.map_err(|e| ProviderError::Other(format!("{e:#}"))) },
+        )
     }
 
     fn name(&self) -> &str {
@@ -265,20 +286,32 @@ pub fn resolve_gguf_from(spec: &str, role: Role, endpoint: Option<&str>) -> Resu
     if p.is_dir() {
         return pick_gguf_in(p).with_context(|| how_to_point(role));
     }
-    let looks_local = spec.starts_with('/') || spec.starts_with('.') || spec.starts_with('~') || spec.ends_with(".gguf") && spec.matches('/').count() != 2;
+    let looks_local = spec.starts_with('/')
+        || spec.starts_with('.')
+        || spec.starts_with('~')
+        || spec.ends_with(".gguf") && spec.matches('/').count() != 2;
     if looks_local || spec.matches('/').count() == 0 {
-        bail!("model `{spec}` for role `{role}` is not a file, a folder, or an `owner/name` Hugging Face repo id. {}", how_to_point(role));
+        bail!(
+            "model `{spec}` for role `{role}` is not a file, a folder, or an `owner/name` Hugging Face repo id. {}",
+            how_to_point(role)
+        );
     }
     match fetch_from_hub(spec, endpoint) {
         Ok(p) => Ok(p),
         Err(e) => {
             if spec == DEFAULT_CHAT_MODEL {
                 if let Some(p) = find_smollm2_gguf() {
-                    tracing::warn!("could not fetch the default model {spec} ({e:#}); using the installed {}", p.display());
+                    tracing::warn!(
+                        "could not fetch the default model {spec} ({e:#}); using the installed {}",
+                        p.display()
+                    );
                     return Ok(p);
                 }
             }
-            Err(anyhow!("cannot get model `{spec}` for role `{role}` from the Hugging Face Hub: {e:#}. {}", how_to_point(role)))
+            Err(anyhow!(
+                "cannot get model `{spec}` for role `{role}` from the Hugging Face Hub: {e:#}. {}",
+                how_to_point(role)
+            ))
         }
     }
 }
@@ -335,8 +368,12 @@ fn fetch_from_hub(spec: &str, endpoint: Option<&str>) -> Result<PathBuf> {
                 Some(f) => f,
                 None => {
                     let info = r.info().await?;
-                    let ggufs: Vec<String> =
-                        info.siblings.into_iter().map(|s| s.rfilename).filter(|f| f.to_ascii_lowercase().ends_with(".gguf")).collect();
+                    let ggufs: Vec<String> = info
+                        .siblings
+                        .into_iter()
+                        .map(|s| s.rfilename)
+                        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+                        .collect();
                     pick_by_preference(ggufs).ok_or_else(|| anyhow!("repo {repo} holds no .gguf file"))?
                 }
             };
@@ -407,8 +444,12 @@ mod tests {
     #[test]
     fn unreachable_hub_is_a_clear_error() {
         // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-        let e = resolve_gguf_from("someone/missing-model-GGUF", Role::Evaluator, Some("http://127.0.0.1:9")).unwrap_err();
+        let e =
+            resolve_gguf_from("someone/missing-model-GGUF", Role::Evaluator, Some("http://127.0.0.1:9")).unwrap_err();
         let e = format!("{e:#}");
-        assert!(e.contains("someone/missing-model-GGUF") && e.contains("--provider scripted") && e.contains("openai"), "{e}");
+        assert!(
+            e.contains("someone/missing-model-GGUF") && e.contains("--provider scripted") && e.contains("openai"),
+            "{e}"
+        );
     }
 }

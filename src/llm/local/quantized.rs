@@ -38,7 +38,11 @@ impl QuantizedLm {
             let mut p = gguf::prepare(path, LoadMode::Native)?;
             let meta = p.meta.clone();
             if !matches!(meta.architecture.as_str(), "llama" | "qwen2") {
-                bail!("{}: architecture `{}` is not supported by the local provider (supported: llama, qwen2)", path.display(), meta.architecture);
+                bail!(
+                    "{}: architecture `{}` is not supported by the local provider (supported: llama, qwen2)",
+                    path.display(),
+                    meta.architecture
+                );
             }
             let max_seq_len = meta.context_length.clamp(1, 32_768);
             let m = DualModel::load(&mut p, max_seq_len)?;
@@ -113,13 +117,18 @@ struct DualLinear {
 }
 
 impl DualLinear {
-    fn new(qt: candle_core::quantized::QTensor, dense: Option<Tensor>, bias: Option<Tensor>) -> candle_core::Result<Self> {
+    fn new(
+        qt: candle_core::quantized::QTensor,
+        dense: Option<Tensor>,
+        bias: Option<Tensor>,
+    ) -> candle_core::Result<Self> {
         use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
         let dense = match dense {
             Some(d) => d,
             None => qt.dequantize(&Device::Cpu)?,
         };
-        let fast = matches!(qt.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
+        let fast =
+            matches!(qt.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
         let cols = dense.dims().last().copied().unwrap_or(0);
         let quant = if fast || cols % 32 != 0 {
             QMatMul::from_qtensor(qt)?
@@ -216,9 +225,12 @@ impl DualModel {
             // Tied embeddings: share the dense tensor with the embedding table.
             DualLinear::new(emb_q, Some(emb.clone()), None)?
         };
-        let theta: Vec<f32> = (0..rope_dim).step_by(2).map(|i| 1f32 / meta.rope_freq_base.powf(i as f32 / rope_dim as f32)).collect();
+        let theta: Vec<f32> =
+            (0..rope_dim).step_by(2).map(|i| 1f32 / meta.rope_freq_base.powf(i as f32 / rope_dim as f32)).collect();
         let theta = Tensor::new(theta.as_slice(), &dev)?;
-        let pos = Tensor::arange(0, max_seq_len as u32, &dev)?.to_dtype(candle_core::DType::F32)?.reshape((max_seq_len, 1))?;
+        let pos = Tensor::arange(0, max_seq_len as u32, &dev)?
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((max_seq_len, 1))?;
         let freqs = pos.matmul(&theta.reshape((1, theta.elem_count()))?)?;
         Ok(DualModel {
             embed: candle_nn::Embedding::new(emb, meta.embedding_length),

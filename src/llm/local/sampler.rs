@@ -27,7 +27,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.7, top_k: 50, top_p: 0.9, repeat_penalty: 1.1, max_new_tokens: 256, seed: DEFAULT_SEED }
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 50,
+            top_p: 0.9,
+            repeat_penalty: 1.1,
+            max_new_tokens: 256,
+            seed: DEFAULT_SEED,
+        }
     }
 }
 
@@ -168,7 +175,14 @@ mod tests {
     fn same_seed_same_draws_and_seeds_differ() {
         let l: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.1).collect();
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, seed, max_new_tokens: 1 });
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                repeat_penalty: 1.0,
+                seed,
+                max_new_tokens: 1,
+            });
             (0..32).map(|_| s.sample(&l, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));

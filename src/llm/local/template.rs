@@ -71,7 +71,10 @@ mod tests {
         let t = ChatTemplate::new(CHATML, None, None).unwrap();
         let msgs = vec![Message::system("Be brief."), Message::user("Hi")];
         let s = t.render(&msgs, true).unwrap();
-        assert_eq!(s, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            s,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         let s2 = t.render(&msgs, false).unwrap();
         assert!(!s2.ends_with("assistant\n"));
     }

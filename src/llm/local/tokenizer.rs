@@ -25,7 +25,8 @@ use super::gguf::{value_u64, GgufMeta};
 
 /// GPT-4/Qwen2-style split: words with a leading non-letter, single digits, punctuation runs,
 /// newlines, spaces (from llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Llama-3 split: as Qwen2 but digits in groups of up to three.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -47,7 +48,8 @@ pub struct Tokenizer {
 }
 
 /// Names used as end-of-turn markers by common chat models.
-const STOP_NAMES: &[&str] = &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "</s>"];
+const STOP_NAMES: &[&str] =
+    &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "</s>"];
 
 impl Tokenizer {
     /// `tokenizer.json` in the model's folder if there is one, else the GGUF metadata.
@@ -117,12 +119,8 @@ impl Tokenizer {
             Some(Value::Array(a)) => a.iter().map(|v| value_u64(v).unwrap_or(1)).collect(),
             _ => Vec::new(),
         };
-        let mut special_ids: HashSet<u32> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(**t, 3 | 4))
-            .map(|(i, _)| i as u32)
-            .collect();
+        let mut special_ids: HashSet<u32> =
+            types.iter().enumerate().filter(|(_, t)| matches!(**t, 3 | 4)).map(|(i, _)| i as u32).collect();
         for key in ["bos", "eos", "unknown", "padding", "eot", "eom"] {
             if let Some(id) = meta.get_u64(&format!("tokenizer.ggml.{key}_token_id")) {
                 special_ids.insert(id as u32);
@@ -130,10 +128,8 @@ impl Tokenizer {
         }
         let mut ids: Vec<u32> = special_ids.into_iter().filter(|i| (*i as usize) < tokens.len()).collect();
         ids.sort();
-        let added: Vec<AddedToken> = ids
-            .iter()
-            .map(|&i| AddedToken::from(tokens[i as usize].clone(), true).normalized(false))
-            .collect();
+        let added: Vec<AddedToken> =
+            ids.iter().map(|&i| AddedToken::from(tokens[i as usize].clone(), true).normalized(false)).collect();
         inner.add_special_tokens(added).map_err(|e| anyhow!("registering special tokens: {e}"))?;
         let special = special_tokens(meta, |t| inner.token_to_id(t), |id| inner.id_to_token(id))?;
         Ok(Tokenizer { inner, special, source: format!("gguf metadata (pre={pre})") })
@@ -184,12 +180,13 @@ fn split(re: &str) -> Result<Split> {
 
 fn string_array(meta: &GgufMeta, key: &str) -> Result<Vec<String>> {
     match meta.metadata.get(key) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(|_| anyhow!("`{key}` holds a non-string entry")))
-            .collect(),
+        Some(Value::Array(a)) => {
+            a.iter().map(|v| v.to_string().cloned().map_err(|_| anyhow!("`{key}` holds a non-string entry"))).collect()
+        }
         Some(_) => bail!("GGUF metadata `{key}` is not an array"),
-        None => bail!("{}: GGUF metadata lacks `{key}`; put the model's tokenizer.json next to it", meta.path.display()),
+        None => {
+            bail!("{}: GGUF metadata lacks `{key}`; put the model's tokenizer.json next to it", meta.path.display())
+        }
     }
 }
 
