@@ -101,6 +101,7 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
             &mut model,
             &ids[..16.min(ids.len())],
             SamplingParams { max_new_tokens: 4, ..params.clone() },
+            None,
             &[],
             max_seq,
         )?;
@@ -108,7 +109,7 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         let started = Instant::now();
         let mut best: Option<BenchRow> = None;
         for _ in 0..BENCH_REPEATS {
-            let g = generate(&mut model, &ids, params.clone(), &[], max_seq)?;
+            let g = generate(&mut model, &ids, params.clone(), None, &[], max_seq)?;
             let row = BenchRow {
                 mode,
                 load_s,

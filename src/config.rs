@@ -198,6 +198,14 @@ pub struct RoleConfig {
     /// Request timeout in seconds (HTTP providers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<f64>,
+    /// Constrain answers to each task's JSON schema (default true): llguidance in the local
+    /// engine, `response_format` for OpenAI-compatible servers, `responseSchema` for Gemini.
+    /// Turn it off for a server that rejects schemas; replies are then parsed and retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<bool>,
+    /// Memory cap of the local engine's prefix KV cache, in MiB (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_mb: Option<usize>,
 }
 
 impl RoleConfig {
@@ -218,7 +226,14 @@ impl RoleConfig {
             price_prompt_per_mtok: None,
             price_completion_per_mtok: None,
             timeout_s: None,
+            structured: None,
+            prefix_cache_mb: None,
         }
+    }
+
+    /// Whether answers are constrained to the task's schema (see `structured`).
+    pub fn structured(&self) -> bool {
+        self.structured.unwrap_or(true)
     }
     /// The default with no configuration: a small local instruct model (see README for why).
     pub fn default_local(role: Role) -> Self {

@@ -323,6 +323,7 @@ fn request(text: &str) -> ChatRequest {
             repeat_penalty: None,
             seed: Some(7),
         },
+        schema: None,
     }
 }
 
@@ -355,6 +356,9 @@ impl Task for Ask {
     }
     fn role(&self) -> Role {
         self.role
+    }
+    fn schema(&self) -> Value {
+        propersim::llm::object_schema(&[("answer", propersim::llm::text_schema(40))])
     }
     fn messages(&self) -> Vec<Message> {
         vec![Message::system("Reply with JSON: {\"answer\": \"...\"}"), Message::user(self.q.clone())]
@@ -647,6 +651,38 @@ async fn task_retries_bad_replies_then_falls_back_and_ledgers_it() {
     // Reopening the ledger restores the totals (a resumed run keeps its budget).
     let again = Llm::from_config(&cfg).unwrap().with_ledger(&ledger_path).unwrap();
     assert_eq!(again.totals(), t);
+}
+
+#[tokio::test]
+async fn task_schemas_go_out_as_response_format_and_response_schema_unless_structured_is_off() {
+    let s = Server::start(Reply::Text("{\"answer\": \"ok\"}".into())).await;
+    let schema = ask("x").schema();
+    for (kind, structured) in
+        [(ProviderKind::OpenAi, None), (ProviderKind::Gemini, None), (ProviderKind::OpenAi, Some(false))]
+    {
+        let mut rc = role_cfg(kind, &s.base, None);
+        rc.structured = structured;
+        rc.max_tokens = Some(8);
+        let llm = Llm::from_config(&config_with(Role::User, rc)).unwrap();
+        assert_eq!(llm.run(&ask("shape?")).await.unwrap().value, "ok");
+        let body = s.mock.seen().last().unwrap().body.clone();
+        match (kind, structured) {
+            (ProviderKind::OpenAi, None) => {
+                assert_eq!(body["response_format"]["type"], "json_schema");
+                assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
+                // The token limit lets every valid answer finish, whatever the role's limit.
+                assert!(body["max_tokens"].as_u64().unwrap() >= 40, "{body}");
+            }
+            (ProviderKind::Gemini, _) => {
+                let gc = &body["generationConfig"];
+                assert_eq!(gc["responseMimeType"], "application/json");
+                assert_eq!(gc["responseSchema"]["properties"]["answer"]["maxLength"], 40);
+                assert!(gc["responseSchema"].get("additionalProperties").is_none());
+            }
+            _ => assert!(body.get("response_format").is_none() && body["max_tokens"] == 8, "{body}"),
+        }
+    }
+    s.shut_down().await;
 }
 
 #[tokio::test]

@@ -98,12 +98,12 @@ fn chat_template_is_chatml_with_default_system_prompt() {
 async fn answers_a_short_question_and_stops_at_eos() {
     let Some(p) = smollm() else { return };
     let msgs = vec![Message::user("What is the capital of France? Answer with one word.")];
-    let (text, g) = p.generate(&msgs, &greedy(48)).await.unwrap();
+    let (text, g) = p.generate(&msgs, &greedy(48), None).await.unwrap();
     println!("greedy answer: {text:?} ({:?}, {} tokens)", g.stop, g.tokens.len());
     assert_eq!(g.stop, StopReason::Eos, "short answer must end at <|im_end|>, got {text:?}");
     assert!(text.contains("Paris"), "{text:?}");
     // Through the provider trait, with token counts.
-    let req = ChatRequest { model: "local".into(), messages: msgs.clone(), sampling: greedy(48) };
+    let req = ChatRequest { model: "local".into(), messages: msgs.clone(), sampling: greedy(48), schema: None };
     let r = p.chat(&req).await.unwrap();
     assert_eq!(r.text, text, "greedy decoding is deterministic");
     assert!(r.prompt_tokens > 10 && r.completion_tokens as usize == g.tokens.len());
@@ -121,9 +121,9 @@ async fn sampling_is_reproducible_per_seed() {
         seed: Some(seed),
         ..Default::default()
     };
-    let (a, _) = p.generate(&msgs, &s(1)).await.unwrap();
-    let (b, _) = p.generate(&msgs, &s(1)).await.unwrap();
-    let (c, _) = p.generate(&msgs, &s(2)).await.unwrap();
+    let (a, _) = p.generate(&msgs, &s(1), None).await.unwrap();
+    let (b, _) = p.generate(&msgs, &s(1), None).await.unwrap();
+    let (c, _) = p.generate(&msgs, &s(2), None).await.unwrap();
     println!("seed 1: {a:?}\nseed 2: {c:?}");
     assert!(!a.trim().is_empty());
     assert_eq!(a, b, "same seed, same text");
@@ -154,7 +154,7 @@ async fn model_swap_takes_effect_between_requests() {
     let p = LocalProvider::new(&rc, Role::User).unwrap();
     assert_eq!(p.model_version(), 0);
     p.swap_model(Box::new(AlwaysEos), 5).unwrap();
-    let (text, g) = p.generate(&[Message::user("Say something long.")], &greedy(16)).await.unwrap();
+    let (text, g) = p.generate(&[Message::user("Say something long.")], &greedy(16), None).await.unwrap();
     assert_eq!((text.as_str(), g.stop, g.model_version), ("", StopReason::Eos, 5));
     assert_eq!(p.model_version(), 5);
 }
@@ -335,7 +335,12 @@ async fn embedding_role_embeds_through_the_provider_trait() {
     assert_eq!(v.len(), 2);
     assert!(cosine(&v[0], &v[1]) > 0.8);
     // A chat request to an embedder is an error, not a panic.
-    let req = ChatRequest { model: "x".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
+    let req = ChatRequest {
+        model: "x".into(),
+        messages: vec![Message::user("hi")],
+        sampling: Sampling::default(),
+        schema: None,
+    };
     assert!(p.chat(&req).await.is_err());
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::{ReasonMode, Role};
 use crate::llm::task::json_str;
-use crate::llm::{extract_json, Message, Task};
+use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
 use crate::suggestion::{Suggestion, NO_REC};
 
 /// One candidate: the model's answer to the step's prompt.
@@ -35,6 +35,16 @@ impl Task for Suggest<'_> {
     }
     fn role(&self) -> Role {
         Role::Assistant
+    }
+    fn schema(&self) -> serde_json::Value {
+        // The original's answers ran to 128 tokens; 300 characters hold a suggestion, and the
+        // reason gets as much.
+        let (s, r) = (("Suggestion", text_schema(300)), ("Reason", text_schema(300)));
+        match self.mode {
+            ReasonMode::None => object_schema(&[s]),
+            ReasonMode::After => object_schema(&[s, r]),
+            ReasonMode::Before => object_schema(&[r, s]),
+        }
     }
     fn messages(&self) -> Vec<Message> {
         vec![Message::system(self.system), Message::user(self.user)]

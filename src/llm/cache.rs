@@ -104,6 +104,9 @@ struct ReplyKeyParts<'a> {
     sampling: &'a Sampling,
     adapter_version: u64,
     attempt: u32,
+    /// The answer schema of a constrained request (absent for free text, so older keys hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a serde_json::Value>,
 }
 
 /// The content address of one reply.
@@ -114,8 +117,9 @@ pub fn reply_key(
     sampling: &Sampling,
     adapter_version: u64,
     attempt: u32,
+    schema: Option<&serde_json::Value>,
 ) -> String {
-    let parts = ReplyKeyParts { v: KEY_VERSION, provider, model, messages, sampling, adapter_version, attempt };
+    let parts = ReplyKeyParts { v: KEY_VERSION, provider, model, messages, sampling, adapter_version, attempt, schema };
     // Serializing plain structs and strings cannot fail; fall back to Debug text just in case.
     let bytes = serde_json::to_vec(&parts).unwrap_or_else(|_| {
         format!("{provider}{model}{messages:?}{sampling:?}{adapter_version}{attempt}").into_bytes()
@@ -264,14 +268,15 @@ mod tests {
     fn keys_change_with_every_part() {
         let m = vec![Message::user("hi")];
         let s = Sampling::default();
-        let k = reply_key("openai", "m", &m, &s, 0, 0);
-        assert_eq!(k, reply_key("openai", "m", &m, &s, 0, 0));
-        assert_ne!(k, reply_key("gemini", "m", &m, &s, 0, 0));
-        assert_ne!(k, reply_key("openai", "m2", &m, &s, 0, 0));
-        assert_ne!(k, reply_key("openai", "m", &[Message::user("hi!")], &s, 0, 0));
-        assert_ne!(k, reply_key("openai", "m", &m, &Sampling { seed: Some(1), ..Sampling::default() }, 0, 0));
-        assert_ne!(k, reply_key("openai", "m", &m, &s, 1, 0));
-        assert_ne!(k, reply_key("openai", "m", &m, &s, 0, 1));
+        let k = reply_key("openai", "m", &m, &s, 0, 0, None);
+        assert_eq!(k, reply_key("openai", "m", &m, &s, 0, 0, None));
+        assert_ne!(k, reply_key("gemini", "m", &m, &s, 0, 0, None));
+        assert_ne!(k, reply_key("openai", "m2", &m, &s, 0, 0, None));
+        assert_ne!(k, reply_key("openai", "m", &[Message::user("hi!")], &s, 0, 0, None));
+        assert_ne!(k, reply_key("openai", "m", &m, &Sampling { seed: Some(1), ..Sampling::default() }, 0, 0, None));
+        assert_ne!(k, reply_key("openai", "m", &m, &s, 1, 0, None));
+        assert_ne!(k, reply_key("openai", "m", &m, &s, 0, 1, None));
+        assert_ne!(k, reply_key("openai", "m", &m, &s, 0, 0, Some(&serde_json::json!({"type": "string"}))));
     }
 
     #[test]

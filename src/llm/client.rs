@@ -26,7 +26,8 @@ use super::gemini::GeminiProvider;
 use super::http::estimate_tokens;
 use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
 use super::openai::OpenAiProvider;
-use super::{ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
+use super::task::token_bound;
+use super::{AnswerSchema, ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
 use crate::config::{Config, ProviderKind, Role, RoleConfig};
 
 /// A task's value and how it was obtained.
@@ -100,6 +101,7 @@ struct CallAcc {
     transport_retries: u32,
     cache_hits: u32,
     live_calls: u32,
+    prefix_cached_tokens: u64,
 }
 
 impl Llm {
@@ -227,6 +229,8 @@ impl Llm {
     async fn run_inner<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let slot = self.slot(task.role())?;
         let messages = task.messages();
+        let schema = (slot.rc.structured() && matches!(slot.backend, Backend::Provider(_)))
+            .then(|| AnswerSchema { name: task.name().to_string(), schema: task.schema() });
         let attempts_max = self.retries as u32 + 1;
         let started = Instant::now();
         let mut acc = CallAcc::default();
@@ -246,7 +250,14 @@ impl Llm {
                     Some(t)
                 }
                 Backend::Provider(_) => match self
-                    .ask(slot, task.name(), &messages, draw_index(attempt, task.sample_index()), &mut acc)
+                    .ask(
+                        slot,
+                        task.name(),
+                        &messages,
+                        schema.as_ref(),
+                        draw_index(attempt, task.sample_index()),
+                        &mut acc,
+                    )
                     .await
                 {
                     Ok(t) => t,
@@ -279,12 +290,19 @@ impl Llm {
         slot: &Slot,
         task: &str,
         messages: &[Message],
+        schema: Option<&AnswerSchema>,
         attempt: u32,
         acc: &mut CallAcc,
     ) -> Result<Option<String>> {
         let mut sampling = sampling_of(&slot.rc);
         // Each attempt and each candidate is its own draw: vary a fixed sampling seed with it.
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(attempt as u64));
+        if let Some(a) = schema {
+            // A constrained answer ends when its JSON closes; the limit only has to let every
+            // valid answer finish (a role's `max_tokens` may be the original's 128).
+            let need = token_bound(&a.schema);
+            sampling.max_tokens = Some(sampling.max_tokens.map_or(need, |m| m.max(need)));
+        }
         let cache = self.cache.as_ref().filter(|c| c.mode() != CacheMode::Off);
         let key = cache.map(|_| {
             reply_key(
@@ -294,6 +312,7 @@ impl Llm {
                 &sampling,
                 slot.adapter_version.load(Ordering::Relaxed),
                 attempt,
+                schema.map(|a| &a.schema),
             )
         });
         if let (Some(c), Some(k)) = (cache, &key) {
@@ -316,7 +335,12 @@ impl Llm {
         }
         self.check_budget(acc)?;
         let provider = self.provider(slot).await?;
-        let req = ChatRequest { model: slot.rc.model.clone(), messages: messages.to_vec(), sampling };
+        let req = ChatRequest {
+            model: slot.rc.model.clone(),
+            messages: messages.to_vec(),
+            sampling,
+            schema: schema.cloned(),
+        };
         acc.live_calls += 1;
         match provider.chat(&req).await {
             Ok(r) => {
@@ -324,6 +348,7 @@ impl Llm {
                 acc.completion_tokens += r.completion_tokens;
                 acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
                 acc.transport_retries += r.retries;
+                acc.prefix_cached_tokens += r.cached_prompt_tokens;
                 if let (Some(c), Some(k)) = (cache, &key) {
                     c.put_reply(
                         k,
@@ -360,7 +385,8 @@ impl Llm {
             self.check_budget(&acc)?;
             let provider = self.provider(slot).await?;
             acc.live_calls += 1;
-            let req = ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc) };
+            let req =
+                ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc), schema: None };
             let r = provider
                 .chat(&req)
                 .await
@@ -569,6 +595,7 @@ impl Llm {
             fallback_used: fallback,
             cost_usd: acc.cost_usd,
             cached: acc.cache_hits > 0 && acc.live_calls == 0,
+            prefix_cached_tokens: acc.prefix_cached_tokens,
             error: error.map(|e| format!("{e:#}")),
         };
         self.ledger.record(&entry).context("writing the LLM ledger")

@@ -84,10 +84,61 @@ pub fn generate_body(req: &ChatRequest) -> Value {
     if let Some(seed) = s.seed {
         gc.insert("seed".into(), json!(seed));
     }
+    if let Some(a) = &req.schema {
+        gc.insert("responseMimeType".into(), json!("application/json"));
+        gc.insert("responseSchema".into(), gemini_schema(&a.schema));
+    }
     if !gc.is_empty() {
         body.insert("generationConfig".into(), Value::Object(gc));
     }
     Value::Object(body)
+}
+
+/// A JSON schema in the OpenAPI subset Gemini's `responseSchema` reads: it has no
+/// `additionalProperties`, `const` or `prefixItems`, and orders properties by `propertyOrdering`
+/// (it would sort them alphabetically otherwise, and the order is part of what we ask for).
+pub fn gemini_schema(schema: &Value) -> Value {
+    match schema {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                match k.as_str() {
+                    "additionalProperties" | "prefixItems" | "$schema" => {}
+                    "const" => {
+                        out.insert("enum".into(), json!([v]));
+                    }
+                    "properties" => {
+                        let props = v.as_object().cloned().unwrap_or_default();
+                        out.insert("propertyOrdering".into(), json!(props.keys().collect::<Vec<_>>()));
+                        let conv: Map<String, Value> =
+                            props.iter().map(|(k, v)| (k.clone(), gemini_schema(v))).collect();
+                        out.insert("properties".into(), Value::Object(conv));
+                    }
+                    _ => {
+                        out.insert(k.clone(), gemini_schema(v));
+                    }
+                }
+            }
+            // Integer enums are not allowed; a range says the same.
+            if let Some(Value::Array(e)) = out.get("enum") {
+                if e.iter().all(Value::is_number) {
+                    let nums: Vec<f64> = e.iter().filter_map(Value::as_f64).collect();
+                    let (lo, hi) = nums.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                    out.remove("enum");
+                    out.insert("minimum".into(), json!(lo));
+                    out.insert("maximum".into(), json!(hi));
+                }
+            }
+            if m.contains_key("prefixItems") && !out.contains_key("items") {
+                if let Some(first) = m.get("prefixItems").and_then(|p| p.get(0)) {
+                    out.insert("items".into(), gemini_schema(first));
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(gemini_schema).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Text of the first candidate and `usageMetadata`. A blocked prompt has no candidates; that is
@@ -121,6 +172,7 @@ pub fn parse_generate(v: &Value) -> Result<ChatReply, ProviderError> {
         prompt_tokens: tok("promptTokenCount"),
         completion_tokens: tok("candidatesTokenCount"),
         retries: 0,
+        cached_prompt_tokens: tok("cachedContentTokenCount"),
     })
 }
 
@@ -191,6 +243,28 @@ mod tests {
     use crate::llm::{Message, Sampling};
 
     #[test]
+    fn schemas_become_gemini_response_schemas() {
+        let schema = json!({"type": "object", "additionalProperties": false, "required": ["b", "a"],
+            "properties": {"b": {"type": "integer", "enum": [0, 1]}, "a": {"type": "string", "const": "x"}}});
+        let req = ChatRequest {
+            model: "gemini-2.0-flash".into(),
+            messages: vec![Message::user("hi")],
+            sampling: Sampling::default(),
+            schema: Some(crate::llm::AnswerSchema { name: "t".into(), schema }),
+        };
+        let gc = &generate_body(&req)["generationConfig"];
+        assert_eq!(gc["responseMimeType"], "application/json");
+        let s = &gc["responseSchema"];
+        assert_eq!(s["propertyOrdering"], json!(["b", "a"]));
+        assert!(s.get("additionalProperties").is_none());
+        assert_eq!(
+            (s["properties"]["b"]["minimum"].as_f64(), s["properties"]["b"]["maximum"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
+        assert_eq!(s["properties"]["a"]["enum"], json!(["x"]));
+    }
+
+    #[test]
     fn body_maps_roles_and_config() {
         let req = ChatRequest {
             model: "gemini-2.0-flash".into(),
@@ -201,9 +275,11 @@ mod tests {
                 Message::user("again"),
             ],
             sampling: Sampling { temperature: Some(0.2), top_k: Some(5), max_tokens: Some(64), ..Sampling::default() },
+            schema: None,
         };
         let b = generate_body(&req);
         assert_eq!(b["systemInstruction"]["parts"][0]["text"], "be brief");
+        assert!(b["generationConfig"].get("responseSchema").is_none());
         assert_eq!(b["contents"].as_array().unwrap().len(), 3);
         assert_eq!(b["contents"][1]["role"], "model");
         assert_eq!(b["generationConfig"]["topK"], 5);

@@ -41,6 +41,10 @@ pub struct LedgerEntry {
     pub cost_usd: f64,
     /// Every reply of this call came from the LLM cache (so it cost nothing).
     pub cached: bool,
+    /// Prompt tokens the provider took from its prefix KV cache instead of computing them
+    /// (a hit when above 0).
+    #[serde(default)]
+    pub prefix_cached_tokens: u64,
     /// Set when the call ended in an error instead of a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -240,6 +244,7 @@ mod tests {
             fallback_used: fallback,
             cost_usd: cost,
             cached: false,
+            prefix_cached_tokens: 0,
             error: None,
         }
     }

@@ -14,7 +14,7 @@ pub mod openai;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};
-pub use task::{extract_json, Task};
+pub use task::{extract_json, object_schema, text_schema, token_bound, Task};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -49,12 +49,23 @@ pub struct Sampling {
     pub seed: Option<u64>,
 }
 
+/// The shape an answer must have: a JSON schema and a name (OpenAI's `response_format` wants
+/// one). Providers that can, constrain decoding to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerSchema {
+    pub name: String,
+    pub schema: serde_json::Value,
+}
+
 /// A chat request as providers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub sampling: Sampling,
+    /// Constrain the answer to this schema (structured outputs); `None` is free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<AnswerSchema>,
 }
 
 /// A provider's answer, with token counts when the provider reports them.
@@ -65,6 +76,10 @@ pub struct ChatReply {
     pub completion_tokens: u64,
     /// Transport-level retries the provider made (429/5xx/timeouts).
     pub retries: u32,
+    /// Prompt tokens the provider served from its prefix cache (local engine; OpenAI-compatible
+    /// servers that report `prompt_tokens_details.cached_tokens`).
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
 }
 
 /// Errors a provider reports after its own retries.

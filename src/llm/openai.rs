@@ -63,6 +63,15 @@ pub fn chat_body(req: &ChatRequest) -> Value {
         body.insert("repeat_penalty".into(), json!(r));
         body.insert("repetition_penalty".into(), json!(r));
     }
+    if let Some(a) = &req.schema {
+        // vLLM, llama.cpp's server and Ollama enforce the schema while decoding; OpenAI does
+        // with `strict`, which also requires every property listed and no extra ones (our
+        // schemas are written that way).
+        body.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": a.name, "schema": a.schema, "strict": true}}),
+        );
+    }
     body.insert("stream".into(), json!(false));
     Value::Object(body)
 }
@@ -84,7 +93,13 @@ pub fn parse_chat(v: &Value) -> Result<ChatReply, ProviderError> {
         }
     };
     let tok = |k: &str| v.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
-    Ok(ChatReply { text, prompt_tokens: tok("prompt_tokens"), completion_tokens: tok("completion_tokens"), retries: 0 })
+    Ok(ChatReply {
+        text,
+        prompt_tokens: tok("prompt_tokens"),
+        completion_tokens: tok("completion_tokens"),
+        retries: 0,
+        cached_prompt_tokens: tok("prompt_tokens_details/cached_tokens"),
+    })
 }
 
 /// `data[*].embedding`, ordered by `index`.
@@ -160,8 +175,12 @@ mod tests {
 
     #[test]
     fn body_sends_extras_only_when_set() {
-        let mut req =
-            ChatRequest { model: "m".into(), messages: vec![Message::user("hi")], sampling: Sampling::default() };
+        let mut req = ChatRequest {
+            model: "m".into(),
+            messages: vec![Message::user("hi")],
+            sampling: Sampling::default(),
+            schema: None,
+        };
         let b = chat_body(&req);
         assert!(b.get("top_k").is_none() && b.get("temperature").is_none());
         req.sampling.top_k = Some(40);
@@ -171,6 +190,14 @@ mod tests {
         assert_eq!(b["top_k"], 40);
         assert_eq!((b["repeat_penalty"].as_f64(), b["repetition_penalty"].as_f64()), (Some(1.1), Some(1.1)));
         assert_eq!(b["temperature"], 0.5);
+        assert!(b.get("response_format").is_none());
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        req.schema = Some(crate::llm::AnswerSchema { name: "t".into(), schema: schema.clone() });
+        let rf = &chat_body(&req)["response_format"];
+        assert_eq!(
+            (&rf["type"], &rf["json_schema"]["name"], &rf["json_schema"]["schema"]),
+            (&json!("json_schema"), &json!("t"), &schema)
+        );
     }
 
     #[test]

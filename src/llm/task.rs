@@ -1,6 +1,7 @@
 //! The `Task` abstraction and reply parsing shared by all tasks.
 
 use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
 
 use super::Message;
 use crate::config::Role;
@@ -12,6 +13,12 @@ pub trait Task: Send + Sync {
     fn name(&self) -> &'static str;
     fn role(&self) -> Role;
     fn messages(&self) -> Vec<Message>;
+    /// The JSON schema of a valid answer. Providers that can constrain decoding to it (the local
+    /// engine with llguidance, `response_format` for OpenAI-compatible servers, `responseSchema`
+    /// for Gemini) make even a small model answer in shape on the first try; `parse` still checks
+    /// what a schema cannot say and still accepts unconstrained replies. Every string is bounded
+    /// (`maxLength`), every array too (`maxItems`), so a constrained answer always ends.
+    fn schema(&self) -> Value;
     /// Parse and validate a reply; an `Err` explains what was wrong and triggers a retry.
     fn parse(&self, reply: &str) -> Result<Self::Output, String>;
     /// What to use when every attempt failed. Its use is counted in the ledger.
@@ -24,6 +31,50 @@ pub trait Task: Send + Sync {
     fn sample_index(&self) -> u32 {
         0
     }
+}
+
+/// A bounded string: `{"type": "string", "minLength": 1, "maxLength": max}`.
+pub fn text_schema(max: usize) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max})
+}
+
+/// An object whose properties are all required, in this order, and nothing else. Constrained
+/// decoders emit properties in schema order, so the order is the one the prompt asks for.
+pub fn object_schema(props: &[(&str, Value)]) -> Value {
+    let mut properties = Map::new();
+    for (k, v) in props {
+        properties.insert(k.to_string(), v.clone());
+    }
+    let required: Vec<&str> = props.iter().map(|(k, _)| *k).collect();
+    json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+}
+
+/// Most tokens an answer of `schema` can take when it is emitted compactly: every character of a
+/// string may be a token of its own. Used as the token limit of constrained requests so that a
+/// role's `max_tokens` (the original's 128 for the assistant) never cuts a valid answer short; the
+/// grammar ends the answer long before this on real replies. Capped at 4096.
+pub fn token_bound(schema: &Value) -> usize {
+    fn bound(s: &Value) -> usize {
+        let get = |k: &str| s.get(k).and_then(Value::as_u64).map(|n| n as usize);
+        if let Some(e) = s.get("enum").and_then(Value::as_array) {
+            return e.iter().map(|v| v.to_string().chars().count()).max().unwrap_or(1) + 1;
+        }
+        match s.get("type").and_then(Value::as_str) {
+            Some("string") => get("maxLength").unwrap_or(256) + 2,
+            Some("integer") | Some("number") => 12,
+            Some("boolean") => 5,
+            Some("array") => {
+                let item = s.get("items").map(bound).unwrap_or(16);
+                get("maxItems").unwrap_or(16) * (item + 1) + 2
+            }
+            Some("object") => {
+                let props = s.get("properties").and_then(Value::as_object);
+                props.map(|p| p.iter().map(|(k, v)| k.chars().count() + 4 + bound(v)).sum()).unwrap_or(16) + 2
+            }
+            _ => 64,
+        }
+    }
+    bound(schema).clamp(16, 4096)
 }
 
 /// Find the first JSON object in a model reply: accepts code fences and prose around it.
@@ -78,6 +129,16 @@ pub fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_bound_covers_bounded_answers() {
+        let s = object_schema(&[("Score", json!({"type": "integer", "enum": [0, 1]})), ("Reason", text_schema(100))]);
+        assert_eq!(s["required"], json!(["Score", "Reason"]));
+        let b = token_bound(&s);
+        assert!((110..=140).contains(&b), "{b}");
+        let list = json!({"type": "array", "items": text_schema(10), "maxItems": 3});
+        assert_eq!(token_bound(&list), 3 * 13 + 2);
+    }
 
     #[test]
     fn extracts_from_fences_and_prose() {

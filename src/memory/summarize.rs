@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::config::Role;
 use crate::llm::task::json_str;
-use crate::llm::{extract_json, Message, Task};
+use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
 
 pub struct Summarize<'a> {
     /// Whose view: "the user" or "the assistant".
@@ -29,6 +29,10 @@ impl Task for Summarize<'_> {
     }
     fn role(&self) -> Role {
         Role::Summarizer
+    }
+    fn schema(&self) -> serde_json::Value {
+        // 100 words.
+        object_schema(&[("Summary", text_schema(700))])
     }
     fn messages(&self) -> Vec<Message> {
         let focus = if self.with_scores {

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::profile::{content_words, Profile, DIMENSIONS};
 use crate::config::{Evaluation as Mode, Role};
 use crate::llm::task::json_str;
-use crate::llm::{extract_json, Llm, Message, Task};
+use crate::llm::{extract_json, object_schema, text_schema, Llm, Message, Task};
 use crate::suggestion::Suggestion;
 
 /// The five checks behind the four dimensions.
@@ -112,6 +112,11 @@ pub struct ScoreCheck<'a> {
     pub input: &'a EvalInput,
 }
 
+/// `{"Score": 0 or 1, "Reason": "..."}`: the score first, as the prompt asks.
+fn score_schema() -> serde_json::Value {
+    object_schema(&[("Score", json!({"type": "integer", "enum": [0, 1]})), ("Reason", text_schema(200))])
+}
+
 fn parse_score(v: &serde_json::Value) -> Result<DimScore, String> {
     let raw = json_str(v, "score").ok_or("`Score` missing")?;
     let score = match raw.trim().trim_matches('"') {
@@ -135,6 +140,9 @@ impl Task for ScoreCheck<'_> {
     }
     fn role(&self) -> Role {
         Role::Evaluator
+    }
+    fn schema(&self) -> serde_json::Value {
+        score_schema()
     }
     fn messages(&self) -> Vec<Message> {
         vec![
@@ -209,6 +217,10 @@ impl Task for ScoreAll<'_> {
     }
     fn role(&self) -> Role {
         Role::Evaluator
+    }
+    fn schema(&self) -> serde_json::Value {
+        let props: Vec<(&str, serde_json::Value)> = Check::ALL.iter().map(|c| (c.key(), score_schema())).collect();
+        object_schema(&props)
     }
     fn messages(&self) -> Vec<Message> {
         let rules: Vec<String> = Check::ALL
@@ -311,6 +323,9 @@ impl Task for Revise<'_> {
     }
     fn role(&self) -> Role {
         Role::Evaluator
+    }
+    fn schema(&self) -> serde_json::Value {
+        object_schema(&[("Revision", text_schema(300))])
     }
     fn messages(&self) -> Vec<Message> {
         vec![

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::profile::{content_words, Profile};
 use crate::config::Role;
 use crate::llm::task::json_str;
-use crate::llm::{extract_json, Message, Task};
+use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
 
 fn system(p: &Profile) -> Message {
     Message::system(format!(
@@ -36,6 +36,9 @@ impl Task for WakeUpHour<'_> {
     }
     fn role(&self) -> Role {
         Role::User
+    }
+    fn schema(&self) -> Value {
+        object_schema(&[("wake_up_hour", json!({"type": "integer", "minimum": 4, "maximum": 11}))])
     }
     fn messages(&self) -> Vec<Message> {
         vec![
@@ -87,6 +90,9 @@ impl Task for DailyPlan<'_> {
     }
     fn role(&self) -> Role {
         Role::User
+    }
+    fn schema(&self) -> Value {
+        object_schema(&[("plan", json!({"type": "array", "items": text_schema(80), "minItems": 4, "maxItems": 8}))])
     }
     fn messages(&self) -> Vec<Message> {
         let status = if self.status.is_empty() {
@@ -167,6 +173,11 @@ impl Task for HourlySchedule<'_> {
     fn role(&self) -> Role {
         Role::User
     }
+    fn schema(&self) -> Value {
+        let hours: Vec<String> = (0..24).map(hour_label).collect();
+        let entry = object_schema(&[("hour", json!({"type": "string", "enum": hours})), ("activity", text_schema(48))]);
+        object_schema(&[("schedule", json!({"type": "array", "items": entry, "minItems": 24, "maxItems": 24}))])
+    }
     fn messages(&self) -> Vec<Message> {
         vec![
             system(self.profile),
@@ -182,12 +193,16 @@ impl Task for HourlySchedule<'_> {
         let v = extract_json(reply).ok_or("no JSON object")?;
         let list = json_list(&v, "schedule").ok_or("`schedule` list missing")?;
         let mut hours: Vec<Option<String>> = vec![None; 24];
+        // A full list is in hour order (the schema asks for exactly that): its position is the
+        // hour, whatever label a small model wrote beside it.
+        let by_position = list.len() == 24;
         for (i, e) in list.iter().enumerate() {
             let (h, act) = match e {
                 Value::String(s) => (i as u32, s.clone()),
                 Value::Object(_) => {
                     let h = json_str(e, "hour")
                         .and_then(|h| h.split(':').next().and_then(|x| x.trim().parse::<u32>().ok()))
+                        .filter(|_| !by_position)
                         .unwrap_or(i as u32);
                     (h, json_str(e, "activity").ok_or("entry without activity")?)
                 }
@@ -262,6 +277,14 @@ impl Task for Decompose<'_> {
     }
     fn role(&self) -> Role {
         Role::User
+    }
+    fn schema(&self) -> Value {
+        let entry = object_schema(&[
+            ("task", text_schema(60)),
+            ("minutes", json!({"type": "integer", "minimum": 5, "maximum": self.minutes.clamp(5, 60)})),
+        ]);
+        let most = (self.minutes / 5).clamp(1, 12);
+        object_schema(&[("subtasks", json!({"type": "array", "items": entry, "minItems": 1, "maxItems": most}))])
     }
     fn messages(&self) -> Vec<Message> {
         vec![
@@ -350,6 +373,9 @@ impl Task for ChoosePlace<'_> {
     fn role(&self) -> Role {
         Role::User
     }
+    fn schema(&self) -> Value {
+        object_schema(&[("choice", json!({"type": "string", "enum": self.options}))])
+    }
     fn messages(&self) -> Vec<Message> {
         vec![
             system(self.profile),
@@ -428,6 +454,14 @@ impl Task for Emoji<'_> {
     fn role(&self) -> Role {
         Role::User
     }
+    fn schema(&self) -> Value {
+        // Pictographs, symbols and dingbats, and the variation selector some emoji carry. Literal
+        // characters rather than escapes, which every regex dialect reads alike.
+        object_schema(&[(
+            "emoji",
+            json!({"type": "string", "pattern": "^[\u{1F300}-\u{1FAFF}\u{2600}-\u{27BF}\u{FE0F}]{1,3}$"}),
+        )])
+    }
     fn messages(&self) -> Vec<Message> {
         vec![Message::user(format!(
             "Give one to three emoji that show this action: \"{}\". Reply as {{\"emoji\": \"...\"}}.",
@@ -486,6 +520,9 @@ impl Task for Poignancy<'_> {
     fn role(&self) -> Role {
         Role::User
     }
+    fn schema(&self) -> Value {
+        object_schema(&[("poignancy", json!({"type": "integer", "minimum": 1, "maximum": 10}))])
+    }
     fn messages(&self) -> Vec<Message> {
         vec![
             system(self.profile),
@@ -528,6 +565,9 @@ impl Task for ReviseStatus<'_> {
     }
     fn role(&self) -> Role {
         Role::User
+    }
+    fn schema(&self) -> Value {
+        object_schema(&[("status", json!({"type": "string", "minLength": 10, "maxLength": 300}))])
     }
     fn messages(&self) -> Vec<Message> {
         vec![

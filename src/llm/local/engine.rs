@@ -1,8 +1,23 @@
-//! The model thread. A local model is big, stateful (KV cache) and CPU-bound, so it lives on one
-//! dedicated `std::thread`; callers send jobs over a channel and await a oneshot reply. Async
-//! callers never block a tokio worker, and jobs run one at a time in arrival order, which also
-//! makes a model swap atomic between two requests.
+//! The model thread. A local model is big, stateful (KV caches) and CPU-bound, so it lives on
+//! one dedicated `std::thread`; callers send jobs over a channel and await a oneshot reply, so
+//! async callers never block a tokio worker.
+//!
+//! A model that supports it ([`EngineModel::Batched`]) is driven by a scheduler with
+//! **continuous batching**: a request joins at the next decode step (after its prompt pass), a
+//! finished one leaves, and every decode step runs all sequences in flight through one forward
+//! pass. Each request keeps its own sampler, seed and answer constraint; decode rows are computed
+//! independently of each other, so a greedy answer does not depend on its batch. Prompt passes
+//! start from the longest cached prefix ([`PrefixCache`]). A request whose caller went away
+//! (a cancelled future: Ctrl-C, a timeout) is dropped at the next step.
+//!
+//! Other models ([`EngineModel::Single`]: candle's single-format GGUF models, the f32 LoRA model
+//! after a training day) run one request at a time, KV cache cleared between requests.
+//!
+//! A model swap is atomic between requests: sequences in flight finish on the old model,
+//! requests sent after the swap wait for them and then run on the new one, and the prefix cache
+//! is emptied (its keys and values belong to the old weights).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -10,11 +25,17 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tokio::sync::oneshot;
 
+use super::batch::{BatchLm, PrefixCache, SeqKv};
+use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplingParams};
 use crate::model::CausalLm;
 
 /// Prompts are fed in slices of this many tokens, bounding the attention matrix's memory.
 const PREFILL_CHUNK: usize = 512;
+/// Default cap on sequences decoded together.
+pub const DEFAULT_MAX_BATCH: usize = 16;
+/// Default memory cap of the prefix cache (`prefix_cache_mb`).
+pub const DEFAULT_PREFIX_CACHE_MB: usize = 256;
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +46,8 @@ pub enum StopReason {
     MaxTokens,
     /// The model's context window is full.
     ContextFull,
+    /// The answer's grammar is complete (structured output).
+    Complete,
 }
 
 /// The result of one generation.
@@ -33,6 +56,8 @@ pub struct Generation {
     /// Generated ids, without the stop token.
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of a forward pass.
+    pub reused_tokens: usize,
     pub stop: StopReason,
     /// Time spent on the prompt (prefill) and on the generated tokens (decode).
     pub prefill_time: Duration,
@@ -41,96 +66,412 @@ pub struct Generation {
     pub model_version: u64,
 }
 
+/// A model as the engine runs it.
+pub enum EngineModel {
+    Batched(Box<dyn BatchLm>),
+    Single(Box<dyn CausalLm>),
+}
+
+impl From<Box<dyn CausalLm>> for EngineModel {
+    fn from(m: Box<dyn CausalLm>) -> Self {
+        EngineModel::Single(m)
+    }
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most sequences decoded together; more requests wait for a free place.
+    pub max_batch: usize,
+    /// Memory cap of the prefix cache; 0 turns it off.
+    pub prefix_cache_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_batch: DEFAULT_MAX_BATCH, prefix_cache_bytes: DEFAULT_PREFIX_CACHE_MB << 20 }
+    }
+}
+
+/// Counters of the engine since it started (for the ledger, `bench`, and the server).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub requests: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens served from the prefix cache.
+    pub reused_tokens: AtomicU64,
+    /// Requests that reused a cached prefix.
+    pub prefix_hits: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Decode steps, and sequences summed over them (their ratio is the mean batch size).
+    pub decode_steps: AtomicU64,
+    pub decode_rows: AtomicU64,
+    /// Prefix cache size now and at most.
+    pub cache_bytes: AtomicU64,
+    pub peak_cache_bytes: AtomicU64,
+    /// Requests dropped because their caller went away.
+    pub cancelled: AtomicU64,
+}
+
+struct Request {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    constraint: Option<Constraint>,
+    reply: oneshot::Sender<Result<Generation>>,
+}
+
 enum Job {
-    Generate { prompt: Vec<u32>, params: SamplingParams, reply: oneshot::Sender<Result<Generation>> },
-    Swap { model: Box<dyn CausalLm>, version: u64 },
+    Generate(Request),
+    Swap { model: EngineModel, version: u64 },
 }
 
 /// Handle to the model thread. Dropping the last handle ends the thread.
 pub struct Engine {
     tx: mpsc::Sender<Job>,
     version: Arc<AtomicU64>,
+    stats: Arc<EngineStats>,
 }
 
 impl Engine {
-    /// Start the thread with `model`; `stop_ids` end a generation; `max_seq_len` is the context.
-    pub fn start(model: Box<dyn CausalLm>, stop_ids: Vec<u32>, max_seq_len: usize) -> Result<Engine> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let version = Arc::new(AtomicU64::new(0));
-        let v = version.clone();
-        std::thread::Builder::new()
-            .name("propersim-local-llm".into())
-            .spawn(move || run(model, rx, stop_ids, max_seq_len, v))
-            .map_err(|e| anyhow!("cannot start the model thread: {e}"))?;
-        Ok(Engine { tx, version })
+    /// Start the thread with `model` and default options; `stop_ids` end a generation;
+    /// `max_seq_len` is the context.
+    pub fn start(model: impl Into<EngineModel>, stop_ids: Vec<u32>, max_seq_len: usize) -> Result<Engine> {
+        Engine::with_options(model, stop_ids, max_seq_len, EngineOptions::default())
     }
 
-    /// Generate from `prompt` (token ids). Awaits the model thread without blocking.
-    pub async fn generate(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<Generation> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Generate { prompt, params, reply })
-            .map_err(|_| anyhow!("the local model thread has stopped"))?;
+    pub fn with_options(
+        model: impl Into<EngineModel>,
+        stop_ids: Vec<u32>,
+        max_seq_len: usize,
+        options: EngineOptions,
+    ) -> Result<Engine> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let version = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(EngineStats::default());
+        let mut worker = Worker {
+            model: model.into(),
+            rx,
+            backlog: VecDeque::new(),
+            active: Vec::new(),
+            stop_ids,
+            max_seq_len,
+            cache: PrefixCache::new(options.prefix_cache_bytes),
+            options,
+            version: 0,
+            published_version: version.clone(),
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("propersim-local-llm".into())
+            .spawn(move || worker.run())
+            .map_err(|e| anyhow!("cannot start the model thread: {e}"))?;
+        Ok(Engine { tx, version, stats })
+    }
+
+    /// Generate from `prompt` (token ids), constrained by `constraint` if given. Awaits the model
+    /// thread without blocking; dropping the future cancels the request.
+    pub async fn generate(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+    ) -> Result<Generation> {
+        let rx = self.send(prompt, params, constraint)?;
         rx.await.map_err(|_| anyhow!("the local model thread stopped during the request"))?
     }
 
     /// Blocking variant for non-async callers (benchmarks, CLI). Do not call from async code.
-    pub fn generate_blocking(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<Generation> {
+    pub fn generate_blocking(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+    ) -> Result<Generation> {
+        let rx = self.send(prompt, params, constraint)?;
+        rx.blocking_recv().map_err(|_| anyhow!("the local model thread stopped during the request"))?
+    }
+
+    fn send(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+    ) -> Result<oneshot::Receiver<Result<Generation>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Generate { prompt, params, reply })
+            .send(Job::Generate(Request { prompt, params, constraint, reply }))
             .map_err(|_| anyhow!("the local model thread has stopped"))?;
-        rx.blocking_recv().map_err(|_| anyhow!("the local model thread stopped during the request"))?
+        Ok(rx)
     }
 
     /// Replace the model (e.g. base + a newly trained LoRA adapter). Requests sent before this
     /// call finish on the old model; later ones use the new one. `version` is reported with each
     /// generation and is part of the response-cache key.
-    pub fn swap_model(&self, model: Box<dyn CausalLm>, version: u64) -> Result<()> {
-        self.tx.send(Job::Swap { model, version }).map_err(|_| anyhow!("the local model thread has stopped"))
+    pub fn swap_model(&self, model: impl Into<EngineModel>, version: u64) -> Result<()> {
+        self.tx
+            .send(Job::Swap { model: model.into(), version })
+            .map_err(|_| anyhow!("the local model thread has stopped"))
     }
 
     /// Version of the model that the next request will use, as last requested by `swap_model`.
     pub fn model_version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)
     }
-}
 
-fn run(
-    mut model: Box<dyn CausalLm>,
-    rx: mpsc::Receiver<Job>,
-    stop_ids: Vec<u32>,
-    max_seq_len: usize,
-    version: Arc<AtomicU64>,
-) {
-    let mut current_version = 0u64;
-    while let Ok(job) = rx.recv() {
-        match job {
-            Job::Swap { model: m, version: v } => {
-                model = m;
-                current_version = v;
-                version.store(v, Ordering::SeqCst);
-            }
-            Job::Generate { prompt, params, reply } => {
-                let out = generate(model.as_mut(), &prompt, params, &stop_ids, max_seq_len).map(|mut g| {
-                    g.model_version = current_version;
-                    g
-                });
-                // The caller may have gone away (cancelled future); nothing to do then.
-                let _ = reply.send(out);
-            }
-        }
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 }
 
-/// Prefill then decode until a stop token, the token limit, or the context end.
-pub fn generate(
-    model: &mut dyn CausalLm,
-    prompt: &[u32],
-    params: SamplingParams,
-    stop_ids: &[u32],
+/// A sequence being decoded.
+struct Seq {
+    kv: SeqKv,
+    /// Prompt and generated tokens (the repetition penalty looks at both).
+    history: Vec<u32>,
+    prompt_len: usize,
+    reused: usize,
+    sampler: Sampler,
+    constraint: Option<Constraint>,
+    reply: oneshot::Sender<Result<Generation>>,
+    /// The token sampled last, fed at the next decode step.
+    next: u32,
+    prefill_time: Duration,
+    decode_started: Instant,
+}
+
+/// What sampling a token led to.
+enum Sampled {
+    Continue(u32),
+    Stop(StopReason),
+}
+
+struct Worker {
+    model: EngineModel,
+    rx: mpsc::Receiver<Job>,
+    /// Jobs received but not started, in arrival order.
+    backlog: VecDeque<Job>,
+    active: Vec<Seq>,
+    stop_ids: Vec<u32>,
     max_seq_len: usize,
-) -> Result<Generation> {
+    cache: PrefixCache,
+    options: EngineOptions,
+    version: u64,
+    published_version: Arc<AtomicU64>,
+    stats: Arc<EngineStats>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        loop {
+            // Wait for work when idle; otherwise take what arrived without waiting.
+            if self.active.is_empty() && self.backlog.is_empty() {
+                match self.rx.recv() {
+                    Ok(j) => self.backlog.push_back(j),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(j) = self.rx.try_recv() {
+                self.backlog.push_back(j);
+            }
+            self.start_jobs();
+            if !self.active.is_empty() {
+                self.decode_step();
+            }
+        }
+    }
+
+    /// Start backlog jobs in order while there is room; a swap waits for the sequences in flight.
+    fn start_jobs(&mut self) {
+        while let Some(job) = self.backlog.front() {
+            match job {
+                Job::Swap { .. } if !self.active.is_empty() => return,
+                Job::Generate(_) if self.active.len() >= self.options.max_batch => return,
+                _ => {}
+            }
+            match self.backlog.pop_front() {
+                Some(Job::Swap { model, version }) => {
+                    self.model = model;
+                    self.version = version;
+                    self.cache.clear();
+                    self.published_version.store(version, Ordering::SeqCst);
+                }
+                Some(Job::Generate(req)) => self.start(req),
+                None => return,
+            }
+        }
+    }
+
+    fn start(&mut self, req: Request) {
+        if req.reply.is_closed() {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+        match &mut self.model {
+            EngineModel::Single(m) => {
+                let Request { prompt, params, mut constraint, reply } = req;
+                let out = generate(m.as_mut(), &prompt, params, constraint.as_mut(), &self.stop_ids, self.max_seq_len)
+                    .map(|mut g| {
+                        g.model_version = self.version;
+                        g
+                    });
+                if let Ok(g) = &out {
+                    self.stats.generated_tokens.fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
+                }
+                let _ = reply.send(out);
+            }
+            EngineModel::Batched(_) => match self.prefill(req) {
+                Ok(Some(seq)) => self.active.push(seq),
+                Ok(None) => {}
+                Err((reply, e)) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    /// The prompt pass of a new sequence, from the longest cached prefix, and its first token.
+    /// `Ok(None)`: it already finished (answered).
+    #[allow(clippy::result_large_err)]
+    fn prefill(&mut self, req: Request) -> Result<Option<Seq>, (oneshot::Sender<Result<Generation>>, anyhow::Error)> {
+        let Request { prompt, params, constraint, reply } = req;
+        let EngineModel::Batched(model) = &mut self.model else { unreachable!("prefill runs on batched models") };
+        if let Err(e) = check_prompt(&prompt, self.max_seq_len) {
+            return Err((reply, e));
+        }
+        let t0 = Instant::now();
+        let capacity = (prompt.len() + params.max_new_tokens + 1).min(self.max_seq_len);
+        let mut run = || -> Result<(SeqKv, Vec<f32>, usize)> {
+            let mut kv = model.new_seq(capacity)?;
+            // At least one prompt token is computed: its logits start the answer.
+            let reused = match self.cache.lookup(&prompt, prompt.len() - 1) {
+                Some(hit) => {
+                    hit.kv.copy_prefix(hit.len, &mut kv)?;
+                    hit.len
+                }
+                None => 0,
+            };
+            let mut logits = Vec::new();
+            for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
+                logits = model.forward_batch(&mut [(&mut kv, chunk)], true)?.pop().unwrap_or_default();
+            }
+            Ok((kv, logits, reused))
+        };
+        let (kv, mut logits, reused) = match run() {
+            Ok(r) => r,
+            Err(e) => return Err((reply, e)),
+        };
+        if reused > 0 {
+            self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
+        }
+        // Requests that arrive together often share this prompt (the candidates of a step, the
+        // evaluator's checks): keep a copy of its keys and values for them.
+        if self.options.prefix_cache_bytes > 0 && prompt.len() - reused >= 16 {
+            if let Ok(mut copy) = model.new_seq(prompt.len()) {
+                if kv.copy_prefix(prompt.len(), &mut copy).is_ok() {
+                    self.cache.insert(prompt.clone(), copy);
+                    self.note_cache();
+                }
+            }
+        }
+        let mut seq = Seq {
+            kv,
+            prompt_len: prompt.len(),
+            history: prompt,
+            reused,
+            sampler: Sampler::new(params),
+            constraint,
+            reply,
+            next: 0,
+            prefill_time: t0.elapsed(),
+            decode_started: Instant::now(),
+        };
+        match sample(&mut seq, &mut logits, &self.stop_ids, self.max_seq_len) {
+            Ok(Sampled::Continue(t)) => {
+                seq.next = t;
+                Ok(Some(seq))
+            }
+            Ok(Sampled::Stop(reason)) => {
+                self.finish(seq, reason);
+                Ok(None)
+            }
+            Err(e) => Err((seq.reply, e)),
+        }
+    }
+
+    /// One token for every sequence in flight, in one forward pass.
+    fn decode_step(&mut self) {
+        let before = self.active.len();
+        self.active.retain(|s| !s.reply.is_closed());
+        self.stats.cancelled.fetch_add((before - self.active.len()) as u64, Ordering::Relaxed);
+        if self.active.is_empty() {
+            return;
+        }
+        let EngineModel::Batched(model) = &mut self.model else { return };
+        let nexts: Vec<[u32; 1]> = self.active.iter().map(|s| [s.next]).collect();
+        let mut items: Vec<(&mut SeqKv, &[u32])> =
+            self.active.iter_mut().zip(&nexts).map(|(s, n)| (&mut s.kv, n.as_slice())).collect();
+        let result = model.forward_batch(&mut items, false);
+        drop(items);
+        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decode_rows.fetch_add(self.active.len() as u64, Ordering::Relaxed);
+        let all_logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed forward leaves every cache in an unknown state: fail them all.
+                for s in self.active.drain(..) {
+                    let _ = s.reply.send(Err(anyhow!("the local model failed: {e:#}")));
+                }
+                return;
+            }
+        };
+        let mut still = Vec::with_capacity(self.active.len());
+        for (mut seq, mut logits) in std::mem::take(&mut self.active).into_iter().zip(all_logits) {
+            seq.history.push(seq.next);
+            match sample(&mut seq, &mut logits, &self.stop_ids, self.max_seq_len) {
+                Ok(Sampled::Continue(t)) => {
+                    seq.next = t;
+                    still.push(seq);
+                }
+                Ok(Sampled::Stop(reason)) => self.finish(seq, reason),
+                Err(e) => {
+                    let _ = seq.reply.send(Err(e));
+                }
+            }
+        }
+        self.active = still;
+    }
+
+    fn finish(&mut self, seq: Seq, stop: StopReason) {
+        let tokens = seq.history[seq.prompt_len..].to_vec();
+        self.stats.generated_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        let g = Generation {
+            tokens,
+            prompt_tokens: seq.prompt_len,
+            reused_tokens: seq.reused,
+            stop,
+            prefill_time: seq.prefill_time,
+            decode_time: seq.decode_started.elapsed(),
+            model_version: self.version,
+        };
+        let _ = seq.reply.send(Ok(g));
+        if self.options.prefix_cache_bytes > 0 {
+            // The answer becomes part of later prompts (memories, summaries): keep it too.
+            self.cache.insert(seq.history, seq.kv);
+            self.note_cache();
+        }
+    }
+
+    fn note_cache(&self) {
+        let b = self.cache.bytes() as u64;
+        self.stats.cache_bytes.store(b, Ordering::Relaxed);
+        self.stats.peak_cache_bytes.fetch_max(b, Ordering::Relaxed);
+    }
+}
+
+fn check_prompt(prompt: &[u32], max_seq_len: usize) -> Result<()> {
     if prompt.is_empty() {
         return Err(anyhow!("empty prompt"));
     }
@@ -140,6 +481,53 @@ pub fn generate(
             prompt.len()
         ));
     }
+    Ok(())
+}
+
+/// Pick the next token of `seq` from `logits` (masked by its constraint), or say why it ends.
+/// `seq.history` holds every token fed so far.
+fn sample(seq: &mut Seq, logits: &mut [f32], stop_ids: &[u32], max_seq_len: usize) -> Result<Sampled> {
+    let generated = seq.history.len() - seq.prompt_len;
+    if let Some(c) = &seq.constraint {
+        if c.is_finished() {
+            return Ok(Sampled::Stop(StopReason::Complete));
+        }
+    }
+    if generated >= seq.sampler.params().max_new_tokens {
+        return Ok(Sampled::Stop(StopReason::MaxTokens));
+    }
+    if let Some(c) = &mut seq.constraint {
+        c.mask(logits)?;
+    }
+    let next = seq.sampler.sample(logits, &seq.history);
+    if stop_ids.contains(&next) {
+        return Ok(Sampled::Stop(StopReason::Eos));
+    }
+    if let Some(c) = &mut seq.constraint {
+        c.commit(next)?;
+        if c.is_finished() {
+            seq.history.push(next);
+            return Ok(Sampled::Stop(StopReason::Complete));
+        }
+    }
+    if seq.history.len() + 1 >= max_seq_len || seq.history.len() + 1 >= seq.kv.capacity() {
+        seq.history.push(next);
+        return Ok(Sampled::Stop(StopReason::ContextFull));
+    }
+    Ok(Sampled::Continue(next))
+}
+
+/// One request on a single-sequence model: prefill then decode until a stop token, the token
+/// limit, the context end, or (with a constraint) the end of the answer.
+pub fn generate(
+    model: &mut dyn CausalLm,
+    prompt: &[u32],
+    params: SamplingParams,
+    mut constraint: Option<&mut Constraint>,
+    stop_ids: &[u32],
+    max_seq_len: usize,
+) -> Result<Generation> {
+    check_prompt(prompt, max_seq_len)?;
     model.reset();
     let t0 = Instant::now();
     let mut logits = None;
@@ -156,16 +544,28 @@ pub fn generate(
     let mut tokens = Vec::new();
     let max_new = sampler.params().max_new_tokens;
     let stop = loop {
+        if constraint.as_ref().is_some_and(|c| c.is_finished()) {
+            break StopReason::Complete;
+        }
         if tokens.len() >= max_new {
             break StopReason::MaxTokens;
         }
-        let l: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let mut l: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        if let Some(c) = constraint.as_deref_mut() {
+            c.mask(&mut l)?;
+        }
         let next = sampler.sample(&l, &history);
         if stop_ids.contains(&next) {
             break StopReason::Eos;
         }
         tokens.push(next);
         history.push(next);
+        if let Some(c) = constraint.as_deref_mut() {
+            c.commit(next)?;
+            if c.is_finished() {
+                break StopReason::Complete;
+            }
+        }
         if pos + 1 >= max_seq_len {
             break StopReason::ContextFull;
         }
@@ -175,6 +575,7 @@ pub fn generate(
     Ok(Generation {
         tokens,
         prompt_tokens: prompt.len(),
+        reused_tokens: 0,
         stop,
         prefill_time,
         decode_time: t1.elapsed(),
@@ -186,6 +587,7 @@ pub fn generate(
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    use std::sync::atomic::AtomicUsize;
 
     /// A tiny deterministic "model": logits favour (last token + 1) mod vocab, and token 3 is the
     /// stop token; it records its version so swaps are observable.
@@ -209,24 +611,137 @@ mod tests {
 
     #[tokio::test]
     async fn stops_at_eos_and_at_max_tokens_and_swaps_between_requests() {
-        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }), vec![3], 64).unwrap();
-        let g = e.generate(vec![0], greedy(10)).await.unwrap();
+        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 64).unwrap();
+        let g = e.generate(vec![0], greedy(10), None).await.unwrap();
         assert_eq!(g.tokens, vec![1, 2]);
         assert_eq!(g.stop, StopReason::Eos);
-        let g = e.generate(vec![4], greedy(2)).await.unwrap();
+        let g = e.generate(vec![4], greedy(2), None).await.unwrap();
         assert_eq!((g.tokens.clone(), g.stop), (vec![5, 6], StopReason::MaxTokens));
-        e.swap_model(Box::new(Counter { vocab: 8, bias: 1 }), 7).unwrap();
-        let g = e.generate(vec![4], greedy(2)).await.unwrap();
+        e.swap_model(Box::new(Counter { vocab: 8, bias: 1 }) as Box<dyn CausalLm>, 7).unwrap();
+        let g = e.generate(vec![4], greedy(2), None).await.unwrap();
         assert_eq!((g.tokens, g.model_version), (vec![6, 0], 7));
         assert_eq!(e.model_version(), 7);
     }
 
     #[tokio::test]
     async fn context_limits_are_enforced() {
-        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }), vec![3], 6).unwrap();
-        assert!(e.generate(vec![0; 6], greedy(4)).await.is_err());
-        let g = e.generate(vec![4, 4, 4], greedy(10)).await.unwrap();
+        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 6).unwrap();
+        assert!(e.generate(vec![0; 6], greedy(4), None).await.is_err());
+        let g = e.generate(vec![4, 4, 4], greedy(10), None).await.unwrap();
         assert_eq!(g.stop, StopReason::ContextFull);
         assert!(g.prompt_tokens + g.tokens.len() <= 6);
+    }
+
+    /// A batched "model" whose next token is the sum of every token in its cache (mod 1000), so
+    /// a wrongly copied prefix changes the answer; 999 is the stop token.
+    struct SumModel {
+        rows: Arc<AtomicUsize>,
+        batches: Arc<AtomicUsize>,
+    }
+    impl BatchLm for SumModel {
+        fn new_seq(&self, capacity: usize) -> Result<SeqKv> {
+            SeqKv::new(1, 1, 1, capacity)
+        }
+        fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], _dense: bool) -> Result<Vec<Vec<f32>>> {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            let mut out = Vec::new();
+            for (kv, toks) in items.iter_mut() {
+                self.rows.fetch_add(toks.len(), Ordering::SeqCst);
+                let start = kv.len();
+                let t: Vec<f32> = toks.iter().map(|&x| x as f32).collect();
+                let v = Tensor::from_vec(t, (1, toks.len(), 1), &Device::Cpu)?;
+                kv.write(0, start, &v, &v)?;
+                kv.set_len(start + toks.len());
+                let (k, _) = kv.view(0, kv.len())?;
+                let sum: f32 = k.flatten_all()?.to_vec1::<f32>()?.iter().sum();
+                let mut l = vec![0f32; 1000];
+                l[(sum as usize) % 1000] = 10.0;
+                out.push(l);
+            }
+            Ok(out)
+        }
+        fn max_seq_len(&self) -> usize {
+            4096
+        }
+    }
+
+    fn sum_engine(cache_bytes: usize) -> (Engine, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (rows, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let m = SumModel { rows: rows.clone(), batches: batches.clone() };
+        let opts = EngineOptions { max_batch: 8, prefix_cache_bytes: cache_bytes };
+        (Engine::with_options(EngineModel::Batched(Box::new(m)), vec![999], 4096, opts).unwrap(), rows, batches)
+    }
+
+    fn prompts() -> Vec<Vec<u32>> {
+        (0..6u32).map(|i| (1..40).chain([i * 7 + 1, i + 2]).collect()).collect()
+    }
+
+    #[tokio::test]
+    async fn batched_answers_equal_single_answers_and_share_decode_steps() {
+        let (alone, _, _) = sum_engine(0);
+        let mut singles = Vec::new();
+        for p in prompts() {
+            singles.push(alone.generate(p, greedy(12), None).await.unwrap().tokens);
+        }
+        let (together, _, batches) = sum_engine(0);
+        let outs =
+            futures::future::join_all(prompts().into_iter().map(|p| together.generate(p, greedy(12), None))).await;
+        let outs: Vec<Vec<u32>> = outs.into_iter().map(|g| g.unwrap().tokens).collect();
+        assert_eq!(outs, singles);
+        assert!(outs.iter().all(|t| t.len() == 12));
+        let s = together.stats();
+        let (steps, rows) = (s.decode_steps.load(Ordering::SeqCst), s.decode_rows.load(Ordering::SeqCst));
+        assert!(rows as f64 / steps as f64 > 2.0, "sequences decoded together: {rows} rows in {steps} steps");
+        assert!(batches.load(Ordering::SeqCst) < 6 * 13, "fewer forwards than one per token per request");
+    }
+
+    #[tokio::test]
+    async fn prefix_cache_reuses_shared_prompts_without_changing_answers() {
+        let (cold, _, _) = sum_engine(0);
+        let (warm, rows, _) = sum_engine(1 << 20);
+        let mut expected = Vec::new();
+        for p in prompts() {
+            expected.push(cold.generate(p, greedy(5), None).await.unwrap().tokens);
+        }
+        let mut got = Vec::new();
+        let mut reused = 0;
+        for p in prompts() {
+            let g = warm.generate(p, greedy(5), None).await.unwrap();
+            reused += g.reused_tokens;
+            got.push(g.tokens);
+        }
+        assert_eq!(got, expected);
+        // Every prompt after the first shares its first 39 tokens with an earlier one.
+        assert_eq!(reused, 5 * 39);
+        assert_eq!(warm.stats().prefix_hits.load(Ordering::SeqCst), 5);
+        assert!(rows.load(Ordering::SeqCst) < 6 * 41, "cached prompt tokens were not recomputed");
+        // The same prompt again reuses all but its last token.
+        let g = warm.generate(prompts()[2].clone(), greedy(5), None).await.unwrap();
+        assert_eq!((g.reused_tokens, g.tokens.clone()), (40, expected[2].clone()));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_is_cancelled_and_the_engine_goes_on() {
+        let (e, _, _) = sum_engine(0);
+        let long = e.generate(vec![1, 2, 3], greedy(4000), None);
+        assert!(tokio::time::timeout(Duration::from_millis(50), long).await.is_err());
+        let g = e.generate(vec![5], greedy(3), None).await.unwrap();
+        assert_eq!(g.tokens.len(), 3);
+        assert_eq!(e.stats().cancelled.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn swaps_wait_for_sequences_in_flight_and_empty_the_prefix_cache() {
+        let (e, _, _) = sum_engine(1 << 20);
+        let first = e.generate(prompts()[0].clone(), greedy(30), None);
+        let (rows, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (g, ()) = tokio::join!(first, async {
+            tokio::task::yield_now().await;
+            e.swap_model(EngineModel::Batched(Box::new(SumModel { rows, batches })), 9).unwrap();
+        });
+        let g = g.unwrap();
+        assert_eq!((g.model_version, g.tokens.len()), (0, 30));
+        let after = e.generate(prompts()[0].clone(), greedy(3), None).await.unwrap();
+        assert_eq!((after.model_version, after.reused_tokens), (9, 0));
     }
 }

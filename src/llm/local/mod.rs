@@ -33,6 +33,8 @@
 //! `tokenizer.json` beside it is preferred over the GGUF tokenizer metadata), or a Hugging Face
 //! repo id (`owner/name`, optionally `owner/name/file.gguf`) fetched with hf-hub into the HF cache.
 
+pub mod batch;
+pub mod constraint;
 pub mod engine;
 pub mod gguf;
 pub mod quantized;
@@ -46,7 +48,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::BoxFuture;
 
-pub use engine::{Engine, Generation, StopReason};
+pub use constraint::{Constraint, Grammars};
+pub use engine::{Engine, EngineModel, EngineOptions, EngineStats, Generation, StopReason};
 pub use gguf::{load_dequantized, GgufMeta, LoadMode};
 pub use quantized::QuantizedLm;
 pub use sampler::SamplingParams;
@@ -68,6 +71,8 @@ enum Backend {
 
 struct ChatBackend {
     engine: Engine,
+    /// Compiles answer schemas for this model's vocabulary (structured outputs).
+    grammars: Grammars,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     meta: GgufMeta,
@@ -102,7 +107,13 @@ impl LocalProvider {
             (None, None) => ChatTemplate::new(template::CHATML, bos_str(&tokenizer), eos_str(&tokenizer))?,
         };
         let max_seq = model.max_seq_len();
-        let engine = Engine::start(Box::new(model), tokenizer.special().stop_ids.clone(), max_seq)?;
+        let grammars = Grammars::new(&tokenizer, meta.vocab_size.max(1))?;
+        let options = EngineOptions {
+            prefix_cache_bytes: rc.prefix_cache_mb.unwrap_or(engine::DEFAULT_PREFIX_CACHE_MB) << 20,
+            ..EngineOptions::default()
+        };
+        let engine =
+            Engine::with_options(model.into_engine_model(), tokenizer.special().stop_ids.clone(), max_seq, options)?;
         let defaults = SamplingParams {
             temperature: rc.temperature.unwrap_or(SamplingParams::default().temperature),
             top_k: rc.top_k.unwrap_or(SamplingParams::default().top_k),
@@ -111,7 +122,7 @@ impl LocalProvider {
             max_new_tokens: rc.max_tokens.unwrap_or(SamplingParams::default().max_new_tokens),
             seed: rc.seed.unwrap_or(sampler::DEFAULT_SEED),
         };
-        let backend = Backend::Chat(Box::new(ChatBackend { engine, tokenizer, template, meta, defaults }));
+        let backend = Backend::Chat(Box::new(ChatBackend { engine, grammars, tokenizer, template, meta, defaults }));
         Ok(LocalProvider { role, backend, model_name: path.display().to_string() })
     }
 
@@ -159,6 +170,11 @@ impl LocalProvider {
         self.chat_backend()?.engine.swap_model(m, version)
     }
 
+    /// The engine's counters (prefix-cache hits, batch sizes, ...).
+    pub fn engine_stats(&self) -> Result<&EngineStats> {
+        Ok(self.chat_backend()?.engine.stats())
+    }
+
     /// Version of the current model/adapter (0 = as loaded).
     pub fn model_version(&self) -> u64 {
         match &self.backend {
@@ -180,13 +196,20 @@ impl LocalProvider {
         })
     }
 
-    /// Render, tokenize, generate, detokenize: the whole chat turn, with the stop reason.
-    pub async fn generate(&self, messages: &[Message], sampling: &Sampling) -> Result<(String, Generation)> {
+    /// Render, tokenize, generate, detokenize: the whole chat turn, with the stop reason. With
+    /// a `schema`, decoding is constrained to it (see [`constraint`]).
+    pub async fn generate(
+        &self,
+        messages: &[Message],
+        sampling: &Sampling,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<(String, Generation)> {
         let c = self.chat_backend()?;
         let prompt = c.template.render(messages, true)?;
         let ids = c.tokenizer.encode(&prompt)?;
         let params = self.sampling_params(sampling)?;
-        let g = c.engine.generate(ids, params).await?;
+        let constraint = schema.map(|s| c.grammars.constraint(s)).transpose()?;
+        let g = c.engine.generate(ids, params, constraint).await?;
         let text = c.tokenizer.decode(&g.tokens)?;
         Ok((text, g))
     }
@@ -211,7 +234,7 @@ impl ChatProvider for LocalProvider {
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatReply, ProviderError>> {
         Box::pin(async move {
             let (text, g) = self
-                .generate(&req.messages, &req.sampling)
+                .generate(&req.messages, &req.sampling, req.schema.as_ref().map(|a| &a.schema))
                 .await
                 .map_err(|e| ProviderError::Other(format!("{e:#}")))?;
             Ok(ChatReply {
@@ -219,6 +242,7 @@ impl ChatProvider for LocalProvider {
                 prompt_tokens: g.prompt_tokens as u64,
                 completion_tokens: g.tokens.len() as u64,
                 retries: 0,
+                cached_prompt_tokens: g.reused_tokens as u64,
             })
         })
     }

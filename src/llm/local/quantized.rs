@@ -12,6 +12,8 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
+use super::batch::{BatchLm, SeqKv};
+use super::engine::EngineModel;
 use super::gguf::{self, GgufMeta, LoadMode};
 use crate::model::CausalLm;
 
@@ -70,6 +72,15 @@ impl QuantizedLm {
 
     pub fn mode(&self) -> LoadMode {
         self.mode
+    }
+
+    /// Hand the model to the engine: the dual model runs batched (continuous batching, prefix
+    /// cache); candle's single-format models run one request at a time.
+    pub fn into_engine_model(self) -> EngineModel {
+        match self.weights {
+            Weights::Dual(model) => EngineModel::Batched(Box::new(DualBatch { model, max_seq_len: self.max_seq_len })),
+            weights => EngineModel::Single(Box::new(QuantizedLm { weights, ..self })),
+        }
     }
 
     /// Longest prompt + completion the model can hold.
@@ -306,5 +317,112 @@ impl DualModel {
 
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| l.kv = None);
+    }
+
+    /// Attention of one sequence's new rows (`q`: `[t, heads*head_dim]`, `k`, `v`:
+    /// `[t, kv_heads*head_dim]`) at positions `pos..pos+t`, against its cache, which they join.
+    /// The query heads that share a key/value head are stacked as rows of one matmul, so the
+    /// cache is never repeated per head.
+    fn attend(&self, kv: &SeqKv, li: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let t = q.dim(0)?;
+        let q = self.rope(&q.reshape((1, t, nh, hd))?.transpose(1, 2)?, pos)?;
+        let k = self.rope(&k.reshape((1, t, nkv, hd))?.transpose(1, 2)?, pos)?.squeeze(0)?.contiguous()?;
+        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        kv.write(li, pos, &k, &v)?;
+        let (kc, vc) = kv.view(li, pos + t)?;
+        let rep = nh / nkv;
+        let q = q.squeeze(0)?.reshape((nkv, rep * t, hd))?;
+        let att = (q.matmul(&kc.t()?)? / (hd as f64).sqrt())?;
+        let att = if t > 1 {
+            // Row r of a group is query position pos + r % t; it sees keys 0..=pos + r % t.
+            let total = pos + t;
+            let mask: Vec<f32> = (0..rep * t)
+                .flat_map(|r| (0..total).map(move |j| if j > pos + r % t { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            att.broadcast_add(&Tensor::from_vec(mask, (rep * t, total), &Device::Cpu)?)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&vc)?; // [nkv, rep*t, hd]
+        Ok(y.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?)
+    }
+
+    fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>> {
+        use candle_core::Module;
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        if ids.is_empty() || items.iter().any(|(_, t)| t.is_empty()) {
+            bail!("every sequence in a batch needs at least one new token");
+        }
+        let lens: Vec<usize> = items.iter().map(|(_, t)| t.len()).collect();
+        let starts: Vec<usize> = items.iter().map(|(kv, _)| kv.len()).collect();
+        for ((kv, t), &start) in items.iter().zip(&starts) {
+            if start + t.len() > kv.capacity() {
+                bail!("sequence of {} tokens exceeds its cache of {}", start + t.len(), kv.capacity());
+            }
+        }
+        let n = ids.len();
+        let mut x = self.embed.forward(&Tensor::from_vec(ids, n, &Device::Cpu)?)?; // [n, hidden]
+        for li in 0..self.layers.len() {
+            let l = &self.layers[li];
+            let h = l.attn_norm.forward(&x)?;
+            let (q, k, v) =
+                (l.wq.forward_with(&h, dense)?, l.wk.forward_with(&h, dense)?, l.wv.forward_with(&h, dense)?);
+            let mut ys = Vec::with_capacity(items.len());
+            let mut row = 0;
+            for (i, (kv, _)) in items.iter().enumerate() {
+                let t = lens[i];
+                ys.push(self.attend(
+                    kv,
+                    li,
+                    starts[i],
+                    &q.narrow(0, row, t)?,
+                    &k.narrow(0, row, t)?,
+                    &v.narrow(0, row, t)?,
+                )?);
+                row += t;
+            }
+            let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
+            let l = &self.layers[li];
+            let x1 = (l.wo.forward_with(&y, dense)? + &x)?;
+            let h = l.ffn_norm.forward(&x1)?;
+            let ff = (candle_nn::ops::silu(&l.gate.forward_with(&h, dense)?)? * l.up.forward_with(&h, dense)?)?;
+            x = (l.down.forward_with(&ff, dense)? + x1)?;
+        }
+        for (i, (kv, _)) in items.iter_mut().enumerate() {
+            kv.set_len(starts[i] + lens[i]);
+        }
+        let last: Vec<u32> = lens
+            .iter()
+            .scan(0usize, |end, &t| {
+                *end += t;
+                Some((*end - 1) as u32)
+            })
+            .collect();
+        let last = x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?;
+        let logits = self.output.forward_with(&self.norm.forward(&last)?, dense)?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+}
+
+/// The dual model as the batched engine drives it.
+pub(crate) struct DualBatch {
+    model: DualModel,
+    max_seq_len: usize,
+}
+
+impl BatchLm for DualBatch {
+    fn new_seq(&self, capacity: usize) -> Result<SeqKv> {
+        let m = &self.model;
+        SeqKv::new(m.layers.len(), m.n_kv_head, m.head_dim, capacity.min(self.max_seq_len))
+    }
+
+    fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>> {
+        self.model.forward_batch(items, dense)
+    }
+
+    fn max_seq_len(&self) -> usize {
+        self.max_seq_len
     }
 }
