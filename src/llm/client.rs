@@ -295,8 +295,10 @@ impl Llm {
         acc: &mut CallAcc,
     ) -> Result<Option<String>> {
         let mut sampling = sampling_of(&slot.rc);
-        // Each attempt and each candidate is its own draw: vary a fixed sampling seed with it.
-        sampling.seed = sampling.seed.map(|s| s.wrapping_add(attempt as u64));
+        // Each attempt and each candidate is its own draw: vary the sampling seed with it. With
+        // no seed in the role, the run's seed stands in: a provider's own default seed would
+        // make the two candidates of a step one draw (identical, so never a preference pair).
+        sampling.seed = Some(sampling.seed.unwrap_or(self.seed).wrapping_add(attempt as u64));
         if let Some(a) = schema {
             // A constrained answer ends when its JSON closes; the limit only has to let every
             // valid answer finish (a role's `max_tokens` may be the original's 128).
