@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::llm::local::engine::generate;
-use crate::llm::local::{ChatTemplate, LoadMode, QuantizedLm, SamplingParams, Tokenizer};
+use crate::llm::local::{ChatTemplate, Engine, EngineOptions, LoadMode, QuantizedLm, SamplingParams, Tokenizer};
 use crate::llm::Message;
 
 /// Prompt length in tokens (about one assistant-step prompt of the simulation).
@@ -37,6 +36,62 @@ pub struct BenchReport {
     pub model: String,
     pub threads: usize,
     pub rows: Vec<BenchRow>,
+    /// [`BENCH_BATCH`] requests at once on the dual model.
+    pub batched: Option<BatchRow>,
+}
+
+/// Requests sent together, decoded together by the engine.
+pub const BENCH_BATCH: usize = 8;
+
+/// Aggregate throughput of [`BENCH_BATCH`] concurrent requests (distinct prompts, no prefix
+/// cache), from the first request sent to the last answer.
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    pub requests: usize,
+    pub wall_s: f64,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// Generated tokens per second of wall time, prompts included.
+    pub gen_tok_s: f64,
+    /// Sequences per decode step, on average.
+    pub mean_batch: f64,
+}
+
+fn bench_batch(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result<BatchRow> {
+    use std::sync::atomic::Ordering;
+    let prompts: Vec<Vec<u32>> = (0..BENCH_BATCH)
+        .map(|i| {
+            // Distinct prompts of the same length: rotate the body.
+            let mut p = ids.to_vec();
+            let body = p.len() / 2;
+            p[body..].rotate_left(i * 3);
+            p
+        })
+        .collect();
+    let (steps0, rows0) =
+        (engine.stats().decode_steps.load(Ordering::SeqCst), engine.stats().decode_rows.load(Ordering::SeqCst));
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let t = Instant::now();
+    let outs =
+        rt.block_on(futures::future::join_all(prompts.into_iter().map(|p| engine.generate(p, params.clone(), None))));
+    let wall_s = t.elapsed().as_secs_f64();
+    let mut gen_tokens = 0;
+    let mut prompt_tokens = 0;
+    for g in outs {
+        let g = g?;
+        gen_tokens += g.tokens.len();
+        prompt_tokens += g.prompt_tokens;
+    }
+    let steps = engine.stats().decode_steps.load(Ordering::SeqCst) - steps0;
+    let rows = engine.stats().decode_rows.load(Ordering::SeqCst) - rows0;
+    Ok(BatchRow {
+        requests: BENCH_BATCH,
+        wall_s,
+        prompt_tokens,
+        gen_tokens,
+        gen_tok_s: gen_tokens as f64 / wall_s.max(1e-9),
+        mean_batch: rows as f64 / steps.max(1) as f64,
+    })
 }
 
 impl fmt::Display for BenchReport {
@@ -53,6 +108,13 @@ impl fmt::Display for BenchReport {
                 r.decode_tok_s,
                 r.prompt_tokens,
                 r.gen_tokens
+            )?;
+        }
+        if let Some(b) = &self.batched {
+            writeln!(
+                f,
+                "dual, {} requests at once: {:.1} generated tok/s over {:.2} s ({} prompt, {} generated tokens; {:.1} sequences per decode step)",
+                b.requests, b.gen_tok_s, b.wall_s, b.prompt_tokens, b.gen_tokens, b.mean_batch
             )?;
         }
         Ok(())
@@ -85,9 +147,10 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         ids = tok.encode(&text)?;
     }
     let mut rows = Vec::new();
+    let mut batched = None;
     for &mode in modes {
         let t = Instant::now();
-        let (mut model, _) = QuantizedLm::load(gguf, mode)?;
+        let (model, _) = QuantizedLm::load(gguf, mode)?;
         let load_s = t.elapsed().as_secs_f64();
         let max_seq = model.max_seq_len();
         let params = SamplingParams {
@@ -96,20 +159,21 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
             repeat_penalty: 1.0,
             ..Default::default()
         };
+        // Through the engine, as the simulation runs it (the dual model batched), with the
+        // prefix cache off so that every repeat computes its whole prompt.
+        let options = EngineOptions { prefix_cache_bytes: 0, ..EngineOptions::default() };
+        let engine = Engine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
         // Warm-up: allocations, page faults, thread pools.
-        generate(
-            &mut model,
-            &ids[..16.min(ids.len())],
+        engine.generate_blocking(
+            ids[..16.min(ids.len())].to_vec(),
             SamplingParams { max_new_tokens: 4, ..params.clone() },
             None,
-            &[],
-            max_seq,
         )?;
         // Best of up to BENCH_REPEATS runs (the machine may be shared); slow modes stop early.
         let started = Instant::now();
         let mut best: Option<BenchRow> = None;
         for _ in 0..BENCH_REPEATS {
-            let g = generate(&mut model, &ids, params.clone(), None, &[], max_seq)?;
+            let g = engine.generate_blocking(ids.clone(), params.clone(), None)?;
             let row = BenchRow {
                 mode,
                 load_s,
@@ -132,6 +196,9 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
             }
         }
         rows.extend(best);
+        if mode == LoadMode::Dual {
+            batched = Some(bench_batch(&engine, &ids, &params)?);
+        }
     }
-    Ok(BenchReport { model: gguf.display().to_string(), threads: candle_core::utils::get_num_threads(), rows })
+    Ok(BenchReport { model: gguf.display().to_string(), threads: candle_core::utils::get_num_threads(), rows, batched })
 }

@@ -203,7 +203,7 @@ pub struct RoleConfig {
     /// Turn it off for a server that rejects schemas; replies are then parsed and retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<bool>,
-    /// Memory cap of the local engine's prefix KV cache, in MiB (default 256).
+    /// Memory cap of the local engine's prefix KV cache, in MiB (default 1024; 0 turns it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache_mb: Option<usize>,
 }

