@@ -11,6 +11,7 @@ use propersim::config::{Config, ReasonMode, Role};
 use propersim::llm::local::batch::SeqKv;
 use propersim::llm::local::{EngineModel, LoadMode, LocalProvider, QuantizedLm};
 use propersim::llm::{ChatProvider, ChatRequest, Llm, Message, Sampling, Task};
+use propersim::model::CausalLm;
 use propersim::user::evaluator::{Check, DimScore, EvalInput, Judgement, Revise, ScoreAll, ScoreCheck};
 use propersim::user::plan_tasks::*;
 use propersim::user::profile::{Profile, Scratch};
@@ -186,7 +187,7 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert!(common > 40);
     // Cold: all of b at once.
-    let mut cold = m.new_seq(b.len()).unwrap();
+    let mut cold = m.new_seq(b.len() + 1).unwrap();
     let cold_logits = m.forward_batch(&mut [(&mut cold, &b)], true).unwrap().pop().unwrap();
     // Warm: a's cache, its shared prefix copied, then the rest of b.
     let mut first = m.new_seq(a.len()).unwrap();
@@ -194,7 +195,19 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let mut warm: SeqKv = m.new_seq(b.len()).unwrap();
     first.copy_prefix(common, &mut warm).unwrap();
     let warm_logits = m.forward_batch(&mut [(&mut warm, &b[common..])], true).unwrap().pop().unwrap();
-    let diff = cold_logits.iter().zip(&warm_logits).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = max_diff(&cold_logits, &warm_logits);
     println!("prefix reuse of {common}/{} tokens: max |logit diff| = {diff:e}", b.len());
     assert!(diff < 1e-4, "max logit difference {diff}");
+    // The batched forward computes what the single-sequence forward (checked against candle's
+    // models in llm_local) computes, for the prompt and for a decode step.
+    let (mut single, _) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
+    let reference: Vec<f32> = single.forward_last(&b, 0).unwrap().to_vec1().unwrap();
+    let d = max_diff(&cold_logits, &reference);
+    assert!(d < 1e-3, "batched vs single-sequence prompt logits differ by {d}");
+    let next = propersim::llm::local::sampler::argmax(&reference);
+    let step_ref: Vec<f32> = single.forward_last(&[next], b.len()).unwrap().to_vec1().unwrap();
+    let step = m.forward_batch(&mut [(&mut cold, &[next])], false).unwrap().pop().unwrap();
+    let d = max_diff(&step, &step_ref);
+    assert!(d < 1e-3, "batched vs single-sequence decode logits differ by {d}");
 }

@@ -319,21 +319,39 @@ impl DualModel {
         self.layers.iter_mut().for_each(|l| l.kv = None);
     }
 
-    /// Attention of one sequence's new rows (`q`: `[t, heads*head_dim]`, `k`, `v`:
-    /// `[t, kv_heads*head_dim]`) at positions `pos..pos+t`, against its cache, which they join.
-    /// The query heads that share a key/value head are stacked as rows of one matmul, so the
-    /// cache is never repeated per head.
+    /// Rotary embedding of `x` (`[rows, heads*head_dim]`), each row at its own position (its
+    /// cos/sin rows in `cs`, `[rows, 1, rope_dim/2]`): one kernel call for every sequence.
+    fn rope_rows(&self, x: &Tensor, heads: usize, cs: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
+        let rows = x.dim(0)?;
+        let x = x.reshape((rows, heads, 1, self.head_dim))?.contiguous()?;
+        if self.neox {
+            candle_nn::rotary_emb::rope(&x, &cs.0, &cs.1)
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, &cs.0, &cs.1)
+        }
+    }
+
+    /// Attention of one sequence's new rows (`q`: `[t, heads, 1, head_dim]`, `k`:
+    /// `[t, kv_heads, 1, head_dim]`, both rotated; `v`: `[t, kv_heads*head_dim]`) at positions
+    /// `pos..pos+t`, against its cache, which they join. The query heads that share a key/value
+    /// head are stacked as rows of one matmul, so the cache is never repeated per head.
     fn attend(&self, kv: &SeqKv, li: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let t = q.dim(0)?;
-        let q = self.rope(&q.reshape((1, t, nh, hd))?.transpose(1, 2)?, pos)?;
-        let k = self.rope(&k.reshape((1, t, nkv, hd))?.transpose(1, 2)?, pos)?.squeeze(0)?.contiguous()?;
-        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let rep = nh / nkv;
+        let (q, k, v) = if t == 1 {
+            // One row: the head-major layouts are views of the row-major ones.
+            (q.reshape((nkv, rep, hd))?, k.reshape((nkv, 1, hd))?, v.reshape((nkv, 1, hd))?)
+        } else {
+            (
+                q.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?.reshape((nkv, rep * t, hd))?,
+                k.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?,
+                v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?,
+            )
+        };
         kv.write(li, pos, &k, &v)?;
         let (kc, vc) = kv.view(li, pos + t)?;
-        let rep = nh / nkv;
-        let q = q.squeeze(0)?.reshape((nkv, rep * t, hd))?;
-        let att = (q.matmul(&kc.t()?)? / (hd as f64).sqrt())?;
+        let att = q.matmul(&kc.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
         let att = if t > 1 {
             // Row r of a group is query position pos + r % t; it sees keys 0..=pos + r % t.
             let total = pos + t;
@@ -346,6 +364,9 @@ impl DualModel {
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&vc)?; // [nkv, rep*t, hd]
+        if t == 1 {
+            return Ok(y.reshape((1, nh * hd))?);
+        }
         Ok(y.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?)
     }
 
@@ -363,24 +384,28 @@ impl DualModel {
             }
         }
         let n = ids.len();
+        // Each row's position, and its rotary cos/sin rows, shared by every layer.
+        let positions: Vec<u32> =
+            starts.iter().zip(&lens).flat_map(|(&s, &t)| (s..s + t).map(|p| p as u32)).collect();
+        let positions = Tensor::from_vec(positions, n, &Device::Cpu)?;
+        let half = self.cos.dim(1)?;
+        let cs = (
+            self.cos.index_select(&positions, 0)?.reshape((n, 1, half))?,
+            self.sin.index_select(&positions, 0)?.reshape((n, 1, half))?,
+        );
+        let (nh, nkv) = (self.n_head, self.n_kv_head);
         let mut x = self.embed.forward(&Tensor::from_vec(ids, n, &Device::Cpu)?)?; // [n, hidden]
         for li in 0..self.layers.len() {
             let l = &self.layers[li];
             let h = l.attn_norm.forward(&x)?;
-            let (q, k, v) =
-                (l.wq.forward_with(&h, dense)?, l.wk.forward_with(&h, dense)?, l.wv.forward_with(&h, dense)?);
+            let q = self.rope_rows(&l.wq.forward_with(&h, dense)?, nh, &cs)?;
+            let k = self.rope_rows(&l.wk.forward_with(&h, dense)?, nkv, &cs)?;
+            let v = l.wv.forward_with(&h, dense)?;
             let mut ys = Vec::with_capacity(items.len());
             let mut row = 0;
             for (i, (kv, _)) in items.iter().enumerate() {
                 let t = lens[i];
-                ys.push(self.attend(
-                    kv,
-                    li,
-                    starts[i],
-                    &q.narrow(0, row, t)?,
-                    &k.narrow(0, row, t)?,
-                    &v.narrow(0, row, t)?,
-                )?);
+                ys.push(self.attend(kv, li, starts[i], &q.narrow(0, row, t)?, &k.narrow(0, row, t)?, &v.narrow(0, row, t)?)?);
                 row += t;
             }
             let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
