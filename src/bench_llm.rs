@@ -38,7 +38,26 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
     /// [`BENCH_BATCH`] requests at once on the dual model.
     pub batched: Option<BatchRow>,
+    /// The prefix cache on prompts that share a prefix, under a small memory cap.
+    pub prefix: Option<PrefixRow>,
 }
+
+/// Prompts sharing a long prefix (as a step's evaluator checks do), one after another, with the
+/// prefix cache capped at [`BENCH_CACHE_MB`].
+#[derive(Debug, Clone)]
+pub struct PrefixRow {
+    pub requests: usize,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    /// Prompt seconds of the first (cold) request and the mean of the others.
+    pub cold_prompt_s: f64,
+    pub warm_prompt_s: f64,
+    pub peak_cache_mb: f64,
+    pub cap_mb: usize,
+}
+
+/// Memory cap of the prefix-cache measurement: small, so that eviction runs.
+pub const BENCH_CACHE_MB: usize = 48;
 
 /// Requests sent together, decoded together by the engine.
 pub const BENCH_BATCH: usize = 8;
@@ -55,6 +74,36 @@ pub struct BatchRow {
     pub gen_tok_s: f64,
     /// Sequences per decode step, on average.
     pub mean_batch: f64,
+}
+
+fn bench_prefix(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result<PrefixRow> {
+    use std::sync::atomic::Ordering;
+    let requests = 12;
+    let params = SamplingParams { max_new_tokens: 8, ..params.clone() };
+    let (mut prompt_tokens, mut reused_tokens, mut cold, mut warm) = (0, 0, 0.0, 0.0);
+    for i in 0..requests {
+        // The same body, a different tail of 24 tokens: like one check of ten on one moment.
+        let mut p = ids.to_vec();
+        let tail = p.len() - 24;
+        p[tail..].rotate_left(i + 1);
+        let g = engine.generate_blocking(p, params.clone(), None)?;
+        prompt_tokens += g.prompt_tokens;
+        reused_tokens += g.reused_tokens;
+        if i == 0 {
+            cold = g.prefill_time.as_secs_f64();
+        } else {
+            warm += g.prefill_time.as_secs_f64() / (requests - 1) as f64;
+        }
+    }
+    Ok(PrefixRow {
+        requests,
+        prompt_tokens,
+        reused_tokens,
+        cold_prompt_s: cold,
+        warm_prompt_s: warm,
+        peak_cache_mb: engine.stats().peak_cache_bytes.load(Ordering::SeqCst) as f64 / (1 << 20) as f64,
+        cap_mb: BENCH_CACHE_MB,
+    })
 }
 
 fn bench_batch(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result<BatchRow> {
@@ -117,6 +166,20 @@ impl fmt::Display for BenchReport {
                 b.requests, b.gen_tok_s, b.wall_s, b.prompt_tokens, b.gen_tokens, b.mean_batch
             )?;
         }
+        if let Some(p) = &self.prefix {
+            writeln!(
+                f,
+                "dual, prefix cache: {} prompts sharing all but 24 tokens: {} of {} prompt tokens reused; prompt {:.3} s cold, {:.3} s warm ({:.1}x); cache peak {:.1} MB (cap {} MB)",
+                p.requests,
+                p.reused_tokens,
+                p.prompt_tokens,
+                p.cold_prompt_s,
+                p.warm_prompt_s,
+                p.cold_prompt_s / p.warm_prompt_s.max(1e-9),
+                p.peak_cache_mb,
+                p.cap_mb
+            )?;
+        }
         Ok(())
     }
 }
@@ -148,6 +211,7 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
     }
     let mut rows = Vec::new();
     let mut batched = None;
+    let mut prefix = None;
     for &mode in modes {
         let t = Instant::now();
         let (model, _) = QuantizedLm::load(gguf, mode)?;
@@ -198,7 +262,18 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         rows.extend(best);
         if mode == LoadMode::Dual {
             batched = Some(bench_batch(&engine, &ids, &params)?);
+            drop(engine);
+            let (model, _) = QuantizedLm::load(gguf, mode)?;
+            let options = EngineOptions { prefix_cache_bytes: BENCH_CACHE_MB << 20, ..EngineOptions::default() };
+            let engine = Engine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
+            prefix = Some(bench_prefix(&engine, &ids, &params)?);
         }
     }
-    Ok(BenchReport { model: gguf.display().to_string(), threads: candle_core::utils::get_num_threads(), rows, batched })
+    Ok(BenchReport {
+        model: gguf.display().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        rows,
+        batched,
+        prefix,
+    })
 }

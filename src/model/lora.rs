@@ -228,6 +228,25 @@ impl LoraAdapter {
         Ok(LoraAdapter::from_layers(self.cfg.clone(), layers, false))
     }
 
+    /// A frozen copy in f32 on the CPU, for the local inference engine (training may have run on
+    /// a GPU, or in half precision).
+    pub fn to_cpu_f32(&self) -> Result<LoraAdapter> {
+        let cpu = |v: &Var| -> Result<Var> {
+            Var::from_tensor(&v.as_detached_tensor().to_device(&Device::Cpu)?.to_dtype(DType::F32)?.copy()?)
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for row in &self.layers {
+            let mut out: [Option<LoraPair>; 7] = Default::default();
+            for (i, p) in row.iter().enumerate() {
+                if let Some(p) = p {
+                    out[i] = Some(LoraPair { a: cpu(&p.a)?, b: cpu(&p.b)? });
+                }
+            }
+            layers.push(out);
+        }
+        Ok(LoraAdapter::from_layers(self.cfg.clone(), layers, false))
+    }
+
     /// A trainable deep copy (to continue training from a loaded or published adapter).
     pub fn trainable_copy(&self) -> Result<LoraAdapter> {
         let mut s = self.snapshot()?;

@@ -113,7 +113,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
     };
     let version = published.version;
     let slot = Arc::new(AdapterSlot::new(published));
-    provider.swap_model(Box::new(LlamaSession::following(model.clone(), slot.clone())), version)?;
+    provider.follow_adapters(model.clone(), slot.clone(), version)?;
     let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
         (true, Some(p)) => Some(Mmlu {
             items: crate::train::mmlu::read_items(p)?,

@@ -6,8 +6,12 @@
 //! all rows at once, which is where batching pays: a decode step of ten sequences reads the
 //! weights once instead of ten times. Attention runs per sequence against its own cache.
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+
+use crate::model::lora::AdapterSlot;
 
 /// A model the engine can drive in ragged batches.
 pub trait BatchLm: Send {
@@ -21,6 +25,21 @@ pub trait BatchLm: Send {
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>>;
     /// Longest sequence the model covers.
     fn max_seq_len(&self) -> usize;
+    /// Apply the LoRA adapters `slot` publishes (a trained assistant): [`BatchLm::adopt_adapter`]
+    /// takes the newest one. A model that cannot apply LoRA says so, and the engine runs the
+    /// single-sequence LoRA model instead.
+    fn follow_adapters(&mut self, _slot: Arc<AdapterSlot>) -> Result<()> {
+        bail!("this model does not apply LoRA adapters")
+    }
+    /// The followed slot holds an adapter this model has not adopted yet.
+    fn adapter_pending(&self) -> bool {
+        false
+    }
+    /// Adopt the slot's newest adapter; the engine calls it only between sequences (the keys and
+    /// values of a sequence belong to one adapter). Returns the adapter's version.
+    fn adopt_adapter(&mut self) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// The keys and values of one sequence, per layer `[kv_heads, capacity, head_dim]`, filled up

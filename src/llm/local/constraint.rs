@@ -82,6 +82,12 @@ impl Constraint {
         self.matcher.consume_token(token).map_err(|e| anyhow!("grammar rejected token {token}: {e}"))
     }
 
+    /// The tokens the grammar forces next (e.g. the rest of a key and `": "`), already
+    /// advanced past: the engine feeds them without sampling.
+    pub fn take_forced(&mut self) -> Vec<u32> {
+        self.matcher.consume_ff_tokens()
+    }
+
     /// The answer is complete and nothing more may follow.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use super::batch::{BatchLm, PrefixCache, SeqKv};
 use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplingParams};
+use crate::model::lora::AdapterSlot;
 use crate::model::CausalLm;
 
 /// Prompts are fed in slices of this many tokens, bounding the attention matrix's memory.
@@ -122,7 +123,17 @@ struct Request {
 
 enum Job {
     Generate(Request),
-    Swap { model: EngineModel, version: u64 },
+    Swap {
+        model: EngineModel,
+        version: u64,
+    },
+    /// Apply the adapters a slot publishes; `single` is the single-sequence LoRA model to run
+    /// instead when the loaded model cannot apply them itself.
+    Follow {
+        slot: Arc<AdapterSlot>,
+        single: Box<dyn CausalLm>,
+        version: u64,
+    },
 }
 
 /// Handle to the model thread. Dropping the last handle ends the thread.
@@ -213,6 +224,14 @@ impl Engine {
             .map_err(|_| anyhow!("the local model thread has stopped"))
     }
 
+    /// Apply the LoRA adapters `slot` publishes from now on (a trained assistant). A batched
+    /// model applies them itself and stays batched: it adopts a newly published adapter between
+    /// sequences and empties the prefix cache then. Otherwise `single` (a single-sequence model
+    /// that follows the slot) replaces the model. Ordered like [`Engine::swap_model`].
+    pub fn follow_adapters(&self, slot: Arc<AdapterSlot>, single: Box<dyn CausalLm>, version: u64) -> Result<()> {
+        self.tx.send(Job::Follow { slot, single, version }).map_err(|_| anyhow!("the local model thread has stopped"))
+    }
+
     /// Version of the model that the next request will use, as last requested by `swap_model`.
     pub fn model_version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)
@@ -233,15 +252,17 @@ struct Seq {
     sampler: Sampler,
     constraint: Option<Constraint>,
     reply: oneshot::Sender<Result<Generation>>,
-    /// The token sampled last, fed at the next decode step.
-    next: u32,
+    /// What the next decode step feeds: the token sampled last, followed by the tokens the
+    /// answer's grammar forces after it (a JSON key, `", "`), which thus cost no step of their own.
+    next: Vec<u32>,
     prefill_time: Duration,
     decode_started: Instant,
 }
 
 /// What sampling a token led to.
 enum Sampled {
-    Continue(u32),
+    /// Feed these next.
+    Continue(Vec<u32>),
     Stop(StopReason),
 }
 
@@ -284,16 +305,36 @@ impl Worker {
     fn start_jobs(&mut self) {
         while let Some(job) = self.backlog.front() {
             match job {
-                Job::Swap { .. } if !self.active.is_empty() => return,
+                Job::Swap { .. } | Job::Follow { .. } if !self.active.is_empty() => return,
                 Job::Generate(_) if self.active.len() >= self.options.max_batch => return,
                 _ => {}
+            }
+            // A newly published adapter is adopted between sequences, before the next request.
+            if let (Job::Generate(_), EngineModel::Batched(m)) = (job, &mut self.model) {
+                if m.adapter_pending() {
+                    if !self.active.is_empty() {
+                        return;
+                    }
+                    match m.adopt_adapter() {
+                        Ok(v) => self.set_version(v),
+                        Err(e) => tracing::error!("cannot apply the new adapter: {e:#}"),
+                    }
+                }
             }
             match self.backlog.pop_front() {
                 Some(Job::Swap { model, version }) => {
                     self.model = model;
-                    self.version = version;
-                    self.cache.clear();
-                    self.published_version.store(version, Ordering::SeqCst);
+                    self.set_version(version);
+                }
+                Some(Job::Follow { slot, single, version }) => {
+                    let batched = match &mut self.model {
+                        EngineModel::Batched(m) => m.follow_adapters(slot).is_ok(),
+                        EngineModel::Single(_) => false,
+                    };
+                    if !batched {
+                        self.model = EngineModel::Single(single);
+                    }
+                    self.set_version(version);
                 }
                 Some(Job::Generate(req)) => self.start(req),
                 None => return,
@@ -382,7 +423,7 @@ impl Worker {
             sampler: Sampler::new(params),
             constraint,
             reply,
-            next: 0,
+            next: Vec::new(),
             prefill_time: t0.elapsed(),
             decode_started: Instant::now(),
         };
@@ -408,7 +449,7 @@ impl Worker {
             return;
         }
         let EngineModel::Batched(model) = &mut self.model else { return };
-        let nexts: Vec<[u32; 1]> = self.active.iter().map(|s| [s.next]).collect();
+        let nexts: Vec<Vec<u32>> = self.active.iter_mut().map(|s| std::mem::take(&mut s.next)).collect();
         let mut items: Vec<(&mut SeqKv, &[u32])> =
             self.active.iter_mut().zip(&nexts).map(|(s, n)| (&mut s.kv, n.as_slice())).collect();
         let result = model.forward_batch(&mut items, false);
@@ -426,8 +467,8 @@ impl Worker {
             }
         };
         let mut still = Vec::with_capacity(self.active.len());
-        for (mut seq, mut logits) in std::mem::take(&mut self.active).into_iter().zip(all_logits) {
-            seq.history.push(seq.next);
+        for ((mut seq, mut logits), fed) in std::mem::take(&mut self.active).into_iter().zip(all_logits).zip(nexts) {
+            seq.history.extend(fed);
             match sample(&mut seq, &mut logits, &self.stop_ids, self.max_seq_len) {
                 Ok(Sampled::Continue(t)) => {
                     seq.next = t;
@@ -460,6 +501,14 @@ impl Worker {
             self.cache.insert(seq.history, seq.kv);
             self.note_cache();
         }
+    }
+
+    /// A new model or adapter: the cached keys and values belong to the old one.
+    fn set_version(&mut self, version: u64) {
+        self.version = version;
+        self.cache.clear();
+        self.note_cache();
+        self.published_version.store(version, Ordering::SeqCst);
     }
 
     fn note_cache(&self) {
@@ -501,18 +550,21 @@ fn sample(seq: &mut Seq, logits: &mut [f32], stop_ids: &[u32], max_seq_len: usiz
     if stop_ids.contains(&next) {
         return Ok(Sampled::Stop(StopReason::Eos));
     }
+    let mut feed = vec![next];
     if let Some(c) = &mut seq.constraint {
         c.commit(next)?;
+        feed.extend(c.take_forced());
         if c.is_finished() {
-            seq.history.push(next);
+            seq.history.extend(feed);
             return Ok(Sampled::Stop(StopReason::Complete));
         }
     }
-    if seq.history.len() + 1 >= max_seq_len || seq.history.len() + 1 >= seq.kv.capacity() {
-        seq.history.push(next);
+    let end = seq.history.len() + feed.len();
+    if end >= max_seq_len || end >= seq.kv.capacity() {
+        seq.history.extend(feed);
         return Ok(Sampled::Stop(StopReason::ContextFull));
     }
-    Ok(Sampled::Continue(next))
+    Ok(Sampled::Continue(feed))
 }
 
 /// One request on a single-sequence model: prefill then decode until a stop token, the token
@@ -556,19 +608,21 @@ pub fn generate(
         if stop_ids.contains(&next) {
             break StopReason::Eos;
         }
-        tokens.push(next);
-        history.push(next);
+        let mut feed = vec![next];
         if let Some(c) = constraint.as_deref_mut() {
             c.commit(next)?;
-            if c.is_finished() {
-                break StopReason::Complete;
-            }
+            feed.extend(c.take_forced());
         }
-        if pos + 1 >= max_seq_len {
+        tokens.extend_from_slice(&feed);
+        history.extend_from_slice(&feed);
+        if constraint.as_ref().is_some_and(|c| c.is_finished()) {
+            break StopReason::Complete;
+        }
+        if pos + feed.len() >= max_seq_len {
             break StopReason::ContextFull;
         }
-        logits = model.forward_last(&[next], pos)?;
-        pos += 1;
+        logits = model.forward_last(&feed, pos)?;
+        pos += feed.len();
     };
     Ok(Generation {
         tokens,

@@ -170,6 +170,19 @@ impl LocalProvider {
         self.chat_backend()?.engine.swap_model(m, version)
     }
 
+    /// Sample from `base` with the LoRA adapters `slot` publishes (a trained assistant). The
+    /// batched engine applies them itself when it can (continuous batching and the prefix cache
+    /// stay on); otherwise requests run on `base` one at a time.
+    pub fn follow_adapters(
+        &self,
+        base: Arc<crate::model::llama::Llama>,
+        slot: Arc<crate::model::lora::AdapterSlot>,
+        version: u64,
+    ) -> Result<()> {
+        let single = Box::new(crate::model::llama::LlamaSession::following(base, slot.clone()));
+        self.chat_backend()?.engine.follow_adapters(slot, single, version)
+    }
+
     /// The engine's counters (prefix-cache hits, batch sizes, ...).
     pub fn engine_stats(&self) -> Result<&EngineStats> {
         Ok(self.chat_backend()?.engine.stats())

@@ -12,9 +12,12 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
+use std::sync::Arc;
+
 use super::batch::{BatchLm, SeqKv};
 use super::engine::EngineModel;
 use super::gguf::{self, GgufMeta, LoadMode};
+use crate::model::lora::{AdapterSlot, LoraAdapter, LoraTarget};
 use crate::model::CausalLm;
 
 enum Weights {
@@ -78,7 +81,12 @@ impl QuantizedLm {
     /// cache); candle's single-format models run one request at a time.
     pub fn into_engine_model(self) -> EngineModel {
         match self.weights {
-            Weights::Dual(model) => EngineModel::Batched(Box::new(DualBatch { model, max_seq_len: self.max_seq_len })),
+            Weights::Dual(model) => EngineModel::Batched(Box::new(DualBatch {
+                model,
+                max_seq_len: self.max_seq_len,
+                slot: None,
+                version: 0,
+            })),
             weights => EngineModel::Single(Box::new(QuantizedLm { weights, ..self })),
         }
     }
@@ -190,6 +198,8 @@ pub(crate) struct DualModel {
     neox: bool,
     cos: Tensor,
     sin: Tensor,
+    /// The LoRA adapter applied on top of the base weights (a trained assistant), CPU f32.
+    lora: Option<Arc<LoraAdapter>>,
 }
 
 impl DualModel {
@@ -254,6 +264,7 @@ impl DualModel {
             neox: arch != "llama",
             cos: freqs.cos()?,
             sin: freqs.sin()?,
+            lora: None,
         })
     }
 
@@ -317,6 +328,25 @@ impl DualModel {
 
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| l.kv = None);
+    }
+
+    /// Projection `t` of layer `li`: the base weights, plus the adapter's low-rank correction.
+    fn linear(&self, li: usize, t: LoraTarget, x: &Tensor, dense: bool) -> Result<Tensor> {
+        let l = &self.layers[li];
+        let w = match t {
+            LoraTarget::Q => &l.wq,
+            LoraTarget::K => &l.wk,
+            LoraTarget::V => &l.wv,
+            LoraTarget::O => &l.wo,
+            LoraTarget::Gate => &l.gate,
+            LoraTarget::Up => &l.up,
+            LoraTarget::Down => &l.down,
+        };
+        let y = w.forward_with(x, dense)?;
+        match self.lora.as_ref().map(|a| a.delta(li, t, x, false)).transpose()?.flatten() {
+            Some(d) => Ok((y + d)?),
+            None => Ok(y),
+        }
     }
 
     /// Rotary embedding of `x` (`[rows, heads*head_dim]`), each row at its own position (its
@@ -385,8 +415,7 @@ impl DualModel {
         }
         let n = ids.len();
         // Each row's position, and its rotary cos/sin rows, shared by every layer.
-        let positions: Vec<u32> =
-            starts.iter().zip(&lens).flat_map(|(&s, &t)| (s..s + t).map(|p| p as u32)).collect();
+        let positions: Vec<u32> = starts.iter().zip(&lens).flat_map(|(&s, &t)| (s..s + t).map(|p| p as u32)).collect();
         let positions = Tensor::from_vec(positions, n, &Device::Cpu)?;
         let half = self.cos.dim(1)?;
         let cs = (
@@ -396,24 +425,30 @@ impl DualModel {
         let (nh, nkv) = (self.n_head, self.n_kv_head);
         let mut x = self.embed.forward(&Tensor::from_vec(ids, n, &Device::Cpu)?)?; // [n, hidden]
         for li in 0..self.layers.len() {
-            let l = &self.layers[li];
-            let h = l.attn_norm.forward(&x)?;
-            let q = self.rope_rows(&l.wq.forward_with(&h, dense)?, nh, &cs)?;
-            let k = self.rope_rows(&l.wk.forward_with(&h, dense)?, nkv, &cs)?;
-            let v = l.wv.forward_with(&h, dense)?;
+            let h = self.layers[li].attn_norm.forward(&x)?;
+            let q = self.rope_rows(&self.linear(li, LoraTarget::Q, &h, dense)?, nh, &cs)?;
+            let k = self.rope_rows(&self.linear(li, LoraTarget::K, &h, dense)?, nkv, &cs)?;
+            let v = self.linear(li, LoraTarget::V, &h, dense)?;
             let mut ys = Vec::with_capacity(items.len());
             let mut row = 0;
             for (i, (kv, _)) in items.iter().enumerate() {
                 let t = lens[i];
-                ys.push(self.attend(kv, li, starts[i], &q.narrow(0, row, t)?, &k.narrow(0, row, t)?, &v.narrow(0, row, t)?)?);
+                ys.push(self.attend(
+                    kv,
+                    li,
+                    starts[i],
+                    &q.narrow(0, row, t)?,
+                    &k.narrow(0, row, t)?,
+                    &v.narrow(0, row, t)?,
+                )?);
                 row += t;
             }
             let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
-            let l = &self.layers[li];
-            let x1 = (l.wo.forward_with(&y, dense)? + &x)?;
-            let h = l.ffn_norm.forward(&x1)?;
-            let ff = (candle_nn::ops::silu(&l.gate.forward_with(&h, dense)?)? * l.up.forward_with(&h, dense)?)?;
-            x = (l.down.forward_with(&ff, dense)? + x1)?;
+            let x1 = (self.linear(li, LoraTarget::O, &y, dense)? + &x)?;
+            let h = self.layers[li].ffn_norm.forward(&x1)?;
+            let gate = candle_nn::ops::silu(&self.linear(li, LoraTarget::Gate, &h, dense)?)?;
+            let ff = (gate * self.linear(li, LoraTarget::Up, &h, dense)?)?;
+            x = (self.linear(li, LoraTarget::Down, &ff, dense)? + x1)?;
         }
         for (i, (kv, _)) in items.iter_mut().enumerate() {
             kv.set_len(starts[i] + lens[i]);
@@ -435,6 +470,9 @@ impl DualModel {
 pub(crate) struct DualBatch {
     model: DualModel,
     max_seq_len: usize,
+    /// Where a trained assistant's adapters are published, and the version applied now.
+    slot: Option<Arc<AdapterSlot>>,
+    version: u64,
 }
 
 impl BatchLm for DualBatch {
@@ -449,5 +487,27 @@ impl BatchLm for DualBatch {
 
     fn max_seq_len(&self) -> usize {
         self.max_seq_len
+    }
+
+    fn follow_adapters(&mut self, slot: Arc<AdapterSlot>) -> Result<()> {
+        if self.model.n_head % self.model.n_kv_head != 0 {
+            bail!("unsupported head layout for LoRA");
+        }
+        self.slot = Some(slot);
+        // Nothing adopted yet: the next request adopts the slot's current adapter.
+        self.version = u64::MAX;
+        Ok(())
+    }
+
+    fn adapter_pending(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.version() != self.version)
+    }
+
+    fn adopt_adapter(&mut self) -> Result<u64> {
+        let Some(slot) = &self.slot else { return Ok(self.version) };
+        let cur = slot.current();
+        self.model.lora = cur.adapter.as_ref().map(|a| a.to_cpu_f32().map(Arc::new)).transpose()?;
+        self.version = cur.version;
+        Ok(cur.version)
     }
 }
