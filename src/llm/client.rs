@@ -9,7 +9,6 @@
 //! API key; call [`Llm::prepare`] to build them all up front and fail fast on bad settings.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -606,13 +605,18 @@ impl Llm {
     /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is
     /// reproducible no matter in which order concurrent tasks finish.
     fn task_seed(&self, name: &str, messages: &[super::Message], attempt: u32) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.seed.hash(&mut h);
-        name.hash(&mut h);
-        messages.hash(&mut h);
-        attempt.hash(&mut h);
-        h.finish()
+        let bytes = serde_json::to_vec(&(self.seed, name, messages, attempt)).unwrap_or_default();
+        stable_hash(&bytes)
     }
+}
+
+/// A hash that stays the same across Rust releases and platforms (std's `DefaultHasher` does
+/// not promise that): the scripted brain's replies and embeddings derive from it, and recorded
+/// runs must replay the same.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(bytes);
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// One number for (retry attempt, candidate): mixed into the scripted seed, the sampling seed
@@ -662,10 +666,7 @@ pub fn local_setup_help(rc: &RoleConfig, role: Role, why: &str) -> String {
 pub fn scripted_embedding(text: &str) -> Vec<f32> {
     let mut v = vec![0f32; 256];
     for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let w = w.to_lowercase();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        w.hash(&mut h);
-        let x = h.finish();
+        let x = stable_hash(w.to_lowercase().as_bytes());
         v[(x % 256) as usize] += if (x >> 8) & 1 == 0 { 1.0 } else { -1.0 };
     }
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
