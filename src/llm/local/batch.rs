@@ -98,14 +98,15 @@ impl SeqKv {
         self.len = len.min(self.capacity);
     }
 
-    /// A copy holding just the filled positions (a finished sequence's cache was sized for the
-    /// longest answer it might have given).
-    pub fn compact(&self) -> Result<SeqKv> {
+    /// A copy of the first `len` positions, with no room beyond them (what the prefix cache
+    /// keeps).
+    pub fn compact(&self, len: usize) -> Result<SeqKv> {
+        let len = len.min(self.len);
         let mut layers = Vec::with_capacity(self.layers.len());
         for (k, v) in &self.layers {
-            layers.push((k.narrow(1, 0, self.len)?.contiguous()?, v.narrow(1, 0, self.len)?.contiguous()?));
+            layers.push((k.narrow(1, 0, len)?.contiguous()?, v.narrow(1, 0, len)?.contiguous()?));
         }
-        Ok(SeqKv { layers, len: self.len, capacity: self.len })
+        Ok(SeqKv { layers, len, capacity: len })
     }
 
     /// Copy the first `n` positions of `self` into the empty cache `into`.
@@ -179,7 +180,7 @@ impl PrefixCache {
         if self.entries.iter().any(|e| e.tokens.starts_with(&tokens)) {
             return;
         }
-        let kv = if kv.capacity() > kv.len() + 16 { kv.compact().unwrap_or(kv) } else { kv };
+        let kv = if kv.capacity() > kv.len() + 16 { kv.compact(kv.len()).unwrap_or(kv) } else { kv };
         self.entries.push(Entry { tokens, kv, last_used: self.clock });
         while self.bytes() > self.cap_bytes {
             let Some(oldest) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i) else {

@@ -31,8 +31,18 @@ use super::sampler::{Sampler, SamplingParams};
 use crate::model::lora::AdapterSlot;
 use crate::model::CausalLm;
 
-/// Prompts are fed in slices of this many tokens, bounding the attention matrix's memory.
+/// Single-sequence models are fed prompts in slices of this many tokens, bounding the
+/// attention matrix's memory.
 const PREFILL_CHUNK: usize = 512;
+/// The batched engine computes prompts in blocks of this many positions, aligned at multiples of
+/// it, and reuses cached prefixes in whole blocks. A position's keys and values are then always
+/// computed in the same matmul shape, so a prompt that starts from the cache is bit-identical to
+/// the same prompt computed cold — and a seeded sample is the same with or without the cache
+/// (decode steps quantize their activations, which turns a last-bit difference into a different
+/// token within a few steps). Dense matmuls of different row counts do not promise equal bits.
+/// Blocks cost some prompt speed (the weights are read once per block; measured ~25% at 64) and
+/// up to a block of reuse per prompt; the prefix cache saves far more.
+pub const PROMPT_BLOCK: usize = 64;
 /// Default cap on sequences decoded together.
 pub const DEFAULT_MAX_BATCH: usize = 16;
 /// Default memory cap of the prefix cache (`prefix_cache_mb`).
@@ -385,17 +395,20 @@ impl Worker {
         let capacity = (prompt.len() + params.max_new_tokens + 1).min(self.max_seq_len);
         let mut run = || -> Result<(SeqKv, Vec<f32>, usize)> {
             let mut kv = model.new_seq(capacity)?;
-            // At least one prompt token is computed: its logits start the answer.
-            let reused = match self.cache.lookup(&prompt, prompt.len() - 1) {
+            // Whole blocks only (see `PROMPT_BLOCK`), and at least the last prompt token is
+            // computed: its logits start the answer.
+            let most = (prompt.len() - 1) / PROMPT_BLOCK * PROMPT_BLOCK;
+            let reused = match self.cache.lookup(&prompt, most) {
                 Some(hit) => {
-                    hit.kv.copy_prefix(hit.len, &mut kv)?;
-                    hit.len
+                    let n = hit.len / PROMPT_BLOCK * PROMPT_BLOCK;
+                    hit.kv.copy_prefix(n, &mut kv)?;
+                    n
                 }
                 None => 0,
             };
             let mut logits = Vec::new();
-            for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
-                logits = model.forward_batch(&mut [(&mut kv, chunk)], true)?.pop().unwrap_or_default();
+            for block in prompt_blocks(reused, prompt.len()) {
+                logits = model.forward_batch(&mut [(&mut kv, &prompt[block])], true)?.pop().unwrap_or_default();
             }
             Ok((kv, logits, reused))
         };
@@ -408,10 +421,12 @@ impl Worker {
             self.stats.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
         }
         // Requests that arrive together often share this prompt (the candidates of a step, the
-        // evaluator's checks): keep a copy of its keys and values for them.
-        if self.options.prefix_cache_bytes > 0 && prompt.len() - reused >= 16 {
-            if let Ok(copy) = kv.compact() {
-                self.cache.insert(prompt.clone(), copy);
+        // evaluator's checks): keep a copy of its whole blocks for them. Generated tokens are
+        // never cached: decode steps compute them differently from a prompt pass.
+        let whole = prompt.len() / PROMPT_BLOCK * PROMPT_BLOCK;
+        if self.options.prefix_cache_bytes > 0 && whole > reused {
+            if let Ok(copy) = kv.compact(whole) {
+                self.cache.insert(prompt[..whole].to_vec(), copy);
                 self.note_cache();
             }
         }
@@ -496,11 +511,6 @@ impl Worker {
             model_version: self.version,
         };
         let _ = seq.reply.send(Ok(g));
-        if self.options.prefix_cache_bytes > 0 {
-            // The answer becomes part of later prompts (memories, summaries): keep it too.
-            self.cache.insert(seq.history, seq.kv);
-            self.note_cache();
-        }
     }
 
     /// A new model or adapter: the cached keys and values belong to the old one.
@@ -516,6 +526,19 @@ impl Worker {
         self.stats.cache_bytes.store(b, Ordering::Relaxed);
         self.stats.peak_cache_bytes.fetch_max(b, Ordering::Relaxed);
     }
+}
+
+/// The blocks of positions `start..end` (`start` a multiple of [`PROMPT_BLOCK`]): each ends at
+/// the next multiple of the block, or at `end`.
+fn prompt_blocks(start: usize, end: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let next = ((at / PROMPT_BLOCK + 1) * PROMPT_BLOCK).min(end);
+        out.push(at..next);
+        at = next;
+    }
+    out
 }
 
 fn check_prompt(prompt: &[u32], max_seq_len: usize) -> Result<()> {
@@ -560,6 +583,11 @@ fn sample(seq: &mut Seq, logits: &mut [f32], stop_ids: &[u32], max_seq_len: usiz
         }
     }
     let end = seq.history.len() + feed.len();
+    if generated + feed.len() >= seq.sampler.params().max_new_tokens {
+        // The answer is long enough: nothing to feed.
+        seq.history.extend(feed);
+        return Ok(Sampled::Stop(StopReason::MaxTokens));
+    }
     if end >= max_seq_len || end >= seq.kv.capacity() {
         seq.history.extend(feed);
         return Ok(Sampled::Stop(StopReason::ContextFull));
@@ -724,8 +752,10 @@ mod tests {
         (Engine::with_options(EngineModel::Batched(Box::new(m)), vec![999], 4096, opts).unwrap(), rows, batches)
     }
 
+    /// Six prompts sharing their first 2 blocks and a bit, then differing.
     fn prompts() -> Vec<Vec<u32>> {
-        (0..6u32).map(|i| (1..40).chain([i * 7 + 1, i + 2]).collect()).collect()
+        let shared = 2 * PROMPT_BLOCK as u32 + 5;
+        (0..6u32).map(|i| (1..=shared).chain([i * 7 + 1, i + 2]).collect()).collect()
     }
 
     #[tokio::test]
@@ -763,13 +793,27 @@ mod tests {
             got.push(g.tokens);
         }
         assert_eq!(got, expected);
-        // Every prompt after the first shares its first 39 tokens with an earlier one.
-        assert_eq!(reused, 5 * 39);
+        // Every prompt after the first shares its first two whole blocks with an earlier one.
+        assert_eq!(reused, 5 * 2 * PROMPT_BLOCK);
         assert_eq!(warm.stats().prefix_hits.load(Ordering::SeqCst), 5);
-        assert!(rows.load(Ordering::SeqCst) < 6 * 41, "cached prompt tokens were not recomputed");
-        // The same prompt again reuses all but its last token.
+        let len = prompts()[0].len();
+        let decoded = 6 * 5;
+        assert!(
+            rows.load(Ordering::SeqCst) < 6 * len + decoded - 5 * 2 * PROMPT_BLOCK + 1,
+            "cached prompt tokens were recomputed"
+        );
+        // The same prompt again reuses its whole blocks.
         let g = warm.generate(prompts()[2].clone(), greedy(5), None).await.unwrap();
-        assert_eq!((g.reused_tokens, g.tokens.clone()), (40, expected[2].clone()));
+        assert_eq!((g.reused_tokens, g.tokens.clone()), (2 * PROMPT_BLOCK, expected[2].clone()));
+    }
+
+    #[test]
+    fn prompt_blocks_are_aligned() {
+        let b = PROMPT_BLOCK;
+        assert_eq!(prompt_blocks(0, 2 * b + 3), vec![0..b, b..2 * b, 2 * b..2 * b + 3]);
+        assert_eq!(prompt_blocks(b, b + 1), vec![b..b + 1]);
+        assert_eq!(prompt_blocks(0, 5), vec![0..5]);
+        assert!(prompt_blocks(3, 3).is_empty());
     }
 
     #[tokio::test]
