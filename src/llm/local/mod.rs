@@ -209,6 +209,14 @@ impl LocalProvider {
         })
     }
 
+    /// The token ids [`LocalProvider::generate`] feeds the model for `messages`: the chat
+    /// template with the generation prompt, tokenized with special tokens matched and nothing
+    /// added. Public so tests can hold them against Hugging Face's `apply_chat_template`.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let c = self.chat_backend()?;
+        c.tokenizer.encode(&c.template.render(messages, true)?)
+    }
+
     /// Render, tokenize, generate, detokenize: the whole chat turn, with the stop reason. With
     /// a `schema`, decoding is constrained to it (see [`constraint`]).
     pub async fn generate(
@@ -218,8 +226,7 @@ impl LocalProvider {
         schema: Option<&serde_json::Value>,
     ) -> Result<(String, Generation)> {
         let c = self.chat_backend()?;
-        let prompt = c.template.render(messages, true)?;
-        let ids = c.tokenizer.encode(&prompt)?;
+        let ids = self.prompt_ids(messages)?;
         let params = self.sampling_params(sampling)?;
         let constraint = schema.map(|s| c.grammars.constraint(s)).transpose()?;
         let g = c.engine.generate(ids, params, constraint).await?;

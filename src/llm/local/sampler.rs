@@ -25,13 +25,18 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+/// Defaults for settings a role leaves out. The repetition penalty is off (1.0), as in Hugging
+/// Face's `generate` and llama.cpp and as the OpenAI-compatible servers apply when the request
+/// names none: with the 1.1 this used to be, a role set to `temperature = 0` did not decode
+/// greedily at all (SmolLM2's answers left PyTorch's greedy ones after 1–7 tokens, with
+/// identical prompt ids; `tests/prompt_parity.rs`). Set `repeat_penalty` in the role to use one.
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
             temperature: 0.7,
             top_k: 50,
             top_p: 0.9,
-            repeat_penalty: 1.1,
+            repeat_penalty: 1.0,
             max_new_tokens: 256,
             seed: DEFAULT_SEED,
         }
