@@ -206,6 +206,10 @@ pub struct RoleConfig {
     /// Memory cap of the local engine's prefix KV cache, in MiB (default 1024; 0 turns it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache_mb: Option<usize>,
+    /// Cap on the total seconds one call waits between its transport retries (429 `Retry-After`,
+    /// backoff); when spent, the call gives up and the task uses its fallback. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_s: Option<f64>,
 }
 
 impl RoleConfig {
@@ -228,6 +232,7 @@ impl RoleConfig {
             timeout_s: None,
             structured: None,
             prefix_cache_mb: None,
+            max_wait_s: None,
         }
     }
 
@@ -301,6 +306,9 @@ pub struct SimSettings {
     pub train_epochs: usize,
     /// Cap on the pairs trained per day after replay selection (none: all, as the original).
     pub train_max_pairs: Option<usize>,
+    /// Flush each step's checkpoint, movement and logs to disk (fsync) so a power loss cannot
+    /// leave the checkpoint ahead of them. A kill needs no flush; costs a few ms a step on disk.
+    pub durable: bool,
 }
 
 impl Default for SimSettings {
@@ -329,6 +337,7 @@ impl Default for SimSettings {
             mmlu_path: None,
             train_epochs: 2,
             train_max_pairs: None,
+            durable: true,
         }
     }
 }
@@ -354,12 +363,32 @@ impl Default for Paths {
     }
 }
 
+/// `[web]`: limits of the web server (`serve`) on its clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Seconds a client has to send a request's headers (also closes idle kept-alive
+    /// connections).
+    pub header_timeout_s: f64,
+    /// Seconds a connection may sit with no byte moving (a stalled body or reply).
+    pub idle_timeout_s: f64,
+    /// Connections open at once (more get 503); default: half the open-file limit, 16–1024.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings { header_timeout_s: 10.0, idle_timeout_s: 60.0, max_connections: None }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sim: SimSettings,
     pub paths: Paths,
+    pub web: WebSettings,
     /// `[roles.<role>]` tables; a missing role uses the default local model.
     pub roles: BTreeMap<String, RoleConfig>,
 }
@@ -478,6 +507,7 @@ impl SimSettings {
         "mmlu_path",
         "train_epochs",
         "train_max_pairs",
+        "durable",
     ];
 
     /// Set one setting from text, with an error naming the key and the allowed values.
@@ -515,6 +545,7 @@ impl SimSettings {
             "train_max_pairs" => {
                 self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
             }
+            "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),
         }
         Ok(())

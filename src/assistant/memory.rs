@@ -18,7 +18,9 @@ pub struct Record {
     pub time: NaiveDateTime,
     pub text: String,
     pub recommended: bool,
-    #[serde(skip)]
+    /// Logged with the record, so a resume needs no embedding calls (logs of earlier versions
+    /// lack it; the engine embeds those once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embedding: Vec<f32>,
 }
 

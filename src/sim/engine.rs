@@ -3,6 +3,7 @@
 //! suggests and the user judges. State is checkpointed after every step, so a killed run resumes
 //! from its last complete step.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,7 +23,10 @@ use crate::assistant::AssistantMemory;
 use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};
-use crate::storage::{append_jsonl, jsonl_bytes, write_atomic, Meta, SimDir};
+use crate::storage::{
+    append_bytes, count_lines, jsonl_bytes, read_jsonl, sweep_temp_files, sync_all_at_once, truncate_lines,
+    write_atomic, Meta, SimDir,
+};
 use crate::user::memory::{AssociativeMemory, Node};
 use crate::user::{UserAgent, UserState};
 use crate::world::maze::Maze;
@@ -81,9 +85,42 @@ struct Checkpoint {
     /// nodes themselves).
     #[serde(default)]
     user_nodes: Option<usize>,
+    /// Lines of every other log (path under the sim → count) that belong to this checkpoint.
+    /// Absent in checkpoints of earlier versions, whose logs are cut by step instead.
+    #[serde(default)]
+    logs: Option<BTreeMap<String, usize>>,
     spatial: SpatialMemory,
     evaluator: StructuredMemory,
     assistant: AssistantMemory,
+}
+
+/// A line of `NODE_LOG`: the node and the vector of its `embedding_key`, so a resume restores
+/// the persona's `embeddings.json` exactly as far as its `nodes.json` (the original's loader
+/// indexes one with the keys of the other) without embedding anything again.
+#[derive(Deserialize)]
+struct LoggedNode {
+    #[serde(flatten)]
+    node: Node,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+}
+
+#[derive(Serialize)]
+struct LoggedNodeRef<'a> {
+    #[serde(flatten)]
+    node: &'a Node,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<&'a Vec<f32>>,
+}
+
+/// One of today's evaluated interactions in the user's evaluation memory, with the vector of its
+/// text (saved in `evaluation_memory/embeddings.json`, which the original's loader needs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evaluated {
+    #[serde(flatten)]
+    pub interaction: Interaction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding: Vec<f32>,
 }
 
 pub struct Engine {
@@ -98,11 +135,24 @@ pub struct Engine {
     pub user: UserAgent,
     /// The user's memory of evaluated suggestions (reset each morning, as in the original).
     pub evaluator: StructuredMemory,
-    pub evaluated_today: Vec<Interaction>,
+    pub evaluated_today: Vec<Evaluated>,
     pub assistant: AssistantMemory,
     pub next_step: u64,
     /// How many of the user's memory nodes are already in `NODE_LOG`.
     logged_nodes: usize,
+    /// Complete lines of each other log this sim appends to (path under the sim → count); the
+    /// checkpoint records them, and a resume cuts each log back to its count.
+    log_lines: BTreeMap<String, usize>,
+    /// Logs appended to since the last checkpoint, and folders that got a new file: flushed to
+    /// disk before the next checkpoint when `durable`.
+    unsynced: BTreeSet<PathBuf>,
+    /// The newest checkpoint file, whose data is flushed with the next step's batch.
+    last_checkpoint: Option<PathBuf>,
+    /// `[sim] durable`: make each checkpoint and what it counts survive a power loss.
+    durable: bool,
+    /// A step began and neither finished nor was undone by [`Engine::reload`]: the state in
+    /// memory holds part of it, so it must not be saved.
+    mid_step: bool,
     pub hook: Option<Box<dyn DayHook>>,
     /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
     pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
@@ -116,17 +166,13 @@ impl Engine {
         if meta.persona_names.len() < 2 {
             bail!("{}: persona_names must list the user and the assistant", sim.path("reverie/meta.json").display());
         }
+        // Writes a killed process never renamed into place; nothing else writes here now.
+        sweep_temp_files(&sim.root)?;
         let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
-        let mut user =
-            UserAgent::load(&sim.bootstrap(&user_name)).with_context(|| format!("loading persona {user_name}"))?;
+        let user = initial_user(&sim, &user_name)?;
         let mut engine = Engine {
-            user: {
-                let env0 = sim.read_env(0)?.with_context(|| "environment/0.json is missing")?;
-                let t =
-                    env0.get(&user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
-                user.state.tile = (t.x.max(0) as usize, t.y.max(0) as usize);
-                user
-            },
+            user,
+            durable: cfg.sim.durable,
             cfg,
             meta,
             clock,
@@ -139,6 +185,10 @@ impl Engine {
             assistant: AssistantMemory::default(),
             next_step: 0,
             logged_nodes: 0,
+            log_lines: BTreeMap::new(),
+            unsynced: BTreeSet::new(),
+            last_checkpoint: None,
+            mid_step: false,
             hook: None,
             token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
             sim,
@@ -147,71 +197,181 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Go back to the last complete step, as a resume would: the state in memory of a step that
+    /// was cut short (cancelled, or failed) is dropped, and its lines are cut from the logs. Run
+    /// before saving the personas after such a step, so they never hold half of one.
+    pub fn reload(&mut self) -> Result<()> {
+        self.user = initial_user(&self.sim, &self.user_name)?;
+        self.evaluator = StructuredMemory::new(3);
+        self.evaluated_today.clear();
+        self.assistant = AssistantMemory::default();
+        self.next_step = 0;
+        self.logged_nodes = 0;
+        self.log_lines.clear();
+        self.unsynced.clear();
+        self.last_checkpoint = None;
+        self.load_checkpoint()?;
+        self.mid_step = false;
+        Ok(())
+    }
+
+    /// The logs a checkpoint at `next_step` counts: those the step `next_step` may append to.
+    fn counted_logs(&self, next_step: u64) -> [String; 4] {
+        [
+            ASSISTANT_LOG.to_string(),
+            EVALUATED_LOG.to_string(),
+            RECORDS.to_string(),
+            pairs_file(self.clock.day(next_step)),
+        ]
+    }
+
+    /// Why the logs and files on disk cannot back `cp` (a log shorter than it counts, or its
+    /// last movement missing: possible after a power loss), or `Ok` if they can.
+    fn backed(&self, cp: &Checkpoint) -> Result<(), String> {
+        if cp.next_step > 0 && !self.sim.movement_path(cp.next_step - 1).is_file() {
+            return Err(format!("movement/{}.json is missing", cp.next_step - 1));
+        }
+        let logs = self.vouched_logs(cp);
+        let counts = cp.user_nodes.map(|n| (NODE_LOG, n)).into_iter();
+        let others = logs.iter().flatten().map(|(rel, n)| (rel.as_str(), *n));
+        for (rel, n) in counts.chain(others) {
+            if !std::path::Path::new(rel).components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+                return Err(format!("it names a log outside the sim ({rel:?})"));
+            }
+            let have = count_lines(&self.sim.path(rel)).map_err(|e| format!("{e:#}"))?;
+            if have < n {
+                return Err(format!("{rel} has {have} complete lines but the checkpoint counts {n}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lines of each log that `cp` vouches for. When the step it resumes begins a new day of
+    /// the user's evaluations, that log counts as empty: the step empties it first thing, so a
+    /// run killed right after that must still resume from `cp`.
+    fn vouched_logs(&self, cp: &Checkpoint) -> Option<BTreeMap<String, usize>> {
+        let mut logs = cp.logs.clone()?;
+        if cp.next_step % self.steps_per_day() == 1 {
+            logs.insert(EVALUATED_LOG.to_string(), 0);
+        }
+        Some(logs)
+    }
+
     fn load_checkpoint(&mut self) -> Result<()> {
-        // The newest checkpoint that reads; an unreadable one (possible only after a power
-        // loss, as there is no fsync) falls back to the one before it.
+        // The newest checkpoint that reads and that the logs back; an older one is the fallback
+        // (an unreadable or unbacked checkpoint is possible only after a power loss).
         let all = checkpoints(&self.sim.path(CHECKPOINT_DIR))?;
         let mut found = None;
+        let mut rejected = Vec::new();
         for (_, p) in &all {
-            match std::fs::read_to_string(p)
+            let cp = match std::fs::read_to_string(p)
                 .map_err(anyhow::Error::from)
                 .and_then(|t| Ok(serde_json::from_str::<Checkpoint>(&t)?))
             {
-                Ok(cp) => {
+                Ok(cp) => cp,
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "skipping an unreadable checkpoint");
+                    rejected.push(format!("{}: unreadable ({e})", p.display()));
+                    continue;
+                }
+            };
+            match self.backed(&cp) {
+                Ok(()) => {
                     found = Some((p.clone(), cp));
                     break;
                 }
-                Err(e) => tracing::warn!(path = %p.display(), error = %e, "skipping an unreadable checkpoint"),
+                Err(why) => {
+                    tracing::warn!(path = %p.display(), %why, "skipping a checkpoint its files do not back");
+                    rejected.push(format!("{}: {why}", p.display()));
+                }
             }
         }
         let Some((chosen, cp)) = found else {
-            if let Some((_, p)) = all.first() {
+            if !all.is_empty() {
                 bail!(
-                    "no checkpoint in {} could be read (the newest is {})",
+                    "no checkpoint in {} can be resumed from, the sim's state is damaged:\n  {}",
                     self.sim.path(CHECKPOINT_DIR).display(),
-                    p.display()
+                    rejected.join("\n  ")
                 );
+            }
+            // No step finished yet: drop whatever a first step that was cut short appended.
+            for rel in std::iter::once(NODE_LOG.to_string()).chain(self.counted_logs(0)) {
+                truncate_lines(&self.sim.path(&rel), 0)?;
             }
             return Ok(());
         };
-        for (_, p) in all.iter().filter(|(_, p)| *p != chosen) {
+        // Keep the chosen one and the one before it (as a run does); newer ones are unusable.
+        let at = all.iter().position(|(_, p)| *p == chosen).unwrap_or(0);
+        for (_, p) in all.iter().enumerate().filter(|(i, _)| *i != at && *i != at + 1).map(|(_, c)| c) {
             std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
         }
+        self.last_checkpoint = Some(chosen.clone());
+        let logs = self.vouched_logs(&cp);
         self.next_step = cp.next_step;
         self.user.state = cp.user;
-        let embeddings = std::mem::take(&mut self.user.memory.embeddings);
+        // The persona folder's vectors (as of its last save) plus those of the logged nodes.
+        let mut embeddings = std::mem::take(&mut self.user.memory.embeddings);
         self.user.memory = cp.user_memory;
-        self.user.memory.embeddings = embeddings;
         let node_log = self.sim.path(NODE_LOG);
         if let Some(n) = cp.user_nodes {
-            let mut nodes = crate::storage::read_jsonl::<Node>(&node_log)?;
-            if nodes.len() < n {
-                bail!(
-                    "{} has {} nodes but the checkpoint counts {n}: the sim's state is damaged",
-                    node_log.display(),
-                    nodes.len()
-                );
+            truncate_lines(&node_log, n)?;
+            let logged = read_jsonl::<LoggedNode>(&node_log)?;
+            if logged.len() != n {
+                bail!("{} has {} readable nodes but the checkpoint counts {n}", node_log.display(), logged.len());
             }
-            nodes.truncate(n);
-            self.user.memory.nodes = nodes;
+            self.user.memory.nodes = logged
+                .into_iter()
+                .map(|l| {
+                    if let Some(e) = l.embedding {
+                        embeddings.insert(l.node.embedding_key.clone(), e);
+                    }
+                    l.node
+                })
+                .collect();
+        } else {
+            rewrite_jsonl(&node_log, &self.user.memory.nodes)?;
         }
-        rewrite_jsonl(&node_log, &self.user.memory.nodes)?;
+        self.user.memory.embeddings = embeddings;
         self.logged_nodes = self.user.memory.nodes.len();
         self.user.spatial = cp.spatial;
         self.evaluator = cp.evaluator;
-        let eval_log = self.sim.path(EVALUATED_LOG);
-        self.evaluated_today = crate::storage::read_jsonl::<Interaction>(&eval_log)?
-            .into_iter()
-            .filter(|i| i.step < self.next_step)
-            .collect();
-        rewrite_jsonl(&eval_log, &self.evaluated_today)?;
         self.assistant = cp.assistant;
-        // Logs may hold lines of the step that was cut short: keep only finished steps.
-        let log = self.sim.path(ASSISTANT_LOG);
-        self.assistant.all = load_log(&log, self.next_step)?;
-        rewrite_jsonl(&log, &self.assistant.all)?;
-        truncate_jsonl_by_step(&self.sim.path(RECORDS), self.next_step)?;
-        truncate_jsonl_by_step(&self.sim.path(&pairs_file(self.clock.day(self.next_step))), self.next_step)?;
+        let (eval_log, log, records, pairs) = (
+            self.sim.path(EVALUATED_LOG),
+            self.sim.path(ASSISTANT_LOG),
+            self.sim.path(RECORDS),
+            self.sim.path(&pairs_file(self.clock.day(self.next_step))),
+        );
+        match logs {
+            Some(logs) => {
+                // Lines past the counts belong to the step that was cut short.
+                for rel in self.counted_logs(self.next_step) {
+                    truncate_lines(&self.sim.path(&rel), logs.get(&rel).copied().unwrap_or(0))?;
+                }
+                for (rel, n) in &logs {
+                    truncate_lines(&self.sim.path(rel), *n)?;
+                }
+                self.log_lines = logs;
+                self.evaluated_today = read_jsonl::<Evaluated>(&eval_log)?;
+                self.assistant.all = load_log(&log, u64::MAX)?;
+            }
+            None => {
+                // Checkpoints of earlier versions count no lines: keep those of finished steps.
+                self.evaluated_today = read_jsonl::<Evaluated>(&eval_log)?
+                    .into_iter()
+                    .filter(|i| i.interaction.step < self.next_step)
+                    .collect();
+                rewrite_jsonl(&eval_log, &self.evaluated_today)?;
+                self.assistant.all = load_log(&log, self.next_step)?;
+                rewrite_jsonl(&log, &self.assistant.all)?;
+                truncate_jsonl_by_step(&records, self.next_step)?;
+                truncate_jsonl_by_step(&pairs, self.next_step)?;
+                for rel in self.counted_logs(self.next_step) {
+                    let n = count_lines(&self.sim.path(&rel))?;
+                    self.log_lines.insert(rel, n);
+                }
+            }
+        }
         if chosen.file_name().is_some_and(|n| n == LEGACY_CHECKPOINT) {
             self.write_checkpoint()?;
             std::fs::remove_file(&chosen).with_context(|| format!("removing {}", chosen.display()))?;
@@ -219,10 +379,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Append one line to a counted log.
+    fn append_log(&mut self, rel: &str, item: &impl Serialize) -> Result<()> {
+        self.append(rel, &jsonl_bytes([item])?)?;
+        *self.log_lines.entry(rel.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Append whole lines to a log, remembering to flush it (and a new file's folder) before
+    /// the next checkpoint.
+    fn append(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.sim.path(rel);
+        if self.durable && !path.exists() {
+            if let Some(dir) = path.parent() {
+                self.unsynced.insert(dir.to_path_buf());
+            }
+        }
+        append_bytes(&path, bytes)?;
+        self.unsynced.insert(path);
+        Ok(())
+    }
+
     /// Embeddings of remembered interactions (after a resume they come from the cache).
+    /// (Logs of earlier versions did not keep the vectors; they are embedded once here.)
     async fn ensure_embeddings(&mut self) -> Result<()> {
         for r in self.assistant.all.iter_mut().filter(|r| r.embedding.is_empty()) {
             r.embedding = self.llm.embed(&r.text).await?;
+        }
+        for e in self.evaluated_today.iter_mut().filter(|e| e.embedding.is_empty()) {
+            e.embedding = self.llm.embed(&e.interaction.text).await?;
         }
         Ok(())
     }
@@ -233,6 +418,7 @@ impl Engine {
 
     /// Compute step `self.next_step` from its environment file and write its movement file.
     pub async fn step(&mut self) -> Result<Value> {
+        self.mid_step = true;
         let step = self.next_step;
         let env = self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?;
         let now = self.clock.time(step);
@@ -244,13 +430,16 @@ impl Engine {
         if step % self.steps_per_day() == 1 {
             self.evaluator.reset();
             self.evaluated_today.clear();
-            write_atomic(&self.sim.path(EVALUATED_LOG), b"")?;
+            let eval_log = self.sim.path(EVALUATED_LOG);
+            truncate_lines(&eval_log, 0)?;
+            self.log_lines.insert(EVALUATED_LOG.to_string(), 0);
+            self.unsynced.insert(eval_log);
             if step > 1 {
                 let day = self.clock.day(step) - 1;
                 if let Some(h) = self.hook.as_mut() {
                     h.day_ended(day, &self.sim.path(&pairs_file(day)))?;
                 }
-                self.save_personas()?;
+                self.write_personas()?;
             }
         }
         if let Some(h) = self.hook.as_mut() {
@@ -295,9 +484,17 @@ impl Engine {
                 &r.shown_judgement.reason,
                 &mut rng,
             );
-            let embedding = self.llm.embed(&text).await?;
+            let seen_text = format!(
+                "{}'s action: {}\nSuggestion: {}\nMy score: {}/4",
+                self.user_name, r.user_action, shown_text, score
+            );
+            // Both memories' vectors in one request: the assistant's record and the user's view.
+            let mut vectors = self.llm.embed_many(&[text.clone(), seen_text.clone()]).await?.into_iter();
+            let (Some(embedding), Some(seen_embedding)) = (vectors.next(), vectors.next()) else {
+                bail!("the embedding provider returned fewer vectors than texts");
+            };
             let rec = Record { step, time: now, text, recommended: !r.shown.suggestion.is_norec(), embedding };
-            append_jsonl(&self.sim.path(ASSISTANT_LOG), &rec)?;
+            self.append_log(ASSISTANT_LOG, &rec)?;
             let score_aware = self.cfg.sim.memory_level.score_aware_summaries();
             self.assistant
                 .structured
@@ -313,19 +510,17 @@ impl Engine {
             let seen = Interaction {
                 step,
                 time: now,
-                text: format!(
-                    "{}'s action: {}\nSuggestion: {}\nMy score: {}/4",
-                    self.user_name, r.user_action, shown_text, score
-                ),
+                text: seen_text,
                 recommended: !r.shown.suggestion.is_norec(),
                 score: Some(r.shown_judgement.total),
             };
             self.evaluator.add(&self.llm, "the user", &self.user_name, true, seen.clone()).await?;
-            append_jsonl(&self.sim.path(EVALUATED_LOG), &seen)?;
+            let seen = Evaluated { interaction: seen, embedding: seen_embedding };
+            self.append_log(EVALUATED_LOG, &seen)?;
             self.evaluated_today.push(seen);
-            append_jsonl(&self.sim.path(RECORDS), &r.record)?;
+            self.append_log(RECORDS, &r.record)?;
             if let Some(p) = &r.pair {
-                append_jsonl(&self.sim.path(&pairs_file(self.clock.day(step))), p)?;
+                self.append_log(&pairs_file(self.clock.day(step)), p)?;
             }
             let reason = r.shown.reason.clone().unwrap_or_default();
             tokens = (self.token_counter)(&shown_text)
@@ -353,7 +548,29 @@ impl Engine {
         self.sim.write_movement(step, &mv)?;
         self.next_step = step + 1;
         self.write_checkpoint()?;
+        self.mid_step = false;
         Ok(mv)
+    }
+
+    /// With `durable`: flush to disk what the next checkpoint vouches for (the logs appended
+    /// since the last one, the last movement file, and the folders that got new names), so no
+    /// power loss can leave a checkpoint ahead of them. The previous checkpoint is flushed in
+    /// the same batch rather than on its own: a power loss can cost the last step (the resume
+    /// falls back to the one before, which is on disk), never consistency.
+    fn flush(&mut self) -> Result<()> {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        if !self.durable {
+            return Ok(());
+        }
+        let (mut files, mut dirs): (Vec<PathBuf>, Vec<PathBuf>) = unsynced.into_iter().partition(|p| !p.is_dir());
+        if let Some(last) = self.next_step.checked_sub(1) {
+            files.push(self.sim.movement_path(last));
+        }
+        files.extend(self.last_checkpoint.clone());
+        dirs.extend([self.sim.path("movement"), self.sim.path(CHECKPOINT_DIR)]);
+        dirs.sort();
+        dirs.dedup();
+        sync_all_at_once(&files, &dirs)
     }
 
     fn write_checkpoint(&mut self) -> Result<()> {
@@ -361,20 +578,34 @@ impl Engine {
         // which the next resume drops.
         let nodes = &self.user.memory.nodes;
         if nodes.len() > self.logged_nodes {
-            crate::storage::append_bytes(&self.sim.path(NODE_LOG), &jsonl_bytes(&nodes[self.logged_nodes..])?)?;
-            self.logged_nodes = nodes.len();
+            let embeddings = &self.user.memory.embeddings;
+            let lines: Vec<LoggedNodeRef> = nodes[self.logged_nodes..]
+                .iter()
+                .map(|node| LoggedNodeRef { node, embedding: embeddings.get(&node.embedding_key) })
+                .collect();
+            let bytes = jsonl_bytes(&lines)?;
+            // Counted by `user_nodes` rather than in `log_lines`.
+            self.append(NODE_LOG, &bytes)?;
+            self.logged_nodes = self.user.memory.nodes.len();
+        }
+        self.flush()?;
+        for rel in self.counted_logs(self.next_step) {
+            self.log_lines.entry(rel).or_insert(0);
         }
         let cp = CheckpointRef {
             next_step: self.next_step,
             user: &self.user.state,
             user_memory: &self.user.memory,
             user_nodes: self.logged_nodes,
+            logs: &self.log_lines,
             spatial: &self.user.spatial,
             evaluator: &self.evaluator,
             assistant: &self.assistant,
         };
         let dir = self.sim.path(CHECKPOINT_DIR);
-        write_atomic(&dir.join(checkpoint_name(self.next_step)), &serde_json::to_vec(&cp)?)?;
+        let path = dir.join(checkpoint_name(self.next_step));
+        write_atomic(&path, &serde_json::to_vec(&cp)?)?;
+        self.last_checkpoint = Some(path);
         // Keep the previous one as well; drop the one before it.
         if let Some(old) = self.next_step.checked_sub(2) {
             match std::fs::remove_file(dir.join(checkpoint_name(old))) {
@@ -387,21 +618,30 @@ impl Engine {
         Ok(())
     }
 
-    /// Save persona folders and `meta.json` (at each day's end and on exit).
+    /// Save persona folders and `meta.json` (at each day's end and on exit). Refused while a step
+    /// is cut short and not undone (see [`Engine::reload`]): the folders keep their last
+    /// consistent save rather than half a step.
     pub fn save_personas(&mut self) -> Result<()> {
+        if self.mid_step {
+            bail!("not saving the personas: a step was cut short and the engine could not go back to its last complete step (resume the sim to recover)");
+        }
+        self.write_personas()
+    }
+
+    fn write_personas(&mut self) -> Result<()> {
         let now = self.clock.time(self.next_step);
         let dir = self.sim.bootstrap(&self.user_name);
         self.user.save(&dir, now)?;
         crate::user::eval_store::save(
             &dir.join("evaluation_memory"),
             &self.user_name,
-            self.evaluated_today.iter().map(|i| (i.time, i.text.as_str())),
+            self.evaluated_today.iter().map(|e| (e.interaction.time, e.interaction.text.as_str(), &e.embedding[..])),
         )?;
         let adir = self.sim.bootstrap(&self.assistant_name);
         crate::user::eval_store::save(
             &adir.join("evaluation_memory"),
             &self.assistant_name,
-            self.assistant.all.iter().map(|r| (r.time, r.text.as_str())),
+            self.assistant.all.iter().map(|r| (r.time, r.text.as_str(), &r.embedding[..])),
         )?;
         self.meta.step = self.next_step;
         self.meta.curr_time = fmt_curr_time(now);
@@ -439,9 +679,20 @@ struct CheckpointRef<'a> {
     user: &'a UserState,
     user_memory: &'a AssociativeMemory,
     user_nodes: usize,
+    logs: &'a BTreeMap<String, usize>,
     spatial: &'a SpatialMemory,
     evaluator: &'a StructuredMemory,
     assistant: &'a AssistantMemory,
+}
+
+/// The user as the persona folder has it, standing on its tile of `environment/0.json`.
+fn initial_user(sim: &SimDir, user_name: &str) -> Result<UserAgent> {
+    let mut user =
+        UserAgent::load(&sim.bootstrap(user_name)).with_context(|| format!("loading persona {user_name}"))?;
+    let env0 = sim.read_env(0)?.with_context(|| "environment/0.json is missing")?;
+    let t = env0.get(user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
+    user.state.tile = (t.x.max(0) as usize, t.y.max(0) as usize);
+    Ok(user)
 }
 
 fn rewrite_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {

@@ -43,17 +43,25 @@ pub fn ensure_assets(cfg: &Config) -> Result<()> {
 }
 
 pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine> {
-    let sim = match open {
-        Open::Resume => SimDir::open(&cfg.paths.storage, &cfg.sim.sim)?,
-        Open::Fork | Open::Force => {
-            SimDir::fork(&cfg.paths.storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, open == Open::Force)?
-        }
+    let storage = &cfg.paths.storage;
+    let fork = |force: bool| {
+        let label = cfg.sim.train_mode_label();
+        // The label goes in before the fork is renamed into place, so no kill can leave it out.
+        SimDir::fork_with(storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, force, |meta| {
+            meta.extra.insert("train_mode".into(), label.into());
+        })
     };
-    let mut meta = sim.meta()?;
-    if open != Open::Resume {
-        meta.extra.insert("train_mode".into(), cfg.sim.train_mode_label().into());
-        sim.write_meta(&meta)?;
-    }
+    let sim = match open {
+        Open::Resume if SimDir::fork_interrupted(storage, &cfg.sim.sim) => {
+            eprintln!("The fork of `{}` was interrupted before it finished; forking it again.", cfg.sim.sim);
+            fork(false)?
+        }
+        Open::Resume => {
+            SimDir::sweep_stale_forks(storage)?;
+            SimDir::open(storage, &cfg.sim.sim)?
+        }
+        Open::Fork | Open::Force => fork(open == Open::Force)?,
+    };
     let maze = Arc::new(
         Maze::load(&cfg.paths.assets)
             .with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?,

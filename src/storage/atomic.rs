@@ -1,22 +1,96 @@
 //! Crash-safe file writes: write a temporary file beside the target and rename it over the
 //! target. A reader (or a killed run) sees either the old file or the new one, never half of one.
-//! There is no fsync per file: it would cost milliseconds a step and only matters on power loss,
-//! where a run still resumes from its checkpoint.
+//!
+//! A killed process loses nothing the kernel already has, so plain writes survive `kill -9`. A
+//! power loss is different: data not yet on disk is gone, in any order. The engine therefore
+//! flushes, once per step, what its next checkpoint vouches for ([`sync_all_at_once`]) before
+//! writing it; everything else is rewritten or re-derived on resume.
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+/// Prefix and suffix of the temporary files [`write_atomic`] renames into place; a killed
+/// process leaves them behind, and [`sweep_temp_files`] removes them.
+const TEMP_PREFIX: &str = ".propersim-";
+const TEMP_SUFFIX: &str = ".tmp";
 
 /// Write `bytes` to `path` atomically, creating parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = with_parent(dir, || tempfile::Builder::new().prefix(".propersim-").suffix(".tmp").tempfile_in(dir))
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp =
+        with_parent(dir, || tempfile::Builder::new().prefix(TEMP_PREFIX).suffix(TEMP_SUFFIX).tempfile_in(dir))
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// Flush files' data and folders' entries to disk, all at once: each flush runs on its own
+/// thread, so the filesystem commits them together (one journal commit on ext4 instead of one
+/// per file, about 4 ms instead of 25 for a step's files). Missing paths are skipped.
+pub fn sync_all_at_once(files: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = files
+            .iter()
+            .map(|p| (p, false))
+            .chain(dirs.iter().map(|p| (p, true)))
+            .map(|(p, is_dir)| s.spawn(move || if is_dir { sync_dir(p) } else { sync_file(p) }))
+            .collect();
+        jobs.into_iter().try_for_each(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a sync thread panicked"))))
+    })
+}
+
+/// Flush a file's data to disk (after appends whose lines a checkpoint is about to count).
+/// A missing file is skipped.
+pub fn sync_file(path: &Path) -> Result<()> {
+    sync_path(path, false)
+}
+
+/// Flush a folder's entries to disk (after a file was created or renamed in it). A missing
+/// folder is skipped.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    sync_path(dir, true)
+}
+
+fn sync_path(path: &Path, all: bool) -> Result<()> {
+    let f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    if all { f.sync_all() } else { f.sync_data() }.with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Remove the temporary files of [`write_atomic`] under `dir`, recursively: each is a write
+/// whose process was killed before the rename. Only call this while nothing else writes there.
+/// Returns how many were removed.
+pub fn sweep_temp_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries {
+        let e = e?;
+        let ty = e.file_type()?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if ty.is_dir() {
+            removed += sweep_temp_files(&e.path())?;
+        } else if ty.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+            match fs::remove_file(e.path()) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("removing {}", e.path().display()))
+                }
+                _ => removed += 1,
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Run `open`; if the folder is missing, create it and try once more. (Cheaper than creating
@@ -65,6 +139,41 @@ pub fn jsonl_bytes<'a, T: serde::Serialize + 'a>(items: impl IntoIterator<Item =
     Ok(out)
 }
 
+/// How many complete (newline-terminated) lines `path` holds; 0 if it does not exist.
+pub fn count_lines(path: &Path) -> Result<usize> {
+    match fs::read(path) {
+        Ok(b) => Ok(b.iter().filter(|&&c| c == b'\n').count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Cut `path` after its first `n` complete lines (dropping later lines and a torn tail), in
+/// place. The caller has checked that it has at least `n` (see [`count_lines`]).
+pub fn truncate_lines(path: &Path, n: usize) -> Result<()> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && n == 0 => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let end = if n == 0 {
+        0
+    } else {
+        match bytes.iter().enumerate().filter(|(_, &c)| c == b'\n').nth(n - 1) {
+            Some((i, _)) => i + 1,
+            None => anyhow::bail!("{} has fewer than {n} complete lines", path.display()),
+        }
+    };
+    if end < bytes.len() {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(end as u64))
+            .with_context(|| format!("truncating {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Read a JSONL file, skipping a torn (unparseable) last line left by a crash.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let text = match fs::read_to_string(path) {
@@ -97,6 +206,38 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap(), "two");
         let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn lines_are_counted_and_cut_after_the_last_complete_one() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.jsonl");
+        assert_eq!(count_lines(&p).unwrap(), 0);
+        truncate_lines(&p, 0).unwrap();
+        fs::write(&p, "a\nb\nc\ntorn").unwrap();
+        assert_eq!(count_lines(&p).unwrap(), 3);
+        truncate_lines(&p, 3).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "a\nb\nc\n", "the torn tail goes");
+        truncate_lines(&p, 1).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "a\n");
+        assert!(truncate_lines(&p, 2).is_err(), "a file too short is not made up");
+        truncate_lines(&p, 0).unwrap();
+        assert_eq!(fs::read(&p).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn syncs_and_stale_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/c.json");
+        write_atomic(&p, b"{}").unwrap();
+        sync_all_at_once(&[p.clone(), d.path().join("missing")], &[d.path().join("sub"), d.path().to_path_buf()])
+            .unwrap();
+        fs::write(d.path().join("sub/.propersim-abc.tmp"), b"").unwrap();
+        fs::write(d.path().join(".propersim-x.tmp"), b"half").unwrap();
+        fs::write(d.path().join("keep.tmp"), b"").unwrap();
+        assert_eq!(sweep_temp_files(d.path()).unwrap(), 2);
+        assert!(d.path().join("keep.tmp").exists() && p.exists());
+        assert!(!d.path().join("sub/.propersim-abc.tmp").exists());
     }
 
     #[test]

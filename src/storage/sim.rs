@@ -87,10 +87,25 @@ impl SimDir {
         )
     }
 
-    /// Fork `seed` into `storage/<sim>` (copy, then set `fork_sim_code`). The copy is made in a
-    /// temporary folder and renamed, so a crash never leaves a half-copied sim. An existing sim is
-    /// replaced only with `force`.
+    /// Fork `seed` into `storage/<sim>` (copy, then set `fork_sim_code`). See [`SimDir::fork_with`].
     pub fn fork(storage: &Path, seeds: &[PathBuf], seed: &str, sim: &str, force: bool) -> Result<SimDir> {
+        Self::fork_with(storage, seeds, seed, sim, force, |_| {})
+    }
+
+    /// Fork `seed` into `storage/<sim>`: copy it into a temporary folder
+    /// `storage/.fork-<sim>-<pid>-<random>`, set `fork_sim_code` and whatever `edit` adds to the
+    /// meta, then rename the folder into place, so `storage/<sim>` appears complete or not at
+    /// all. A fork killed half-way leaves only the temporary folder, which the next fork or
+    /// resume removes ([`SimDir::sweep_stale_forks`]) and `--resume` redoes
+    /// ([`SimDir::fork_interrupted`]). An existing sim is replaced only with `force`.
+    pub fn fork_with(
+        storage: &Path,
+        seeds: &[PathBuf],
+        seed: &str,
+        sim: &str,
+        force: bool,
+        edit: impl FnOnce(&mut Meta),
+    ) -> Result<SimDir> {
         if !valid_sim_code(sim) {
             bail!("invalid sim code `{sim}`: use letters, digits, `_`, `-` and `.`");
         }
@@ -103,21 +118,45 @@ impl SimDir {
             );
         }
         fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
-        let tmp = tempfile::Builder::new().prefix(".fork-").tempdir_in(storage)?;
+        Self::sweep_stale_forks(storage)?;
+        // Removed again if anything below fails; kept (renamed) only once complete.
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{FORK_PREFIX}{sim}-{}-", std::process::id()))
+            .tempdir_in(storage)
+            .with_context(|| format!("creating a temporary folder in {}", storage.display()))?;
         copy_tree(&src, tmp.path())?;
-        let tmp_path = tmp.keep();
-        let mut sd = SimDir { root: tmp_path.clone(), code: sim.to_string() };
+        let mut sd = SimDir { root: tmp.path().to_path_buf(), code: sim.to_string() };
         let mut meta = sd.meta()?;
         meta.fork_sim_code = seed.to_string();
+        edit(&mut meta);
         sd.write_meta(&meta)?;
         if dst.exists() {
-            let old = storage.join(format!(".replaced-{sim}-{}", std::process::id()));
+            let old = storage.join(format!("{REPLACED_PREFIX}{sim}-{}", std::process::id()));
             fs::rename(&dst, &old)?;
             fs::remove_dir_all(&old).ok();
         }
+        let tmp_path = tmp.keep();
         fs::rename(&tmp_path, &dst).with_context(|| format!("moving the fork into {}", dst.display()))?;
         sd.root = dst;
         Ok(sd)
+    }
+
+    /// Whether a fork of `sim` was started and never finished (its process is gone and its
+    /// temporary folder remains) while `storage/<sim>` does not exist: a resume can redo it.
+    pub fn fork_interrupted(storage: &Path, sim: &str) -> bool {
+        !storage.join(sim).exists()
+            && leftovers(storage).iter().any(|l| l.prefix == FORK_PREFIX && l.sim == sim && !l.owner_alive())
+    }
+
+    /// Remove the temporary folders of forks and replacements whose process is gone (killed
+    /// half-way). Folders of running processes are left alone.
+    pub fn sweep_stale_forks(storage: &Path) -> Result<()> {
+        for l in leftovers(storage) {
+            if !l.owner_alive() {
+                fs::remove_dir_all(&l.path).with_context(|| format!("removing {}", l.path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -184,6 +223,61 @@ impl SimDir {
     }
 }
 
+/// Folder name prefixes of an unfinished fork (`.fork-<sim>-<pid>-<random>`) and of a sim being
+/// replaced by `--force` (`.replaced-<sim>-<pid>`).
+const FORK_PREFIX: &str = ".fork-";
+const REPLACED_PREFIX: &str = ".replaced-";
+
+/// A temporary folder of [`SimDir::fork_with`] found in `storage/`.
+struct Leftover {
+    path: PathBuf,
+    prefix: &'static str,
+    sim: String,
+    /// The process that made it; `None` for names of earlier versions (`.fork-<random>`).
+    pid: Option<u32>,
+}
+
+impl Leftover {
+    fn owner_alive(&self) -> bool {
+        match self.pid {
+            Some(pid) if pid == std::process::id() => true,
+            Some(pid) if Path::new("/proc/self").exists() => Path::new(&format!("/proc/{pid}")).exists(),
+            // No way to ask: trust a folder younger than an hour (a fork takes seconds).
+            _ => fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < std::time::Duration::from_secs(3600)),
+        }
+    }
+}
+
+fn leftovers(storage: &Path) -> Vec<Leftover> {
+    let Ok(entries) = fs::read_dir(storage) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((prefix, rest)) =
+            [FORK_PREFIX, REPLACED_PREFIX].into_iter().find_map(|p| name.strip_prefix(p).map(|r| (p, r.to_string())))
+        else {
+            continue;
+        };
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // `<sim>-<pid>-<random>` or `<sim>-<pid>`; sim codes may themselves contain '-'.
+        let rest = if prefix == FORK_PREFIX { rest.rsplit_once('-').map(|(a, _)| a.to_string()) } else { Some(rest) };
+        let parsed =
+            rest.as_deref().and_then(|r| r.rsplit_once('-')).and_then(|(sim, pid)| Some((sim, pid.parse().ok()?)));
+        let (sim, pid) = match parsed {
+            Some((sim, pid)) => (sim.to_string(), Some(pid)),
+            None => (String::new(), None),
+        };
+        out.push(Leftover { path: e.path(), prefix, sim, pid });
+    }
+    out
+}
+
 fn read_json_opt<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>> {
     match fs::read_to_string(p) {
         Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display()))?)),
@@ -234,5 +328,25 @@ mod tests {
             assert!(!valid_sim_code(bad), "{bad:?}");
         }
         assert!(valid_sim_code("base_the_ville_persona_1"));
+    }
+
+    #[test]
+    fn interrupted_forks_are_found_and_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let storage = d.path();
+        // A dead process (pid beyond any real one), a live one (ours), and an old-style name.
+        let dead = storage.join(".fork-my-sim-4194304999-abc123");
+        let live = storage.join(format!(".fork-other-{}-xyz", std::process::id()));
+        let legacy = storage.join(".fork-Qw3rty");
+        for p in [&dead, &live, &legacy] {
+            fs::create_dir_all(p.join("reverie")).unwrap();
+        }
+        assert!(SimDir::fork_interrupted(storage, "my-sim"));
+        assert!(!SimDir::fork_interrupted(storage, "my"), "sim codes with '-' are parsed from the right");
+        assert!(!SimDir::fork_interrupted(storage, "other"), "a fork in progress is not interrupted");
+        SimDir::sweep_stale_forks(storage).unwrap();
+        assert!(!dead.exists() && live.exists(), "only the dead process's folder goes");
+        assert!(legacy.exists(), "a recent folder of unknown owner is kept");
+        assert!(!SimDir::fork_interrupted(storage, "my-sim"));
     }
 }

@@ -75,17 +75,20 @@ impl AssociativeMemory {
         Ok(m)
     }
 
+    /// Save the three files. `nodes.json` goes last: the original's loader looks each node's
+    /// `embedding_key` up in `embeddings.json`, so a save cut short between two files must leave
+    /// the vectors ahead of the nodes, never behind.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let mut nodes = IndexMap::new();
-        for n in self.nodes.iter().rev() {
-            nodes.insert(format!("node_{}", n.node_count), n);
-        }
-        write_json_py(&dir.join("nodes.json"), &nodes)?;
         write_json_py(&dir.join("embeddings.json"), &self.embeddings)?;
         write_json_py(
             &dir.join("kw_strength.json"),
             &json!({"kw_strength_event": self.kw_event, "kw_strength_thought": self.kw_thought}),
-        )
+        )?;
+        let mut nodes = IndexMap::new();
+        for n in self.nodes.iter().rev() {
+            nodes.insert(format!("node_{}", n.node_count), n);
+        }
+        write_json_py(&dir.join("nodes.json"), &nodes)
     }
 
     /// Add an event or thought node.
