@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::cache::{embed_key, lock, reply_key, CacheMiss, CacheMode, CachedReply, LlmCache};
 use super::gemini::GeminiProvider;
-use super::http::estimate_tokens;
+use super::http::{counting_retries, estimate_tokens};
 use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
 use super::openai::OpenAiProvider;
 use super::task::token_bound;
@@ -217,9 +217,12 @@ impl Llm {
     ///
     /// A reply that fails the task's `parse` (or that the provider could not read) is re-asked
     /// up to `task_retries` times and then replaced by the task's fallback, counted in the
-    /// ledger. Transport failures that survive the provider's own retries, authentication and
-    /// request errors, a strict-replay miss ([`CacheMiss`]) and the budget cap
-    /// ([`BudgetExceeded`]) are returned as errors; match them with `err.downcast_ref`.
+    /// ledger. A call whose transport retries ran out ([`ProviderError::Exhausted`]: 429s,
+    /// 5xx, timeouts) goes straight to the fallback, also counted, with the error in its ledger
+    /// line: asking again would only wait for the same server once more, and one bad call
+    /// should not end a run. Authentication and request errors, a strict-replay miss
+    /// ([`CacheMiss`]) and the budget cap ([`BudgetExceeded`]) are returned as errors; match
+    /// them with `err.downcast_ref`.
     pub async fn run<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let span = tracing::debug_span!("llm_task", task = task.name(), role = %task.role());
         self.run_inner(task).instrument(span).await
@@ -260,6 +263,12 @@ impl Llm {
                     .await
                 {
                     Ok(t) => t,
+                    Err(e) if transport_gave_up(&e) => {
+                        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(task = task.name(), role = %slot.role, error = %format!("{e:#}"), "the provider kept failing; using the task's fallback");
+                        self.record(slot, task.name(), &acc, started, attempt + 1, true, Some(&e))?;
+                        return Ok(TaskOutcome { value: task.fallback(), fallback: true, attempts: attempt + 1 });
+                    }
                     Err(e) => {
                         self.record(slot, task.name(), &acc, started, attempt + 1, false, Some(&e))?;
                         return Err(e);
@@ -343,12 +352,13 @@ impl Llm {
             schema: schema.cloned(),
         };
         acc.live_calls += 1;
-        match provider.chat(&req).await {
+        let (result, retries) = counting_retries(provider.chat(&req)).await;
+        acc.transport_retries += retries;
+        match result {
             Ok(r) => {
                 acc.prompt_tokens += r.prompt_tokens;
                 acc.completion_tokens += r.completion_tokens;
                 acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
-                acc.transport_retries += r.retries;
                 acc.prefix_cached_tokens += r.cached_prompt_tokens;
                 if let (Some(c), Some(k)) = (cache, &key) {
                     c.put_reply(
@@ -388,14 +398,13 @@ impl Llm {
             acc.live_calls += 1;
             let req =
                 ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc), schema: None };
-            let r = provider
-                .chat(&req)
-                .await
-                .with_context(|| format!("role {role} (provider {}, model {:?})", slot.rc.provider, slot.rc.model))?;
+            let (r, retries) = counting_retries(provider.chat(&req)).await;
+            acc.transport_retries += retries;
+            let r =
+                r.with_context(|| format!("role {role} (provider {}, model {:?})", slot.rc.provider, slot.rc.model))?;
             acc.prompt_tokens += r.prompt_tokens;
             acc.completion_tokens += r.completion_tokens;
             acc.cost_usd += cost_usd(&slot.rc, r.prompt_tokens, r.completion_tokens);
-            acc.transport_retries += r.retries;
             Ok(r)
         }
         .await;
@@ -454,10 +463,10 @@ impl Llm {
                 acc.live_calls += 1;
                 acc.prompt_tokens = batch.iter().map(|t| estimate_tokens(t.chars().count())).sum();
                 acc.cost_usd = cost_usd(&slot.rc, acc.prompt_tokens, 0);
-                let vecs = provider
-                    .embed(model, &batch)
-                    .await
-                    .with_context(|| format!("embedding with provider {} model {model:?}", slot.rc.provider))?;
+                let (vecs, retries) = counting_retries(provider.embed(model, &batch)).await;
+                acc.transport_retries += retries;
+                let vecs =
+                    vecs.with_context(|| format!("embedding with provider {} model {model:?}", slot.rc.provider))?;
                 if vecs.len() != batch.len() {
                     bail!("the embedding provider returned {} vectors for {} texts", vecs.len(), batch.len());
                 }
@@ -617,6 +626,12 @@ fn stable_hash(bytes: &[u8]) -> u64 {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(bytes);
     u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Whether `e` is a provider whose transport retries ran out (429s, 5xx, timeouts, unreadable
+/// bodies): the task falls back. Authentication, bad requests and everything else stay errors.
+fn transport_gave_up(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<ProviderError>(), Some(ProviderError::Exhausted { .. }))
 }
 
 /// One number for (retry attempt, candidate): mixed into the scripted seed, the sampling seed

@@ -20,6 +20,29 @@ use crate::config::RoleConfig;
 pub const DEFAULT_TIMEOUT_S: f64 = 120.0;
 /// Default requests in flight per provider when `concurrency` is not configured.
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Default cap on the total time one call spends waiting between its retries (`max_wait_s`).
+pub const DEFAULT_MAX_WAIT_S: f64 = 60.0;
+
+tokio::task_local! {
+    /// Transport retries made inside [`counting_retries`].
+    static RETRIES: std::cell::Cell<u32>;
+}
+
+/// Run `call` and count the transport retries the HTTP providers make inside it, whether it
+/// then succeeds or fails, so the caller's ledger line can record every one. Concurrent calls
+/// in one task each count their own (the counter lives with the future, not the thread).
+pub async fn counting_retries<F: std::future::Future>(call: F) -> (F::Output, u32) {
+    RETRIES
+        .scope(std::cell::Cell::new(0), async move {
+            let out = call.await;
+            (out, RETRIES.with(|c| c.get()))
+        })
+        .await
+}
+
+fn note_retry() {
+    let _ = RETRIES.try_with(|c| c.set(c.get() + 1));
+}
 
 /// A secret API key. It is only ever written into a request header.
 #[derive(Clone)]
@@ -79,6 +102,9 @@ pub struct HttpCaller {
     limit: Arc<Semaphore>,
     policy: HttpPolicy,
     timeout: Duration,
+    /// Cap on the total wait between the retries of one request (`max_wait_s`): a server that
+    /// keeps answering 429 with a long `Retry-After` cannot hold a step for many minutes.
+    max_wait: Duration,
     concurrency: usize,
     auth: AuthStyle,
     key_env: Option<String>,
@@ -91,6 +117,7 @@ impl fmt::Debug for HttpCaller {
             .field("base_url", &self.base_url)
             .field("policy", &self.policy)
             .field("timeout", &self.timeout)
+            .field("max_wait", &self.max_wait)
             .field("concurrency", &self.concurrency)
             .field("auth", &self.auth)
             .field("key_env", &self.key_env)
@@ -123,6 +150,10 @@ impl HttpCaller {
         if !(timeout_s.is_finite() && timeout_s > 0.0) {
             anyhow::bail!("`timeout_s` must be a positive number of seconds, got {timeout_s}");
         }
+        let max_wait_s = rc.max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S);
+        if !(max_wait_s.is_finite() && max_wait_s >= 0.0) {
+            anyhow::bail!("`max_wait_s` must be a number of seconds, 0 or more, got {max_wait_s}");
+        }
         let concurrency = rc.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         if concurrency == 0 {
             anyhow::bail!("`concurrency` must be at least 1");
@@ -144,6 +175,7 @@ impl HttpCaller {
             limit: Arc::new(Semaphore::new(concurrency)),
             policy: HttpPolicy::default(),
             timeout,
+            max_wait: Duration::from_secs_f64(max_wait_s),
             concurrency,
             auth,
             key_env,
@@ -165,9 +197,10 @@ impl HttpCaller {
     }
 
     /// POST `body` as JSON to `url` and hand the parsed JSON reply to `extract`. Retries 408,
-    /// 425, 429, 5xx, connection errors, timeouts and unparseable bodies; gives up at once on
-    /// 401/403 ([`ProviderError::Auth`]) and other 4xx ([`ProviderError::BadRequest`]).
-    /// Returns the extracted value and the number of retries made.
+    /// 425, 429, 5xx, connection errors, timeouts and unparseable bodies, waiting at most
+    /// `max_wait_s` in all; gives up at once on 401/403 ([`ProviderError::Auth`]) and other 4xx
+    /// ([`ProviderError::BadRequest`]). Returns the extracted value and the number of retries
+    /// made (each is also counted for [`counting_retries`]).
     pub async fn post_json<T>(
         &self,
         url: &str,
@@ -182,21 +215,34 @@ impl HttpCaller {
         }
         let attempts = self.policy.max_attempts.max(1);
         let mut last_error = String::new();
-        for attempt in 0..attempts {
+        let mut waited = Duration::ZERO;
+        let mut tries = 0;
+        while tries < attempts {
+            tries += 1;
             let wait = match self.try_once(url, body).await {
-                Outcome::Done(value) => return extract(&value).map(|v| (v, attempt)),
+                Outcome::Done(value) => return extract(&value).map(|v| (v, tries - 1)),
                 Outcome::Fatal(e) => return Err(e),
                 Outcome::Retry { message, retry_after } => {
                     last_error = message;
-                    retry_after.map(|d| d.min(self.policy.retry_after_max)).unwrap_or_else(|| self.backoff(attempt))
+                    retry_after.map(|d| d.min(self.policy.retry_after_max)).unwrap_or_else(|| self.backoff(tries - 1))
                 }
             };
-            if attempt + 1 < attempts {
-                tracing::warn!(url = %redact_url(url), attempt = attempt + 1, wait_ms = wait.as_millis() as u64, error = %last_error, "retrying LLM request");
-                tokio::time::sleep(wait).await;
+            if tries == attempts {
+                break;
             }
+            let left = self.max_wait.saturating_sub(waited);
+            if left.is_zero() && !wait.is_zero() {
+                last_error =
+                    format!("{last_error} (gave up: `max_wait_s` = {:.1} s spent waiting)", waited.as_secs_f64());
+                break;
+            }
+            let wait = wait.min(left);
+            tracing::warn!(url = %redact_url(url), attempt = tries, wait_ms = wait.as_millis() as u64, error = %last_error, "retrying LLM request");
+            note_retry();
+            tokio::time::sleep(wait).await;
+            waited += wait;
         }
-        Err(ProviderError::Exhausted { attempts, message: last_error })
+        Err(ProviderError::Exhausted { attempts: tries, message: last_error })
     }
 
     /// Exponential backoff with jitter in [50%, 100%] so parallel callers don't retry in lockstep.
@@ -392,6 +438,66 @@ mod tests {
         assert_eq!(server_message(r#"{"error":"no such model"}"#), "no such model");
         assert_eq!(server_message(""), "(empty body)");
         assert_eq!(server_message("plain text"), "plain text");
+    }
+
+    #[tokio::test]
+    async fn retries_are_counted_per_call_and_waits_are_capped() {
+        // A loopback server that answers 429 with `Retry-After: 30` to everything.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 65536];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&seen);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if seen.len() >= end + 4 + len {
+                                seen.clear();
+                                let r =
+                                    "HTTP/1.1 429 Too Many Requests\r\nretry-after: 30\r\ncontent-length: 2\r\n\r\n{}";
+                                if s.write_all(r.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut rc = RoleConfig::scripted();
+        rc.base_url = Some(base.clone());
+        rc.max_wait_s = Some(0.3);
+        let caller = HttpCaller::new(&rc, AuthStyle::Bearer, &base, "UNUSED").unwrap();
+        let t0 = std::time::Instant::now();
+        let (r, retries) = counting_retries(caller.post_json(&base, &serde_json::json!({}), |v| Ok(v.clone()))).await;
+        let took = t0.elapsed();
+        // One wait of 0.3 s (the cap, not the server's 30 s), then no time left: two tries.
+        assert!(matches!(r, Err(ProviderError::Exhausted { attempts: 2, .. })), "{r:?}");
+        assert_eq!(retries, 1);
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+        // Two calls in one task count their own retries.
+        let empty = serde_json::json!({});
+        let (a, b) = tokio::join!(
+            counting_retries(caller.post_json(&base, &empty, |v| Ok(v.clone()))),
+            counting_retries(async { 7 })
+        );
+        assert_eq!((a.1, b), (1, (7, 0)));
     }
 
     #[test]
