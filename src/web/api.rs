@@ -26,9 +26,17 @@ fn received() -> Response {
 
 /// `POST /process_environment/` `{"step", "sim_code", "environment"}`: write
 /// `storage/<sim>/environment/<step>.json` (Python indent=2, atomically) and tell the live engine.
+///
+/// The environment must hold a tile `{"maze", "x", "y"}` on the map for every persona of the sim
+/// and nothing else; anything else is a 400 with the reason, and no file is written, so the
+/// engine keeps waiting for a good one instead of stalling on a bad one.
+///
 /// With a live engine, posts for any other sim or for a step other than the engine's next are
-/// refused (409), so replay or stale tabs cannot rewrite files; without one, the file is written
-/// as the original did, for an external backend.
+/// refused (409), so replay or stale tabs cannot rewrite files. Without one, the file is written
+/// as the original did, for an external backend (`reverie.py`), but only for the sim that
+/// backend announced in `temp_storage/curr_sim_code.json` and only for the step it waits on
+/// (the first without a movement file): every other sim is read-only, and no post can add
+/// files past a sim's end.
 pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> Response {
     let r = (|| {
         let req = validate::json_object(&body)?;
@@ -41,24 +49,32 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
             Some(Value::Object(m)) => m,
             _ => return Err(WebError::bad_request("missing \"environment\" (an object of persona tiles)")),
         };
-        if let Some(live) = &state.live {
-            if live.sim_code() != sim {
-                return Err(WebError::new(
-                    StatusCode::CONFLICT,
-                    format!("{sim:?} is not the running simulation; only {:?} accepts environments", live.sim_code()),
-                ));
-            }
-            // The next step, or the one after while the engine is still finishing its bookkeeping;
-            // anything older comes from a stale tab and would rewrite history.
-            let next = live.current_step();
-            if step < next || step > next.saturating_add(1) {
-                return Err(WebError::new(
-                    StatusCode::CONFLICT,
-                    format!("step {step} is not the running simulation's next step ({next}); reload the page"),
-                ));
-            }
-        }
         let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
+        match &state.live {
+            Some(live) => {
+                if live.sim_code() != sim {
+                    return Err(WebError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "{sim:?} is not the running simulation; only {:?} accepts environments",
+                            live.sim_code()
+                        ),
+                    ));
+                }
+                // The next step, or the one after while the engine is still finishing its
+                // bookkeeping; anything older comes from a stale tab and would rewrite history.
+                let next = live.current_step();
+                if step < next || step > next.saturating_add(1) {
+                    return Err(WebError::new(
+                        StatusCode::CONFLICT,
+                        format!("step {step} is not the running simulation's next step ({next}); reload the page"),
+                    ));
+                }
+            }
+            None => external_backend_waits_on(&state, sim, &dir, step)?,
+        }
+        let meta = sim_files::meta(&dir)?;
+        validate::environment(env, &meta, state.map_size)?;
         write_json_py(&dir.join(format!("environment/{step}.json")), env)?;
         if let Some(live) = &state.live {
             live.environment_written(step);
@@ -66,6 +82,34 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
         Ok(received())
     })();
     r.unwrap_or_else(WebError::json)
+}
+
+/// Without a live engine: whether an external backend runs `sim` and waits on `step`'s
+/// environment (409 otherwise).
+fn external_backend_waits_on(state: &AppState, sim: &str, dir: &std::path::Path, step: u64) -> Result<(), WebError> {
+    let running = sim_files::read_json(&state.opts.temp_storage.join("curr_sim_code.json"))
+        .ok()
+        .flatten()
+        .and_then(|v| v.get("sim_code").and_then(Value::as_str).map(str::to_string));
+    if running.as_deref() != Some(sim) {
+        return Err(WebError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{sim:?} is read-only here: no backend is running it (temp_storage/curr_sim_code.json names {})",
+                running.map(|r| format!("{r:?}")).unwrap_or_else(|| "none".into())
+            ),
+        ));
+    }
+    let movements = sim_files::numbered_files(&dir.join("movement"));
+    let start = sim_files::meta(dir)?.get("step").and_then(Value::as_u64).unwrap_or(0);
+    let next = movements.last().map_or(start, |&m| (m + 1).max(start));
+    if step != next {
+        return Err(WebError::new(
+            StatusCode::CONFLICT,
+            format!("step {step} is not the step the backend of {sim:?} waits on ({next}); reload the page"),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /update_environment/` `{"step", "sim_code"}`: the movement file plus `"<step>": step`

@@ -9,10 +9,12 @@ pub mod api;
 pub mod demo;
 pub mod embedded;
 pub mod error;
+pub mod guard;
 pub mod live;
 pub mod pages;
 pub mod persona_state;
 pub mod render;
+pub mod server;
 pub mod sim_files;
 pub mod slash;
 pub mod test_double;
@@ -24,12 +26,14 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use live::LiveSim;
+pub use server::Limits;
 
 /// Largest request body accepted (an environment of 25 personas is ~3 KiB); bigger → 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -57,6 +61,8 @@ pub struct ServeOptions {
     pub phaser_url: String,
     /// The in-process run shown by `simulator_home`, if any.
     pub live: Option<Arc<dyn LiveSim>>,
+    /// Timeouts and the connection cap.
+    pub limits: Limits,
 }
 
 impl ServeOptions {
@@ -74,7 +80,34 @@ impl ServeOptions {
             compressed: root.join("compressed_storage"),
             phaser_url: DEFAULT_PHASER_URL.into(),
             live: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// The limits of `[web]` in the configuration.
+    pub fn set_limits(&mut self, w: &crate::config::WebSettings) -> anyhow::Result<()> {
+        let secs = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!("config key `web.{key}`: {v} is not allowed; use a positive number of seconds"))
+            }
+        };
+        self.limits.header_timeout = secs("header_timeout_s", w.header_timeout_s)?;
+        self.limits.idle_timeout = secs("idle_timeout_s", w.idle_timeout_s)?;
+        if let Some(n) = w.max_connections {
+            if n == 0 {
+                anyhow::bail!("config key `web.max_connections`: 0 is not allowed; use 1 or more");
+            }
+            self.limits.max_connections = n;
+        }
+        Ok(())
+    }
+
+    /// Whether the server listens on loopback only (then requests must name a loopback host).
+    pub fn loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -84,13 +117,20 @@ pub struct AppState {
     pub opts: Arc<ServeOptions>,
     pub render: Arc<render::Renderer>,
     pub live: Option<Arc<dyn LiveSim>>,
+    /// The map's size in tiles (`maze_meta_info.json`), to refuse off-map tiles; `None` when
+    /// the assets are missing.
+    pub map_size: Option<(i64, i64)>,
 }
 
 impl AppState {
     pub fn new(opts: ServeOptions) -> Self {
         let render = Arc::new(render::Renderer::new(&opts.templates));
         let live = opts.live.clone();
-        AppState { opts: Arc::new(opts), render, live }
+        let map_size = std::fs::read(opts.assets.join("the_ville/matrix/maze_meta_info.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| Some((m.get("maze_width")?.as_i64()?, m.get("maze_height")?.as_i64()?)));
+        AppState { opts: Arc::new(opts), render, live, map_size }
     }
 }
 
@@ -102,26 +142,28 @@ pub fn router(state: AppState) -> Router {
     } else {
         Router::new().route("/{*path}", get(embedded::static_file))
     };
+    let same_origin = from_fn_with_state(state.clone(), guard::same_origin);
+    let static_files: Router<AppState> =
+        Router::new().nest_service("/static/assets", assets).nest("/static", ours).layer(from_fn(guard::static_names));
     Router::new()
         .route("/", get(pages::landing))
         .route("/simulator_home", get(pages::simulator_home))
         .route("/replay/{sim}/{step}/", get(pages::replay))
         .route("/demo/{sim}/{step}/{speed}/", get(demo::demo))
         .route("/replay_persona_state/{sim}/{step}/{persona}/", get(persona_state::persona_state))
-        .route("/process_environment/", post(api::process_environment))
+        .route("/process_environment/", post(api::process_environment).layer(same_origin.clone()))
         .route("/update_environment/", post(api::update_environment))
         .route("/path_tester/", get(pages::path_tester))
-        .route("/path_tester_update/", post(api::path_tester_update))
-        .route("/live_control/", get(api::live_state).post(api::live_control))
-        .nest_service("/static/assets", assets)
-        .nest("/static", ours)
+        .route("/path_tester_update/", post(api::path_tester_update).layer(same_origin.clone()))
+        .route("/live_control/", get(api::live_state).merge(post(api::live_control).layer(same_origin)))
+        .merge(static_files)
         .fallback(slash::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")))
         .with_state(state)
 }
 
-/// Bind `host:port` and serve until the process ends.
+/// Bind `host:port` and serve until the process ends (or the future is dropped).
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if !opts.storage.is_dir() {
         anyhow::bail!("storage folder {} does not exist", opts.storage.display());
@@ -136,9 +178,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await?
         .next()
         .ok_or_else(|| anyhow::anyhow!("cannot resolve host {}", opts.host))?;
+    let limits = opts.limits;
     let app = router(AppState::new(opts));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("web server on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
-    Ok(())
+    server::serve_on(listener, app, limits).await
 }

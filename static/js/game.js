@@ -113,8 +113,9 @@
 
   // ---- network ------------------------------------------------------------------------------
   async function postJson(url, body) {
-    // text/plain like the original page, so no CORS preflight and the same server contract.
-    return fetch(url, { method: "POST", headers: { "Content-Type": "text/plain;charset=UTF-8" }, body: JSON.stringify(body) });
+    // application/json: the server refuses other types on the endpoints that change state, so
+    // a page on another site (which could only send text/plain without a preflight) cannot.
+    return fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   }
 
   async function errorText(resp) {

@@ -11,7 +11,7 @@
     const key = `${x},${y}`;
     if (inFlight || key === lastSent) return;
     inFlight = true;
-    fetch("/path_tester_update/", { method: "POST", headers: { "Content-Type": "text/plain;charset=UTF-8" },
+    fetch("/path_tester_update/", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ camera: { maze: "the_ville", x, y } }) })
       .then((r) => { if (r.ok) { lastSent = key; setText("status", ""); } else setText("status", `server said ${r.status}`); })
       .catch(() => setText("status", "could not reach the server"))
