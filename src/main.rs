@@ -318,12 +318,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         (d, None) => d.unwrap_or(1) * per_day,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        eprintln!("\nInterrupted: finishing the current step and saving...");
-        s2.store(true, Ordering::SeqCst);
-    });
+    watch_signals(stop.clone());
     eprintln!(
         "Simulating `{}` (mode {}) from step {} to {}.",
         cfg.sim.sim,
@@ -335,10 +330,9 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         // Drop-in mode: the original Django server and its page drive the steps through files.
         let f = propersim::sim::follow::follower(&engine);
         let f2 = f.clone();
+        let stopping = stop.clone();
         tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            propersim::sim::headless::raised(&stopping).await;
             f2.stop.store(true, Ordering::SeqCst);
             f2.poke();
         });
@@ -350,6 +344,10 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
             engine.llm.calls(),
             engine.llm.fallbacks()
         );
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("Resume with: propersim run --vis --sim {} --resume", cfg.sim.sim);
+            return Err(propersim::sim::headless::Interrupted.into());
+        }
         return Ok(());
     }
     let summary = propersim::sim::headless::run(&mut engine, target, !a.quiet, stop).await?;
@@ -366,6 +364,9 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
     eprintln!("{}", engine.llm.totals());
     if summary.interrupted {
         eprintln!("Resume with: propersim run --novis --sim {} --resume", cfg.sim.sim);
+    }
+    if summary.cancelled {
+        return Err(propersim::sim::headless::Interrupted.into());
     }
     Ok(())
 }
@@ -427,6 +428,7 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     opts.storage = cfg.paths.storage.clone();
     opts.temp_storage = cfg.paths.temp_storage.clone();
     opts.compressed = compressed_root(&cfg);
+    opts.set_limits(&cfg.web)?;
     if let Some(u) = a.phaser_url {
         opts.phaser_url = u;
     }
@@ -443,9 +445,11 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     } else {
         eprintln!("Serving http://{}:{}/ (replay and demo of stored sims).", a.host, a.port);
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
     tokio::select! {
         r = propersim::web::serve(opts) => r?,
-        _ = shutdown_signal() => eprintln!("\nStopping..."),
+        _ = propersim::sim::headless::raised(&stop) => {}
     }
     if let Some((f, task)) = live_task {
         f.stop.store(true, Ordering::SeqCst);
@@ -487,20 +491,32 @@ async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+/// The first Ctrl-C (SIGINT) or SIGTERM raises `stop`: the step in flight is cancelled, the last
+/// complete step is kept and saved, and the command exits with 130. A second one exits at once.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Both listeners exist before the first signal, so a quick second one is not missed.
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot listen for signals; Ctrl-C will end the process without saving");
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            seen += 1;
+            if seen == 1 {
+                eprintln!("\nInterrupted: cancelling the current step and saving the last complete one (again to quit at once)...");
+                stop.store(true, Ordering::SeqCst);
+            } else {
+                eprintln!("Interrupted again: exiting now.");
+                std::process::exit(130);
+            }
+        }
+    });
 }
 
 fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathArgs) -> Result<()> {
@@ -606,6 +622,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<propersim::sim::headless::Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -34,8 +34,9 @@ impl Follower {
 /// How often the loop looks for the file when no event arrives.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Run the engine until `until_step` (exclusive) or until stopped, computing each step as soon
-/// as its environment file appears. Saves the personas before returning.
+/// Run the engine until `until_step` (exclusive) or until stopped (which cancels the step in
+/// flight), computing each step as soon as its environment file appears. Saves the personas
+/// before returning.
 pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch: bool) -> Result<Engine> {
     // Watch the environment folder; events only wake the loop, which then checks the file.
     let env_dir = engine.sim.path("environment");
@@ -68,10 +69,15 @@ pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch
                 continue;
             }
         }
-        if let Err(e) = engine.step().await {
-            *f.error.lock().expect("not poisoned") = Some(format!("{e:#}"));
-            engine.save_personas().ok();
-            return Err(e);
+        // Stopping (a signal, or the server shutting down) cancels the step in flight.
+        match super::headless::step_or_stop(&mut engine, &f.stop).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                *f.error.lock().expect("not poisoned") = Some(format!("{e:#}"));
+                engine.save_personas().ok();
+                return Err(e);
+            }
         }
         f.next_step.store(engine.next_step, Ordering::SeqCst);
     }

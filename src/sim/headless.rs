@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,11 +13,53 @@ use super::Engine;
 pub struct RunSummary {
     pub steps: u64,
     pub seconds: f64,
+    /// The run stopped before `until_step` (a signal, or the budget): it can be resumed.
     pub interrupted: bool,
+    /// It was `stop` (a signal) that ended it.
+    pub cancelled: bool,
 }
 
-/// Step until `until_step` (exclusive) or until `stop` is raised; the current step always
-/// finishes and the personas are saved before returning.
+/// The error a command returns when a signal stopped it (exit code 130, like a shell).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Resolves once `stop` is raised. Polled rather than notified so callers keep a plain flag; a
+/// step in flight is dropped within one poll of it.
+pub async fn raised(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Step `engine` once, unless `stop` is raised first: then the step in flight is dropped with
+/// its LLM calls (whatever provider: a dropped HTTP request is aborted, the local model stops
+/// when its reply channel goes), the engine goes back to its last complete step, and `Ok(false)`
+/// is returned. A failed step also goes back before its error is returned, so the personas
+/// saved afterwards never hold half a step.
+pub async fn step_or_stop(engine: &mut Engine, stop: &AtomicBool) -> Result<bool> {
+    let outcome = tokio::select! {
+        biased;
+        r = engine.step() => Some(r),
+        _ = raised(stop) => None,
+    };
+    match outcome {
+        Some(Ok(_)) => Ok(true),
+        None => {
+            engine.reload()?;
+            Ok(false)
+        }
+        Some(Err(e)) => {
+            if let Err(r) = engine.reload() {
+                tracing::warn!(error = %format!("{r:#}"), "could not go back to the last complete step");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Step until `until_step` (exclusive) or until `stop` is raised, which cancels the step in
+/// flight (see [`step_or_stop`]). The personas are saved before returning.
 pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc<AtomicBool>) -> Result<RunSummary> {
     let start_step = engine.next_step;
     let bar = if progress && until_step > start_step {
@@ -31,23 +73,30 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
         ProgressBar::hidden()
     };
     let t0 = Instant::now();
-    let mut interrupted = false;
+    let (mut interrupted, mut cancelled) = (false, false);
     while engine.next_step < until_step {
         if stop.load(Ordering::SeqCst) {
-            interrupted = true;
+            (interrupted, cancelled) = (true, true);
             break;
         }
         engine.write_next_environment()?;
-        if let Err(e) = engine.step().await {
-            bar.abandon();
-            // Over budget is a clean stop: the step was not written, the run resumes later.
-            if let Some(b) = e.downcast_ref::<crate::llm::ledger::BudgetExceeded>() {
-                eprintln!("{b}; stopping. Raise budget_usd and resume with --resume.");
-                interrupted = true;
+        match step_or_stop(engine, &stop).await {
+            Ok(true) => {}
+            Ok(false) => {
+                (interrupted, cancelled) = (true, true);
                 break;
             }
-            engine.save_personas().ok();
-            return Err(e);
+            Err(e) => {
+                bar.abandon();
+                // Over budget is a clean stop: the step was not written, the run resumes later.
+                if let Some(b) = e.downcast_ref::<crate::llm::ledger::BudgetExceeded>() {
+                    eprintln!("{b}; stopping. Raise budget_usd and resume with --resume.");
+                    interrupted = true;
+                    break;
+                }
+                engine.save_personas().ok();
+                return Err(e);
+            }
         }
         bar.inc(1);
         if engine.next_step.is_multiple_of(24) {
@@ -56,5 +105,10 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
     }
     bar.finish_and_clear();
     engine.save_personas()?;
-    Ok(RunSummary { steps: engine.next_step - start_step, seconds: t0.elapsed().as_secs_f64(), interrupted })
+    Ok(RunSummary {
+        steps: engine.next_step.saturating_sub(start_step),
+        seconds: t0.elapsed().as_secs_f64(),
+        interrupted,
+        cancelled,
+    })
 }
