@@ -94,11 +94,12 @@ impl Server {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// A POST as our pages send it (JSON; the endpoints that change state accept nothing else).
     async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
         let r = self
             .client
             .post(format!("{}{path}", self.base))
-            .header("content-type", "text/plain;charset=UTF-8")
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -261,11 +262,17 @@ async fn update_environment_shapes_and_errors() {
 #[tokio::test]
 async fn process_environment_writes_python_format_without_live_sim() {
     let s = Server::start(None).await;
+    // For the sim a backend announced, the step it waits on (movement/0..=2 exist).
+    handshake(&s, 0);
     let env = r#"{"step": 3, "sim_code": "fixture_sim", "environment": {"John Lin": {"maze": "the_ville", "x": 7, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}}"#;
+    let plain = |body: &'static str| {
+        s.client.post(format!("{}/process_environment/", s.base)).header("content-type", "text/plain").body(body).send()
+    };
+    assert_eq!(plain(env).await.unwrap().status(), 415, "only JSON: a cross-site page cannot send it unasked");
     let r = s
         .client
         .post(format!("{}/process_environment/", s.base))
-        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-type", "application/json")
         .body(env)
         .send()
         .await
