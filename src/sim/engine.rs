@@ -329,7 +329,7 @@ impl Engine {
                 })
                 .collect();
         } else {
-            rewrite_jsonl(&node_log, &self.user.memory.nodes)?;
+            write_atomic(&node_log, &node_lines(&self.user.memory.nodes, &embeddings)?)?;
         }
         self.user.memory.embeddings = embeddings;
         self.logged_nodes = self.user.memory.nodes.len();
@@ -578,12 +578,7 @@ impl Engine {
         // which the next resume drops.
         let nodes = &self.user.memory.nodes;
         if nodes.len() > self.logged_nodes {
-            let embeddings = &self.user.memory.embeddings;
-            let lines: Vec<LoggedNodeRef> = nodes[self.logged_nodes..]
-                .iter()
-                .map(|node| LoggedNodeRef { node, embedding: embeddings.get(&node.embedding_key) })
-                .collect();
-            let bytes = jsonl_bytes(&lines)?;
+            let bytes = node_lines(&nodes[self.logged_nodes..], &self.user.memory.embeddings)?;
             // Counted by `user_nodes` rather than in `log_lines`.
             self.append(NODE_LOG, &bytes)?;
             self.logged_nodes = self.user.memory.nodes.len();
@@ -693,6 +688,13 @@ fn initial_user(sim: &SimDir, user_name: &str) -> Result<UserAgent> {
     let t = env0.get(user_name).with_context(|| format!("environment/0.json has no tile for {user_name}"))?;
     user.state.tile = (t.x.max(0) as usize, t.y.max(0) as usize);
     Ok(user)
+}
+
+/// `NODE_LOG` lines for `nodes`, each with the vector of its key.
+fn node_lines(nodes: &[Node], embeddings: &indexmap::IndexMap<String, Vec<f32>>) -> Result<Vec<u8>> {
+    let lines: Vec<LoggedNodeRef> =
+        nodes.iter().map(|node| LoggedNodeRef { node, embedding: embeddings.get(&node.embedding_key) }).collect();
+    jsonl_bytes(&lines)
 }
 
 fn rewrite_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
