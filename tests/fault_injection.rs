@@ -521,9 +521,17 @@ impl Drop for Server {
     }
 }
 
-fn serve(fs: &Path, root: &Path, temp: &str, config: &Path, sim_args: &[&str]) -> Server {
+/// `propersim serve` on a free port; with `max_files`, under that open-file limit.
+fn serve(fs: &Path, root: &Path, temp: &str, config: &Path, sim_args: &[&str], max_files: Option<u32>) -> Server {
     let port = free_port();
-    let mut c = Command::new(common::bin());
+    let mut c = match max_files {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")]).arg(common::bin());
+            c
+        }
+        None => Command::new(common::bin()),
+    };
     c.arg("--config").arg(config).args(["serve", "--port", &port.to_string()]).args(sim_args);
     paths_with_temp(&mut c, fs, root, temp);
     let log = root.join(format!("{temp}.log"));
@@ -604,7 +612,8 @@ fn web_server_refuses_hostile_slow_and_malformed_requests() {
     // A finished run for the replay-only server.
     ok(run_cmd(&fs, root, "done", &["--steps", "3"]).output().unwrap());
 
-    let live = serve(&fs, root, "temp_live", &config, &["--provider", "scripted", "--fork", SEED, "--sim", "live"]);
+    let live =
+        serve(&fs, root, "temp_live", &config, &["--provider", "scripted", "--fork", SEED, "--sim", "live"], None);
     let a = live.addr;
     let origin = format!("http://{a}");
 
@@ -674,13 +683,14 @@ fn web_server_refuses_hostile_slow_and_malformed_requests() {
     // a body that stops after the 2 s idle timeout.
     let t = closed_after(a, "GET / HTTP/1.1\r\nHost: x\r\n", Some("X-Slow: 1\r\n"));
     assert!(t >= Duration::from_millis(900) && t < Duration::from_secs(4), "slowloris closed after {t:?}");
+    eprintln!("a slowloris client (1 s header timeout) was dropped after {} ms", t.as_millis());
     let t = closed_after(
         a,
         "POST /update_environment/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
         None,
     );
     assert!(t >= Duration::from_millis(1900) && t < Duration::from_secs(6), "a stalled body closed after {t:?}");
-    eprintln!("slowloris and stalled-body connections closed");
+    eprintln!("a stalled body (2 s idle timeout) was dropped after {} ms", t.as_millis());
     // Connections over the cap get a 503 at once; once idle ones time out, the server answers.
     let mut idle: Vec<TcpStream> = (0..6)
         .map(|_| {
@@ -697,8 +707,30 @@ fn web_server_refuses_hostile_slow_and_malformed_requests() {
     idle.clear();
     drop(live);
 
+    // Under a 128-file limit, 200 idle connections: the default cap (half the limit) keeps
+    // descriptors free, the rest are told 503, and the server answers again once they time out.
+    let small_config = root.join("small.toml");
+    std::fs::write(&small_config, "[web]\nheader_timeout_s = 1.0\n").unwrap();
+    let small = serve(&fs, root, "temp_small", &small_config, &[], Some(128));
+    let crowd: Vec<TcpStream> = (0..200)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(small.addr).ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(crowd.len(), 200);
+    let t0 = Instant::now();
+    let (st, _) = http(small.addr, "GET", "/", &[], "");
+    assert!(st == 503 || st == 200, "a request during the crowd got {st}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "it was answered at once");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http(small.addr, "GET", "/", &[], "").0, 200, "the server accepts again");
+    drop(crowd);
+    drop(small);
+
     // 6. A replay-only server writes nothing into finished sims, and nothing past a sim's end.
-    let replay = serve(&fs, root, "temp_replay", &config, &[]);
+    let replay = serve(&fs, root, "temp_replay", &config, &[], None);
     let r = replay.addr;
     let env = env1(5, 10);
     for step in [u64::MAX, 3, 1] {
