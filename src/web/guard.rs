@@ -65,7 +65,7 @@ fn check_same_origin(headers: &HeaderMap, loopback_only: bool) -> Result<(), Web
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn is_loopback_authority(authority: &str) -> bool {
+pub fn is_loopback_authority(authority: &str) -> bool {
     let host = match authority.rsplit_once(':') {
         Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => authority,

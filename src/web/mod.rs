@@ -106,8 +106,7 @@ impl ServeOptions {
 
     /// Whether the server listens on loopback only (then requests must name a loopback host).
     pub fn loopback(&self) -> bool {
-        let h = self.host.trim_start_matches('[').trim_end_matches(']');
-        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        guard::is_loopback_authority(&self.host)
     }
 }
 
