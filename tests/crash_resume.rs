@@ -18,24 +18,15 @@ fn run_cmd(fs: &Path, root: &Path, sim: &str, extra: &[&str]) -> Command {
 /// A run without a length: `extra` gives `--steps`, or `--days` is added by [`run_cmd`].
 fn partial_cmd(fs: &Path, root: &Path, sim: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(common::bin());
-    c.args(["run", "--novis", "--provider", "scripted", "--fork", "base_the_ville_persona_1", "--sim", sim, "-q"])
-        .arg("--storage")
-        .arg(root.join("storage"))
-        .arg("--seeds")
-        .arg(fs.join("storage"))
-        .arg("--assets")
-        .arg(fs.join("static_dirs/assets"))
-        .arg("--temp-storage")
-        .arg(root.join("temp_storage"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    c.args(["run", "--novis", "--provider", "scripted", "--fork", "base_the_ville_persona_1", "--sim", sim, "-q"]);
+    common::folder_args(&mut c, fs, root, "temp_storage");
+    c.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
 
 fn all_json_complete(dir: &Path) -> usize {
     let mut n = 0;
-    for e in walk(dir) {
+    for e in common::files_under(dir) {
         let name = e.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&e).unwrap();
         if name.ends_with(".json") {
@@ -46,19 +37,6 @@ fn all_json_complete(dir: &Path) -> usize {
         assert!(!name.ends_with(".tmp"), "temporary file left: {}", e.display());
     }
     n
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

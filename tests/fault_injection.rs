@@ -44,18 +44,7 @@ fn api_run_cmd(fs: &Path, root: &Path, sim: &str, extra: &[&str]) -> Command {
 }
 
 fn paths(c: &mut Command, fs: &Path, root: &Path) {
-    paths_with_temp(c, fs, root, "temp_storage");
-}
-
-fn paths_with_temp(c: &mut Command, fs: &Path, root: &Path, temp: &str) {
-    c.arg("--storage")
-        .arg(root.join("storage"))
-        .arg("--seeds")
-        .arg(fs.join("storage"))
-        .arg("--assets")
-        .arg(fs.join("static_dirs/assets"))
-        .arg("--temp-storage")
-        .arg(root.join(temp));
+    common::folder_args(c, fs, root, "temp_storage");
 }
 
 fn ok(out: Output) -> String {
@@ -77,22 +66,10 @@ fn original_loads(python: &str, sim: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 /// Every file of `a` and `b` is the same, except the LLM ledger (wall-clock times).
 fn assert_same_tree(a: &Path, b: &Path) {
     let list = |d: &Path| {
-        let mut v = Vec::new();
-        walk(d, &mut v);
+        let v = common::files_under(d);
         let mut v: Vec<PathBuf> = v.into_iter().map(|p| p.strip_prefix(d).unwrap().to_path_buf()).collect();
         v.retain(|p| p != Path::new("llm_ledger.jsonl"));
         v.sort();
@@ -208,9 +185,7 @@ fn kill9_at_20_moments_resumes_to_the_same_files() {
     let err = ok(run_cmd(&fs, root, "killed", &fast).arg("--resume").output().unwrap());
     eprintln!("{}", err.lines().last().unwrap_or(""));
     // Nothing of the killed processes is left: no temporary files, no half-made forks.
-    let mut files = Vec::new();
-    walk(&storage, &mut files);
-    for f in &files {
+    for f in &common::files_under(&storage) {
         let name = f.file_name().unwrap().to_string_lossy();
         assert!(!(name.starts_with(".propersim-") && name.ends_with(".tmp")), "left behind: {}", f.display());
     }
@@ -533,7 +508,7 @@ fn serve(fs: &Path, root: &Path, temp: &str, config: &Path, sim_args: &[&str], m
         None => Command::new(common::bin()),
     };
     c.arg("--config").arg(config).args(["serve", "--port", &port.to_string()]).args(sim_args);
-    paths_with_temp(&mut c, fs, root, temp);
+    common::folder_args(&mut c, fs, root, temp);
     let log = root.join(format!("{temp}.log"));
     let mut child = c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
     let t0 = Instant::now();

