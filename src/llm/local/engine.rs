@@ -132,7 +132,8 @@ struct Request {
 }
 
 enum Job {
-    Generate(Request),
+    /// Boxed: a request carries its grammar state, large beside the other jobs.
+    Generate(Box<Request>),
     Swap {
         model: EngineModel,
         version: u64,
@@ -220,7 +221,7 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<Generation>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Generate(Request { prompt, params, constraint, reply }))
+            .send(Job::Generate(Box::new(Request { prompt, params, constraint, reply })))
             .map_err(|_| anyhow!("the local model thread has stopped"))?;
         Ok(rx)
     }
@@ -346,7 +347,7 @@ impl Worker {
                     }
                     self.set_version(version);
                 }
-                Some(Job::Generate(req)) => self.start(req),
+                Some(Job::Generate(req)) => self.start(*req),
                 None => return,
             }
         }

@@ -490,9 +490,6 @@ impl BatchLm for DualBatch {
     }
 
     fn follow_adapters(&mut self, slot: Arc<AdapterSlot>) -> Result<()> {
-        if self.model.n_head % self.model.n_kv_head != 0 {
-            bail!("unsupported head layout for LoRA");
-        }
         self.slot = Some(slot);
         // Nothing adopted yet: the next request adopts the slot's current adapter.
         self.version = u64::MAX;
