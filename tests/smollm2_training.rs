@@ -20,7 +20,13 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = common::base_config(&fs, tmp.path(), "trained");
     cfg.set_all_providers(ProviderKind::Scripted);
-    cfg.roles.insert("assistant".into(), common::local_role(&gguf, 24));
+    // The original assistant's sampling (gpt_structure.py): without its repetition penalty,
+    // SmolLM2 copies the prompt's "No Recommendation" example into both candidates, and no
+    // pair ever forms.
+    let mut assistant = common::local_role(&gguf, 24);
+    (assistant.temperature, assistant.top_p, assistant.top_k, assistant.repeat_penalty) =
+        (Some(0.9), Some(0.9), Some(50), Some(1.5));
+    cfg.roles.insert("assistant".into(), assistant);
     let mut ev = RoleConfig::scripted();
     ev.provider = ProviderKind::OpenAi;
     ev.model = "mock-evaluator".into();
