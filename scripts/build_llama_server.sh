@@ -32,14 +32,20 @@ command -v cmake >/dev/null 2>&1 || "${pip[@]}" install cmake
 command -v ninja >/dev/null 2>&1 || "${pip[@]}" install ninja
 export PATH=$venv/bin:$PATH
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-spec=llama-cpp-python${LLAMA_CPP_PYTHON_VERSION:+==$LLAMA_CPP_PYTHON_VERSION}
-"${pip[@]}" download --no-deps --no-binary :all: --no-build-isolation "$spec" -d "$tmp/dl"
-sdist=$(ls "$tmp"/dl/llama_cpp_python-*.tar.gz)
-tar xzf "$sdist" -C "$tmp"
-src=$(ls -d "$tmp"/llama_cpp_python-*/vendor/llama.cpp)
-version=$(basename "$sdist" .tar.gz)
+# The sources stay in $out/src, so an interrupted build resumes where it stopped.
+if [ ! -f "$out/src/VERSION" ] || [ "${1:-}" = "--force" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  spec=llama-cpp-python${LLAMA_CPP_PYTHON_VERSION:+==$LLAMA_CPP_PYTHON_VERSION}
+  "${pip[@]}" download --no-deps --no-binary :all: --no-build-isolation "$spec" -d "$tmp/dl"
+  sdist=$(ls "$tmp"/dl/llama_cpp_python-*.tar.gz)
+  rm -rf "$out/src" "$out/build"
+  mkdir -p "$out/src"
+  tar xzf "$sdist" -C "$out/src" --strip-components=1
+  basename "$sdist" .tar.gz >"$out/src/VERSION"
+fi
+src=$out/src/vendor/llama.cpp
+version=$(cat "$out/src/VERSION")
 
 # Instruction sets: each ggml option on only if this CPU reports the flag.
 flags=" $(lscpu | sed -n 's/^Flags:[[:space:]]*//p') "
