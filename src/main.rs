@@ -109,6 +109,25 @@ enum LlmCmd {
         #[arg(long, value_name = "KIND")]
         provider: Option<String>,
     },
+    /// Serve a local GGUF over an OpenAI-compatible API (POST /v1/chat/completions, GET
+    /// /v1/models, GET /health); all requests share one engine, so concurrent ones are batched.
+    /// Threads: RAYON_NUM_THREADS (default: all cores).
+    Serve {
+        /// A .gguf file, a folder holding one, or a Hugging Face repo id.
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed at start).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Memory cap of the prefix KV cache in MiB (0 turns it off).
+        #[arg(long, default_value_t = propersim::llm::local::engine::DEFAULT_PREFIX_CACHE_MB)]
+        prefix_cache_mb: usize,
+        /// Most requests decoded together (1: one at a time).
+        #[arg(long, default_value_t = propersim::llm::local::engine::DEFAULT_MAX_BATCH)]
+        max_batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -486,6 +505,19 @@ async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
             set_provider(&mut cfg, &provider)?;
             let (size, norm) = propersim::llm::cli::embed(&cfg, &text).await?;
             println!("size={size} norm={norm:.4}");
+        }
+        LlmCmd::Serve { model, host, port, prefix_cache_mb, max_batch } => {
+            use propersim::llm::serve;
+            let opts = serve::ServeOptions { model, prefix_cache_mb, max_batch };
+            let served = Arc::new(tokio::task::block_in_place(|| serve::Served::load(&opts))?);
+            let (listener, addr) = serve::bind(&host, port).await?;
+            // Tests and scripts read this line for the address (with --port 0).
+            eprintln!("Serving {} on http://{addr}/v1 (max batch {max_batch}); Ctrl-C stops.", served.id());
+            serve::run(listener, served, async {
+                shutdown_signal().await;
+                eprintln!("\nStopping...");
+            })
+            .await?;
         }
     }
     Ok(())

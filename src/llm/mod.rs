@@ -11,6 +11,7 @@ pub mod http;
 pub mod ledger;
 pub mod local;
 pub mod openai;
+pub mod serve;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};

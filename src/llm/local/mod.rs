@@ -90,6 +90,15 @@ impl LocalProvider {
     /// Load the model `rc.model` names for `role` (chat model, or a BERT embedder for
     /// `Role::Embedding`). May download from the HF Hub when given a repo id.
     pub fn new(rc: &RoleConfig, role: Role) -> Result<LocalProvider> {
+        let options = EngineOptions {
+            prefix_cache_bytes: rc.prefix_cache_mb.unwrap_or(engine::DEFAULT_PREFIX_CACHE_MB) << 20,
+            ..EngineOptions::default()
+        };
+        LocalProvider::with_options(rc, role, options)
+    }
+
+    /// As [`LocalProvider::new`] with explicit scheduler settings (`llm serve --max-batch`).
+    pub fn with_options(rc: &RoleConfig, role: Role, options: EngineOptions) -> Result<LocalProvider> {
         if role == Role::Embedding {
             let emb = load_embedder(&rc.model)?;
             return Ok(LocalProvider { role, backend: Backend::Embed(Arc::new(emb)), model_name: rc.model.clone() });
@@ -108,10 +117,6 @@ impl LocalProvider {
         };
         let max_seq = model.max_seq_len();
         let grammars = Grammars::new(&tokenizer, meta.vocab_size.max(1))?;
-        let options = EngineOptions {
-            prefix_cache_bytes: rc.prefix_cache_mb.unwrap_or(engine::DEFAULT_PREFIX_CACHE_MB) << 20,
-            ..EngineOptions::default()
-        };
         let engine =
             Engine::with_options(model.into_engine_model(), tokenizer.special().stop_ids.clone(), max_seq, options)?;
         let defaults = SamplingParams {
@@ -181,6 +186,12 @@ impl LocalProvider {
     ) -> Result<()> {
         let single = Box::new(crate::model::llama::LlamaSession::following(base, slot.clone()));
         self.chat_backend()?.engine.follow_adapters(slot, single, version)
+    }
+
+    /// Whether `schema` compiles to an answer grammar, so a server can reject a bad one as the
+    /// caller's mistake before it reaches the engine.
+    pub fn check_schema(&self, schema: &serde_json::Value) -> Result<()> {
+        self.chat_backend()?.grammars.constraint(schema).map(drop)
     }
 
     /// The engine's counters (prefix-cache hits, batch sizes, ...).
