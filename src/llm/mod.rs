@@ -11,9 +11,11 @@ pub mod http;
 pub mod ledger;
 pub mod local;
 pub mod openai;
+pub mod providers;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};
+pub use providers::Providers;
 pub use task::{extract_json, object_schema, text_schema, token_bound, Task};
 
 use futures::future::BoxFuture;
