@@ -16,6 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -49,13 +50,46 @@ impl Setup {
     }
 }
 
-/// Run to completion and return the wall time.
-fn timed(mut c: Command) -> f64 {
-    let t0 = Instant::now();
+/// CPU seconds (user + system) of this process's finished children, from /proc/self/stat, so
+/// a figure taken on a shared machine can be told apart from the load around it.
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // After the command name: state is field 3, cutime 16 and cstime 17 (1-based), in ticks of 1/100 s.
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(16) + ticks(17)) / 100.0
+}
+
+/// Wall and CPU seconds of a run.
+#[derive(Default, Clone, Copy)]
+struct Took {
+    wall: f64,
+    cpu: f64,
+}
+
+impl std::ops::AddAssign for Took {
+    fn add_assign(&mut self, o: Took) {
+        self.wall += o.wall;
+        self.cpu += o.cpu;
+    }
+}
+
+/// Run to completion and return the wall and CPU time.
+fn timed(mut c: Command) -> Took {
+    let (t0, c0) = (Instant::now(), children_cpu());
     let out = c.output().expect("starting propersim");
-    let secs = t0.elapsed().as_secs_f64();
+    let took = Took { wall: t0.elapsed().as_secs_f64(), cpu: children_cpu() - c0 };
     assert!(out.status.success(), "{:?} failed:\n{}", c, String::from_utf8_lossy(&out.stderr));
-    secs
+    took
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// LLM calls and tokens of one sim's ledger, by role.
@@ -83,9 +117,10 @@ fn ledger_summary(sim: &Path) -> String {
 
 fn scripted(s: &Setup) {
     let (n, days) = (s.personas, s.days);
+    println!("load average before: {}", load());
     // Baseline: one process per persona, one day each, one after the other.
     let base = s.storage("single");
-    let mut single = 0.0;
+    let mut single = Took::default();
     for k in 1..=n {
         let seed = propersim::sim::sweep::persona_engine_seed(42, k).to_string();
         let (fork, sim) = (format!("base_the_ville_persona_{k}"), format!("single_p{k}"));
@@ -109,9 +144,14 @@ fn scripted(s: &Setup) {
         );
         single += timed(c);
     }
-    let per_day = single / n as f64;
-    println!("baseline: {n} sequential single runs of 1 day: {single:.1} s ({per_day:.2} s per persona-day)");
-    println!("  scaled to {n} x {days} days: {:.1} s", single * days as f64);
+    let scale = days as f64;
+    println!(
+        "baseline: {n} sequential single runs of 1 day: {:.1} s wall, {:.1} s CPU ({:.3} s wall per persona-day)",
+        single.wall,
+        single.cpu,
+        single.wall / n as f64
+    );
+    println!("  scaled to {n} x {days} days: {:.1} s wall, {:.1} s CPU", single.wall * scale, single.cpu * scale);
     println!("one persona-day's ledger (persona 1, scripted: tokens are chars/4 estimates):");
     print!("{}", ledger_summary(&base.join("single_p1")));
 
@@ -125,18 +165,41 @@ fn scripted(s: &Setup) {
     let sweep = timed(c);
     let steps = n as u64 * days * 576;
     println!(
-        "sweep: {n} personas x {days} days in one process: {sweep:.1} s ({:.0} steps/s, {:.3} ms/step)",
-        steps as f64 / sweep,
-        sweep * 1000.0 / steps as f64
+        "sweep: {n} personas x {days} days in one process: {:.1} s wall ({:.0} steps/s, {:.3} ms/step), {:.1} s CPU",
+        sweep.wall,
+        steps as f64 / sweep.wall,
+        sweep.wall * 1000.0 / steps as f64,
+        sweep.cpu
     );
-    println!("  {:.2}x faster than the scaled sequential baseline", single * days as f64 / sweep);
+    println!(
+        "  {:.2}x faster than the scaled sequential baseline (wall); CPU {:.2}x the baseline's",
+        single.wall * scale / sweep.wall,
+        sweep.cpu / (single.cpu * scale)
+    );
+    println!("load average after: {}", load());
+    println!("persona 1's ledger in the sweep, by day (requests / prompt tokens / completion tokens):");
+    print!("{}", ledger_by_day(&storage.join("bench_p1")));
+}
+
+/// Requests and tokens of one sim's ledger per simulated day (576 steps).
+fn ledger_by_day(sim: &Path) -> String {
+    let mut days: BTreeMap<u64, [u64; 3]> = BTreeMap::new();
+    for line in std::fs::read_to_string(sim.join("llm_ledger.jsonl")).expect("a ledger").lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let e = days.entry(v["step"].as_u64().unwrap_or(0) / 576 + 1).or_default();
+        e[0] += v["attempts"].as_u64().unwrap_or(1);
+        e[1] += v["prompt_tokens"].as_u64().unwrap_or(0);
+        e[2] += v["completion_tokens"].as_u64().unwrap_or(0);
+    }
+    days.iter().map(|(d, t)| format!("  day {d:>2}: {:>6} {:>10} {:>8}\n", t[0], t[1], t[2])).collect()
 }
 
 fn mock(s: &Setup) {
     let n = s.personas;
     // The server runs on its own threads, as a real one would.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let opts = common::mock_llm::MockOptions { latency: Duration::from_millis(s.latency_ms), imperfect: false };
+    let latency = Duration::from_millis(s.latency_ms);
+    let opts = common::mock_llm::MockOptions { latency, embed_latency: latency, imperfect: false };
     let (base_url, mock) = rt.block_on(common::mock_llm::start_mock_with(opts));
     let cfg_path = s.dir.path().join("mock.toml");
     let mut toml = String::from("[sim]\ntrain_method = \"none\"\n");
@@ -154,8 +217,10 @@ fn mock(s: &Setup) {
         &base,
         &["--config", cfg, "run", "--novis", "-q", "--fork", "base_the_ville_persona_1", "--sim", "one", "--days", "1"],
     );
-    let one = timed(c);
-    let requests_one = mock.n.load(std::sync::atomic::Ordering::SeqCst);
+    println!("load average before: {}", load());
+    let one = timed(c).wall;
+    let count = || mock.n.load(Ordering::SeqCst) + mock.embeds.load(Ordering::SeqCst);
+    let requests_one = count();
     println!(
         "baseline: one persona's day against the {} ms mock: {one:.1} s, {requests_one} requests; x {n} = {:.0} s",
         s.latency_ms,
@@ -169,14 +234,15 @@ fn mock(s: &Setup) {
     *mock.total_in_flight.lock().unwrap() = (0, 0);
     let c =
         s.cmd(&storage, &["--config", cfg, "sweep", "--name", "mock", "-q", "--personas", &personas, "--days", "1"]);
-    let sweep = timed(c);
-    let requests = mock.n.load(std::sync::atomic::Ordering::SeqCst) - requests_one;
+    let sweep = timed(c).wall;
+    let requests = count() - requests_one;
     let peak = mock.total_in_flight.lock().unwrap().1;
     println!(
         "sweep: {n} personas x 1 day in one process: {sweep:.1} s, {requests} requests ({:.0}/s), at most {peak} in flight",
         requests as f64 / sweep
     );
     println!("  {:.1}x faster than {n} sequential persona-days", one * n as f64 / sweep);
+    println!("load average after: {}", load());
 }
 
 fn main() {

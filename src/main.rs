@@ -444,8 +444,13 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
     let s2 = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        eprintln!("\nInterrupted: each running sim finishes its step and saves...");
+        eprintln!("\nInterrupted: each running sim finishes its step and saves (again to quit at once)...");
         s2.store(true, Ordering::SeqCst);
+        // A step waiting on a slow model can take long; every file is written atomically and
+        // each sim resumes from its last checkpoint, so quitting at once loses nothing finished.
+        shutdown_signal().await;
+        eprintln!("Quitting now; rerun the same command to resume.");
+        std::process::exit(130);
     });
     let shard = a.shard.map(|s| format!(", shard {}/{}", s.index, s.count)).unwrap_or_default();
     eprintln!(

@@ -276,6 +276,9 @@ struct Display {
     failed: AtomicU64,
 }
 
+/// How long a sim steps before it lets the others run (see `run_sim`).
+const YIELD_AFTER: Duration = Duration::from_millis(20);
+
 /// How often a sweep without a terminal logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -449,6 +452,7 @@ async fn run_sim(
     };
     show(&engine);
     let mut status = SimStatus::Done;
+    let mut slice = Instant::now();
     while engine.next_step < target {
         if stop.load(Ordering::SeqCst) {
             status = SimStatus::Stopped("interrupted".into());
@@ -470,8 +474,15 @@ async fn run_sim(
         if engine.next_step.is_multiple_of(24) {
             show(&engine);
         }
-        // A scripted step never waits: let the other sims, the display and Ctrl-C run.
-        tokio::task::yield_now().await;
+        // A scripted step never waits, so without this one sim would hold its worker thread
+        // to the end. Yielding after every step instead interleaves all sims step by step,
+        // and each step then starts with another sim's memory out of the CPU caches (measured:
+        // twice the CPU time for 32 sims); a time slice keeps both the locality and a display
+        // and Ctrl-C that answer within milliseconds.
+        if slice.elapsed() >= YIELD_AFTER {
+            tokio::task::yield_now().await;
+            slice = Instant::now();
+        }
     }
     line.finish_and_clear();
     if let Err(e) = engine.save_personas() {

@@ -11,7 +11,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub struct Mock {
+    /// Chat requests answered.
     pub n: AtomicU64,
+    /// Embeddings requests answered.
+    pub embeds: AtomicU64,
     /// Requests in flight and the most seen at once, per model.
     pub in_flight: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Requests in flight over all models, and the most seen at once.
@@ -24,13 +27,19 @@ pub struct Mock {
 pub struct MockOptions {
     /// Time before each chat answer.
     pub latency: std::time::Duration,
+    /// Time before each embeddings answer.
+    pub embed_latency: std::time::Duration,
     /// Wrap some replies in prose and cut some in half, as real models do.
     pub imperfect: bool,
 }
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { latency: std::time::Duration::from_millis(2), imperfect: true }
+        MockOptions {
+            latency: std::time::Duration::from_millis(2),
+            embed_latency: std::time::Duration::ZERO,
+            imperfect: true,
+        }
     }
 }
 
@@ -179,7 +188,17 @@ async fn chat(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value>
     }))
 }
 
-async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
+async fn embeddings(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value> {
+    m.embeds.fetch_add(1, Ordering::SeqCst);
+    if !m.opts.embed_latency.is_zero() {
+        {
+            let mut t = m.total_in_flight.lock().unwrap();
+            t.0 += 1;
+            t.1 = t.1.max(t.0);
+        }
+        tokio::time::sleep(m.opts.embed_latency).await;
+        m.total_in_flight.lock().unwrap().0 -= 1;
+    }
     let inputs: Vec<String> = match &req["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
@@ -208,6 +227,7 @@ pub async fn start_mock() -> (String, Arc<Mock>) {
 pub async fn start_mock_with(opts: MockOptions) -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock {
         n: AtomicU64::new(0),
+        embeds: AtomicU64::new(0),
         in_flight: Default::default(),
         total_in_flight: Default::default(),
         opts,
