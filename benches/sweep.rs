@@ -176,6 +176,33 @@ fn scripted(s: &Setup) {
         single.wall * scale / sweep.wall,
         sweep.cpu / (single.cpu * scale)
     );
+    // The same sims one at a time in one process: what the days themselves cost (later days
+    // retrieve over more memory), apart from running sims side by side.
+    let storage1 = s.storage("one_at_a_time");
+    let c = s.cmd(
+        &storage1,
+        &[
+            "sweep",
+            "--name",
+            "bench",
+            "-q",
+            "--provider",
+            "scripted",
+            "--personas",
+            &personas,
+            "--days",
+            &days_s,
+            "--concurrency",
+            "1",
+        ],
+    );
+    let one = timed(c);
+    println!(
+        "same sweep with --concurrency 1 (sims one after another): {:.1} s wall, {:.1} s CPU; the concurrent sweep is {:.2}x faster (wall)",
+        one.wall,
+        one.cpu,
+        one.wall / sweep.wall
+    );
     println!("load average after: {}", load());
     println!("persona 1's ledger in the sweep, by day (requests / prompt tokens / completion tokens):");
     print!("{}", ledger_by_day(&storage.join("bench_p1")));
