@@ -441,17 +441,7 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
         progress: !a.quiet,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        eprintln!("\nInterrupted: each running sim finishes its step and saves (again to quit at once)...");
-        s2.store(true, Ordering::SeqCst);
-        // A step waiting on a slow model can take long; every file is written atomically and
-        // each sim resumes from its last checkpoint, so quitting at once loses nothing finished.
-        shutdown_signal().await;
-        eprintln!("Quitting now; rerun the same command to resume.");
-        std::process::exit(130);
-    });
+    watch_signals(stop.clone());
     let shard = a.shard.map(|s| format!(", shard {}/{}", s.index, s.count)).unwrap_or_default();
     eprintln!(
         "Sweep `{}` (mode {}): personas {}{shard}, {} day(s) each.",
@@ -460,7 +450,7 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
         sweep::ranges(&a.personas.0),
         a.days
     );
-    let summary = sweep::run(&cfg, &opts, stop).await?;
+    let summary = sweep::run(&cfg, &opts, stop.clone()).await?;
     for s in &summary.sims {
         match &s.status {
             SimStatus::Done => {}
@@ -487,6 +477,9 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} sims failed (see above); the others ran", summary.sims.len());
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Err(propersim::sim::headless::Interrupted.into());
     }
     eprintln!("Aggregate: propersim report --sweep {}", a.name);
     Ok(())

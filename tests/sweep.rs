@@ -313,21 +313,24 @@ fn ctrl_c_and_kill_9_resume_to_the_uninterrupted_sweep() {
     let args = ["--personas", "1-3", "--days", "1", "--concurrency", "2"];
     ok(sweep_cmd(&fs, &whole, "r", &args).output().unwrap());
 
-    // Ctrl-C: every running sim finishes its step and saves; the command says how to go on.
+    // Ctrl-C: every running sim drops its step in flight and saves its last complete one; the
+    // command says how to go on and exits with 130, as `run` does.
     let child = sweep_cmd(&fs, &cut, "r", &args).spawn().unwrap();
     wait_for_steps(&cut, "r", &personas, 150);
     let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
-    assert!(out.status.success(), "a stopped sweep is not a failure: {err}");
-    assert!(err.contains("stopped (interrupted") && err.contains("Rerun the same command"), "{err}");
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("r_p1 stopped (interrupted)") && err.contains("Rerun the same command"), "{err}");
+    assert!(err.contains("r_p3 stopped (interrupted before it started)"), "{err}");
     let after_int = steps_done(&cut, "r", &personas);
     assert!(after_int < 3 * 576, "Ctrl-C came too late ({after_int} steps)");
     for k in [1, 2] {
-        let cp = tree(&cut.join(format!("r_p{k}/state")));
-        let done = std::fs::read_dir(cut.join(format!("r_p{k}/movement"))).unwrap().count();
-        assert!(cp.contains_key(Path::new(&format!("checkpoint-{done}.json"))), "p{k} saved its last step");
+        let state = tree(&cut.join(format!("r_p{k}/state")));
+        assert!(state.keys().any(|p| p.to_string_lossy().starts_with("checkpoint-")), "p{k} has a checkpoint");
+        let meta = std::fs::read_to_string(cut.join(format!("r_p{k}/reverie/meta.json"))).unwrap();
+        assert!(serde_json::from_str::<Value>(&meta).unwrap()["step"].as_u64().unwrap() > 0, "p{k} saved");
     }
 
     // Resume, then kill -9 part-way, then resume to the end.

@@ -393,10 +393,10 @@ mod tests {
     #[test]
     fn intervals_follow_students_t() {
         let s = Stat::of(&[1.0, 2.0, 3.0, 4.0]);
-        // mean 2.5, s = 1.290994, t(3) = 3.182446: half = 3.182446 * 1.290994 / 2 = 2.054275.
+        // mean 2.5, s = 1.290994, t(3) = 3.182446: half = 3.182446 * 1.290994 / 2 = 2.054260.
         assert!((s.mean.unwrap() - 2.5).abs() < 1e-12);
-        assert!((s.ci95_low.unwrap() - (2.5 - 2.054275)).abs() < 1e-5, "{s:?}");
-        assert!((s.ci95_high.unwrap() - (2.5 + 2.054275)).abs() < 1e-5);
+        assert!((s.ci95_low.unwrap() - (2.5 - 2.054260)).abs() < 1e-5, "{s:?}");
+        assert!((s.ci95_high.unwrap() - (2.5 + 2.054260)).abs() < 1e-5);
         assert_eq!(s.n, 4);
         assert_eq!(Stat::of(&[3.0]), Stat { mean: Some(3.0), ci95_low: None, ci95_high: None, n: 1 });
         assert_eq!(Stat::of(&[]).n, 0);

@@ -10,7 +10,8 @@
 //! - Sharing: one [`Shared`] set of providers, training bases and the map for all sims (see
 //!   `llm::Providers`); each sim keeps its own cache, ledger, adapters and state.
 //! - Resuming: rerunning the command continues every sim from its checkpoint (a sim forked but
-//!   never stepped is forked again); finished sims are left alone.
+//!   never stepped is forked again); finished sims are left alone. Ctrl-C (or SIGTERM) drops
+//!   each running sim's step in flight, as `run` does, and saves its last complete one.
 //! - Sharding: `--shard I/N` keeps the personas with `k mod N = I`, so N machines over shared
 //!   storage split a sweep without talking to each other.
 //! - Failure: a sim that fails (a missing or broken seed, a provider error) stops alone, with its
@@ -25,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
+use super::headless::step_or_stop;
 use super::setup::{ensure_assets_for, open_engine_shared, Open, Shared};
 use super::Engine;
 use crate::config::Config;
@@ -352,7 +354,7 @@ impl Display {
 }
 
 /// Run the sweep: this shard's personas, `concurrency` at a time, until each has lived
-/// `opts.days` days or `stop` is raised (each running sim then finishes its step and saves).
+/// `opts.days` days or `stop` is raised (each running sim then drops its step in flight and saves).
 pub async fn run(cfg: &Config, opts: &SweepOptions, stop: Arc<AtomicBool>) -> Result<SweepSummary> {
     if opts.personas.is_empty() {
         bail!("the sweep names no personas");
@@ -459,16 +461,24 @@ async fn run_sim(
             break;
         }
         let r = match engine.write_next_environment() {
-            Ok(()) => engine.step().await.map(|_| ()),
+            Ok(()) => step_or_stop(&mut engine, stop).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = r {
-            // Over budget is a clean stop: the step was not written, the sim resumes later.
-            status = match e.downcast_ref::<BudgetExceeded>() {
-                Some(b) => SimStatus::Stopped(format!("{b}; raise budget_usd and rerun")),
-                None => SimStatus::Failed(format!("step {}: {e:#}", engine.next_step)),
-            };
-            break;
+        match r {
+            Ok(true) => {}
+            // Ctrl-C dropped the step in flight; the sim is back at its last complete step.
+            Ok(false) => {
+                status = SimStatus::Stopped("interrupted".into());
+                break;
+            }
+            Err(e) => {
+                // Over budget is a clean stop: the step was not written, the sim resumes later.
+                status = match e.downcast_ref::<BudgetExceeded>() {
+                    Some(b) => SimStatus::Stopped(format!("{b}; raise budget_usd and rerun")),
+                    None => SimStatus::Failed(format!("step {}: {e:#}", engine.next_step)),
+                };
+                break;
+            }
         }
         display.overall.inc(1);
         if engine.next_step.is_multiple_of(24) {
