@@ -80,10 +80,17 @@ enum Command {
         #[command(subcommand)]
         what: LlmCmd,
     },
-    /// Per-day metrics of a sim: table (or --json); writes metrics.json, metrics.csv, metrics.svg.
+    /// Run many personas' sims in one process (the paper's experiment), sharing providers.
+    Sweep(SweepArgs),
+    /// Per-day metrics of a sim (or, with --sweep, the mean over a sweep's personas with 95%
+    /// intervals): table (or --json); writes metrics.json, metrics.csv, metrics.svg.
     Report {
         /// The sim code (folder under storage/).
-        sim: String,
+        #[arg(required_unless_present = "sweep", conflicts_with = "sweep")]
+        sim: Option<String>,
+        /// A sweep's name: aggregate its sims `NAME_p<k>` into storage/NAME/metrics.*.
+        #[arg(long, value_name = "NAME")]
+        sweep: Option<String>,
         /// Print the metrics as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -206,6 +213,55 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The sweep's name: its sims are NAME_p<k>, its manifest and report are in NAME/.
+    #[arg(long)]
+    name: String,
+    /// Persona numbers: ranges and lists, e.g. 1-32 or 1,4,9-12 (seeds base_the_ville_persona_<k>).
+    #[arg(long, default_value = "1-32", value_parser = clap::value_parser!(propersim::sim::sweep::PersonaList))]
+    personas: propersim::sim::sweep::PersonaList,
+    /// Run each sim until it has lived this many days in total (576 steps each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    days: u64,
+    /// Only the personas k with k mod N = I (for N machines: a Slurm array, a k8s indexed Job).
+    #[arg(long, value_name = "I/N", value_parser = clap::value_parser!(propersim::sim::sweep::Shard))]
+    shard: Option<propersim::sim::sweep::Shard>,
+    /// Sims stepping at once (default: all of this shard's).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// Set every role's provider: local, openai, gemini, or scripted.
+    #[arg(long, value_name = "KIND")]
+    provider: Option<String>,
+    /// LLM reply cache of each sim: record (default), replay, off.
+    #[arg(long, default_value = "record", value_name = "MODE")]
+    llm_cache: String,
+    /// Set any [sim] setting, e.g. --set train_method=kto (the same for every persona).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    paths: PathArgs,
+}
+
+impl SweepArgs {
+    /// The run options every sim shares, as `run` takes them.
+    fn sim_args(&self) -> SimArgs {
+        SimArgs {
+            fork: None,
+            sim: None,
+            resume: false,
+            force: false,
+            provider: self.provider.clone(),
+            llm_cache: self.llm_cache.clone(),
+            sets: self.sets.clone(),
+            paths: self.paths.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -390,6 +446,64 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
+    use propersim::sim::sweep::{self, SimStatus};
+    let sim_args = a.sim_args();
+    let cfg = load_config(cli_config, &sim_args)?;
+    let opts = sweep::SweepOptions {
+        name: a.name.clone(),
+        personas: a.personas.0.clone(),
+        days: a.days,
+        shard: a.shard,
+        concurrency: a.concurrency.map(|k| k as usize),
+        cache: cache_mode(&sim_args)?,
+        progress: !a.quiet,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let shard = a.shard.map(|s| format!(", shard {}/{}", s.index, s.count)).unwrap_or_default();
+    eprintln!(
+        "Sweep `{}` (mode {}): personas {}{shard}, {} day(s) each.",
+        a.name,
+        cfg.sim.train_mode_label(),
+        sweep::ranges(&a.personas.0),
+        a.days
+    );
+    let summary = sweep::run(&cfg, &opts, stop.clone()).await?;
+    for s in &summary.sims {
+        match &s.status {
+            SimStatus::Done => {}
+            SimStatus::Stopped(why) => eprintln!("  {} stopped ({why})", s.sim),
+            SimStatus::Failed(why) => eprintln!("  {} FAILED: {why}", s.sim),
+        }
+    }
+    let failed = summary.failed().count();
+    eprintln!(
+        "{} sims: {} done, {} stopped, {} failed; {} steps in {:.1}s ({:.0} steps/s).",
+        summary.sims.len(),
+        summary.done(),
+        summary.stopped(),
+        failed,
+        summary.steps,
+        summary.seconds,
+        summary.steps as f64 / summary.seconds.max(1e-9)
+    );
+    if summary.sims.is_empty() {
+        eprintln!("This shard holds none of the personas: nothing to do.");
+    }
+    if summary.stopped() > 0 || failed > 0 {
+        eprintln!("Rerun the same command to continue: finished sims are kept, the others resume.");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} sims failed (see above); the others ran", summary.sims.len());
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Err(propersim::sim::headless::Interrupted.into());
+    }
+    eprintln!("Aggregate: propersim report --sweep {}", a.name);
+    Ok(())
+}
+
 async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
     if let Some(g) = &a.llm {
         let g = g.clone();
@@ -523,6 +637,22 @@ async fn llm_cmd(cli_config: Option<&PathBuf>, what: LlmCmd) -> Result<()> {
     Ok(())
 }
 
+/// Resolves at the first Ctrl-C (SIGINT) or SIGTERM: a server's graceful shutdown.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
 /// The first Ctrl-C (SIGINT) or SIGTERM raises `stop`: the step in flight is cancelled, the last
 /// complete step is kept and saved, and the command exits with 130. A second one exits at once.
 fn watch_signals(stop: Arc<AtomicBool>) {
@@ -642,10 +772,16 @@ async fn main() -> ExitCode {
             Ok(())
         })(),
         Command::Llm { what } => llm_cmd(cfg.as_ref(), what).await,
-        Command::Report { sim, json, paths } => (|| {
+        Command::Sweep(a) => sweep(cfg.as_ref(), a).await,
+        Command::Report { sim, sweep, json, paths } => (|| {
             let mut c = Config::load(cfg.as_deref())?;
             apply_paths(&mut c, &paths);
-            print!("{}", propersim::report::run_report_command(&c.paths.storage, &sim, json)?);
+            let text = match (sweep, sim) {
+                (Some(name), _) => propersim::report::sweep::run_report_command(&c.paths.storage, &name, json)?,
+                (None, Some(sim)) => propersim::report::run_report_command(&c.paths.storage, &sim, json)?,
+                (None, None) => anyhow::bail!("name a sim, or a sweep with --sweep NAME"),
+            };
+            print!("{text}");
             Ok(())
         })(),
         Command::Assets { what: AssetsCmd::Fetch { url, paths } } => {

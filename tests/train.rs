@@ -453,6 +453,7 @@ fn worker_publishes_new_versions_while_the_caller_runs_and_reports_failures() ->
         initial: None,
         slot: slot.clone(),
         base_model_name: "tiny".into(),
+        queue: None,
     })?;
     let mut session = LlamaSession::following(model.clone(), slot.clone());
     assert_eq!(session.adapter_version(), 0);
@@ -834,6 +835,7 @@ async fn worker_results_can_be_awaited_without_blocking_async_tasks() -> Result<
         initial: None,
         slot: slot.clone(),
         base_model_name: "tiny".into(),
+        queue: None,
     })?;
     let ticks = Arc::new(AtomicU64::new(0));
     let t2 = ticks.clone();
@@ -851,5 +853,33 @@ async fn worker_results_can_be_awaited_without_blocking_async_tasks() -> Result<
     assert_eq!(res.version, 1);
     assert_eq!(slot.current().day, Some(2));
     assert!(ticks.load(Ordering::SeqCst) > 1, "async tasks kept running while training");
+    Ok(())
+}
+
+/// Workers sharing a queue (the sims of a sweep) train one at a time: while the queue is held,
+/// a submitted job waits; once it is free, the job runs.
+#[test]
+fn workers_sharing_a_queue_wait_their_turn() -> Result<()> {
+    let queue = Arc::new(std::sync::Mutex::new(()));
+    let model = Arc::new(tiny_llama(DType::F32, 16, true));
+    let slot = Arc::new(AdapterSlot::default());
+    let mut worker = TrainWorker::spawn(WorkerSetup {
+        model,
+        formatter: Arc::new(ByteChat),
+        initial: None,
+        slot: slot.clone(),
+        base_model_name: "tiny".into(),
+        queue: Some(queue.clone()),
+    })?;
+    let mut cfg = toy_cfg(Method::Dpo);
+    cfg.epochs = 1;
+    let held = queue.lock().unwrap();
+    worker.submit(TrainJob { day: 1, pairs: toy_pairs(), config: cfg, adapter_dir: None, metrics_path: None })?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(worker.try_result().is_none(), "the job trained while another held the queue");
+    assert_eq!(slot.version(), 0);
+    drop(held);
+    let res = worker.wait_result().expect("a result").map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(res.version, 1);
     Ok(())
 }

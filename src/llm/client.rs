@@ -6,7 +6,8 @@
 //! [`Llm::with_ledger`]), which keeps `llm_cache/` and `llm_ledger.jsonl` in `storage/<sim>/`.
 //!
 //! Providers are built on first use, so a replayed run never loads a local model nor needs an
-//! API key; call [`Llm::prepare`] to build them all up front and fail fast on bad settings.
+//! API key; call [`Llm::prepare`] to build them all up front and fail fast on bad settings. They
+//! come from a [`Providers`] set, which a sweep shares between its sims ([`Llm::with_providers`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,9 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use super::cache::{embed_key, lock, reply_key, CacheMiss, CacheMode, CachedReply, LlmCache};
-use super::gemini::GeminiProvider;
 use super::http::{counting_retries, estimate_tokens};
 use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
-use super::openai::OpenAiProvider;
+use super::providers::Providers;
 use super::task::token_bound;
 use super::{AnswerSchema, ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
 use crate::config::{Config, ProviderKind, Role, RoleConfig};
@@ -71,16 +71,12 @@ pub struct Llm {
     /// Time spent inside the scripted brain (its replies, their parsing, its embeddings), so a
     /// benchmark can tell the engine's own cost from the brain's.
     scripted_nanos: AtomicU64,
-    /// Local chat models by (model, chat template): roles that name the same model share one
-    /// copy and its thread instead of loading it once per role (the default configuration puts
-    /// every chat role on the same model). Requests carry their role's sampling, so sharing
-    /// changes no reply. The trained assistant is not in here: it gets its own copy, whose
+    /// Where role providers come from: roles that name the same local model or HTTP endpoint
+    /// share one (the default configuration puts every chat role on the same model), and so do
+    /// the sims of a sweep. The trained assistant is not in here: it gets its own copy, whose
     /// adapters must not reach the other roles.
-    local_models: tokio::sync::Mutex<HashMap<LocalModelKey, Arc<dyn ChatProvider>>>,
+    providers: Arc<Providers>,
 }
-
-/// A local chat model's identity: the `model` setting and the chat template override.
-type LocalModelKey = (String, Option<String>);
 
 /// Adds the time from its start to its drop to a counter.
 struct ScriptedTimer<'a>(&'a AtomicU64, Instant);
@@ -127,7 +123,7 @@ impl Llm {
             fallbacks: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             scripted_nanos: AtomicU64::new(0),
-            local_models: tokio::sync::Mutex::new(HashMap::new()),
+            providers: Providers::new(),
         })
     }
 
@@ -152,6 +148,13 @@ impl Llm {
         let path = path.into();
         self.ledger = Ledger::open(&path).with_context(|| format!("opening the LLM ledger {}", path.display()))?;
         Ok(self)
+    }
+
+    /// Take role providers from `providers` (shared with other clients) instead of a set of
+    /// its own. Call before any provider is used.
+    pub fn with_providers(mut self, providers: Arc<Providers>) -> Llm {
+        self.providers = providers;
+        self
     }
 
     /// Serve `role` with a ready-made provider and these settings (sampling, prices, model).
@@ -504,9 +507,10 @@ impl Llm {
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
-    /// How many local chat models this client has loaded (roles naming the same model share one).
+    /// How many local chat models this client's provider set has loaded (roles naming the same
+    /// model share one).
     pub async fn local_models_loaded(&self) -> usize {
-        self.local_models.lock().await.len()
+        self.providers.local_models_loaded().await
     }
 
     /// Seconds spent in the scripted brain so far.
@@ -524,44 +528,7 @@ impl Llm {
             bail!("role {} uses the scripted brain", slot.role);
         };
         let p = cell
-            .get_or_try_init(|| async {
-                let (rc, role) = (slot.rc.clone(), slot.role);
-                match rc.provider {
-                    ProviderKind::OpenAi => Ok(Arc::new(OpenAiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
-                    ProviderKind::Gemini => Ok(Arc::new(GeminiProvider::new(&rc)?) as Arc<dyn ChatProvider>),
-                    // Loading a model is slow blocking work: keep it off the async workers.
-                    ProviderKind::Local if role == Role::Embedding => {
-                        tokio::task::spawn_blocking(move || build_local(&rc, role))
-                            .await
-                            .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))?
-                    }
-                    ProviderKind::Local => {
-                        // Held while loading, so two roles starting together load the model once.
-                        let mut shared = self.local_models.lock().await;
-                        let key = (rc.model.clone(), rc.chat_template.clone());
-                        if let Some(p) = shared.get(&key) {
-                            return Ok(p.clone());
-                        }
-                        // Sampling defaults come from each request (`sampling_of` its role), not
-                        // from whichever role loaded the model first.
-                        let neutral = RoleConfig {
-                            temperature: None,
-                            top_p: None,
-                            top_k: None,
-                            max_tokens: None,
-                            repeat_penalty: None,
-                            seed: None,
-                            ..rc
-                        };
-                        let p = tokio::task::spawn_blocking(move || build_local(&neutral, role))
-                            .await
-                            .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))??;
-                        shared.insert(key, p.clone());
-                        Ok(p)
-                    }
-                    ProviderKind::Scripted => bail!("role {role} uses the scripted brain"),
-                }
-            })
+            .get_or_try_init(|| self.providers.get(slot.role, &slot.rc))
             .await
             .with_context(|| format!("setting up the `{}` provider for role {}", slot.rc.provider, slot.role))?;
         Ok(p.clone())
@@ -650,13 +617,6 @@ pub fn sampling_of(rc: &RoleConfig) -> Sampling {
         repeat_penalty: rc.repeat_penalty,
         seed: rc.seed,
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The single place where `provider = "local"` is built.
-// ---------------------------------------------------------------------------------------------
-fn build_local(rc: &RoleConfig, role: Role) -> Result<Arc<dyn ChatProvider>> {
-    Ok(Arc::new(crate::llm::local::LocalProvider::new(rc, role)?))
 }
 
 /// The "defaults" error text: why the local model is unavailable, and exactly how to point the

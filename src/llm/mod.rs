@@ -11,10 +11,12 @@ pub mod http;
 pub mod ledger;
 pub mod local;
 pub mod openai;
+pub mod providers;
 pub mod serve;
 pub mod task;
 
 pub use client::{Llm, TaskOutcome};
+pub use providers::Providers;
 pub use task::{extract_json, object_schema, text_schema, token_bound, Task};
 
 use futures::future::BoxFuture;

@@ -91,35 +91,55 @@ fn series(
     svg.push_str("</g>\n");
 }
 
-/// The chart for simulation `sim`. Days without an evaluated step leave a gap in the score line.
-pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let bottom = TOP + plot_h;
-    let right = LEFT + plot_w;
-    let rate_max = rate_axis_max(days);
-    let n = days.len().max(1) as f64;
-    let x_of = |i: usize| LEFT + (i as f64 + 0.5) * plot_w / n;
-    let y_score = |v: f64| bottom - v.clamp(0.0, SCORE_MAX) / SCORE_MAX * plot_h;
-    let y_rate = |v: f64| bottom - v.clamp(0.0, rate_max) / rate_max * plot_h;
+/// The plot area's geometry for `n` days.
+struct Plot {
+    n: f64,
+    w: f64,
+    h: f64,
+    bottom: f64,
+    right: f64,
+}
 
-    let mut svg = String::new();
+impl Plot {
+    fn new(days: usize) -> Plot {
+        let (w, h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+        Plot { n: days.max(1) as f64, w, h, bottom: TOP + h, right: LEFT + w }
+    }
+    fn x(&self, i: usize) -> f64 {
+        LEFT + (i as f64 + 0.5) * self.w / self.n
+    }
+    fn y_score(&self, v: f64) -> f64 {
+        self.bottom - v.clamp(0.0, SCORE_MAX) / SCORE_MAX * self.h
+    }
+}
+
+/// A right-hand axis: its label, color and top value.
+struct RightAxis<'a> {
+    label: &'a str,
+    color: &'a str,
+    max: f64,
+}
+
+/// The document's start and its title, shrunk for long names instead of overflowing.
+fn open_svg(svg: &mut String, title: &str) {
     let _ = writeln!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="13">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    // Long sim names (the original's TRAIN_MODE labels) shrink the title instead of overflowing.
-    let title = format!("Daily mean score and recommendations per awake hour: {sim}");
     let title_size = (17.0 * 85.0 / title.chars().count() as f64).clamp(8.0, 17.0);
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="{title_size:.1}" font-weight="bold">{}</text>"#,
         WIDTH / 2.0,
-        xml(&title)
+        xml(title)
     );
+}
 
-    // Gridlines and both y axes, four intervals each.
+/// Gridlines, the 0–4 score axis on the left, an optional right axis (four intervals each), and
+/// the day labels.
+fn axes(svg: &mut String, p: &Plot, dates: &[&str], right_axis: Option<&RightAxis>) {
+    let (bottom, right, plot_w, plot_h) = (p.bottom, p.right, p.w, p.h);
     svg.push_str("<g id=\"axes\">\n");
     for k in 0..=4 {
         let y = bottom - k as f64 / 4.0 * plot_h;
@@ -134,13 +154,16 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
             y + 4.5,
             k
         );
-        let _ = writeln!(
-            svg,
-            r#"  <text x="{:.1}" y="{:.1}" text-anchor="start" fill="{RATE_COLOR}">{}</text>"#,
-            right + 8.0,
-            y + 4.5,
-            trim_num(rate_max * k as f64 / 4.0)
-        );
+        if let Some(a) = right_axis {
+            let _ = writeln!(
+                svg,
+                r#"  <text x="{:.1}" y="{:.1}" text-anchor="start" fill="{}">{}</text>"#,
+                right + 8.0,
+                y + 4.5,
+                a.color,
+                trim_num(a.max * k as f64 / 4.0)
+            );
+        }
     }
     let _ = writeln!(
         svg,
@@ -152,16 +175,20 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         LEFT - 45.0,
         TOP + plot_h / 2.0
     );
-    let _ = writeln!(
-        svg,
-        r#"  <text transform="translate({:.1},{:.1}) rotate(90)" text-anchor="middle" fill="{RATE_COLOR}" font-size="14">Recommendations per awake hour</text>"#,
-        right + 48.0,
-        TOP + plot_h / 2.0
-    );
+    if let Some(a) = right_axis {
+        let _ = writeln!(
+            svg,
+            r#"  <text transform="translate({:.1},{:.1}) rotate(90)" text-anchor="middle" fill="{}" font-size="14">{}</text>"#,
+            right + 48.0,
+            TOP + plot_h / 2.0,
+            a.color,
+            xml(a.label)
+        );
+    }
     // Label at most ~20 days so rotated labels never overlap; every day keeps its tick.
-    let label_every = days.len().div_ceil(20).max(1);
-    for (i, d) in days.iter().enumerate() {
-        let x = x_of(i);
+    let label_every = dates.len().div_ceil(20).max(1);
+    for (i, d) in dates.iter().enumerate() {
+        let x = p.x(i);
         let _ = writeln!(
             svg,
             r##"  <line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444444"/>"##,
@@ -175,7 +202,7 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
             r#"  <text transform="translate({:.1},{:.1}) rotate(-40)" text-anchor="end">{}</text>"#,
             x + 4.0,
             bottom + 18.0,
-            xml(&d.date)
+            xml(d)
         );
     }
     let _ = writeln!(
@@ -184,7 +211,7 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         LEFT + plot_w / 2.0,
         HEIGHT - 12.0
     );
-    if days.is_empty() {
+    if dates.is_empty() {
         let _ = writeln!(
             svg,
             r##"  <text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888888">no step with an assistant suggestion yet</text>"##,
@@ -193,6 +220,26 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         );
     }
     svg.push_str("</g>\n");
+}
+
+/// The chart for simulation `sim`. Days without an evaluated step leave a gap in the score line.
+pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
+    let p = Plot::new(days.len());
+    let rate_max = rate_axis_max(days);
+    let x_of = |i: usize| p.x(i);
+    let y_score = |v: f64| p.y_score(v);
+    let y_rate = |v: f64| p.bottom - v.clamp(0.0, rate_max) / rate_max * p.h;
+    let right = p.right;
+
+    let mut svg = String::new();
+    open_svg(&mut svg, &format!("Daily mean score and recommendations per awake hour: {sim}"));
+    let dates: Vec<&str> = days.iter().map(|d| d.date.as_str()).collect();
+    axes(
+        &mut svg,
+        &p,
+        &dates,
+        Some(&RightAxis { label: "Recommendations per awake hour", color: RATE_COLOR, max: rate_max }),
+    );
 
     let score_pts: Vec<Option<(f64, f64)>> =
         days.iter().enumerate().map(|(i, d)| d.mean_score.map(|v| (x_of(i), y_score(v)))).collect();
@@ -241,6 +288,87 @@ pub fn render_svg(sim: &str, days: &[DayMetrics]) -> String {
         ly - 4.0
     );
     let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Recs per awake hour</text>"#, lx2 + 36.0, ly + 4.5);
+    svg.push_str("</g>\n</svg>\n");
+    svg
+}
+
+/// One day of a score averaged over several sims: its mean, its 95% interval, how many sims.
+pub struct BandPoint<'a> {
+    pub date: &'a str,
+    pub mean: Option<f64>,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub n: u64,
+}
+
+/// The paper's figure for a sweep: the mean score per day over its sims, with the 95% interval
+/// as a shaded band (`<g id="band-mean-score">`, one polygon per run of days that have one) under
+/// the line (`series-mean-score`).
+pub fn render_score_band_svg(title: &str, points: &[BandPoint]) -> String {
+    let p = Plot::new(points.len());
+    let mut svg = String::new();
+    open_svg(&mut svg, title);
+    let dates: Vec<&str> = points.iter().map(|d| d.date).collect();
+    axes(&mut svg, &p, &dates, None);
+    let bands: Vec<Option<(f64, f64, f64)>> = points
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match (d.low, d.high) {
+            (Some(lo), Some(hi)) => Some((p.x(i), p.y_score(lo), p.y_score(hi))),
+            _ => None,
+        })
+        .collect();
+    let _ = writeln!(svg, r#"<g id="band-mean-score" fill="{SCORE_COLOR}" fill-opacity="0.2" stroke="none">"#);
+    for run in bands.split(|b| b.is_none()).filter(|r| !r.is_empty()) {
+        let run: Vec<(f64, f64, f64)> = run.iter().flatten().copied().collect();
+        // A single day gets a narrow bar so its interval still shows.
+        let widen = if run.len() == 1 { 6.0 } else { 0.0 };
+        let upper = run.iter().map(|(x, _, hi)| format!("{:.1},{hi:.1}", x - widen));
+        let lower = run.iter().rev().map(|(x, lo, _)| format!("{:.1},{lo:.1}", x + widen));
+        let pts: Vec<String> = if widen > 0.0 {
+            let (x, lo, hi) = run[0];
+            vec![
+                format!("{:.1},{hi:.1}", x - widen),
+                format!("{:.1},{hi:.1}", x + widen),
+                format!("{:.1},{lo:.1}", x + widen),
+                format!("{:.1},{lo:.1}", x - widen),
+            ]
+        } else {
+            upper.chain(lower).collect()
+        };
+        let _ = writeln!(svg, r#"  <polygon points="{}"/>"#, pts.join(" "));
+    }
+    svg.push_str("</g>\n");
+    let pts: Vec<Option<(f64, f64)>> =
+        points.iter().enumerate().map(|(i, d)| d.mean.map(|v| (p.x(i), p.y_score(v)))).collect();
+    let tips: Vec<String> = points
+        .iter()
+        .map(|d| {
+            let interval = match (d.low, d.high) {
+                (Some(lo), Some(hi)) => format!(", 95% interval {lo:.3}–{hi:.3}"),
+                _ => String::new(),
+            };
+            let mean = d.mean.map_or("-".to_owned(), |v| format!("{v:.3}"));
+            format!("{}: mean score {mean}{interval} over {} personas", d.date, d.n)
+        })
+        .collect();
+    series(&mut svg, "series-mean-score", SCORE_COLOR, false, false, &pts, &tips);
+    let (lx, ly) = (p.right - 300.0, TOP - 22.0);
+    let _ = writeln!(svg, r#"<g id="legend" font-size="13">"#);
+    let _ = writeln!(
+        svg,
+        r#"  <line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{SCORE_COLOR}" stroke-width="2.5"/>"#,
+        lx + 28.0
+    );
+    let _ = writeln!(svg, r#"  <circle cx="{:.1}" cy="{ly:.1}" r="4.5" fill="{SCORE_COLOR}"/>"#, lx + 14.0);
+    let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">Mean over personas</text>"#, lx + 36.0, ly + 4.5);
+    let lx2 = lx + 165.0;
+    let _ = writeln!(
+        svg,
+        r#"  <rect x="{lx2:.1}" y="{:.1}" width="28" height="12" fill="{SCORE_COLOR}" fill-opacity="0.2"/>"#,
+        ly - 6.0
+    );
+    let _ = writeln!(svg, r#"  <text x="{:.1}" y="{:.1}">95% interval</text>"#, lx2 + 36.0, ly + 4.5);
     svg.push_str("</g>\n</svg>\n");
     svg
 }

@@ -208,6 +208,8 @@ struct DayAcc {
     norec: ScoreAcc,
     /// dimension -> (passes, evaluated)
     dims: HashMap<String, (u64, u64)>,
+    /// The same, over the steps whose shown candidate was a recommendation.
+    rec_dims: HashMap<String, (u64, u64)>,
 }
 
 /// Sum and count of scores where an unparseable score adds 0 to the sum and 1 to the count.
@@ -265,33 +267,89 @@ fn add_record(days: &mut IndexMap<String, DayAcc>, rec: &Value, path: &Path, lin
     else {
         return Ok(());
     };
+    // Whether the shown candidate was a recommendation: the record's `no_rec` flag, or else its text.
+    let shown_norec = match rec.get("no_rec").and_then(Value::as_array).and_then(|v| v.get(shown as usize)) {
+        Some(flag) => flag.as_bool().unwrap_or(false),
+        None => rec
+            .get("candidates")
+            .and_then(Value::as_array)
+            .and_then(|c| c.get(shown as usize))
+            .and_then(Value::as_str)
+            .is_some_and(is_no_recommendation),
+    };
     for (name, res) in dims {
         // `{"score": 0|1, "reason": ...}`, or a bare score.
         let score = Score::from_json(if res.is_object() { res.get("score") } else { Some(res) });
-        let acc = day.dims.entry(name.clone()).or_default();
-        match score {
-            Score::Missing => {}
-            Score::Unparseable => acc.1 += 1,
-            Score::Value(v) => {
-                acc.1 += 1;
-                if v > 0.0 {
-                    acc.0 += 1;
-                }
-            }
+        tally(day.dims.entry(name.clone()).or_default(), score);
+        if !shown_norec {
+            tally(day.rec_dims.entry(name.clone()).or_default(), score);
         }
     }
     Ok(())
 }
 
+/// Count one dimension result into (passes, evaluated).
+fn tally(acc: &mut (u64, u64), score: Score) {
+    match score {
+        Score::Missing => {}
+        Score::Unparseable => acc.1 += 1,
+        Score::Value(v) => {
+            acc.1 += 1;
+            if v > 0.0 {
+                acc.0 += 1;
+            }
+        }
+    }
+}
+
+/// Pass rate per dimension, the rubric's order first; dimensions never evaluated are left out.
+fn pass_rates(dims: &HashMap<String, (u64, u64)>) -> IndexMap<String, f64> {
+    order_dimensions(dims.keys().map(String::as_str))
+        .into_iter()
+        .filter_map(|name| {
+            let (pass, n) = dims[&name];
+            (n > 0).then(|| (name, pass as f64 / n as f64))
+        })
+        .collect()
+}
+
+/// One day of a sim with what the aggregate over a sweep needs beyond [`DayMetrics`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayDetail {
+    pub metrics: DayMetrics,
+    /// Dimension pass rates over the steps whose shown suggestion was a recommendation (a
+    /// "No Recommendation" passes most checks trivially, so it would flatter the rates).
+    pub rec_dimensions: IndexMap<String, f64>,
+}
+
+/// A sim's days, and how many of them are over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimDays {
+    pub days: Vec<DayDetail>,
+    /// Days whose every step has its movement file: the movement files, counted from step 0,
+    /// divided by the steps in a day (the seeds start at midnight). The last day of a sim that
+    /// is still running is partial and not counted.
+    pub complete_days: usize,
+}
+
 /// Compute the per-day metrics of the simulation folder `sim_dir`.
 pub fn compute(sim_dir: &Path) -> Result<Vec<DayMetrics>> {
+    Ok(compute_detailed(sim_dir)?.days.into_iter().map(|d| d.metrics).collect())
+}
+
+/// The per-day metrics of `sim_dir` with the recommendation-only dimension pass rates, and the
+/// number of complete days.
+pub fn compute_detailed(sim_dir: &Path) -> Result<SimDays> {
     let meta = read_meta(sim_dir)?;
     let files = movement_files(sim_dir)?;
+    let steps_per_day = (86_400.0 / meta.sec_per_step).round().max(1.0) as usize;
+    let contiguous = files.iter().enumerate().take_while(|(i, (step, _))| *i as u64 == *step).count();
+    let complete_days = contiguous / steps_per_day;
     let mut rows = Vec::with_capacity(files.len());
     for (step, path) in &files {
         rows.push(read_step(*step, path)?);
     }
-    let Some(assistant) = pick_assistant(&meta, &rows)? else { return Ok(Vec::new()) };
+    let Some(assistant) = pick_assistant(&meta, &rows)? else { return Ok(SimDays { days: Vec::new(), complete_days }) };
 
     let mut days: IndexMap<String, DayAcc> = IndexMap::new();
     for row in &rows {
@@ -317,17 +375,11 @@ pub fn compute(sim_dir: &Path) -> Result<Vec<DayMetrics>> {
         add_record(&mut days, rec, &records, i + 1)?;
     }
 
-    Ok(days
+    let days = days
         .into_iter()
-        .map(|(date, d)| {
-            let dimensions = order_dimensions(d.dims.keys().map(String::as_str))
-                .into_iter()
-                .filter_map(|name| {
-                    let (pass, n) = d.dims[&name];
-                    (n > 0).then(|| (name, pass as f64 / n as f64))
-                })
-                .collect();
-            DayMetrics {
+        .map(|(date, d)| DayDetail {
+            rec_dimensions: pass_rates(&d.rec_dims),
+            metrics: DayMetrics {
                 date,
                 steps: d.steps,
                 mean_score: d.all.mean(),
@@ -338,10 +390,11 @@ pub fn compute(sim_dir: &Path) -> Result<Vec<DayMetrics>> {
                 success_rate: d.all.success_rate(),
                 // recs / (steps · sec_per_step / 3600), ordered so 150 s/step gives exact decimals.
                 recs_per_awake_hour: d.recs as f64 * 3600.0 / (d.steps as f64 * meta.sec_per_step),
-                dimensions,
-            }
+                dimensions: pass_rates(&d.dims),
+            },
         })
-        .collect())
+        .collect();
+    Ok(SimDays { days, complete_days })
 }
 
 #[cfg(test)]

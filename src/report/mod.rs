@@ -5,10 +5,12 @@
 //!
 //! - [`metrics`]: reading movement files and records, the metric definitions.
 //! - [`table`]: the aligned text table and the CSV.
-//! - [`chart`]: the hand-written SVG chart.
+//! - [`chart`]: the hand-written SVG charts.
+//! - [`sweep`]: the aggregate over a sweep's personas (`report --sweep`), from the same metrics.
 
 pub mod chart;
 pub mod metrics;
+pub mod sweep;
 pub mod table;
 
 use std::path::{Path, PathBuf};

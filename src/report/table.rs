@@ -16,7 +16,7 @@ fn all_dimensions(days: &[DayMetrics]) -> Vec<String> {
 }
 
 /// A CSV field per RFC 4180: quoted when it holds a comma, quote or line break.
-fn csv_field(s: &str) -> String {
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -400,6 +400,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the sim in `sim` has finished a step (has a checkpoint to resume from). A sim
+    /// without one was forked but never stepped, so forking it again loses nothing.
+    pub fn has_checkpoint(sim: &SimDir) -> Result<bool> {
+        Ok(!checkpoints(&sim.path(CHECKPOINT_DIR))?.is_empty())
+    }
+
     /// Embeddings of remembered interactions (after a resume they come from the cache).
     /// (Logs of earlier versions did not keep the vectors; they are embedded once here.)
     async fn ensure_embeddings(&mut self) -> Result<()> {

@@ -1,14 +1,15 @@
 //! From configuration to a ready engine: assets, fork or resume, maze, LLM client.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
+use super::training::TrainShare;
 use super::Engine;
 use crate::config::Config;
 use crate::llm::cache::CacheMode;
-use crate::llm::Llm;
+use crate::llm::{Llm, Providers};
 use crate::storage::sim::write_handshake;
 use crate::storage::SimDir;
 use crate::world::maze::Maze;
@@ -30,8 +31,15 @@ pub fn seed_dirs(cfg: &Config) -> Vec<PathBuf> {
 
 /// Fetch the map and seeds on first use when they are absent.
 pub fn ensure_assets(cfg: &Config) -> Result<()> {
+    ensure_assets_for(cfg, std::slice::from_ref(&cfg.sim.fork))
+}
+
+/// Fetch the map and seeds when the map is missing or none of `seeds` is found. When some are
+/// found, nothing is fetched: the seeds are there, and a missing one is that sim's error (a
+/// sweep's other sims go on), not a reason to download.
+pub fn ensure_assets_for(cfg: &Config, seeds: &[String]) -> Result<()> {
     let map_ok = crate::assets::map_present(&cfg.paths.assets);
-    let seed_ok = SimDir::find_seed(&cfg.paths.storage, &seed_dirs(cfg), &cfg.sim.fork).is_ok();
+    let seed_ok = seeds.iter().any(|s| SimDir::find_seed(&cfg.paths.storage, &seed_dirs(cfg), s).is_ok());
     if map_ok && seed_ok {
         return Ok(());
     }
@@ -42,7 +50,42 @@ pub fn ensure_assets(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// What the sims of one process share: the role providers (one HTTP client per endpoint, one
+/// loaded local model per file), the trained assistants' bases and training queue, and the map.
+/// A single run makes its own; a sweep hands one to all its sims.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub providers: Arc<Providers>,
+    pub training: Arc<TrainShare>,
+    maze: Arc<Mutex<Option<Arc<Maze>>>>,
+}
+
+impl Shared {
+    /// The map, loaded on first use.
+    pub fn maze(&self, cfg: &Config) -> Result<Arc<Maze>> {
+        let mut m = self.maze.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(maze) = m.as_ref() {
+            return Ok(maze.clone());
+        }
+        let maze = Arc::new(
+            Maze::load(&cfg.paths.assets)
+                .with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?,
+        );
+        *m = Some(maze.clone());
+        Ok(maze)
+    }
+}
+
+/// Open one sim on its own, and tell the web page's handshake (`temp_storage`) about it.
 pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine> {
+    let engine = open_engine_shared(cfg, open, cache, &Shared::default())?;
+    write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
+    Ok(engine)
+}
+
+/// Open one sim that takes its providers, training base and map from `shared`. Its cache,
+/// ledger, adapters and state stay its own.
+pub fn open_engine_shared(cfg: &Config, open: Open, cache: CacheMode, shared: &Shared) -> Result<Engine> {
     let storage = &cfg.paths.storage;
     let fork = |force: bool| {
         let label = cfg.sim.train_mode_label();
@@ -62,12 +105,9 @@ pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine>
         }
         Open::Fork | Open::Force => fork(open == Open::Force)?,
     };
-    let maze = Arc::new(
-        Maze::load(&cfg.paths.assets)
-            .with_context(|| format!("loading the map from {}", cfg.paths.assets.display()))?,
-    );
-    let llm = Llm::for_sim(cfg, &sim.root, cache)?;
-    let (llm, training) = super::training::attach(cfg, &sim.root, llm)?;
+    let maze = shared.maze(cfg)?;
+    let llm = Llm::for_sim(cfg, &sim.root, cache)?.with_providers(shared.providers.clone());
+    let (llm, training) = super::training::attach(cfg, &sim.root, llm, &shared.training)?;
     let llm = Arc::new(llm);
     let mut engine = Engine::open(cfg.clone(), sim, maze, llm.clone())?;
     if let Some(mut t) = training {
@@ -76,6 +116,5 @@ pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine>
         engine.token_counter = Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4)));
         engine.hook = Some(Box::new(t));
     }
-    write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
     Ok(engine)
 }

@@ -4,8 +4,9 @@
 //! has not finished). Inference follows the worker's adapter slot, so the swap is atomic and
 //! happens between two prompts, never inside one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
@@ -75,9 +76,42 @@ pub struct Training {
     pending: Option<u32>,
 }
 
+/// What the trained assistants of the sims in one process share: each base model loaded once
+/// (the f32 copy training needs is ~4 bytes a weight, far too much to hold once per sim), and
+/// one queue that runs their training jobs one at a time, so a sweep's sims reaching a day's
+/// end together do not each claim every core and all that memory at once. Each sim keeps its
+/// own adapter, slot and inference copy, so no sim's training reaches another.
+#[derive(Default)]
+pub struct TrainShare {
+    bases: Mutex<HashMap<PathBuf, Arc<Llama>>>,
+    queue: Arc<Mutex<()>>,
+}
+
+impl TrainShare {
+    /// The training base of `gguf`, loaded on first use.
+    fn base(&self, gguf: &Path) -> Result<Arc<Llama>> {
+        let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = bases.get(gguf) {
+            return Ok(m.clone());
+        }
+        let device = crate::train::pick_device();
+        let model = Arc::new(
+            Llama::load_gguf(gguf, crate::train::model_dtype(&device), &device)
+                .with_context(|| format!("loading {} for training", gguf.display()))?,
+        );
+        bases.insert(gguf.to_path_buf(), model.clone());
+        Ok(model)
+    }
+
+    /// How many training bases are loaded.
+    pub fn bases_loaded(&self) -> usize {
+        self.bases.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// Attach training to the assistant's local model, if the configuration asks for it. Returns
 /// the LLM client (with the assistant's provider following the adapter slot) and the hook.
-pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Training>)> {
+pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Result<(Llm, Option<Training>)> {
     let method = match cfg.sim.train_method {
         TrainMethod::None => return Ok((llm, None)),
         TrainMethod::Dpo => Method::Dpo,
@@ -96,11 +130,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
     }
     let provider = Arc::new(LocalProvider::new(&rc, Role::Assistant)?);
     let gguf = crate::llm::local::resolve_gguf(&rc.model, Role::Assistant)?;
-    let device = crate::train::pick_device();
-    let model = Arc::new(
-        Llama::load_gguf(&gguf, crate::train::model_dtype(&device), &device)
-            .with_context(|| format!("loading {} for training", gguf.display()))?,
-    );
+    let model = share.base(&gguf)?;
     let adapters = sim_root.join("adapters");
     // A resumed run continues from its newest adapter.
     let (initial, published) = match adapter::latest_day(&adapters)? {
@@ -132,6 +162,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm) -> Result<(Llm, Option<Tr
         initial,
         slot,
         base_model_name: rc.model.clone(),
+        queue: Some(share.queue.clone()),
     })?;
     let llm = llm.with_provider(Role::Assistant, rc, provider.clone());
     llm.set_adapter_version(Role::Assistant, version);

@@ -9,5 +9,6 @@ pub use atomic::{
     sync_dir, sync_file, truncate_lines, write_atomic, write_json_py,
 };
 pub mod sim;
+pub mod sweep;
 
 pub use sim::{EnvTile, Environment, Meta, SimDir};

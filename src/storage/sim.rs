@@ -124,12 +124,17 @@ impl SimDir {
             .prefix(&format!("{FORK_PREFIX}{sim}-{}-", std::process::id()))
             .tempdir_in(storage)
             .with_context(|| format!("creating a temporary folder in {}", storage.display()))?;
+        // Say which machine forks: over shared storage (a sweep's shards), another machine's
+        // process ids mean nothing here, and its fork in progress must not look abandoned.
+        let host_file = tmp.path().join(FORK_HOST_FILE);
+        fs::write(&host_file, this_host()).with_context(|| format!("writing {}", host_file.display()))?;
         copy_tree(&src, tmp.path())?;
         let mut sd = SimDir { root: tmp.path().to_path_buf(), code: sim.to_string() };
         let mut meta = sd.meta()?;
         meta.fork_sim_code = seed.to_string();
         edit(&mut meta);
         sd.write_meta(&meta)?;
+        fs::remove_file(&host_file).with_context(|| format!("removing {}", host_file.display()))?;
         if dst.exists() {
             let old = storage.join(format!("{REPLACED_PREFIX}{sim}-{}", std::process::id()));
             fs::rename(&dst, &old)?;
@@ -237,12 +242,24 @@ struct Leftover {
     pid: Option<u32>,
 }
 
+/// A file in a fork's temporary folder holding the name of the machine making it (removed before
+/// the folder is renamed into place).
+const FORK_HOST_FILE: &str = ".propersim-fork-host";
+
+/// This machine's name (empty where the system does not say).
+fn this_host() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
 impl Leftover {
     fn owner_alive(&self) -> bool {
+        let host = fs::read_to_string(self.path.join(FORK_HOST_FILE)).map(|h| h.trim().to_string());
+        let elsewhere = host.is_ok_and(|h| !h.is_empty() && h != this_host());
         match self.pid {
-            Some(pid) if pid == std::process::id() => true,
-            Some(pid) if Path::new("/proc/self").exists() => Path::new(&format!("/proc/{pid}")).exists(),
-            // No way to ask: trust a folder younger than an hour (a fork takes seconds).
+            Some(pid) if !elsewhere && pid == std::process::id() => true,
+            Some(pid) if !elsewhere && Path::new("/proc/self").exists() => Path::new(&format!("/proc/{pid}")).exists(),
+            // No way to ask (another machine's fork, or an old-style name): trust a folder
+            // younger than an hour (a fork takes seconds).
             _ => fs::metadata(&self.path)
                 .and_then(|m| m.modified())
                 .ok()
@@ -348,5 +365,29 @@ mod tests {
         assert!(!dead.exists() && live.exists(), "only the dead process's folder goes");
         assert!(legacy.exists(), "a recent folder of unknown owner is kept");
         assert!(!SimDir::fork_interrupted(storage, "my-sim"));
+        // Over shared storage: another machine's fork in progress (its pid is not ours to ask
+        // about) is kept; this machine's dead one still goes.
+        let remote = storage.join(".fork-shard-4194304999-r1");
+        let local = storage.join(".fork-shard2-4194304999-r2");
+        fs::create_dir_all(&remote).unwrap();
+        fs::create_dir_all(&local).unwrap();
+        fs::write(remote.join(FORK_HOST_FILE), format!("not-{}", this_host())).unwrap();
+        fs::write(local.join(FORK_HOST_FILE), this_host()).unwrap();
+        assert!(!SimDir::fork_interrupted(storage, "shard"));
+        SimDir::sweep_stale_forks(storage).unwrap();
+        assert!(remote.exists() && !local.exists());
+    }
+
+    #[test]
+    fn a_finished_fork_holds_no_host_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let seeds = d.path().join("seeds");
+        fs::create_dir_all(seeds.join("seed/reverie")).unwrap();
+        let meta = r#"{"fork_sim_code": "x", "start_date": "February 13, 2025", "curr_time": "February 13, 2025, 00:00:00", "sec_per_step": 150, "maze_name": "the_ville", "persona_names": ["A", "B"], "step": 0}"#;
+        fs::write(seeds.join("seed/reverie/meta.json"), meta).unwrap();
+        let storage = d.path().join("storage");
+        let sd = SimDir::fork_with(&storage, &[seeds], "seed", "s", false, |_| {}).unwrap();
+        assert!(sd.path("reverie/meta.json").is_file());
+        assert!(!sd.path(FORK_HOST_FILE).exists());
     }
 }

@@ -69,6 +69,8 @@ pub struct WorkerSetup {
     pub slot: Arc<AdapterSlot>,
     /// Written into `adapter_config.json`.
     pub base_model_name: String,
+    /// Held while a job trains: workers of several sims that share it train one at a time.
+    pub queue: Option<Arc<std::sync::Mutex<()>>>,
 }
 
 impl TrainWorker {
@@ -124,6 +126,7 @@ fn worker_loop(setup: WorkerSetup, jobs: std::sync::mpsc::Receiver<TrainJob>, re
     let mut adapter = setup.initial;
     while let Ok(job) = jobs.recv() {
         let day = job.day;
+        let _turn = setup.queue.as_ref().map(|q| q.lock().unwrap_or_else(|e| e.into_inner()));
         let run = catch_unwind(AssertUnwindSafe(|| {
             run_job(&setup.model, setup.formatter.as_ref(), &mut adapter, &setup.slot, &setup.base_model_name, job)
         }));

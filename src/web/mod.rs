@@ -3,7 +3,8 @@
 //! Routes (see protocol.md §1): `/`, `/simulator_home`, `/replay/<sim>/<step>/`,
 //! `/demo/<sim>/<step>/<speed>/`, `/replay_persona_state/<sim>/<step>/<persona>/`,
 //! `/process_environment/`, `/update_environment/`, `/path_tester/`, `/path_tester_update/`,
-//! `/static/...`, plus our `/live_control/` (pause/play of an in-process run).
+//! `/static/...`, plus our `/live_control/` (pause/play of an in-process run) and `/sweeps/`,
+//! `/sweeps/<name>/` (the aggregate report of a sweep).
 
 pub mod api;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod render;
 pub mod server;
 pub mod sim_files;
 pub mod slash;
+pub mod sweeps;
 pub mod test_double;
 pub mod validate;
 
@@ -155,6 +157,8 @@ pub fn router(state: AppState) -> Router {
         .route("/path_tester/", get(pages::path_tester))
         .route("/path_tester_update/", post(api::path_tester_update).route_layer(same_origin.clone()))
         .route("/live_control/", get(api::live_state).merge(post(api::live_control).route_layer(same_origin)))
+        .route("/sweeps/", get(sweeps::list))
+        .route("/sweeps/{name}/", get(sweeps::show))
         .merge(static_files)
         .fallback(slash::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -11,9 +11,36 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub struct Mock {
+    /// Chat requests answered.
     pub n: AtomicU64,
+    /// Embeddings requests answered.
+    pub embeds: AtomicU64,
     /// Requests in flight and the most seen at once, per model.
     pub in_flight: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Requests in flight over all models, and the most seen at once.
+    pub total_in_flight: std::sync::Mutex<(u64, u64)>,
+    pub opts: MockOptions,
+}
+
+/// How the mock behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct MockOptions {
+    /// Time before each chat answer.
+    pub latency: std::time::Duration,
+    /// Time before each embeddings answer.
+    pub embed_latency: std::time::Duration,
+    /// Wrap some replies in prose and cut some in half, as real models do.
+    pub imperfect: bool,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            latency: std::time::Duration::from_millis(2),
+            embed_latency: std::time::Duration::ZERO,
+            imperfect: true,
+        }
+    }
 }
 
 fn h(s: &str) -> u64 {
@@ -137,15 +164,21 @@ async fn chat(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value>
         let e = f.entry(model.clone()).or_insert((0, 0));
         e.0 += 1;
         e.1 = e.1.max(e.0);
+        let mut t = m.total_in_flight.lock().unwrap();
+        t.0 += 1;
+        t.1 = t.1.max(t.0);
     }
-    // A little latency, so concurrent calls overlap as they would against a real server.
-    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    // Latency, so concurrent calls overlap as they would against a real server.
+    tokio::time::sleep(m.opts.latency).await;
     m.in_flight.lock().unwrap().get_mut(&model).unwrap().0 -= 1;
+    m.total_in_flight.lock().unwrap().0 -= 1;
     let body = answer(&user, &system);
     // Real models ramble: wrap some replies, break a few.
     let text = match n % 17 {
-        3 => format!("Sure! Here is my answer:\n```json\n{body}\n```\nLet me know if you need more."),
-        7 => body[..body.len() / 2].to_string(),
+        3 if m.opts.imperfect => {
+            format!("Sure! Here is my answer:\n```json\n{body}\n```\nLet me know if you need more.")
+        }
+        7 if m.opts.imperfect => body[..body.len() / 2].to_string(),
         _ => body,
     };
     Json(json!({
@@ -155,7 +188,17 @@ async fn chat(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value>
     }))
 }
 
-async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
+async fn embeddings(State(m): State<Arc<Mock>>, Json(req): Json<Value>) -> Json<Value> {
+    m.embeds.fetch_add(1, Ordering::SeqCst);
+    if !m.opts.embed_latency.is_zero() {
+        {
+            let mut t = m.total_in_flight.lock().unwrap();
+            t.0 += 1;
+            t.1 = t.1.max(t.0);
+        }
+        tokio::time::sleep(m.opts.embed_latency).await;
+        m.total_in_flight.lock().unwrap().0 -= 1;
+    }
     let inputs: Vec<String> = match &req["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
@@ -178,7 +221,17 @@ async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
 }
 
 pub async fn start_mock() -> (String, Arc<Mock>) {
-    let mock = Arc::new(Mock { n: AtomicU64::new(0), in_flight: Default::default() });
+    start_mock_with(MockOptions::default()).await
+}
+
+pub async fn start_mock_with(opts: MockOptions) -> (String, Arc<Mock>) {
+    let mock = Arc::new(Mock {
+        n: AtomicU64::new(0),
+        embeds: AtomicU64::new(0),
+        in_flight: Default::default(),
+        total_in_flight: Default::default(),
+        opts,
+    });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
