@@ -181,12 +181,16 @@ impl SweepSummary {
     }
 }
 
-/// The `[sim]` settings a sweep's sims share (everything but the per-sim `fork` and `sim`, and
-/// `visualization`: a sweep is headless).
+/// `[sim]` settings that do not decide what a sweep's sims compute: the per-sim `fork` and `sim`,
+/// `visualization` (a sweep is headless), and how a run is operated: `budget_usd` (raised to
+/// continue a sim that hit it) and `durable` (whether each step is flushed to disk).
+const NOT_SHARED: [&str; 5] = ["fork", "sim", "visualization", "budget_usd", "durable"];
+
+/// The `[sim]` settings every sim of a sweep must share, as recorded in `sweep.json`.
 pub fn shared_settings(cfg: &Config) -> Result<Value> {
     let mut v = serde_json::to_value(&cfg.sim)?;
     if let Value::Object(m) = &mut v {
-        for k in ["fork", "sim", "visualization"] {
+        for k in NOT_SHARED {
             m.shift_remove(k);
         }
     }
