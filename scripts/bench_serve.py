@@ -182,14 +182,14 @@ def as_suggestion(text):
 
 
 class Client:
-    def __init__(self, base_url, model, timeout):
+    def __init__(self, base_url, model, timeout, temperature):
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.timeout = model, timeout
+        self.model, self.timeout, self.temperature = model, timeout, temperature
 
     def ask(self, name, messages, schema, seed):
         body = {
             "model": self.model, "messages": messages, "stream": False,
-            "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repeat_penalty": 1.1, "seed": seed,
+            "temperature": self.temperature, "top_p": 0.9, "top_k": 50, "repeat_penalty": 1.1, "seed": seed,
             "max_tokens": token_bound(schema),
             "response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}},
         }
@@ -209,7 +209,7 @@ class Client:
             value, ok = None, False
         usage = reply.get("usage") or {}
         return {
-            "ok": ok, "value": value if ok else None, "content": content,
+            "name": name, "ok": ok, "value": value if ok else None, "content": content,
             "seconds": time.perf_counter() - t0,
             "prompt_tokens": usage.get("prompt_tokens", 0),
             "completion_tokens": usage.get("completion_tokens", 0),
@@ -226,12 +226,13 @@ def first_model(base_url, timeout):
 def run(args):
     persona, assistant = load_personas(args.persona)
     model = args.model or first_model(args.base_url, args.timeout)
-    client = Client(args.base_url, model, args.timeout)
+    client = Client(args.base_url, model, args.timeout, args.temperature)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=12)
     # Warm-up (page-in, thread pools), on a prompt unlike the trace's.
     client.ask("warmup", [{"role": "user", "content": "Say hi as JSON."}], SUGGEST_SCHEMA, 1)
 
     amem, emem, results, steps = [], [], [], []
+    load_start = os.getloadavg()[0]
     t_all = time.perf_counter()
     for step in range(args.steps):
         t = START + datetime.timedelta(seconds=STEP_SECONDS * step)
@@ -266,12 +267,16 @@ def run(args):
               file=sys.stderr, flush=True)
     wall = time.perf_counter() - t_all
     n = len(results)
+    step_s = sorted(s["seconds"] for s in steps)
     out = {
         "label": args.label, "base_url": args.base_url, "model": model, "steps": args.steps, "requests": n,
-        "wall_s": wall, "requests_per_s": n / wall, "mean_step_s": sum(s["seconds"] for s in steps) / len(steps),
+        "temperature": args.temperature, "load_start": load_start, "load_end": os.getloadavg()[0],
+        "wall_s": wall, "requests_per_s": n / wall, "mean_step_s": sum(step_s) / len(steps),
+        "median_step_s": (step_s[(len(step_s) - 1) // 2] + step_s[len(step_s) // 2]) / 2,
         "mean_suggest_s": sum(s["suggest_s"] for s in steps) / len(steps),
         "mean_evaluate_s": sum(s["evaluate_s"] for s in steps) / len(steps),
         "valid_share": sum(r["ok"] for r in results) / n,
+        "step_s": [s["seconds"] for s in steps],
         "invalid_examples": [r["content"][:160] for r in results if not r["ok"]][:3],
         "finish_length": sum(r["finish_reason"] == "length" for r in results),
         "prompt_tokens": sum(r["prompt_tokens"] for r in results),
@@ -279,6 +284,12 @@ def run(args):
         "completion_tokens": sum(r["completion_tokens"] for r in results),
     }
     out["completion_tokens_per_s"] = out["completion_tokens"] / wall
+    out["completion_tokens_per_request"] = out["completion_tokens"] / n
+    if args.dump:
+        with open(args.dump, "w") as f:
+            for r in results:
+                f.write(json.dumps({k: r[k] for k in ("name", "ok", "content", "seconds", "prompt_tokens",
+                                                      "cached_tokens", "completion_tokens", "finish_reason")}) + "\n")
     return out
 
 
@@ -288,6 +299,8 @@ def main():
     ap.add_argument("--model", help="the request's model field (default: the first of /v1/models)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--temperature", type=float, default=0.7, help="0.7: the local default; 0: greedy")
+    ap.add_argument("--dump", help="write every reply (task, content, tokens, seconds) here as JSONL")
     ap.add_argument("--label", default="server")
     ap.add_argument("--timeout", type=float, default=1800)
     here = os.path.dirname(os.path.abspath(__file__))
@@ -300,9 +313,10 @@ def main():
         sys.exit(f"persona seed folder not found: {args.persona} (set --persona or PROPERSIM_SHARED)")
     out = run(args)
     print(f"{out['label']}: {out['requests']} requests in {out['wall_s']:.1f}s: {out['requests_per_s']:.3f} req/s, "
-          f"{out['mean_step_s']:.2f} s/step (suggest {out['mean_suggest_s']:.2f}, evaluate "
+          f"{out['mean_step_s']:.2f} s/step (median {out['median_step_s']:.2f}; suggest {out['mean_suggest_s']:.2f}, evaluate "
           f"{out['mean_evaluate_s']:.2f}), valid JSON for the schema {100 * out['valid_share']:.1f}%, "
-          f"{out['completion_tokens_per_s']:.1f} completion tok/s, cached prompt tokens "
+          f"{out['completion_tokens_per_s']:.1f} completion tok/s ({out['completion_tokens_per_request']:.1f} a "
+          f"request), load average {out['load_start']:.1f} -> {out['load_end']:.1f}, cached prompt tokens "
           f"{out['cached_tokens']}/{out['prompt_tokens']}")
     if out["invalid_examples"]:
         print(f"  invalid, e.g.: {out['invalid_examples']}")

