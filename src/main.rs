@@ -82,15 +82,22 @@ enum Command {
     },
     /// Run many personas' sims in one process (the paper's experiment), sharing providers.
     Sweep(SweepArgs),
+    /// Does the assistant learn? One sim per arm (dpo, kto, none) from the same seed, side by
+    /// side in one process; writes the curves per day and arm to storage/experiments/NAME/.
+    Experiment(ExperimentArgs),
     /// Per-day metrics of a sim (or, with --sweep, the mean over a sweep's personas with 95%
-    /// intervals): table (or --json); writes metrics.json, metrics.csv, metrics.svg.
+    /// intervals; with --experiment, the curves of its arms): table (or --json); writes
+    /// metrics.json, metrics.csv, metrics.svg (an experiment: curve.json, curve.csv, curve.svg).
     Report {
         /// The sim code (folder under storage/).
-        #[arg(required_unless_present = "sweep", conflicts_with = "sweep")]
+        #[arg(required_unless_present_any = ["sweep", "experiment"], conflicts_with_all = ["sweep", "experiment"])]
         sim: Option<String>,
         /// A sweep's name: aggregate its sims `NAME_p<k>` into storage/NAME/metrics.*.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "experiment")]
         sweep: Option<String>,
+        /// An experiment's name: its arms' curves into storage/experiments/NAME/curve.*.
+        #[arg(long, value_name = "NAME")]
+        experiment: Option<String>,
         /// Print the metrics as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -262,6 +269,25 @@ impl SweepArgs {
             paths: self.paths.clone(),
         }
     }
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// The experiment's name: its arms are the sims NAME_<arm>, its curves in experiments/NAME/.
+    #[arg(long)]
+    name: String,
+    /// Training methods to compare, comma-separated: dpo, kto, none (the untrained control).
+    #[arg(long, default_value = "dpo,none", value_parser = clap::value_parser!(propersim::sim::experiment::Arms))]
+    arms: propersim::sim::experiment::Arms,
+    /// Run each arm until it has lived this many days in total (576 steps each).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    days: u64,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The options `run` takes: --fork (required), --provider, --set, --storage, ...
+    #[command(flatten)]
+    sim: SimArgs,
 }
 
 #[derive(Args)]
@@ -501,6 +527,58 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
         return Err(propersim::sim::headless::Interrupted.into());
     }
     eprintln!("Aggregate: propersim report --sweep {}", a.name);
+    Ok(())
+}
+
+async fn experiment(cli_config: Option<&PathBuf>, a: ExperimentArgs) -> Result<()> {
+    use propersim::sim::sweep::SimStatus;
+    if a.sim.sim.is_some() || a.sim.resume || a.sim.force {
+        anyhow::bail!("an experiment names its arms' sims itself (NAME_<arm>) and resumes when rerun: drop --sim, --resume and --force");
+    }
+    let cfg = load_config(cli_config, &a.sim)?;
+    let opts = propersim::sim::experiment::ExperimentOptions {
+        name: a.name.clone(),
+        arms: a.arms.0.clone(),
+        days: a.days,
+        cache: cache_mode(&a.sim)?,
+        progress: !a.quiet,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let arms: Vec<&str> = opts.arms.iter().map(|m| m.as_str()).collect();
+    eprintln!(
+        "Experiment `{}`: arms {} forked from {}, {} day(s) each.",
+        a.name,
+        arms.join(", "),
+        cfg.sim.fork,
+        a.days
+    );
+    let (summary, curve) = propersim::sim::experiment::run(&cfg, &opts, stop.clone()).await?;
+    for s in &summary.sims {
+        match &s.status {
+            SimStatus::Done => {}
+            SimStatus::Stopped(why) => eprintln!("  {} stopped ({why})", s.sim),
+            SimStatus::Failed(why) => eprintln!("  {} FAILED: {why}", s.sim),
+        }
+    }
+    print!("{}", propersim::report::curve::render_table(&curve));
+    eprintln!(
+        "Ran {} steps in {:.1}s. Curves: {}/experiments/{}/curve.{{json,csv,svg}}",
+        summary.steps,
+        summary.seconds,
+        cfg.paths.storage.display(),
+        a.name
+    );
+    let failed = summary.failed().count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} arms failed (see above); rerun the same command to continue", summary.sims.len());
+    }
+    if stop.load(Ordering::SeqCst) || summary.stopped() > 0 {
+        eprintln!("Rerun the same command to continue.");
+        if stop.load(Ordering::SeqCst) {
+            return Err(propersim::sim::headless::Interrupted.into());
+        }
+    }
     Ok(())
 }
 
@@ -773,13 +851,18 @@ async fn main() -> ExitCode {
         })(),
         Command::Llm { what } => llm_cmd(cfg.as_ref(), what).await,
         Command::Sweep(a) => sweep(cfg.as_ref(), a).await,
-        Command::Report { sim, sweep, json, paths } => (|| {
+        Command::Experiment(a) => experiment(cfg.as_ref(), a).await,
+        Command::Report { sim, sweep, experiment, json, paths } => (|| {
             let mut c = Config::load(cfg.as_deref())?;
             apply_paths(&mut c, &paths);
-            let text = match (sweep, sim) {
-                (Some(name), _) => propersim::report::sweep::run_report_command(&c.paths.storage, &name, json)?,
-                (None, Some(sim)) => propersim::report::run_report_command(&c.paths.storage, &sim, json)?,
-                (None, None) => anyhow::bail!("name a sim, or a sweep with --sweep NAME"),
+            let storage = &c.paths.storage;
+            let text = match (sweep, experiment, sim) {
+                (Some(name), _, _) => propersim::report::sweep::run_report_command(storage, &name, json)?,
+                (None, Some(name), _) => propersim::report::curve::run_report_command(storage, &name, json)?,
+                (None, None, Some(sim)) => propersim::report::run_report_command(storage, &sim, json)?,
+                (None, None, None) => {
+                    anyhow::bail!("name a sim, a sweep with --sweep NAME, or an experiment with --experiment NAME")
+                }
             };
             print!("{text}");
             Ok(())

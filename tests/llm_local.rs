@@ -261,6 +261,9 @@ fn default_model_falls_back_to_the_installed_smollm2_when_offline() {
     // An unreachable hub (nothing listens on loopback port 9).
     let got = resolve_gguf_from(DEFAULT_CHAT_MODEL, Role::User, Some("http://127.0.0.1:9")).unwrap();
     assert_eq!(got, path);
+    // Named explicitly, wherever pip put it.
+    let got = resolve_gguf_from(propersim::llm::local::PIP_SMOLLM2, Role::User, Some("http://127.0.0.1:9")).unwrap();
+    assert_eq!(got, path);
 }
 
 #[test]

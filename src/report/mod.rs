@@ -9,6 +9,7 @@
 //! - [`sweep`]: the aggregate over a sweep's personas (`report --sweep`), from the same metrics.
 
 pub mod chart;
+pub mod curve;
 pub mod metrics;
 pub mod sweep;
 pub mod table;

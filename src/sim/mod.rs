@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod engine;
+pub mod experiment;
 pub mod follow;
 pub mod headless;
 pub mod hooks;

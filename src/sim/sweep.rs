@@ -155,7 +155,6 @@ pub enum SimStatus {
 
 #[derive(Debug, Clone)]
 pub struct SimOutcome {
-    pub persona: u32,
     pub sim: String,
     /// Steps run by this command.
     pub steps: u64,
@@ -342,14 +341,14 @@ impl Display {
     }
 
     /// One plain line for logs.
-    fn log_line(&self, name: &str, t0: Instant) {
+    fn log_line(&self, label: &str, t0: Instant) {
         let pos = self.overall.position();
         let len = self.overall.length().unwrap_or(0).max(1);
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
         let rate = pos as f64 / secs;
         let eta = if rate > 0.0 { (len.saturating_sub(pos)) as f64 / rate } else { f64::NAN };
         eprintln!(
-            "sweep {name}: {pos}/{len} steps ({:.1}%), {rate:.0} steps/s, eta {}, {}",
+            "{label}: {pos}/{len} steps ({:.1}%), {rate:.0} steps/s, eta {}, {}",
             100.0 * pos as f64 / len as f64,
             if eta.is_finite() { format!("{:.0}s", eta) } else { "-".into() },
             self.counts()
@@ -371,27 +370,56 @@ pub async fn run(cfg: &Config, opts: &SweepOptions, stop: Arc<AtomicBool>) -> Re
     }
     check_manifest(cfg, opts)?;
     let mine: Vec<u32> = opts.personas.iter().copied().filter(|k| opts.shard.is_none_or(|s| s.includes(*k))).collect();
-    let t0 = Instant::now();
     if mine.is_empty() {
         return Ok(SweepSummary { sims: Vec::new(), steps: 0, seconds: 0.0 });
     }
     let seeds: Vec<String> = mine.iter().map(|k| layout::persona_seed(*k)).collect();
     ensure_assets_for(cfg, &seeds)?;
+    let cfgs = mine.iter().map(|&k| persona_config(cfg, &opts.name, k)).collect();
+    let many = RunMany {
+        label: format!("sweep {}", opts.name),
+        days: opts.days,
+        concurrency: opts.concurrency,
+        cache: opts.cache,
+        progress: opts.progress,
+    };
+    Ok(run_many(cfgs, &many, stop).await)
+}
 
+/// How [`run_many`] runs a set of sims.
+#[derive(Debug, Clone)]
+pub struct RunMany {
+    /// What the progress lines call the whole (`sweep NAME`, `experiment NAME`).
+    pub label: String,
+    /// Each sim runs until it has lived this many days in total.
+    pub days: u64,
+    /// Sims stepping at once (default: all).
+    pub concurrency: Option<usize>,
+    pub cache: CacheMode,
+    pub progress: bool,
+}
+
+/// Run independent sims in this process over one [`Shared`] set of providers and training
+/// bases, `concurrency` at a time, each until it has lived `days` days or `stop` is raised. A sim
+/// with a checkpoint resumes, one never stepped is forked (again). Used by sweeps (one sim per
+/// persona) and experiments (one sim per training arm).
+pub async fn run_many(cfgs: Vec<Config>, opts: &RunMany, stop: Arc<AtomicBool>) -> SweepSummary {
+    let t0 = Instant::now();
+    if cfgs.is_empty() {
+        return SweepSummary { sims: Vec::new(), steps: 0, seconds: 0.0 };
+    }
     let shared = Shared::default();
     let display = Arc::new(Display::new(opts.progress));
-    let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.unwrap_or(mine.len()).min(mine.len())));
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.unwrap_or(cfgs.len()).clamp(1, cfgs.len())));
     let mut tasks = Vec::new();
-    for &k in &mine {
-        let cfg = persona_config(cfg, &opts.name, k);
+    for cfg in cfgs {
         let (shared, display, permits, stop) = (shared.clone(), display.clone(), permits.clone(), stop.clone());
         let (days, cache) = (opts.days, opts.cache);
         tasks.push((
-            k,
             cfg.sim.sim.clone(),
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
-                    return (0, SimStatus::Stopped("the sweep ended first".into()));
+                    return (0, SimStatus::Stopped("the run ended first".into()));
                 };
                 if stop.load(Ordering::SeqCst) {
                     return (0, SimStatus::Stopped("interrupted before it started".into()));
@@ -401,28 +429,28 @@ pub async fn run(cfg: &Config, opts: &SweepOptions, stop: Arc<AtomicBool>) -> Re
         ));
     }
     let logger = (opts.progress && !display.live).then(|| {
-        let (display, name) = (display.clone(), opts.name.clone());
+        let (display, label) = (display.clone(), opts.label.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LOG_EVERY).await;
-                display.log_line(&name, t0);
+                display.log_line(&label, t0);
             }
         })
     });
     let mut sims = Vec::new();
-    for (persona, sim, task) in tasks {
+    for (sim, task) in tasks {
         let (steps, status) = match task.await {
             Ok(r) => r,
             Err(e) => (0, SimStatus::Failed(format!("the sim's task panicked: {e}"))),
         };
-        sims.push(SimOutcome { persona, sim, steps, status });
+        sims.push(SimOutcome { sim, steps, status });
     }
     if let Some(l) = logger {
         l.abort();
     }
     display.overall.finish_and_clear();
     let steps = sims.iter().map(|s| s.steps).sum();
-    Ok(SweepSummary { sims, steps, seconds: t0.elapsed().as_secs_f64() })
+    SweepSummary { sims, steps, seconds: t0.elapsed().as_secs_f64() }
 }
 
 /// Open (fork, re-fork or resume) one sim and step it to its last day.

@@ -68,6 +68,8 @@ pub struct Training {
     epochs: usize,
     max_pairs: Option<usize>,
     adapters: PathBuf,
+    /// `training.jsonl`: a line per finished day of training.
+    log: PathBuf,
     /// The engine's client, to record the adapter version in the cache keys.
     llm: Option<Arc<Llm>>,
     /// Counts tokens with the assistant's tokenizer.
@@ -189,6 +191,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         epochs: cfg.sim.train_epochs,
         max_pairs: cfg.sim.train_max_pairs,
         adapters,
+        log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
         provider,
         pending: None,
@@ -217,6 +220,18 @@ impl Training {
                     o.summary.last_loss,
                     o.adapter_dir.map(|d| format!(", saved in {}", d.display())).unwrap_or_default()
                 );
+                crate::storage::append_jsonl(
+                    &self.log,
+                    &serde_json::json!({
+                        "day": o.day,
+                        "version": o.version,
+                        "pairs": o.summary.examples,
+                        "steps": o.summary.steps,
+                        "first_loss": o.summary.first_loss,
+                        "last_loss": o.summary.last_loss,
+                        "seconds": o.summary.seconds,
+                    }),
+                )?;
                 self.check_mmlu(o.day)
             }
             Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod compress;
+pub mod experiment;
 pub mod pyjson;
 
 pub use atomic::{

