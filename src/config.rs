@@ -306,6 +306,10 @@ pub struct SimSettings {
     pub train_epochs: usize,
     /// Cap on the pairs trained per day after replay selection (none: all, as the original).
     pub train_max_pairs: Option<usize>,
+    /// Peak learning rate of the daily training (none: the original's 5e-5). Left out of files
+    /// when unset, so manifests written before it existed still match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_lr: Option<f64>,
     /// Flush each step's checkpoint, movement and logs to disk (fsync) so a power loss cannot
     /// leave the checkpoint ahead of them. A kill needs no flush; costs a few ms a step on disk.
     pub durable: bool,
@@ -337,6 +341,7 @@ impl Default for SimSettings {
             mmlu_path: None,
             train_epochs: 2,
             train_max_pairs: None,
+            train_lr: None,
             durable: true,
         }
     }
@@ -507,6 +512,7 @@ impl SimSettings {
         "mmlu_path",
         "train_epochs",
         "train_max_pairs",
+        "train_lr",
         "durable",
     ];
 
@@ -544,6 +550,13 @@ impl SimSettings {
             "train_epochs" => self.train_epochs = v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?,
             "train_max_pairs" => {
                 self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
+            }
+            "train_lr" => {
+                let lr: f64 = v.trim().parse().map_err(|_| bad(key, v, "a positive number"))?;
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return Err(bad(key, v, "a positive number"));
+                }
+                self.train_lr = Some(lr)
             }
             "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),

@@ -67,6 +67,7 @@ pub struct Training {
     seed: u64,
     epochs: usize,
     max_pairs: Option<usize>,
+    lr: Option<f64>,
     adapters: PathBuf,
     /// `training.jsonl`: a line per finished day of training.
     log: PathBuf,
@@ -190,6 +191,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         seed: cfg.sim.seed,
         epochs: cfg.sim.train_epochs,
         max_pairs: cfg.sim.train_max_pairs,
+        lr: cfg.sim.train_lr,
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
@@ -275,6 +277,9 @@ impl DayHook for Training {
         let dir = adapter::day_dir(&self.adapters, adapter_day);
         let mut config = TrainConfig::for_method(self.method);
         config.epochs = self.epochs;
+        if let Some(lr) = self.lr {
+            config.adam.lr = lr;
+        }
         self.worker.submit(TrainJob {
             day: adapter_day,
             pairs: set,
