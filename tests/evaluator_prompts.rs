@@ -128,7 +128,7 @@ fn each_check_prompt_holds_the_original_templates_elements() {
         for d in DIMENSIONS.iter().filter(|d| **d != check.dimension()) {
             assert!(!user.contains(p.criterion(d)), "{check:?} carries the {d} rubric too");
         }
-        assert!(user.contains(&format!("Today: Thursday February 13\n")));
+        assert!(user.contains("Today: Thursday February 13\n"));
         // The check's instructions, the answer format and the worked examples, after the rubric.
         let tail = &user[at..];
         assert!(tail.contains(&check.guidance()));
