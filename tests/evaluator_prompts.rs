@@ -198,3 +198,19 @@ fn the_action_reads_as_the_originals() {
         "John Lin's action: cooking breakfast (frying eggs)\nSuggestion: Add spinach."
     );
 }
+
+#[test]
+fn all_mode_holds_every_rubric_section_and_check() {
+    let p = profile();
+    let inp = input(Suggestion::Text("Add some spinach to the eggs.".into()));
+    let msgs = propersim::user::evaluator::ScoreAll { profile: &p, input: &inp }.messages();
+    let user = &msgs[1].content;
+    assert!(user.contains(&format!("[Memory]\n{}\n\n", MEMORY.trim_end())));
+    for d in DIMENSIONS {
+        assert!(user.contains(&format!("[{}]\n{}\n", d.replace('_', " "), p.criterion(d))), "{d}");
+    }
+    for c in Check::ALL {
+        assert!(user.contains(&format!("{}:\n{}", c.key(), c.guidance())), "{c:?}");
+    }
+    assert!(user.contains("with all five keys") && user.contains(SCORE_FORMAT));
+}

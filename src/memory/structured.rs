@@ -252,6 +252,8 @@ mod tests {
         let (hour, tail) = view.split_once("Latest recommendations before this hour:\n").unwrap();
         assert!(hour.contains("Call your sister.") && !tail.contains("Call your sister."));
         assert!(!tail.contains("Drink some water."));
+        // What the scripted evaluator counts is unchanged: this hour's and the last hour's.
+        assert_eq!(m.recommendations_within(at(9, 2, 30), 60), 6);
 
         // Only the morning reset forgets them.
         m.reset();
