@@ -17,6 +17,9 @@ pub struct Interaction {
     /// The text memory holds (its content depends on the memory level for the assistant).
     pub text: String,
     pub recommended: bool,
+    /// The score, in the assistant's memory only: the user's evaluation memory holds the action
+    /// and the suggestion alone, as the original's did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
 }
 
@@ -28,11 +31,14 @@ pub struct Block {
     pub summary: String,
 }
 
-/// Recent interactions shown in full: 4 × 2.5 min, the paper's "last 10 minutes".
+/// Recent interactions shown in full: the original's evaluator sees its last 4 evaluation-memory
+/// entries, the assistant its last 4 interactions (4 × 2.5 min, the paper's "last 10 minutes").
 pub const RECENT: usize = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StructuredMemory {
+    /// The last [`RECENT`] recommendations ("No Recommendation" skipped, as the original's
+    /// evaluation memory skipped it), kept across hours until [`StructuredMemory::reset`].
     pub recent: VecDeque<Interaction>,
     pub hour: Vec<Interaction>,
     pub hourly: Vec<Block>,
@@ -73,11 +79,13 @@ impl StructuredMemory {
                 self.freeze_hour(llm, viewpoint, user, with_scores).await?;
             }
         }
-        self.hour.push(it.clone());
-        self.recent.push_back(it);
-        while self.recent.len() > RECENT {
-            self.recent.pop_front();
+        if it.recommended {
+            self.recent.push_back(it.clone());
+            while self.recent.len() > RECENT {
+                self.recent.pop_front();
+            }
         }
+        self.hour.push(it);
         Ok(())
     }
 
@@ -142,6 +150,23 @@ impl StructuredMemory {
         }
         out
     }
+
+    /// [`StructuredMemory::render`] followed by the last [`RECENT`] recommendations that are not
+    /// already listed under this hour: the user's view, in which recommendations of earlier
+    /// hours stay visible in full after their hour was summarized (the original's evaluator
+    /// memory: summaries, then its ≤4 newest evaluation-memory entries).
+    pub fn render_with_recent(&self) -> String {
+        let mut out = self.render();
+        let shown: Vec<u64> = self.hour.iter().map(|i| i.step).collect();
+        let earlier: Vec<&Interaction> = self.recent.iter().filter(|i| !shown.contains(&i.step)).collect();
+        if !earlier.is_empty() {
+            out.push_str("Latest recommendations before this hour:\n");
+            for e in earlier {
+                out.push_str(&format!("{}\n{}\n", crate::sim::clock::fmt_prompt_time(e.time), e.text));
+            }
+        }
+        out
+    }
 }
 
 fn render_block(b: &Block) -> String {
@@ -152,4 +177,86 @@ fn render_block(b: &Block) -> String {
         b.recommendations,
         b.summary
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ProviderKind};
+    use chrono::NaiveDate;
+
+    fn at(h: u32, m: u32, s: u32) -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(h, m, s).unwrap()
+    }
+
+    fn it(step: u64, time: NaiveDateTime, suggestion: &str) -> Interaction {
+        Interaction {
+            step,
+            time,
+            text: format!("John Lin's action: reading (chapter {step})\nSuggestion: {suggestion}"),
+            recommended: suggestion != crate::suggestion::NO_REC,
+            score: None,
+        }
+    }
+
+    fn scripted() -> Llm {
+        let mut cfg = Config::default();
+        cfg.set_all_providers(ProviderKind::Scripted);
+        Llm::from_config(&cfg).unwrap()
+    }
+
+    /// The last four recommendations stay in view across an hour boundary, "No Recommendation"
+    /// skipped, as the original's evaluation memory (reset only each morning).
+    #[tokio::test]
+    async fn recommendations_carry_across_hours() {
+        let llm = scripted();
+        let mut m = StructuredMemory::new(3);
+        let hour8 = [
+            "Stretch your legs.",
+            crate::suggestion::NO_REC,
+            "Drink some water.",
+            "Open a window.",
+            crate::suggestion::NO_REC,
+            "Try the new tea.",
+            "Put on some music.",
+            crate::suggestion::NO_REC,
+        ];
+        for (i, s) in hour8.iter().enumerate() {
+            let t = at(8, 5 * i as u32, 0);
+            m.add(&llm, "the user", "John Lin", false, it(i as u64, t, s)).await.unwrap();
+        }
+        let expect_steps = |m: &StructuredMemory| m.recent.iter().map(|i| i.step).collect::<Vec<_>>();
+        assert_eq!(expect_steps(&m), [2, 3, 5, 6], "last four recommendations, no-rec skipped");
+        // Within the hour they are listed under this hour, not repeated.
+        assert!(!m.render_with_recent().contains("Latest recommendations"));
+
+        // The first interaction of the next hour freezes hour 8 into a summary; the
+        // recommendations stay in view in full.
+        m.add(&llm, "the user", "John Lin", false, it(20, at(9, 0, 0), crate::suggestion::NO_REC)).await.unwrap();
+        assert_eq!(m.hourly.len(), 1);
+        assert_eq!(m.hourly[0].recommendations, 5);
+        assert_eq!(expect_steps(&m), [2, 3, 5, 6]);
+        let view = m.render_with_recent();
+        let tail = view.split("Latest recommendations before this hour:\n").nth(1).expect("carried over");
+        for s in ["Drink some water.", "Open a window.", "Try the new tea.", "Put on some music."] {
+            assert!(tail.contains(s), "{s} missing from\n{view}");
+        }
+        assert!(!tail.contains("Stretch your legs."), "only the last four");
+        assert!(!tail.contains(crate::suggestion::NO_REC));
+        assert!(tail.find("Drink").unwrap() < tail.find("Put on").unwrap(), "oldest first");
+
+        // A new recommendation in hour 9 pushes out the oldest; it is listed under this hour.
+        m.add(&llm, "the user", "John Lin", false, it(21, at(9, 2, 30), "Call your sister.")).await.unwrap();
+        assert_eq!(expect_steps(&m), [3, 5, 6, 21]);
+        let view = m.render_with_recent();
+        let (hour, tail) = view.split_once("Latest recommendations before this hour:\n").unwrap();
+        assert!(hour.contains("Call your sister.") && !tail.contains("Call your sister."));
+        assert!(!tail.contains("Drink some water."));
+        // What the scripted evaluator counts is unchanged: this hour's and the last hour's.
+        assert_eq!(m.recommendations_within(at(9, 2, 30), 60), 6);
+
+        // Only the morning reset forgets them.
+        m.reset();
+        assert!(m.recent.is_empty());
+    }
 }

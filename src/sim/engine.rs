@@ -475,12 +475,14 @@ impl Engine {
                 assistant_name: &self.assistant_name,
                 profile: &self.user.profile,
                 action: &u.action,
+                act_description: &u.act_description,
                 walking: u.walking,
             };
             let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;
             let score = r.shown_judgement.score_string();
             let shown_text = r.shown.suggestion.text().to_string();
-            // Into both memories: the shown suggestion with its score.
+            // Into both memories: the shown suggestion (with its score as the memory level says,
+            // in the assistant's only).
             let text = record_text(
                 self.cfg.sim.memory_level,
                 &self.user_name,
@@ -490,10 +492,9 @@ impl Engine {
                 &r.shown_judgement.reason,
                 &mut rng,
             );
-            let seen_text = format!(
-                "{}'s action: {}\nSuggestion: {}\nMy score: {}/4",
-                self.user_name, r.user_action, shown_text, score
-            );
+            // The user's view holds the action and the suggestion, never the score.
+            let seen_text =
+                crate::user::evaluator::memory_entry(&self.user_name, &u.act_description, u.walking, &shown_text);
             // Both memories' vectors in one request: the assistant's record and the user's view.
             let mut vectors = self.llm.embed_many(&[text.clone(), seen_text.clone()]).await?.into_iter();
             let (Some(embedding), Some(seen_embedding)) = (vectors.next(), vectors.next()) else {
@@ -518,9 +519,9 @@ impl Engine {
                 time: now,
                 text: seen_text,
                 recommended: !r.shown.suggestion.is_norec(),
-                score: Some(r.shown_judgement.total),
+                score: None,
             };
-            self.evaluator.add(&self.llm, "the user", &self.user_name, true, seen.clone()).await?;
+            self.evaluator.add(&self.llm, "the user", &self.user_name, false, seen.clone()).await?;
             let seen = Evaluated { interaction: seen, embedding: seen_embedding };
             self.append_log(EVALUATED_LOG, &seen)?;
             self.evaluated_today.push(seen);
@@ -636,7 +637,12 @@ impl Engine {
         crate::user::eval_store::save(
             &dir.join("evaluation_memory"),
             &self.user_name,
-            self.evaluated_today.iter().map(|e| (e.interaction.time, e.interaction.text.as_str(), &e.embedding[..])),
+            // The original's evaluation memory took recommendations only ("No Recommendation"
+            // went into the hour's summary but never became a node).
+            self.evaluated_today
+                .iter()
+                .filter(|e| e.interaction.recommended)
+                .map(|e| (e.interaction.time, e.interaction.text.as_str(), &e.embedding[..])),
         )?;
         let adir = self.sim.bootstrap(&self.assistant_name);
         crate::user::eval_store::save(

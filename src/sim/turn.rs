@@ -26,8 +26,11 @@ pub struct Moment<'a> {
     pub user_name: &'a str,
     pub assistant_name: &'a str,
     pub profile: &'a Profile,
-    /// The user's current action.
+    /// The user's current action (a decomposed block's subtask alone), as the assistant sees it.
     pub action: &'a str,
+    /// The original's `act_description`, `"task (subtask)"`: what the evaluator sees, and the
+    /// assistant's retrieval focal point.
+    pub act_description: &'a str,
     pub walking: bool,
 }
 
@@ -55,7 +58,7 @@ pub async fn turn(
 
     // Prompt: memory (+ retrieval of similar past interactions), then the moment.
     let retrieved = if s.memory_retrieval {
-        let focal = llm.embed(&format!("{} is {}.", m.user_name, m.action)).await?;
+        let focal = llm.embed(&format!("{} is {}.", m.user_name, m.act_description)).await?;
         amem.retrieve(&focal, 3)
     } else {
         Vec::new()
@@ -87,13 +90,13 @@ pub async fn turn(
         .collect();
 
     let recs_last_hour = emem.recommendations_within(m.now, 60);
-    let user_view = if m.walking { format!("walking, on the way to {}", m.action) } else { m.action.to_string() };
+    let memory = emem.render_with_recent();
     let input = |a: &Answer| EvalInput {
         time: time.clone(),
-        action: user_view.clone(),
+        action: m.act_description.to_string(),
         walking: m.walking,
         suggestion: a.suggestion.clone(),
-        memory: emem.render(),
+        memory: memory.clone(),
         recs_last_hour,
     };
 

@@ -55,7 +55,11 @@ pub struct UserStep {
     pub walked: Vec<Tile>,
     pub emoji: String,
     pub description: String,
+    /// The action alone (a decomposed block's subtask), as the assistant sees it.
     pub action: String,
+    /// The original's `act_description`: `"task (subtask)"` for a decomposed block, else the
+    /// action; what the user's evaluator sees.
+    pub act_description: String,
     pub walking: bool,
     pub asleep: bool,
 }
@@ -163,6 +167,12 @@ impl UserAgent {
         let to = *walked.last().expect("non-empty");
         self.state.tile = to;
         let a = self.state.action.as_ref().expect("set above");
+        let act_description = self
+            .state
+            .day
+            .as_ref()
+            .map(|d| d.act_description(a.block, &a.description))
+            .unwrap_or(a.description.clone());
         Ok(UserStep {
             tile: to,
             walking: to != from,
@@ -170,6 +180,7 @@ impl UserAgent {
             emoji: a.emoji.clone(),
             description: format!("{} @ {}", a.description, a.address),
             action: a.description.clone(),
+            act_description,
             asleep: is_sleep(&a.description),
         })
     }

@@ -62,6 +62,15 @@ impl DayPlan {
         (bi, 0, b.activity.clone(), b.start_min, b.minutes)
     }
 
+    /// The original's `act_description` of `action` in `block`: `"task (subtask)"` when the
+    /// block was decomposed, else the action itself.
+    pub fn act_description(&self, block: usize, action: &str) -> String {
+        match self.blocks.get(block) {
+            Some(b) if b.subtasks.as_ref().is_some_and(|s| !s.is_empty()) => format!("{} ({action})", b.activity),
+            _ => action.to_string(),
+        }
+    }
+
     /// The original's `f_daily_schedule_hourly_org`.
     pub fn hourly_org(&self) -> Vec<(String, u32)> {
         self.blocks.iter().map(|b| (b.activity.clone(), b.minutes)).collect()
@@ -96,6 +105,8 @@ mod tests {
         assert_eq!(d.action_at(8 * 60 + 30).2, "work");
         d.blocks[2].subtasks = Some(vec![("a".into(), 90), ("b".into(), 30)]);
         assert_eq!(d.action_at(9 * 60 + 45).2, "b");
+        assert_eq!(d.act_description(2, "b"), "work (b)");
+        assert_eq!(d.act_description(1, "breakfast"), "breakfast");
         assert_eq!(d.flat().iter().map(|x| x.1).sum::<u32>(), 1440);
     }
 }

@@ -2,6 +2,12 @@
 //! Frequency (checked as too often and as too rarely; it passes only if both pass) and
 //! Communication & Safety, each 0 or 1, total 0–4. "No Recommendation" is judged like any
 //! suggestion.
+//!
+//! Each check's prompt carries what the original's template for it carried (in our words): who
+//! the user is, `[Memory]`, `[Action]`, `[Agent's Recommendation]`, the dimension's own rubric
+//! text, what to make of "No Recommendation", the hard rule of the frequency checks, the answer
+//! format and the worked examples with their verdicts. The parts all five checks share come
+//! first, so a local model computes them once per candidate (see docs/DIFFERENCES.md).
 
 use futures::future::try_join_all;
 use indexmap::IndexMap;
@@ -26,10 +32,24 @@ pub enum Check {
     Communication,
 }
 
+/// What the agent may make of "No Recommendation" in the timing and frequency checks.
+const QUIET_HELPS: &str = "Staying quiet spares you interruptions while you concentrate on something and keeps recommendations from piling up.";
+const QUIET_TOO_LONG: &str = "But if the agent stays quiet for too long, you hear from it less often than you want.";
+const WEIGH: &str = "Weigh it as a whole against the criterion.";
+const ASK_QUIET: &str = "If it is \"No Recommendation\", ask yourself whether holding back was the right call here.";
+
+/// The frequency checks' worked examples (the same four for both, as in the original).
+const FREQUENCY_EXAMPLES: [(u8, &str); 4] = [
+    (1, "Holding back right now is a good thing: it eases off after a run of recent recommendations."),
+    (0, "The content fits the moment and helps, but it comes more often than I like, so it gets a zero."),
+    (0, "I have not had a single recommendation in the past three hours, so staying quiet again goes against the frequency I want: zero."),
+    (0, "I like about one recommendation an hour and already had four in the last ten minutes, so another one now is too frequent."),
+];
+
 impl Check {
     pub const ALL: [Check; 5] =
         [Check::Preference, Check::Timing, Check::TooOften, Check::TooRarely, Check::Communication];
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             Check::Preference => "Personal_Preference",
             Check::Timing => "Timing",
@@ -38,19 +58,57 @@ impl Check {
             Check::Communication => "Communication_&_Safety",
         }
     }
-    fn dimension(self) -> &'static str {
+    /// The rubric dimension whose text the check is given.
+    pub fn dimension(self) -> &'static str {
         match self {
             Check::TooOften | Check::TooRarely => "Frequency",
             c => c.key(),
         }
     }
-    fn question(self) -> &'static str {
+    /// The heading of the rubric section (both frequency checks read `[Frequency]`).
+    pub fn section(self) -> String {
+        self.dimension().replace('_', " ")
+    }
+    /// What the check asks of the user, after the rubric text.
+    pub fn guidance(self) -> String {
+        let grade = format!(
+            "Grade the recommendation against [{}], taking [Memory] and [Action] into account: 0 or 1.",
+            self.section()
+        );
         match self {
-            Check::Preference => "Does the content fit what you like to receive? Staying quiet can miss something you would have wanted.",
-            Check::Timing => "Is this a moment you welcome hearing from the assistant? Staying quiet at a moment you want to be left alone is right.",
-            Check::TooOften => "Counting this one, would you be hearing suggestions MORE often than you like? If so, the score is 0. Staying quiet never makes it too often.",
-            Check::TooRarely => "Counting this one, would you be hearing suggestions LESS often than you like? If so, the score is 0. A suggestion never makes it too rare.",
-            Check::Communication => "Is the tone right for you and does it respect your safety, privacy and boundaries? Staying quiet raises no such issue.",
+            Check::Preference => format!(
+                "{grade}\n{ASK_QUIET} Saying nothing can happen to suit your preferences, but it can also mean you miss out on something you would have liked."
+            ),
+            Check::Timing => format!(
+                "{grade}\n{ASK_QUIET} {QUIET_HELPS} {WEIGH}\nHowever useful its content, a recommendation that does not come at a time you welcome deserves a lower score."
+            ),
+            Check::TooOften => format!(
+                "{grade} If this recommendation pushes how often you hear from the agent above the frequency you prefer, the score has to be 0.\n{ASK_QUIET} {QUIET_HELPS} {QUIET_TOO_LONG} {WEIGH}\nHowever useful its content, a recommendation that comes more often than you prefer deserves a lower score."
+            ),
+            Check::TooRarely => format!(
+                "{grade}\n{ASK_QUIET} {QUIET_HELPS} {QUIET_TOO_LONG} If staying quiet now pushes how often you hear from it below the frequency you prefer, the score has to be 0 as well. {WEIGH}\nHowever useful its content, a recommendation that comes more often than you prefer deserves a lower score."
+            ),
+            Check::Communication => format!("{grade}\n{ASK_QUIET}"),
+        }
+    }
+    /// The worked examples: score and reason.
+    pub fn examples(self) -> &'static [(u8, &'static str)] {
+        match self {
+            Check::Preference => &[
+                (1, "It matched how much I like having orange juice while I watch TV, so nothing was taken off."),
+                (0, "It was too generic and had nothing to do with what I personally like, so it gets a zero."),
+                (0, "It ignored that I like upbeat music while I exercise, so it loses the point for personal preference."),
+            ],
+            Check::Timing => &[
+                (1, "I like hearing about leisure activities in the afternoon, and that is when it came, so the timing was right."),
+                (0, "I want recommendations late at night before bed, but this one came in the late morning, so it gets a zero."),
+                (0, "I do not want recommendations while I am reading in the evening, so the timing earns a low score."),
+            ],
+            Check::TooOften | Check::TooRarely => &FREQUENCY_EXAMPLES,
+            Check::Communication => &[
+                (1, "No recommendation was made, so nothing could go wrong with communication or safety."),
+                (0, "I like a friendly tone, but this one sounded rude, so I took the point away."),
+            ],
         }
     }
 }
@@ -58,9 +116,12 @@ impl Check {
 /// What the evaluator sees for one candidate.
 #[derive(Debug, Clone)]
 pub struct EvalInput {
+    /// `%A %B %d -- %I:%M:%S %p`.
     pub time: String,
-    /// What the user is doing, as the user sees it (walking is phrased as walking).
+    /// What the user is doing: the original's `act_description`, `"task (subtask)"` for a
+    /// decomposed block (the assistant sees only the subtask).
     pub action: String,
+    /// The user is walking to the place of `action`.
     pub walking: bool,
     pub suggestion: Suggestion,
     pub memory: String,
@@ -91,17 +152,69 @@ impl Judgement {
     }
 }
 
-fn context(p: &Profile, input: &EvalInput) -> String {
+/// The `[Action]` line: `"<name> is <act>"` when the action's first ten characters hold "ing",
+/// else `"<name> <act>"` (the original's rule), or the walk towards it.
+pub fn action_line(name: &str, act: &str, walking: bool) -> String {
+    if walking {
+        format!("{name} is walking, on the way to do [{act}]")
+    } else if act.chars().take(10).collect::<String>().contains("ing") {
+        format!("{name} is {act}")
+    } else {
+        format!("{name} {act}")
+    }
+}
+
+/// The user's evaluation-memory entry for one evaluated moment: the action and the suggestion,
+/// nothing about how it was scored (as the original's).
+pub fn memory_entry(name: &str, act: &str, walking: bool, suggestion: &str) -> String {
+    let action = if walking { action_line(name, act, true) } else { act.to_string() };
+    format!("{name}'s action: {action}\nSuggestion: {suggestion}")
+}
+
+/// The opening every evaluator prompt shares (system message).
+fn intro(p: &Profile, task: &str) -> String {
     format!(
-        "[Who you are]\n{}\n\n[Your memory of today's suggestions]\n{}\n[Now]\n{}\nYou are {}.\n\n[The assistant's output]\n{}",
+        "You are {}. An assistant agent lives with you and helps with your everyday activities at home. [Memory] records your earlier interactions with it: what you were doing and which recommendations you got. [Action] is what you are doing right now, and [Agent's Recommendation] is what the agent offers at this moment (\"No Recommendation\" when it stays quiet). {task}",
+        p.name
+    )
+}
+
+/// The sections every evaluator prompt shares, in the original's order: who you are, memory,
+/// action, the recommendation.
+fn context(p: &Profile, input: &EvalInput) -> String {
+    let date = input.time.split(" -- ").next().unwrap_or(&input.time);
+    format!(
+        "[{}]\n{}\nToday: {date}\n\n[Memory]\n{}\n\n[Action]\n{}\n{}\n\n[Agent's Recommendation]\n{}",
+        p.name,
         p.identity(),
-        input.memory,
+        input.memory.trim_end(),
         input.time,
-        input.action,
-        match &input.suggestion {
-            Suggestion::NoRec => "No Recommendation (the assistant chose to stay quiet)".to_string(),
-            Suggestion::Text(t) => format!("\"{t}\""),
-        }
+        action_line(&p.name, &input.action, input.walking),
+        input.suggestion.text()
+    )
+}
+
+/// The answer format as the prompts show it (matches [`score_schema`]).
+pub const SCORE_FORMAT: &str = r#"{"Score": 0 or 1, "Reason": "why you gave this score"}"#;
+
+fn score_json(score: u8, reason: &str) -> String {
+    format!("{{\"Score\": {score}, \"Reason\": \"{reason}\"}}")
+}
+
+/// One check's own part: its rubric section, what to weigh, the answer format and the examples.
+fn check_part(p: &Profile, check: Check) -> String {
+    let examples: Vec<String> = check
+        .examples()
+        .iter()
+        .enumerate()
+        .map(|(i, (s, r))| format!("Example {}: {}", i + 1, score_json(*s, r)))
+        .collect();
+    format!(
+        "[{}]\n{}\n\n{}\nAnswer with JSON in this format: {SCORE_FORMAT}\n{}",
+        check.section(),
+        p.criterion(check.dimension()),
+        check.guidance(),
+        examples.join("\n")
     )
 }
 
@@ -146,16 +259,14 @@ impl Task for ScoreCheck<'_> {
     }
     fn messages(&self) -> Vec<Message> {
         vec![
-            Message::system(format!(
-                "You are {} judging a home assistant that may speak up at any moment. Judge one thing only, strictly by your own rule below, and give a binary score: 1 if it satisfies your rule, 0 if not.",
-                self.profile.name
+            Message::system(intro(
+                self.profile,
+                "You grade the recommendation on the single criterion at the end of the prompt, with a binary score: 1 if it meets the criterion, 0 if it does not.",
             )),
             Message::user(format!(
-                "{}\n\n[Your rule: {}]\n{}\n\n{}\nReply as {{\"Score\": 0 or 1, \"Reason\": \"one sentence\"}}.",
+                "{}\n\n{}",
                 context(self.profile, self.input),
-                self.check.dimension().replace('_', " "),
-                self.profile.criterion(self.check.dimension()),
-                self.check.question()
+                check_part(self.profile, self.check)
             )),
         ]
     }
@@ -171,10 +282,20 @@ impl Task for ScoreCheck<'_> {
     }
 }
 
+/// The subtask of a `"task (subtask)"` action (the text in its last parentheses, the original's
+/// rule for what the assistant sees), or the whole action.
+pub fn subtask(act: &str) -> &str {
+    let Some(open) = act.rfind('(') else { return act };
+    let rest = &act[open + 1..];
+    rest.find(')').map(|close| &rest[..close]).unwrap_or(act)
+}
+
 /// The scripted brain's rules (a test/benchmark provider): plain, learnable preferences.
 fn scripted_check(p: &Profile, check: Check, input: &EvalInput, rng: &mut ChaCha8Rng) -> (u8, &'static str) {
     let text = input.suggestion.text().to_lowercase();
-    let action = input.action.to_lowercase();
+    // The action as the assistant sees it (a decomposed block's subtask), so that the rules stay
+    // learnable from the assistant's side.
+    let action = subtask(&input.action).to_lowercase();
     let busy = ["sleep", "shower", "bath", "toilet", "journal"].iter().any(|w| action.contains(w));
     match (check, &input.suggestion) {
         (Check::Preference, Suggestion::NoRec) => {
@@ -223,16 +344,19 @@ impl Task for ScoreAll<'_> {
         object_schema(&props)
     }
     fn messages(&self) -> Vec<Message> {
-        let rules: Vec<String> = Check::ALL
-            .iter()
-            .map(|c| format!("- {}: {} — {}", c.key(), self.profile.criterion(c.dimension()), c.question()))
-            .collect();
+        let rubric: Vec<String> =
+            DIMENSIONS.iter().map(|d| format!("[{}]\n{}", d.replace('_', " "), self.profile.criterion(d))).collect();
+        let checks: Vec<String> = Check::ALL.iter().map(|c| format!("{}:\n{}", c.key(), c.guidance())).collect();
         vec![
-            Message::system(format!("You are {} judging a home assistant that may speak up at any moment. Score each check 1 if it satisfies your rule, else 0.", self.profile.name)),
+            Message::system(intro(
+                self.profile,
+                "You grade the recommendation on each of the five checks at the end of the prompt, each with a binary score: 1 if it meets the criterion, 0 if it does not.",
+            )),
             Message::user(format!(
-                "{}\n\n[Your checks]\n{}\n\nReply as {{\"{}\": {{\"Score\": 0 or 1, \"Reason\": \"...\"}}, ...}} with all five keys.",
+                "{}\n\n{}\n\n[Checks]\n{}\n\nAnswer with JSON with all five keys: {{\"{}\": {SCORE_FORMAT}, ...}}",
                 context(self.profile, self.input),
-                rules.join("\n"),
+                rubric.join("\n\n"),
+                checks.join("\n\n"),
                 Check::Preference.key()
             )),
         ]
@@ -329,13 +453,16 @@ impl Task for Revise<'_> {
     }
     fn messages(&self) -> Vec<Message> {
         vec![
-            Message::system(format!("You are {}. Rewrite a home assistant's output so it would fully satisfy your own rules.", self.profile.name)),
+            Message::system(intro(
+                self.profile,
+                "You rewrite the recommendation so it suits you better, guided by your criteria and by how you graded it.",
+            )),
             Message::user(format!(
-                "{}\n\n[Your rules]\n{}\n\nYou scored it {}/4 because: {}\nWrite what you would have wanted instead: a better suggestion, or \"No Recommendation\" if silence was best. Reply as {{\"Revision\": \"...\"}}.",
+                "{}\n\n[Criteria]\n{}\n\n[Evaluation]\nScore: {}\nReason: {}\n\nWrite a better recommendation for this moment; \"No Recommendation\" is fine when staying quiet is the better choice. Reply as {{\"Revision\": \"...\"}}.",
                 context(self.profile, self.input),
                 self.profile.rubric_text(),
                 self.judgement.score_string(),
-                self.judgement.reason
+                self.judgement.reason.trim()
             )),
         ]
     }
@@ -384,6 +511,12 @@ mod tests {
         let j = combine(&[ds(1, "p"), ds(1, "t"), ds(1, "o"), ds(1, "r"), ds(1, "c")], 0);
         assert_eq!(j.total, 4.0);
         assert_eq!(j.dimensions.keys().collect::<Vec<_>>(), DIMENSIONS.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_assistants_view_of_an_action_is_its_subtask() {
+        assert_eq!(subtask("cooking breakfast (frying eggs)"), "frying eggs");
+        assert_eq!(subtask("sleeping"), "sleeping");
     }
 
     #[test]
