@@ -5,8 +5,9 @@ Checks that `adapters/day_NN/` (or `propersim train --out DIR`) is a real PEFT L
 transformers loads the base model from the same GGUF file propersim used, `PeftModel` loads the
 adapter, and this script prints, per pair, the same JSON fields as `propersim score` (summed
 completion log-probs with the adapter and with it disabled, and the completion token counts).
-The completion tokens are found the way propersim (and TRL) find them: the chat template's
-rendering of prompt + answer minus the rendering of the prompt with the generation prompt.
+The completion tokens are found the way propersim (and TRL's DPO) find them: the chat template's
+rendering of prompt + answer minus the rendering of the prompt with the generation prompt, then
+the tokenizer's EOS token, which TRL 0.19 appends to every DPO completion.
 
 Needs torch, transformers, peft and gguf (see scripts/peft-requirements.txt).
 
@@ -30,10 +31,10 @@ def completion_ids(tok, prompt, answer):
     p = tok(prompt_text, add_special_tokens=False).input_ids
     f = tok(full_text, add_special_tokens=False).input_ids
     if len(f) > len(p) and f[: len(p)] == p:
-        return p, f[len(p):]
+        return p, f[len(p):] + [tok.eos_token_id]
     if not full_text.startswith(prompt_text):
         raise SystemExit("the chat template's rendering of prompt + answer does not start with the prompt")
-    return p, tok(full_text[len(prompt_text):], add_special_tokens=False).input_ids
+    return p, tok(full_text[len(prompt_text):], add_special_tokens=False).input_ids + [tok.eos_token_id]
 
 
 def summed_logp(model, prompt_ids, completion):

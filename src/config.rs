@@ -210,6 +210,10 @@ pub struct RoleConfig {
     /// backoff); when spent, the call gives up and the task uses its fallback. Default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait_s: Option<f64>,
+    /// Tries of a task whose reply does not parse, before its fallback. Default: the sim's
+    /// `task_retries` + 1; for the assistant 5, as the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl RoleConfig {
@@ -233,6 +237,7 @@ impl RoleConfig {
             structured: None,
             prefix_cache_mb: None,
             max_wait_s: None,
+            attempts: None,
         }
     }
 
@@ -240,6 +245,33 @@ impl RoleConfig {
     pub fn structured(&self) -> bool {
         self.structured.unwrap_or(true)
     }
+    /// Fill what the role leaves out with the role's defaults. Only the assistant has any: the
+    /// original's generation settings. On the local model (the original's Llama path,
+    /// `gpt_structure.py::opensource_inference`): temperature 0.9, top-p 0.9, top-k 50,
+    /// repetition penalty 1.5 over prompt and answer, 128 new tokens; on an API (its
+    /// gpt-4o-mini path): temperature 0.1 and nothing else. Both paths try 5 times before
+    /// falling back to "No Recommendation". Other roles keep the provider's defaults.
+    pub fn with_role_defaults(mut self, role: Role) -> Self {
+        if role != Role::Assistant {
+            return self;
+        }
+        match self.provider {
+            ProviderKind::Local => {
+                self.temperature.get_or_insert(ASSISTANT_SAMPLING.temperature);
+                self.top_p.get_or_insert(ASSISTANT_SAMPLING.top_p);
+                self.top_k.get_or_insert(ASSISTANT_SAMPLING.top_k);
+                self.repeat_penalty.get_or_insert(ASSISTANT_SAMPLING.repeat_penalty);
+                self.max_tokens.get_or_insert(ASSISTANT_SAMPLING.max_tokens);
+            }
+            ProviderKind::OpenAi | ProviderKind::Gemini => {
+                self.temperature.get_or_insert(ASSISTANT_API_TEMPERATURE);
+            }
+            ProviderKind::Scripted => {}
+        }
+        self.attempts.get_or_insert(ASSISTANT_SAMPLING.attempts);
+        self
+    }
+
     /// The default with no configuration: a small local instruct model (see README for why).
     pub fn default_local(role: Role) -> Self {
         let mut r = RoleConfig::scripted();
@@ -251,6 +283,22 @@ impl RoleConfig {
         r
     }
 }
+
+/// The original assistant's generation settings on its local model (see
+/// [`RoleConfig::with_role_defaults`]).
+pub struct AssistantSampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub repeat_penalty: f64,
+    pub max_tokens: usize,
+    pub attempts: u32,
+}
+
+pub const ASSISTANT_SAMPLING: AssistantSampling =
+    AssistantSampling { temperature: 0.9, top_p: 0.9, top_k: 50, repeat_penalty: 1.5, max_tokens: 128, attempts: 5 };
+/// The original's API assistant (gpt-4o-mini) sampled at this temperature.
+pub const ASSISTANT_API_TEMPERATURE: f64 = 0.1;
 
 /// Default chat model for every role when nothing is configured (fetched with hf-hub).
 pub const DEFAULT_CHAT_MODEL: &str = "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF";
@@ -290,7 +338,7 @@ pub struct SimSettings {
     pub replay_buffer: ReplayBuffer,
     /// 15. the user rewrites low-scoring suggestions and the pair is suggestion vs revision.
     pub user_revision: bool,
-    /// 16. run the MMLU check after each day's training.
+    /// 16. run the MMLU check on each day's model: the base on day 1, then after each training.
     pub daily_mmlu: bool,
     /// Seed for every random choice of the engine (not the LLMs').
     pub seed: u64,
@@ -456,15 +504,22 @@ impl Config {
         Ok(())
     }
 
-    /// The settings of one role, or the default local model.
+    /// The settings of one role (or the default local model), with the role's defaults filled
+    /// in where it leaves a setting out ([`RoleConfig::with_role_defaults`]).
     pub fn role(&self, role: Role) -> RoleConfig {
+        self.role_as_written(role).with_role_defaults(role)
+    }
+
+    /// The settings of one role as configured, or the default local model, without defaults.
+    fn role_as_written(&self, role: Role) -> RoleConfig {
         self.roles.get(role.as_str()).cloned().unwrap_or_else(|| RoleConfig::default_local(role))
     }
 
     /// `--provider scripted`: every role answers from the offline scripted brain.
     pub fn set_all_providers(&mut self, kind: ProviderKind) {
         for role in Role::ALL {
-            let mut rc = self.role(*role);
+            // As written: the defaults of the old provider must not follow the role to the new.
+            let mut rc = self.role_as_written(*role);
             rc.provider = kind;
             if kind == ProviderKind::Scripted {
                 rc.model = "scripted".into();
@@ -587,7 +642,7 @@ impl SimSettings {
             &self.evaluator_model,
             match self.evaluation {
                 Evaluation::Separate => "seperate",
-                Evaluation::All => "",
+                Evaluation::All => "all",
             },
             match self.forced_norec_ratio {
                 NoRecRatio::P0 => "norec0",
@@ -619,6 +674,81 @@ mod tests {
             SimSettings::default().train_mode_label(),
             "llama-3.3-70b_DPO__noreason_ret_suggest_ranking_AS_gemini-2.0_seperate_norec0_novis_equally200_recnorev_"
         );
+    }
+
+    #[test]
+    fn label_names_evaluation_all() {
+        let s = SimSettings { evaluation: Evaluation::All, ..SimSettings::default() };
+        assert_eq!(
+            s.train_mode_label(),
+            "llama-3.3-70b_DPO__noreason_ret_suggest_ranking_AS_gemini-2.0_all_norec0_novis_equally200_recnorev_"
+        );
+    }
+
+    #[test]
+    fn assistant_defaults_are_the_originals_sampling() {
+        // No table: the default local model, with the original's Llama generation settings.
+        let c = Config::default();
+        let a = c.role(Role::Assistant);
+        assert_eq!(a.provider, ProviderKind::Local);
+        assert_eq!(
+            (a.temperature, a.top_p, a.top_k, a.repeat_penalty, a.max_tokens, a.attempts),
+            (Some(0.9), Some(0.9), Some(50), Some(1.5), Some(128), Some(5))
+        );
+        // A table that names only the model gets them too; what it sets wins.
+        let c = Config::from_toml(
+            "[roles.assistant]\nprovider = \"local\"\nmodel = \"/m.gguf\"\ntemperature = 0.3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let a = c.role(Role::Assistant);
+        assert_eq!(
+            (a.temperature, a.top_p, a.top_k, a.repeat_penalty, a.max_tokens, a.attempts),
+            (Some(0.3), Some(0.9), Some(50), Some(1.5), Some(128), Some(5))
+        );
+        // On an API, the original's gpt-4o-mini assistant: temperature 0.1, nothing else sent.
+        let c = Config::from_toml(
+            "[roles.assistant]\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let a = c.role(Role::Assistant);
+        assert_eq!(
+            (a.temperature, a.top_p, a.top_k, a.repeat_penalty, a.max_tokens),
+            (Some(0.1), None, None, None, None)
+        );
+        // Other roles keep the provider's defaults.
+        let u = Config::default().role(Role::User);
+        assert_eq!((u.temperature, u.repeat_penalty, u.max_tokens, u.attempts), (None, None, None, None));
+        // Switching every role to an API does not carry the local defaults along.
+        let mut c = Config::default();
+        c.set_all_providers(ProviderKind::OpenAi);
+        assert_eq!(c.role(Role::Assistant).repeat_penalty, None);
+    }
+
+    #[test]
+    fn example_config_shows_the_assistant_defaults_that_run() {
+        // Uncomment the settings of the `[roles.assistant]` example in propersim.toml: they are
+        // what the assistant runs with no table.
+        let text = include_str!("../propersim.toml");
+        let mut table = String::from("[roles.assistant]\n");
+        let mut inside = false;
+        for line in text.lines() {
+            if line.starts_with("# [roles.") {
+                inside = line == "# [roles.assistant]";
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ").filter(|r| inside && r.contains(" = ") && !r.starts_with(' ')) {
+                table.push_str(rest);
+                table.push('\n');
+            }
+        }
+        let shown = Config::from_toml(&table, Path::new("propersim.toml")).unwrap().role(Role::Assistant);
+        let runs = Config::default().role(Role::Assistant);
+        let key = |r: &RoleConfig| {
+            (r.provider, r.model.clone(), r.temperature, r.top_p, r.top_k, r.repeat_penalty, r.max_tokens, r.attempts)
+        };
+        assert_eq!(key(&shown), key(&runs), "{table}");
     }
 
     #[test]

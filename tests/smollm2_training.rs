@@ -20,12 +20,12 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = common::base_config(&fs, tmp.path(), "trained");
     cfg.set_all_providers(ProviderKind::Scripted);
-    // The original assistant's sampling (gpt_structure.py): without its repetition penalty,
-    // SmolLM2 copies the prompt's "No Recommendation" example into both candidates, and no
-    // pair ever forms.
-    let mut assistant = common::local_role(&gguf, 24);
-    (assistant.temperature, assistant.top_p, assistant.top_k, assistant.repeat_penalty) =
-        (Some(0.9), Some(0.9), Some(50), Some(1.5));
+    // The assistant's defaults are the original's sampling (gpt_structure.py): without its
+    // repetition penalty, SmolLM2 copies the prompt's "No Recommendation" example into both
+    // candidates, and no pair ever forms.
+    let mut assistant = RoleConfig::scripted();
+    assistant.provider = ProviderKind::Local;
+    assistant.model = gguf.display().to_string();
     cfg.roles.insert("assistant".into(), assistant);
     let mut ev = RoleConfig::scripted();
     ev.provider = ProviderKind::OpenAi;
@@ -36,6 +36,9 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     // CPU-sized: one epoch over two pairs (the defaults are 2 epochs over up to 200).
     cfg.sim.train_epochs = 1;
     cfg.sim.train_max_pairs = Some(2);
+    // The MMLU check of each day's model: the base on day 1, the trained adapter on day 2.
+    cfg.sim.daily_mmlu = true;
+    cfg.sim.mmlu_path = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mmlu_tiny.jsonl"));
 
     // Three hours per step, so a day is 8 steps and the boundary comes quickly.
     let seed = propersim::storage::SimDir::fork(
@@ -76,4 +79,12 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     assert!(!after.is_empty(), "the assistant suggested after the swap");
     let metrics = std::fs::read_to_string(adapter_dir.join("train_metrics.jsonl")).unwrap();
     assert!(metrics.lines().count() >= 1, "training metrics written per step");
+    // The ledger names the model file that answered.
+    let suggest = ledger.iter().find(|l| l["task"] == "suggest").unwrap();
+    assert_eq!(suggest["model"].as_str().map(std::path::Path::new), Some(gguf.as_path()));
+    let mmlu: Vec<Value> = propersim::storage::read_jsonl(&sim.join("mmlu.jsonl")).unwrap();
+    let days: Vec<(u64, &str)> =
+        mmlu.iter().map(|l| (l["day"].as_u64().unwrap(), l["adapter"].as_str().unwrap())).collect();
+    assert_eq!(days, vec![(1, "base"), (2, "day_01")], "{mmlu:?}");
+    assert!(mmlu.iter().all(|l| (0.0..=1.0).contains(&l["overall_accuracy"].as_f64().unwrap())));
 }

@@ -231,7 +231,7 @@ fn toy_cfg(method: Method) -> TrainConfig {
     c.lora = small_lora();
     c.adam.lr = 2e-2;
     c.epochs = 6;
-    c.limits = TokenLimits { max_prompt: 64, max_length: 96, append_eos: None };
+    c.limits = TokenLimits { max_prompt: 64, max_length: 96, ..TokenLimits::default() };
     c
 }
 
@@ -682,6 +682,16 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
         &[2, 198],
         "completion ends with <|im_end|> and newline"
     );
+    // The engine's own formatter (the assistant's tokenizer) knows the EOS, and the completion
+    // then ends with it, as TRL tokenizes: DPO after every completion, KTO since it is missing.
+    let real = propersim::sim::training::formatter_for(&path)?;
+    assert_eq!(real.eos_id(), Some(2));
+    for limits in [TrainConfig::dpo().limits, TrainConfig::kto().limits] {
+        let t = tokenize_pair(&real, &pairs[0], &limits)?;
+        for c in [&t.chosen.completion, &t.rejected.completion] {
+            assert_eq!(&c[c.len() - 3..], &[2, 198, 2], "<|im_end|>, newline, EOS");
+        }
+    }
 
     let limits = TokenLimits::default();
     let before = score_pairs(&model, None, &fmt, &pairs, &limits, &mut std::io::sink())?;

@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemoryLevel;
+use crate::memory::structured::Block;
 use crate::memory::{Interaction, StructuredMemory};
 use crate::sim::clock::fmt_prompt_time;
 
@@ -29,6 +30,12 @@ pub struct Record {
 pub const W_RELEVANCE: f32 = 3.0;
 pub const W_RECENCY: f32 = 0.5;
 pub const RECENCY_DECAY: f32 = 0.995;
+/// Records retrieved by similarity (the original's `n_count`); none when the persona is given,
+/// where only the most recent interactions are shown.
+pub const TOP_K: usize = 3;
+/// The running hour gets a summary in a prompt without retrieval once it has more than this many
+/// interactions (the original's `len(events_hourly) > 4`).
+pub const RUNNING_SUMMARY_AFTER: usize = 4;
 
 /// The text a memory record holds at a memory level: action, suggestion, score, reason.
 pub fn record_text(
@@ -132,6 +139,23 @@ impl AssistantMemory {
             }
         }
         out
+    }
+
+    /// The memory block without retrieval (`memory_retrieval = false`), as the original's
+    /// `wo_mem_suggest`: the 4-hourly and hourly summaries and, once the running hour has more
+    /// than 4 interactions, its summary (`running`, made by the caller); no raw interactions.
+    pub fn render_summaries(&self, running: Option<Block>) -> String {
+        let mut s = self.structured.clone();
+        s.hour.clear();
+        s.recent.clear();
+        s.hourly.extend(running);
+        s.render()
+    }
+
+    /// Whether the running hour is summarized in the prompt: the original re-summarized it on
+    /// every step once it held more than 4 interactions.
+    pub fn running_hour_summarized(&self) -> bool {
+        self.structured.hour.len() > RUNNING_SUMMARY_AFTER
     }
 
     pub fn push(&mut self, r: Record) {

@@ -219,13 +219,13 @@ impl Llm {
     /// Run a task: ask, parse, retry a bounded number of times, then fall back.
     ///
     /// A reply that fails the task's `parse` (or that the provider could not read) is re-asked
-    /// up to `task_retries` times and then replaced by the task's fallback, counted in the
-    /// ledger. A call whose transport retries ran out ([`ProviderError::Exhausted`]: 429s,
-    /// 5xx, timeouts) goes straight to the fallback, also counted, with the error in its ledger
-    /// line: asking again would only wait for the same server once more, and one bad call
-    /// should not end a run. Authentication and request errors, a strict-replay miss
-    /// ([`CacheMiss`]) and the budget cap ([`BudgetExceeded`]) are returned as errors; match
-    /// them with `err.downcast_ref`.
+    /// up to `task_retries` times (the role's `attempts` in all, when set) and then replaced by
+    /// the task's fallback, counted in the ledger. A call whose transport retries ran out
+    /// ([`ProviderError::Exhausted`]: 429s, 5xx, timeouts) goes straight to the fallback, also
+    /// counted, with the error in its ledger line: asking again would only wait for the same
+    /// server once more, and one bad call should not end a run. Authentication and request
+    /// errors, a strict-replay miss ([`CacheMiss`]) and the budget cap ([`BudgetExceeded`]) are
+    /// returned as errors; match them with `err.downcast_ref`.
     pub async fn run<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let span = tracing::debug_span!("llm_task", task = task.name(), role = %task.role());
         self.run_inner(task).instrument(span).await
@@ -236,7 +236,7 @@ impl Llm {
         let messages = task.messages();
         let schema = (slot.rc.structured() && matches!(slot.backend, Backend::Provider(_)))
             .then(|| AnswerSchema { name: task.name().to_string(), schema: task.schema() });
-        let attempts_max = self.retries as u32 + 1;
+        let attempts_max = slot.rc.attempts.map_or(self.retries as u32 + 1, |a| a.max(1));
         let started = Instant::now();
         let mut acc = CallAcc::default();
         for attempt in 0..attempts_max {
@@ -562,7 +562,7 @@ impl Llm {
             task: task.to_string(),
             role: slot.role.to_string(),
             provider: slot.rc.provider.to_string(),
-            model: slot.rc.model.clone(),
+            model: self.answering_model(slot),
             prompt_tokens: acc.prompt_tokens,
             completion_tokens: acc.completion_tokens,
             latency_ms: started.elapsed().as_millis() as u64,
@@ -576,6 +576,17 @@ impl Llm {
             error: error.map(|e| format!("{e:#}")),
         };
         self.ledger.record(&entry).context("writing the LLM ledger")
+    }
+
+    /// What the ledger names as the model: the one the provider loaded when it knows (a local
+    /// file, maybe the installed fallback for the configured id), else the role's setting.
+    fn answering_model(&self, slot: &Slot) -> String {
+        if let Backend::Provider(cell) = &slot.backend {
+            if let Some(m) = cell.get().and_then(|p| p.loaded_model()) {
+                return m.to_string();
+            }
+        }
+        slot.rc.model.clone()
     }
 
     /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is

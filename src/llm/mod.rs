@@ -112,4 +112,10 @@ pub trait ChatProvider: Send + Sync {
     }
     /// Short name for the ledger and the cache key (`openai`, `gemini`, `local`, ...).
     fn name(&self) -> &str;
+    /// The model that actually answers, when the provider knows it better than the role's
+    /// `model` setting: a local provider names the file it loaded (which may be a fallback for
+    /// the configured id). The ledger records this.
+    fn loaded_model(&self) -> Option<&str> {
+        None
+    }
 }

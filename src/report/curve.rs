@@ -90,9 +90,9 @@ pub fn arm_days(dir: &Path) -> Result<Vec<CurveDay>> {
                 rec_dimensions: d.rec_dimensions,
                 pairs_trained: trained.map(|t| t.0),
                 train_loss: trained.and_then(|t| t.1),
-                // The adapter trained at the end of day d-1 serves day d; `mmlu.jsonl` numbers
-                // checks by the day whose training they follow (0: the base model).
-                mmlu: mmlu.get(&(day - 1)).copied(),
+                // `mmlu.jsonl` numbers each check by the day whose model it checked (day 1: the
+                // base model; day d + 1: the adapter trained at the end of day d).
+                mmlu: mmlu.get(&day).copied(),
             }
         })
         .collect())

@@ -88,7 +88,8 @@ pub struct SweepDay {
     pub norec_share: Stat,
     /// Rubric dimension -> pass rate over recommendations only.
     pub dimensions: IndexMap<String, Stat>,
-    /// Greedy MMLU accuracy after the day's training (sims run with `daily_mmlu`).
+    /// Greedy MMLU accuracy of the model the day ran with: day 1 the base, day N + 1 the
+    /// adapter trained on day N (sims run with `daily_mmlu`).
     pub mmlu: Stat,
 }
 
@@ -115,8 +116,8 @@ struct PersonaDay {
     mmlu: Option<f64>,
 }
 
-/// `mmlu.jsonl`: day (1-based, the day just trained on) -> overall accuracy; the last line of a
-/// day wins (a resumed run may have checked it twice).
+/// `mmlu.jsonl`: day (1-based, the day whose model was checked) -> overall accuracy; the last
+/// line of a day wins (a resumed run may have checked it twice).
 fn read_mmlu(sim_dir: &Path) -> Result<BTreeMap<u64, f64>> {
     let path = sim_dir.join("mmlu.jsonl");
     let mut out = BTreeMap::new();

@@ -39,6 +39,9 @@ impl ChatFormatter for ProviderFormatter {
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.0.try_tokenizer()?.encode(text)
     }
+    fn eos_id(&self) -> Option<u32> {
+        self.0.try_tokenizer().ok()?.special().eos.as_ref().map(|e| e.0)
+    }
 }
 
 impl crate::train::mmlu::TextCodec for ProviderFormatter {
@@ -77,6 +80,8 @@ pub struct Training {
     pub provider: Arc<LocalProvider>,
     /// Day whose training is running.
     pending: Option<u32>,
+    /// The base model's MMLU check of day 1 is still to run (a fresh run with `daily_mmlu`).
+    base_mmlu_due: bool,
 }
 
 /// What the trained assistants of the sims in one process share: each base model loaded once
@@ -116,7 +121,14 @@ impl TrainShare {
 /// the LLM client (with the assistant's provider following the adapter slot) and the hook.
 pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Result<(Llm, Option<Training>)> {
     let method = match cfg.sim.train_method {
-        TrainMethod::None => return Ok((llm, None)),
+        TrainMethod::None => {
+            if cfg.sim.daily_mmlu {
+                eprintln!(
+                    "note: daily_mmlu checks the trained assistant; with train_method = none this run does not check."
+                );
+            }
+            return Ok((llm, None));
+        }
         TrainMethod::Dpo => Method::Dpo,
         TrainMethod::Kto => Method::Kto,
     };
@@ -150,7 +162,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
         (true, Some(p)) => Some(Mmlu {
             items: crate::train::mmlu::read_items(p)?,
-            out: sim_root.join("mmlu.jsonl"),
+            out: sim_root.join(MMLU_FILE),
             model: model.clone(),
             slot: slot.clone(),
         }),
@@ -182,6 +194,9 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         ReplayChoice::Equally400 => ReplayMode::Equally(400),
         ReplayChoice::HalfToday => ReplayMode::HalfToday,
     };
+    // Like the original, day 1 starts with a check of the base model (unless a resumed run
+    // already has it).
+    let base_mmlu_due = mmlu.is_some() && version == 0 && mmlu_day_missing(&sim_root.join(MMLU_FILE), 1)?;
     let t = Training {
         worker,
         mmlu,
@@ -197,6 +212,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         llm: None,
         provider,
         pending: None,
+        base_mmlu_due,
     };
     Ok((llm, Some(t)))
 }
@@ -234,17 +250,36 @@ impl Training {
                         "seconds": o.summary.seconds,
                     }),
                 )?;
-                self.check_mmlu(o.day)
+                // The adapter trained on day N is the model of day N + 1.
+                self.check_mmlu(o.day + 1)
             }
             Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),
         }
     }
 }
 
+/// The daily MMLU results in a sim's folder: one line per simulated day, for the model that day
+/// ran with (day 1: the base model; day N + 1: the adapter trained on day N's pairs).
+pub const MMLU_FILE: &str = "mmlu.jsonl";
+
+/// Whether `path` has no result for `day` (a missing file has none).
+fn mmlu_day_missing(path: &Path, day: u32) -> Result<bool> {
+    if !path.exists() {
+        return Ok(true);
+    }
+    let lines: Vec<serde_json::Value> = crate::storage::read_jsonl(path)?;
+    Ok(!lines.iter().any(|l| l.get("day").and_then(serde_json::Value::as_u64) == Some(day as u64)))
+}
+
 impl Training {
-    /// Greedy MMLU on the just-trained adapter (the original's daily check).
+    /// Greedy MMLU on the model of simulated day `day` (1-based): the adapter in use now, or the
+    /// base before any training. The original checked at the start of every day, day 1 included.
     fn check_mmlu(&self, day: u32) -> Result<()> {
         let Some(m) = &self.mmlu else { return Ok(()) };
+        let adapter = match m.slot.current().day {
+            Some(d) if m.slot.version() > 0 => format!("day_{d:02}"),
+            _ => "base".to_string(),
+        };
         let fmt = ProviderFormatter(self.provider.clone());
         let special = self.provider.try_tokenizer()?.special().clone();
         let opts = crate::train::mmlu::MmluOptions {
@@ -254,10 +289,13 @@ impl Training {
         };
         let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
         let report = crate::train::mmlu::run_mmlu(&mut session, &fmt, &m.items, &opts)?;
-        eprintln!("MMLU after day {day}: {:.3} over {} questions", report.overall_accuracy, report.questions);
+        eprintln!(
+            "MMLU of day {day}'s model ({adapter}): {:.3} over {} questions",
+            report.overall_accuracy, report.questions
+        );
         crate::storage::append_jsonl(
             &m.out,
-            &serde_json::json!({"day": day, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}),
+            &serde_json::json!({"day": day, "adapter": adapter, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}),
         )
     }
 }
@@ -271,7 +309,8 @@ impl DayHook for Training {
         }
         if set.is_empty() {
             eprintln!("day {} produced no preference pairs; the adapter stays as it is", day + 1);
-            return Ok(());
+            // The next day still gets its check, as in the original.
+            return self.check_mmlu(day as u32 + 2);
         }
         let adapter_day = day as u32 + 1;
         let dir = adapter::day_dir(&self.adapters, adapter_day);
@@ -292,6 +331,9 @@ impl DayHook for Training {
     }
 
     fn before_step(&mut self, _step: u64) -> Result<()> {
+        if std::mem::take(&mut self.base_mmlu_due) {
+            self.check_mmlu(1)?;
+        }
         match self.worker.try_result() {
             Some(r) => self.finish(r),
             None => Ok(()),

@@ -2,17 +2,20 @@
 //! (concurrently), pick what is shown, and form the preference pair.
 
 use anyhow::Result;
-use chrono::NaiveDateTime;
+use chrono::{NaiveDateTime, Timelike};
 use futures::future::try_join_all;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::assistant::memory::TOP_K;
 use crate::assistant::prompt;
 use crate::assistant::records::{InteractionRecord, PreferencePair};
 use crate::assistant::suggest::{Answer, Suggest};
 use crate::assistant::AssistantMemory;
 use crate::config::SimSettings;
 use crate::llm::{Llm, Message};
+use crate::memory::structured::Block;
+use crate::memory::summarize::Summarize;
 use crate::memory::StructuredMemory;
 use crate::sim::clock::{fmt_curr_time, fmt_prompt_time};
 use crate::suggestion::Suggestion;
@@ -56,14 +59,45 @@ pub async fn turn(
     let user_action = if m.walking { "walking".to_string() } else { m.action.to_string() };
     let time = fmt_prompt_time(m.now);
 
-    // Prompt: memory (+ retrieval of similar past interactions), then the moment.
-    let retrieved = if s.memory_retrieval {
-        let focal = llm.embed(&format!("{} is {}.", m.user_name, m.act_description)).await?;
-        amem.retrieve(&focal, 3)
+    // Prompt. With retrieval: the summaries, this hour's interactions, the past ones most similar
+    // to the moment (none when the persona is given: the original's `n_count = 0`) and the most
+    // recent ones. Without: only the summaries, the running hour summarized once it has more
+    // than 4 interactions (the original's `wo_mem_suggest`).
+    let memory = if s.memory_retrieval {
+        let k = if s.persona_given { 0 } else { TOP_K };
+        let retrieved = if k > 0 {
+            let focal = llm.embed(&format!("{} is {}.", m.user_name, m.act_description)).await?;
+            amem.retrieve(&focal, k)
+        } else {
+            Vec::new()
+        };
+        amem.render(&retrieved, true)
     } else {
-        Vec::new()
+        let running = if amem.running_hour_summarized() {
+            let hour = &amem.structured.hour;
+            let entries: Vec<String> = hour.iter().map(|i| i.text.clone()).collect();
+            let summary = llm
+                .run(&Summarize {
+                    viewpoint: "the assistant",
+                    user_name: m.user_name,
+                    span: "hour",
+                    entries: &entries,
+                    with_scores: s.memory_level.score_aware_summaries(),
+                })
+                .await?
+                .value;
+            let first = hour[0].time;
+            Some(Block {
+                from: first.with_minute(0).and_then(|t| t.with_second(0)).unwrap_or(first),
+                to: m.now,
+                recommendations: hour.iter().filter(|i| i.recommended).count(),
+                summary,
+            })
+        } else {
+            None
+        };
+        amem.render_summaries(running)
     };
-    let memory = amem.render(&retrieved, s.memory_retrieval);
     let rubric = s.persona_given.then(|| m.profile.rubric_text());
     let system = prompt::system(m.assistant_name, m.user_name, s.reason_mode, rubric.as_deref());
     let user = prompt::user(&memory, &time, m.user_name, &user_action, s.reason_mode);
@@ -127,8 +161,15 @@ pub async fn turn(
     let pair = if n == 2 && judgements[0].total != judgements[1].total {
         let (w, l) = if judgements[0].total > judgements[1].total { (0, 1) } else { (1, 0) };
         let answer = |i: usize| Message::assistant(answers[i].suggestion.to_json_answer(None));
+        // The training prompt never holds the rubric: the original built its pairs with the
+        // system prompt of the reason mode, not the persona-given one it generated with.
+        let train_system = if s.persona_given {
+            prompt::system(m.assistant_name, m.user_name, s.reason_mode, None)
+        } else {
+            system.clone()
+        };
         Some(PreferencePair {
-            prompt: vec![Message::system(system.clone()), Message::user(user.clone())],
+            prompt: vec![Message::system(train_system), Message::user(user.clone())],
             chosen: vec![answer(w)],
             rejected: vec![answer(l)],
             chosen_score: judgements[w].total,
@@ -163,4 +204,137 @@ pub async fn turn(
         pair,
         prompt_user: user,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assistant::memory::Record;
+    use crate::config::{Config, ProviderKind};
+    use crate::llm::client::scripted_embedding;
+    use crate::memory::Interaction;
+    use crate::user::profile::{Scratch, DIMENSIONS};
+    use chrono::NaiveDate;
+    use rand::SeedableRng;
+
+    const RUBRIC_MARK: &str = "only-ever-about-sourdough";
+
+    fn scripted_llm() -> Llm {
+        let mut cfg = Config::default();
+        cfg.set_all_providers(ProviderKind::Scripted);
+        Llm::from_config(&cfg).unwrap()
+    }
+
+    fn profile() -> Profile {
+        let mut sc = Scratch(Default::default());
+        sc.set("name", "John Lin");
+        let crit: serde_json::Map<String, serde_json::Value> =
+            DIMENSIONS.iter().map(|d| (d.to_string(), format!("{d}: {RUBRIC_MARK}").into())).collect();
+        sc.set("criteria", serde_json::Value::Object(crit));
+        Profile::from_scratch(&sc)
+    }
+
+    fn at(h: u32, m: u32) -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(2025, 2, 13).unwrap().and_hms_opt(h, m, 0).unwrap()
+    }
+
+    /// One old record about the current action, then ten unrelated later ones.
+    fn memory() -> AssistantMemory {
+        let mut amem = AssistantMemory::default();
+        let mut push = |step: u64, t: NaiveDateTime, text: &str| {
+            amem.push(Record {
+                step,
+                time: t,
+                text: text.into(),
+                recommended: true,
+                embedding: scripted_embedding(text),
+            })
+        };
+        push(0, at(6, 0), "John Lin's action: baking sourdough bread");
+        for i in 1..=10 {
+            push(i, at(7, 5 * i as u32), &format!("John Lin's action: answering email number {i}"));
+        }
+        amem
+    }
+
+    async fn run(s: &SimSettings, amem: &AssistantMemory, seed: u64) -> TurnResult {
+        let llm = scripted_llm();
+        let p = profile();
+        let m = Moment {
+            step: 100,
+            now: at(9, 0),
+            user_name: "John Lin",
+            assistant_name: "Eddy Lin",
+            profile: &p,
+            action: "baking sourdough bread",
+            act_description: "cooking (baking sourdough bread)",
+            walking: false,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        turn(&llm, s, &m, amem, &StructuredMemory::new(3), &mut rng).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn persona_given_retrieves_no_memories_and_its_pairs_hold_no_rubric() {
+        let amem = memory();
+        let old = fmt_prompt_time(at(6, 0));
+        let plain = run(&SimSettings::default(), &amem, 1).await;
+        assert!(plain.prompt_user.contains(&old), "retrieval finds the old, similar record:\n{}", plain.prompt_user);
+        let s = SimSettings { persona_given: true, ..SimSettings::default() };
+        let given = run(&s, &amem, 1).await;
+        assert!(!given.prompt_user.contains(&old), "no retrieval with the persona given:\n{}", given.prompt_user);
+        // The most recent interactions are still shown.
+        assert!(given.prompt_user.contains("answering email number 10"), "{}", given.prompt_user);
+
+        // A pair's prompt is the plain system prompt (the original's), without the rubric the
+        // candidates were generated with.
+        let mut pairs = 0;
+        for seed in 0..40 {
+            if let Some(p) = run(&s, &amem, seed).await.pair {
+                assert_eq!(p.prompt[0].role, "system");
+                assert!(!p.prompt[0].content.contains(RUBRIC_MARK), "{}", p.prompt[0].content);
+                assert_eq!(p.prompt[0].content, prompt::system("Eddy Lin", "John Lin", s.reason_mode, None));
+                pairs += 1;
+            }
+        }
+        assert!(pairs > 0, "some step formed a pair");
+        assert!(
+            prompt::system("Eddy Lin", "John Lin", s.reason_mode, Some(&profile().rubric_text())).contains(RUBRIC_MARK)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_retrieval_the_prompt_holds_summaries_only() {
+        let mut amem = memory();
+        let s = SimSettings { memory_retrieval: false, ..SimSettings::default() };
+        // Three interactions this hour: neither shown raw nor summarized.
+        for i in 0..3u64 {
+            amem.structured.hour.push(Interaction {
+                step: 90 + i,
+                time: at(8, 30 + 5 * i as u32),
+                text: format!("John Lin's action: polishing shoes, pass {i}"),
+                recommended: i == 1,
+                score: Some(2.0),
+            });
+        }
+        let r = run(&s, &amem, 3).await;
+        assert!(!r.prompt_user.contains("polishing shoes"), "{}", r.prompt_user);
+        assert!(!r.prompt_user.contains("answering email"), "no recent interactions: {}", r.prompt_user);
+        assert!(!r.prompt_user.contains("SUMMARY"), "{}", r.prompt_user);
+        // Past four: the running hour is summarized (the scripted summary counts its entries).
+        for i in 3..6u64 {
+            amem.structured.hour.push(Interaction {
+                step: 90 + i,
+                time: at(8, 30 + 5 * i as u32),
+                text: format!("John Lin's action: polishing shoes, pass {i}"),
+                recommended: false,
+                score: Some(2.0),
+            });
+        }
+        let r = run(&s, &amem, 3).await;
+        assert!(r.prompt_user.contains("SUMMARY: 6 interactions"), "{}", r.prompt_user);
+        assert!(r.prompt_user.contains("Number of recommendations: 1"), "{}", r.prompt_user);
+        assert!(!r.prompt_user.contains("pass 5"), "no raw events: {}", r.prompt_user);
+        assert!(!r.prompt_user.contains("This hour so far"), "{}", r.prompt_user);
+    }
 }

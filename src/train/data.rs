@@ -6,7 +6,9 @@
 //! message prefix becomes the prompt.
 //!
 //! Completion tokens follow TRL: tokens(render(prompt + answer)) minus tokens(render(prompt) with
-//! the generation prompt) — for ChatML that is the answer, `<|im_end|>` and the newline.
+//! the generation prompt) — for ChatML that is the answer, `<|im_end|>` and the newline — then the
+//! tokenizer's EOS, which TRL 0.19 appends: its DPO tokenization after every completion, its KTO
+//! tokenization when the completion does not already end with it ([`AppendEos`]).
 //! Truncation: the prompt keeps its last `max_prompt` tokens; if prompt + completion is still longer
 //! than `max_length`, more is cut from the start (TRL's `keep_end`).
 
@@ -24,6 +26,23 @@ pub trait ChatFormatter: Send + Sync {
     fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String>;
     /// Tokenize text without adding special tokens (the template already has them).
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// The tokenizer's EOS id, which TRL appends to completions; `None`: nothing is appended.
+    fn eos_id(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Whether the tokenizer's EOS follows a completion (TRL 0.19 tokenization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendEos {
+    /// Nothing is appended.
+    Never,
+    /// After every completion, even one the chat template already ended with an end-of-turn
+    /// token (`DPOTrainer.tokenize_row`; Llama-3's `<|eot_id|>` is then followed by an EOS).
+    Always,
+    /// Unless the completion's last token already is the EOS (`KTOTrainer`'s `_process_tokens`).
+    IfMissing,
 }
 
 /// One preference record.
@@ -82,13 +101,13 @@ pub fn parse_pairs(text: &str) -> Result<Vec<PreferencePair>> {
 pub struct TokenLimits {
     pub max_prompt: usize,
     pub max_length: usize,
-    /// TRL 0.19 appended `eos_token_id` after every completion; `None` = don't.
-    pub append_eos: Option<u32>,
+    /// Whether the formatter's EOS id follows each completion (DPO: always, as TRL 0.19).
+    pub append_eos: AppendEos,
 }
 
 impl Default for TokenLimits {
     fn default() -> Self {
-        TokenLimits { max_prompt: 2048, max_length: 2304, append_eos: None }
+        TokenLimits { max_prompt: 2048, max_length: 2304, append_eos: AppendEos::Always }
     }
 }
 
@@ -113,8 +132,12 @@ pub fn tokenize(
     } else {
         bail!("the chat template's rendering of prompt + answer does not start with the rendered prompt");
     };
-    if let Some(eos) = limits.append_eos {
-        completion.push(eos);
+    if let Some(eos) = fmt.eos_id() {
+        match limits.append_eos {
+            AppendEos::Always => completion.push(eos),
+            AppendEos::IfMissing if completion.last() != Some(&eos) => completion.push(eos),
+            _ => {}
+        }
     }
     if completion.is_empty() {
         bail!("the completion has no tokens");
@@ -204,10 +227,68 @@ mod tests {
         Ok(())
     }
 
+    /// The same with an EOS id (7), as a real tokenizer has.
+    struct ByteChatMlEos;
+    impl ChatFormatter for ByteChatMlEos {
+        fn render(&self, msgs: &[Message], gen: bool) -> Result<String> {
+            ByteChatMl.render(msgs, gen)
+        }
+        fn encode(&self, text: &str) -> Result<Vec<u32>> {
+            ByteChatMl.encode(text)
+        }
+        fn eos_id(&self) -> Option<u32> {
+            Some(7)
+        }
+    }
+
+    #[test]
+    fn completions_end_with_eos_as_trl_tokenizes_them() -> Result<()> {
+        let (p, a) = ([Message::user("hi")], [Message::assistant("ok")]);
+        let end = |mode| -> Result<Vec<u32>> {
+            let limits = TokenLimits { append_eos: mode, ..TokenLimits::default() };
+            Ok(tokenize(&ByteChatMlEos, &p, &a, &limits)?.completion)
+        };
+        let (o, k, nl) = (b'o' as u32, b'k' as u32, b'\n' as u32);
+        // DPO (the default): the template's end of turn, its newline, then the EOS.
+        assert_eq!(TokenLimits::default().append_eos, AppendEos::Always);
+        assert_eq!(end(AppendEos::Always)?, vec![o, k, 1001, nl, 7]);
+        assert_eq!(end(AppendEos::IfMissing)?, vec![o, k, 1001, nl, 7]);
+        assert_eq!(end(AppendEos::Never)?, vec![o, k, 1001, nl]);
+        // A completion that already ends with the EOS: DPO adds another, KTO does not.
+        let ends_in_eos = [Message::assistant("ok\u{7}")];
+        let tok = |mode| -> Result<Vec<u32>> {
+            let mut limits = TokenLimits { append_eos: mode, ..TokenLimits::default() };
+            limits.max_length = 100;
+            struct NoEnd;
+            impl ChatFormatter for NoEnd {
+                fn render(&self, msgs: &[Message], gen: bool) -> Result<String> {
+                    let mut s: String = msgs.iter().map(|m| m.content.clone()).collect::<Vec<_>>().join("|");
+                    if gen {
+                        s.push('|');
+                    }
+                    Ok(s)
+                }
+                fn encode(&self, text: &str) -> Result<Vec<u32>> {
+                    Ok(text.bytes().map(u32::from).collect())
+                }
+                fn eos_id(&self) -> Option<u32> {
+                    Some(7)
+                }
+            }
+            Ok(tokenize(&NoEnd, &p, &ends_in_eos, &limits)?.completion)
+        };
+        assert_eq!(tok(AppendEos::Always)?, vec![o, k, 7, 7]);
+        assert_eq!(tok(AppendEos::IfMissing)?, vec![o, k, 7]);
+        // The training configurations: DPO always, KTO if missing.
+        assert_eq!(crate::train::TrainConfig::dpo().limits.append_eos, AppendEos::Always);
+        assert_eq!(crate::train::TrainConfig::kto().limits.append_eos, AppendEos::IfMissing);
+        Ok(())
+    }
+
     #[test]
     fn truncation_cuts_prompt_from_the_left() -> Result<()> {
-        let limits = TokenLimits { max_prompt: 10, max_length: 12, append_eos: Some(7) };
-        let s = tokenize(&ByteChatMl, &[Message::user("abcdefghijklmnop")], &[Message::assistant("xyz")], &limits)?;
+        let limits = TokenLimits { max_prompt: 10, max_length: 12, append_eos: AppendEos::Always };
+        let s = tokenize(&ByteChatMlEos, &[Message::user("abcdefghijklmnop")], &[Message::assistant("xyz")], &limits)?;
         // completion: x y z <end> \n eos = 6 tokens; prompt keeps its last 6.
         assert_eq!(s.completion.len(), 6);
         assert_eq!(*s.completion.last().unwrap(), 7);

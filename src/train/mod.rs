@@ -30,7 +30,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::model::lora::LoraConfig;
-pub use data::{ChatFormatter, PreferencePair, TokenLimits};
+pub use data::{AppendEos, ChatFormatter, PreferencePair, TokenLimits};
 pub use offline::{bench_dpo, score_pairs, train_offline, BenchReport, OfflineTrainOptions, PairScore};
 pub use optim::AdamWConfig;
 
@@ -100,7 +100,13 @@ impl TrainConfig {
     }
 
     pub fn kto() -> Self {
-        TrainConfig { method: Method::Kto, batch_size: 2, grad_accum: 2, ..TrainConfig::dpo() }
+        TrainConfig {
+            method: Method::Kto,
+            batch_size: 2,
+            grad_accum: 2,
+            limits: TokenLimits { append_eos: data::AppendEos::IfMissing, ..TokenLimits::default() },
+            ..TrainConfig::dpo()
+        }
     }
 
     pub fn for_method(m: Method) -> Self {

