@@ -260,9 +260,10 @@ mod tests {
     async fn run(s: &SimSettings, amem: &AssistantMemory, seed: u64) -> TurnResult {
         let llm = scripted_llm();
         let p = profile();
+        // The seed moves the moment by minutes, so the scripted brain's answers vary with it.
         let m = Moment {
             step: 100,
-            now: at(9, 0),
+            now: at(9, (seed % 50) as u32),
             user_name: "John Lin",
             assistant_name: "Eddy Lin",
             profile: &p,
