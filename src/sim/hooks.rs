@@ -8,6 +8,12 @@ use anyhow::Result;
 pub trait DayHook: Send {
     /// Day `day` (0-based) is over; its preference pairs are in `pairs` (may not exist).
     fn day_ended(&mut self, day: u64, pairs: &Path) -> Result<()>;
+    /// A resumed run is about to run its first step; `day` (0-based) is the last day that ended
+    /// before it, with its pairs in `pairs`. A run killed between a day boundary and the end of
+    /// that day's training resumes past the boundary, so the hook must start what it missed.
+    fn resumed(&mut self, _day: u64, _pairs: &Path) -> Result<()> {
+        Ok(())
+    }
     /// Before step `step` runs (non-blocking: e.g. pick up a finished adapter).
     fn before_step(&mut self, _step: u64) -> Result<()> {
         Ok(())

@@ -330,6 +330,16 @@ impl DayHook for Training {
         Ok(())
     }
 
+    fn resumed(&mut self, day: u64, pairs: &Path) -> Result<()> {
+        // Day `day`'s adapter is `adapters/day_<day + 1>`; a day without pairs never gets one.
+        let latest = adapter::latest_day(&self.adapters)?.map_or(0, |(d, _)| u64::from(d));
+        if self.pending.is_none() && latest < day + 1 && pairs.exists() {
+            eprintln!("resuming after the end of day {}: its training had not finished; training now", day + 1);
+            return self.day_ended(day, pairs);
+        }
+        Ok(())
+    }
+
     fn before_step(&mut self, _step: u64) -> Result<()> {
         if std::mem::take(&mut self.base_mmlu_due) {
             self.check_mmlu(1)?;
