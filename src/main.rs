@@ -312,9 +312,14 @@ struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Where Phaser 3 is loaded from (default: the jsdelivr CDN, like the original).
-    #[arg(long)]
+    /// Load Phaser from this URL instead of our own /static/js/phaser.min.js (e.g. the CDN:
+    /// https://cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.min.js).
+    #[arg(long, conflicts_with = "phaser_path")]
     phaser_url: Option<String>,
+    /// The Phaser file served at /static/js/phaser.min.js (default: `npm ci`'s
+    /// node_modules/phaser/dist/phaser.min.js under --web-root).
+    #[arg(long, value_name = "FILE")]
+    phaser_path: Option<PathBuf>,
     /// Folder holding our templates/ and static/ (default: the current folder).
     #[arg(long, default_value = ".")]
     web_root: PathBuf,
@@ -706,8 +711,15 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     opts.compressed = compressed_root(&cfg);
     opts.set_limits(&cfg.web)?;
     if let Some(u) = a.phaser_url {
-        opts.phaser_url = u;
+        opts.phaser_url = Some(u);
     }
+    if let Some(p) = a.phaser_path {
+        if !p.is_file() {
+            anyhow::bail!("--phaser-path {}: no such file", p.display());
+        }
+        opts.phaser_file = p;
+    }
+
     let mut live_task = None;
     if a.sim.fork.is_some() || a.sim.sim.is_some() {
         ensure_assets(&cfg)?;
