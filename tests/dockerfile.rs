@@ -221,7 +221,7 @@ fn the_image_runs_unprivileged_with_a_healthcheck_and_phaser() {
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let st = stages(&text);
     let last = st.last().unwrap();
-    let user = last.iter().filter(|i| keyword(i) == "USER").next_back().expect("a USER in the final stage");
+    let user = last.iter().rfind(|i| keyword(i) == "USER").expect("a USER in the final stage");
     let who = user.split_whitespace().nth(1).unwrap();
     assert!(!matches!(who, "root" | "0") && !who.starts_with("0:"), "{user}");
     assert!(last.iter().any(|i| keyword(i) == "HEALTHCHECK" && i.contains("CMD")), "no HEALTHCHECK");
