@@ -302,3 +302,42 @@ fn bench_offers_only_the_options_it_uses() {
     let o = cmd(root.path()).args(["bench", "--resume"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn the_progress_bar_shows_a_plain_rounded_rate() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server");
+    // indicatif draws only on a terminal: `script` gives the run one.
+    let script = need!(["/usr/bin/script", "/bin/script"].into_iter().map(Path::new).find(|p| p.exists()), "script(1)");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let line = format!(
+        "{} run --novis --provider scripted --set train_method=none --steps 120 --fork base_the_ville_persona_1 \
+         --sim s --storage {s} --seeds {seeds} --assets {assets} --temp-storage {t}",
+        common::bin().display(),
+        s = r.join("storage").display(),
+        seeds = fs.join("storage").display(),
+        assets = fs.join("static_dirs/assets").display(),
+        t = r.join("temp").display(),
+    );
+    let mut c = Command::new(script);
+    c.current_dir(r).args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PROPERSIM_") {
+            c.env_remove(k);
+        }
+    }
+    let o = c.output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).replace('\r', "\n");
+    assert!(o.status.success(), "{text}");
+    let rate = regex::Regex::new(r"\d+/120 steps  (\S+) (\S+)  eta").unwrap();
+    let rates: Vec<(String, String)> =
+        text.lines().filter_map(|l| rate.captures(l)).map(|c| (c[1].to_string(), c[2].to_string())).collect();
+    assert!(!rates.is_empty(), "no progress line: {text}");
+    for (n, unit) in &rates {
+        assert_eq!(unit, "steps/s", "{n} {unit}");
+        assert!(
+            n == "-" || regex::Regex::new(r"^\d+(\.\d)?$").unwrap().is_match(n),
+            "rate `{n}` is not a plain rounded number"
+        );
+    }
+}
