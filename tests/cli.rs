@@ -333,11 +333,9 @@ fn the_progress_bar_shows_a_plain_rounded_rate() {
     let rates: Vec<(String, String)> =
         text.lines().filter_map(|l| rate.captures(l)).map(|c| (c[1].to_string(), c[2].to_string())).collect();
     assert!(!rates.is_empty(), "no progress line: {text}");
+    let plain = regex::Regex::new(r"^\d+(\.\d)?$").unwrap();
     for (n, unit) in &rates {
         assert_eq!(unit, "steps/s", "{n} {unit}");
-        assert!(
-            n == "-" || regex::Regex::new(r"^\d+(\.\d)?$").unwrap().is_match(n),
-            "rate `{n}` is not a plain rounded number"
-        );
+        assert!(n == "-" || plain.is_match(n), "rate `{n}` is not a plain rounded number");
     }
 }
