@@ -859,8 +859,9 @@ async fn main() -> ExitCode {
     use std::io::IsTerminal;
     // A closed pipe (`propersim report SIM | head -1`) ends the process quietly, as it does
     // `cat`, instead of a write error panicking in `println!`. Sockets are unaffected: the
-    // standard library sends with MSG_NOSIGNAL.
-    // SAFETY: setting a signal's disposition to the default before any thread writes.
+    // standard library sends with MSG_NOSIGNAL (Linux; SO_NOSIGPIPE elsewhere), and we write to
+    // no child's stdin.
+    // SAFETY: signal(2) with SIG_DFL installs no handler of ours; it is safe from any thread.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
