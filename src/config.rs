@@ -19,6 +19,20 @@ pub enum ConfigError {
     BadValue { key: String, value: String, allowed: String },
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("unknown [sim] setting `{key}`; the settable keys are: {allowed}")]
+    UnknownKey { key: String, allowed: String },
+    #[error(
+        "{which} provider {provider} but name{s} no model. Name one per role in the config file \
+         (propersim.toml), e.g. [roles.assistant] model = \"gpt-4o-mini\" (an API's model name; for the \
+         embedding role e.g. \"text-embedding-3-small\"), or pick another provider (--provider local or scripted)",
+        s = if roles.len() == 1 { "s" } else { "" },
+        which = if roles.len() == 1 {
+            format!("role `{}` uses", roles[0])
+        } else {
+            format!("roles {} use", roles.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "))
+        }
+    )]
+    NoModel { provider: String, roles: Vec<String> },
 }
 
 /// Declares a string-valued enum with its config spellings (first spelling is canonical).
@@ -520,12 +534,37 @@ impl Config {
         for role in Role::ALL {
             // As written: the defaults of the old provider must not follow the role to the new.
             let mut rc = self.role_as_written(*role);
+            // The default local model's name means nothing to an API: the role then has no
+            // model, and `check_models` says so before any request.
+            let local_default = rc.provider == ProviderKind::Local
+                && (rc.model == DEFAULT_CHAT_MODEL || rc.model == DEFAULT_EMBEDDING_MODEL);
             rc.provider = kind;
-            if kind == ProviderKind::Scripted {
-                rc.model = "scripted".into();
+            match kind {
+                ProviderKind::Scripted => rc.model = "scripted".into(),
+                ProviderKind::OpenAi | ProviderKind::Gemini if local_default => rc.model.clear(),
+                _ => {}
             }
             self.roles.insert(role.as_str().to_string(), rc);
         }
+    }
+
+    /// Every role on an API (openai, gemini) must name its model; an error lists the roles that
+    /// do not, per provider.
+    pub fn check_models(&self) -> Result<(), ConfigError> {
+        for kind in [ProviderKind::OpenAi, ProviderKind::Gemini] {
+            let roles: Vec<String> = Role::ALL
+                .iter()
+                .filter(|r| {
+                    let rc = self.role_as_written(**r);
+                    rc.provider == kind && rc.model.trim().is_empty()
+                })
+                .map(|r| r.as_str().to_string())
+                .collect();
+            if !roles.is_empty() {
+                return Err(ConfigError::NoModel { provider: kind.as_str().into(), roles });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -614,7 +653,7 @@ impl SimSettings {
                 self.train_lr = Some(lr)
             }
             "durable" => self.durable = parse_bool(key, v)?,
-            _ => return Err(bad("sim", key, SimSettings::KEYS.join(", "))),
+            _ => return Err(ConfigError::UnknownKey { key: key.into(), allowed: SimSettings::KEYS.join(", ") }),
         }
         Ok(())
     }
@@ -767,6 +806,29 @@ mod tests {
         let e =
             Config::from_toml("[roles.painter]\nprovider = \"local\"\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(e.contains("roles.painter") && e.contains("evaluator"), "{e}");
+    }
+
+    #[test]
+    fn unknown_setting_names_it_and_the_keys() {
+        let e = SimSettings::default().set("foo", "1").unwrap_err().to_string();
+        assert!(e.contains("`foo`") && e.contains("train_method") && !e.contains("`sim`"), "{e}");
+    }
+
+    #[test]
+    fn api_roles_must_name_a_model() {
+        let mut c = Config::default();
+        c.check_models().unwrap();
+        c.set_all_providers(ProviderKind::OpenAi);
+        let e = c.check_models().unwrap_err().to_string();
+        assert!(e.contains("`assistant`") && e.contains("openai") && e.contains("model ="), "{e}");
+        // A model named in the file stays with the role.
+        let mut c =
+            Config::from_toml("[roles.assistant]\nprovider = \"local\"\nmodel = \"gpt-4o\"\n", Path::new("x.toml"))
+                .unwrap();
+        c.set_all_providers(ProviderKind::OpenAi);
+        assert_eq!(c.role(Role::Assistant).model, "gpt-4o");
+        let e = c.check_models().unwrap_err().to_string();
+        assert!(!e.contains("`assistant`") && e.contains("`user`"), "{e}");
     }
 
     #[test]

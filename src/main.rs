@@ -38,6 +38,7 @@ enum Command {
     Serve(ServeArgs),
     /// Train a LoRA adapter offline from saved preference pairs (TRL conversational JSONL).
     Train {
+        /// Preference pairs, TRL conversational JSONL (a sim's preference_pairs.jsonl).
         #[arg(long)]
         pairs: PathBuf,
         /// dpo or kto.
@@ -49,8 +50,10 @@ enum Command {
         /// Output folder: adapter_model.safetensors, adapter_config.json, metrics.jsonl.
         #[arg(long)]
         out: PathBuf,
+        /// Passes over the pairs (default: the method's, as the original's daily training).
         #[arg(long)]
         epochs: Option<usize>,
+        /// Peak learning rate (default: the method's, 5e-5).
         #[arg(long)]
         lr: Option<f64>,
         /// Continue from this adapter instead of a fresh one.
@@ -59,15 +62,19 @@ enum Command {
     },
     /// Summed completion log-probs per pair, with the adapter and without it (one JSON line each).
     Score {
+        /// Preference pairs, TRL conversational JSONL.
         #[arg(long)]
         pairs: PathBuf,
+        /// A llama-family GGUF: the base model.
         #[arg(long)]
         model: PathBuf,
+        /// A LoRA adapter folder (adapter_model.safetensors, adapter_config.json) to score with.
         #[arg(long)]
         adapter: Option<PathBuf>,
     },
     /// Write the demo's compressed storage: <compressed>/<SIM>/{master_movement.json, meta.json, personas/}.
     Compress {
+        /// The sim code (folder under storage/).
         sim: String,
         /// Output root (default: compressed_storage beside the storage folder).
         #[arg(long)]
@@ -113,13 +120,17 @@ enum LlmCmd {
         /// user, evaluator, assistant, summarizer.
         #[arg(long, default_value = "assistant")]
         role: String,
+        /// The user message to send.
         text: String,
+        /// Use this provider instead of the role's: local, openai, gemini, or scripted.
         #[arg(long, value_name = "KIND")]
         provider: Option<String>,
     },
     /// Print the embedding's size and norm.
     Embed {
+        /// The text to embed.
         text: String,
+        /// Use this provider instead of the embedding role's: local, openai, gemini, or scripted.
         #[arg(long, value_name = "KIND")]
         provider: Option<String>,
     },
@@ -130,6 +141,7 @@ enum LlmCmd {
         /// A .gguf file, a folder holding one, or a Hugging Face repo id.
         #[arg(long)]
         model: String,
+        /// Address to listen on (0.0.0.0: every interface).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
         /// 0 picks a free port (printed at start).
@@ -148,6 +160,8 @@ enum LlmCmd {
 enum AssetsCmd {
     /// Fetch and verify the assets (from the pinned public ProPerSim commit, or --url).
     Fetch {
+        /// Download from this URL (a .zip or .tar.gz of the same layout) instead of the pinned
+        /// commit's archive.
         #[arg(long)]
         url: Option<String>,
         #[command(flatten)]
@@ -292,13 +306,20 @@ struct ExperimentArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Address to listen on (0.0.0.0: every interface).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Where Phaser 3 is loaded from (default: the jsdelivr CDN, like the original).
-    #[arg(long)]
+    /// Load Phaser from this URL instead of our own /static/js/phaser.min.js (e.g. the CDN:
+    /// https://cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.min.js).
+    #[arg(long, conflicts_with = "phaser_path")]
     phaser_url: Option<String>,
+    /// The Phaser file served at /static/js/phaser.min.js (default: `npm ci`'s
+    /// node_modules/phaser/dist/phaser.min.js under --web-root).
+    #[arg(long, value_name = "FILE")]
+    phaser_path: Option<PathBuf>,
     /// Folder holding our templates/ and static/ (default: the current folder).
     #[arg(long, default_value = ".")]
     web_root: PathBuf,
@@ -306,10 +327,18 @@ struct ServeArgs {
     sim: SimArgs,
 }
 
+/// `bench` forks a throwaway sim in a temporary folder on the scripted brain: of `run`'s options
+/// it takes the seed, the settings and the folders (no --sim, --resume, --force, --provider).
 #[derive(Args)]
 struct BenchArgs {
+    /// Persona seed to fork (e.g. base_the_ville_persona_1).
+    #[arg(long)]
+    fork: Option<String>,
+    /// Set any [sim] setting, e.g. --set memory_level=ASC9R1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     #[command(flatten)]
-    sim: SimArgs,
+    paths: PathArgs,
     /// Steps to time.
     #[arg(long, default_value_t = 576)]
     steps: u64,
@@ -319,6 +348,21 @@ struct BenchArgs {
     /// Instead: DPO optimizer steps/s, tokens/s and peak memory on this GGUF.
     #[arg(long, value_name = "GGUF")]
     dpo: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn sim_args(&self) -> SimArgs {
+        SimArgs {
+            fork: self.fork.clone(),
+            sim: None,
+            resume: false,
+            force: false,
+            provider: Some("scripted".into()),
+            llm_cache: "off".into(),
+            sets: self.sets.clone(),
+            paths: self.paths.clone(),
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>, s: &SimArgs) -> Result<Config> {
@@ -340,6 +384,7 @@ fn load_config(path: Option<&PathBuf>, s: &SimArgs) -> Result<Config> {
             .map_err(|allowed| anyhow::anyhow!("--provider `{p}` is not allowed; choose one of: {allowed}"))?;
         cfg.set_all_providers(kind);
     }
+    cfg.check_models()?;
     Ok(cfg)
 }
 
@@ -463,6 +508,12 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         engine.sim.root.display()
     );
     eprintln!("{}", engine.llm.totals());
+    eprintln!("{}", last_day_line(&engine.sim.root));
+    let storage = match &a.sim.paths.storage {
+        Some(p) => format!(" --storage {}", p.display()),
+        None => String::new(),
+    };
+    eprintln!("Per-day metrics: propersim report {}{storage}", cfg.sim.sim);
     if summary.interrupted {
         eprintln!("Resume with: propersim run --novis --sim {} --resume", cfg.sim.sim);
     }
@@ -470,6 +521,26 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         return Err(propersim::sim::headless::Interrupted.into());
     }
     Ok(())
+}
+
+/// The last simulated day's scores in one line, for the end of `run`.
+fn last_day_line(sim_dir: &std::path::Path) -> String {
+    let days = match propersim::report::metrics::compute(sim_dir) {
+        Ok(d) => d,
+        Err(e) => return format!("No scores to show ({e:#})."),
+    };
+    let Some(d) = days.last() else {
+        return "No scores yet: the assistant made no suggestion.".into();
+    };
+    let score = match d.mean_score {
+        Some(m) => format!("mean score {m:.2} over {} suggestion(s)", d.steps),
+        None => format!("{} suggestion(s), none scored", d.steps),
+    };
+    let rec = match d.rec_mean {
+        Some(m) => format!(" (mean {m:.2})"),
+        None => String::new(),
+    };
+    format!("Last day ({}): {score}; {} recommendation(s){rec}, {} no-recommendation(s).", d.date, d.recs, d.norecs)
 }
 
 async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
@@ -605,8 +676,7 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
         println!("{r}");
         return Ok(());
     }
-    let mut cfg = load_config(cli_config, &a.sim)?;
-    cfg.set_all_providers(ProviderKind::Scripted);
+    let mut cfg = load_config(cli_config, &a.sim_args())?;
     let tmp = tempfile::tempdir()?;
     let seeds = cfg.paths.storage.clone();
     cfg.paths.seeds = Some(cfg.paths.seeds.clone().unwrap_or(seeds));
@@ -641,8 +711,15 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     opts.compressed = compressed_root(&cfg);
     opts.set_limits(&cfg.web)?;
     if let Some(u) = a.phaser_url {
-        opts.phaser_url = u;
+        opts.phaser_url = Some(u);
     }
+    if let Some(p) = a.phaser_path {
+        if !p.is_file() {
+            anyhow::bail!("--phaser-path {}: no such file", p.display());
+        }
+        opts.phaser_file = p;
+    }
+
     let mut live_task = None;
     if a.sim.fork.is_some() || a.sim.sim.is_some() {
         ensure_assets(&cfg)?;
@@ -779,8 +856,18 @@ fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathAr
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    // A closed pipe (`propersim report SIM | head -1`) ends the process quietly, as it does
+    // `cat`, instead of a write error panicking in `println!`. Sockets are unaffected: the
+    // standard library sends with MSG_NOSIGNAL (Linux; SO_NOSIGPIPE elsewhere), and we write to
+    // no child's stdin.
+    // SAFETY: signal(2) with SIG_DFL installs no handler of ours; it is safe from any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PROPERSIM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

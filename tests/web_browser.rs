@@ -23,7 +23,6 @@ use propersim::sim::setup::{open_engine, Open};
 use propersim::storage::sim::copy_tree;
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
 use serde_json::{json, Value};
-use tower_http::services::ServeDir;
 
 const SIM: &str = "e2e_sim";
 const SEED: &str = "base_the_ville_persona_1";
@@ -254,10 +253,11 @@ async fn live_reload_replay_and_demo_in_chromium() {
     let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
     opts.static_dir = repo().join("static");
     opts.templates = repo().join("templates");
-    opts.phaser_url = "/test_vendor/phaser.min.js".into();
+    // Phaser from our own route, as `serve` does by default: no network needed.
+    opts.phaser_file = phaser_dir.join("phaser.min.js");
     opts.live = Some(live.clone());
     let compressed = opts.compressed.clone();
-    let app = router(AppState::new(opts)).nest_service("/test_vendor", ServeDir::new(&phaser_dir));
+    let app = router(AppState::new(opts));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -404,4 +404,37 @@ async fn live_reload_replay_and_demo_in_chromium() {
     assert_eq!(d.js("return document.querySelector('h1').textContent.trim()").await, json!("John Lin"));
     d.screenshot("persona_state.png").await;
     lap("path tester and persona state");
+
+    // Without Phaser the page says why there is no map and what to do: our copy missing (the
+    // server says so), or a URL that fails to load (the script's onerror).
+    for (file, url, says) in [
+        (root.path().join("no/phaser.min.js"), None, "is not installed"),
+        (
+            phaser_dir.join("phaser.min.js"),
+            Some(format!("http://127.0.0.1:{}/phaser.js", free_port())),
+            "did not load from",
+        ),
+    ] {
+        let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
+        opts.static_dir = repo().join("static");
+        opts.templates = repo().join("templates");
+        opts.phaser_file = file;
+        opts.phaser_url = url;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(AppState::new(opts));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        d.goto(&format!("{base}/path_tester/")).await;
+        let v = d
+            .wait_for(
+                "the Phaser notice",
+                20,
+                "const e = document.getElementById('phaser-error'); return !!e && !e.hidden && e.offsetHeight > 0 && e.textContent;",
+            )
+            .await;
+        let text = v.as_str().unwrap_or_default().to_string();
+        assert!(text.contains(says) && text.contains("npm ci") && text.contains("--phaser-url"), "{text}");
+    }
+    d.screenshot("no_phaser.png").await;
+    lap("the notice without Phaser");
 }

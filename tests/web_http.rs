@@ -535,3 +535,57 @@ async fn original_seed_replays_and_shows_state() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
 }
+
+/// The pages load Phaser from our own route, which serves `npm ci`'s copy under the web root;
+/// without it the route says how to get one and the pages show that notice; `--phaser-url`
+/// points them elsewhere.
+#[tokio::test]
+async fn phaser_is_served_from_our_own_route() {
+    const LOCAL: &str = "/static/js/phaser.min.js";
+    // With the file (a stand-in: the route serves whatever file is there).
+    let root = tempfile::tempdir().unwrap();
+    make_fixture(root.path());
+    let fake = "/* Phaser v3.55.2 stand-in */ window.Phaser = {};";
+    write(&root.path().join("node_modules/phaser/dist/phaser.min.js"), fake);
+    let mut opts = ServeOptions::new(root.path(), root.path().join("assets"));
+    opts.static_dir = repo().join("static");
+    opts.templates = repo().join("templates");
+    let s = Server::serve(opts, root).await;
+    let r = s.client.get(format!("{}{LOCAL}", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/javascript");
+    assert_eq!(r.text().await.unwrap(), fake);
+    for page in ["/path_tester/".to_string(), format!("/replay/{SIM}/1/")] {
+        let (st, body) = s.get(&page).await;
+        assert_eq!(st, 200, "{page}");
+        // Attribute values are HTML-escaped (`/` as `&#x2f;`), which the browser undoes.
+        let body = body.replace("&#x2f;", "/");
+        assert!(
+            body.contains(&format!(r#"<script src="{LOCAL}" onerror="propersimPhaserFailed(this.src)">"#)),
+            "{body}"
+        );
+        assert!(!body.contains("cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.min.js\" "), "{body}");
+        // The notice is there for a failed load, hidden.
+        assert!(body.contains(r#"id="phaser-error" class="phaser-error" role="alert" hidden>"#), "{body}");
+    }
+    // Removed while serving: a clear 404, and the pages say what to do (embedded templates too).
+    fs::remove_file(s.path("node_modules/phaser/dist/phaser.min.js")).unwrap();
+    let (st, body) = s.get(LOCAL).await;
+    assert_eq!(st, 404);
+    assert!(body.contains("npm ci") && body.contains("--phaser-url"), "{body}");
+    let (_, body) = s.get("/path_tester/").await;
+    assert!(body.contains(r#"role="alert">Phaser (the map renderer) is not installed"#), "{body}");
+    assert!(body.contains("npm ci") && body.contains("--phaser-path"), "{body}");
+
+    // Embedded templates (no folders on disk) and --phaser-url.
+    let root = tempfile::tempdir().unwrap();
+    make_fixture(root.path());
+    let mut opts = ServeOptions::new(root.path(), root.path().join("assets"));
+    opts.phaser_url = Some("http://cdn.example/phaser.js".into());
+    let s = Server::serve(opts, root).await;
+    let (st, body) = s.get(&format!("/replay/{SIM}/1/")).await;
+    assert_eq!(st, 200);
+    let body = body.replace("&#x2f;", "/");
+    assert!(body.contains(r#"<script src="http://cdn.example/phaser.js" onerror="#), "{body}");
+    assert!(body.contains(r#"role="alert" hidden>"#), "no notice when a URL is given: {body}");
+}

@@ -102,6 +102,8 @@ struct CallAcc {
 impl Llm {
     /// Build the client for every role from the configuration (in-memory ledger, no cache).
     pub fn from_config(cfg: &Config) -> Result<Llm> {
+        // An API role with no model would send an empty (or the local default's) name.
+        cfg.check_models()?;
         let mut roles = HashMap::new();
         for role in Role::ALL {
             let rc = cfg.role(*role);

@@ -58,16 +58,34 @@ pub async fn step_or_stop(engine: &mut Engine, stop: &AtomicBool) -> Result<bool
     }
 }
 
+/// The progress bar of steps: `{bar} 12/576 steps  1286 steps/s  eta 3s  {msg}`. The rate is
+/// rounded to whole steps (indicatif's `{per_sec}` prints `1,285.9935/s`).
+pub fn steps_style() -> ProgressStyle {
+    ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {rate}  eta {eta}  {msg}")
+        .expect("static template")
+        .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", rate_text(s.per_sec()));
+        })
+}
+
+/// A rate as `1286 steps/s`; below 10 steps/s, one decimal (`2.5 steps/s`).
+pub fn rate_text(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "- steps/s".into()
+    } else if per_sec < 10.0 {
+        format!("{per_sec:.1} steps/s")
+    } else {
+        format!("{per_sec:.0} steps/s")
+    }
+}
+
 /// Step until `until_step` (exclusive) or until `stop` is raised, which cancels the step in
 /// flight (see [`step_or_stop`]). The personas are saved before returning.
 pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc<AtomicBool>) -> Result<RunSummary> {
     let start_step = engine.next_step;
     let bar = if progress && until_step > start_step {
         let b = ProgressBar::new(until_step - start_step);
-        b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
-                .expect("static template"),
-        );
+        b.set_style(steps_style());
         b
     } else {
         ProgressBar::hidden()
@@ -111,4 +129,16 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
         interrupted,
         cancelled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_plain_and_rounded() {
+        assert_eq!(rate_text(1285.9935), "1286 steps/s");
+        assert_eq!(rate_text(2.46), "2.5 steps/s");
+        assert_eq!(rate_text(0.0), "- steps/s");
+    }
 }

@@ -36,12 +36,20 @@ pub fn ensure_assets(cfg: &Config) -> Result<()> {
 
 /// Fetch the map and seeds when the map is missing or none of `seeds` is found. When some are
 /// found, nothing is fetched: the seeds are there, and a missing one is that sim's error (a
-/// sweep's other sims go on), not a reason to download.
+/// sweep's other sims go on), not a reason to download. Nor is a misspelt seed: when the map
+/// and the original's seeds (`base_*`) are present but none of `seeds` is, the error names the
+/// seed, where it was looked for, and the seeds there are.
 pub fn ensure_assets_for(cfg: &Config, seeds: &[String]) -> Result<()> {
     let map_ok = crate::assets::map_present(&cfg.paths.assets);
-    let seed_ok = seeds.iter().any(|s| SimDir::find_seed(&cfg.paths.storage, &seed_dirs(cfg), s).is_ok());
-    if map_ok && seed_ok {
+    let dirs = seed_dirs(cfg);
+    let found: Vec<_> = seeds.iter().map(|s| SimDir::find_seed(&cfg.paths.storage, &dirs, s)).collect();
+    if map_ok && found.iter().any(|r| r.is_ok()) {
         return Ok(());
+    }
+    if map_ok && SimDir::available_seeds(&cfg.paths.storage, &dirs).iter().any(|n| n.starts_with("base_")) {
+        if let Some(Err(e)) = found.into_iter().next() {
+            return Err(e);
+        }
     }
     eprintln!("Map assets or persona seeds are missing; fetching them once (propersim assets fetch)...");
     let opts = crate::assets::FetchOptions::new(&cfg.paths.assets, &cfg.paths.storage)?;

@@ -295,10 +295,7 @@ impl Display {
             ProgressDrawTarget::hidden()
         });
         let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
-                .expect("static template"),
-        );
+        overall.set_style(super::headless::steps_style());
         Display {
             live: show && !multi.is_hidden(),
             multi,

@@ -17,12 +17,32 @@ use anyhow::{Context, Result};
 const TEMP_PREFIX: &str = ".propersim-";
 const TEMP_SUFFIX: &str = ".tmp";
 
-/// Write `bytes` to `path` atomically, creating parent folders.
+/// The mode of files we write through a temporary file: what `fs::write` gives (0666 less the
+/// umask, so 0644 under the usual 022), not the temporary file's private 0600.
+pub fn file_permissions() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o666)
+}
+
+/// The mode of folders we build under a temporary name and rename into place: what
+/// `fs::create_dir` gives (0777 less the umask), not the temporary folder's private 0700.
+pub fn dir_permissions() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o777)
+}
+
+/// Write `bytes` to `path` atomically, creating parent folders. The file gets the mode a plain
+/// write would give it ([`file_permissions`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp =
-        with_parent(dir, || tempfile::Builder::new().prefix(TEMP_PREFIX).suffix(TEMP_SUFFIX).tempfile_in(dir))
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp = with_parent(dir, || {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .permissions(file_permissions())
+            .tempfile_in(dir)
+    })
+    .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
@@ -206,6 +226,19 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap(), "two");
         let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn atomic_write_gives_a_plain_writes_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let plain = d.path().join("plain");
+        fs::write(&plain, b"x").unwrap();
+        let atomic = d.path().join("atomic");
+        write_atomic(&atomic, b"x").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // Under any umask but 077, the temporary file's own 0600 would differ.
+        assert_eq!(mode(&atomic), mode(&plain));
     }
 
     #[test]

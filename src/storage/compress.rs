@@ -33,7 +33,10 @@ pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBu
     let text = pyjson::to_string_indent2(&master)?;
 
     fs::create_dir_all(out_root).with_context(|| format!("creating {}", out_root.display()))?;
-    let tmp = tempfile::Builder::new().prefix(&format!(".{sim}-compress-")).tempdir_in(out_root)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{sim}-compress-"))
+        .permissions(super::atomic::dir_permissions())
+        .tempdir_in(out_root)?;
     fs::write(tmp.path().join("master_movement.json"), text)?;
     fs::write(tmp.path().join("assistant.json"), pyjson::to_string_indent2(&assistant)?)?;
     let meta = src.join("reverie/meta.json");

@@ -74,17 +74,47 @@ impl SimDir {
             bail!("invalid seed name `{seed}`");
         }
         let mut looked = Vec::new();
-        for dir in std::iter::once(storage.to_path_buf()).chain(seeds.iter().cloned()) {
+        for dir in seed_folders(storage, seeds) {
             let p = dir.join(seed);
             if p.join("reverie/meta.json").is_file() {
                 return Ok(p);
             }
             looked.push(dir.display().to_string());
         }
+        let available = Self::available_seeds(storage, seeds);
+        if available.is_empty() {
+            bail!(
+                "persona seed `{seed}` not found (looked in: {}). Run `propersim assets fetch`, or pass --seeds DIR / PROPERSIM_SEEDS",
+                looked.join(", ")
+            )
+        }
+        const SHOWN: usize = 6;
+        let more = match available.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(", and {n} more"),
+        };
         bail!(
-            "persona seed `{seed}` not found (looked in: {}). Run `propersim assets fetch`, or pass --seeds DIR / PROPERSIM_SEEDS",
-            looked.join(", ")
+            "persona seed `{seed}` does not exist (looked in: {}). Available: {}{more}",
+            looked.join(", "),
+            available.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ")
         )
+    }
+
+    /// The names that `--fork` finds (folders holding `reverie/meta.json`) under `storage` and
+    /// the extra seeds folders, the original's seeds (`base_*`) first, in natural order
+    /// (`persona_2` before `persona_10`), without repeats.
+    pub fn available_seeds(storage: &Path, seeds: &[PathBuf]) -> Vec<String> {
+        let mut names: Vec<String> = seed_folders(storage, seeds)
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("reverie/meta.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| valid_sim_code(n))
+            .collect();
+        names.sort_by_key(|n| natural_key(n));
+        names.dedup();
+        names
     }
 
     /// Fork `seed` into `storage/<sim>` (copy, then set `fork_sim_code`). See [`SimDir::fork_with`].
@@ -122,6 +152,7 @@ impl SimDir {
         // Removed again if anything below fails; kept (renamed) only once complete.
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{FORK_PREFIX}{sim}-{}-", std::process::id()))
+            .permissions(super::atomic::dir_permissions())
             .tempdir_in(storage)
             .with_context(|| format!("creating a temporary folder in {}", storage.display()))?;
         // Say which machine forks: over shared storage (a sweep's shards), another machine's
@@ -226,6 +257,32 @@ impl SimDir {
     pub fn bootstrap(&self, persona: &str) -> PathBuf {
         self.root.join("personas").join(persona).join("bootstrap_memory")
     }
+}
+
+/// Where seeds are looked up: `storage` first, then each extra seeds folder.
+fn seed_folders<'a>(storage: &'a Path, seeds: &'a [PathBuf]) -> impl Iterator<Item = PathBuf> + 'a {
+    std::iter::once(storage.to_path_buf()).chain(seeds.iter().cloned())
+}
+
+/// Sort key: the original's seeds (`base_*`) first, then text with its runs of digits compared
+/// as numbers.
+fn natural_key(name: &str) -> (bool, Vec<(String, u64)>) {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut digits = String::new();
+    for c in name.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            if !digits.is_empty() {
+                parts.push((std::mem::take(&mut text), digits.parse().unwrap_or(u64::MAX)));
+                digits.clear();
+            }
+            text.push(c);
+        }
+    }
+    parts.push((text, digits.parse().unwrap_or(0)));
+    (!name.starts_with("base_"), parts)
 }
 
 /// Folder name prefixes of an unfinished fork (`.fork-<sim>-<pid>-<random>`) and of a sim being

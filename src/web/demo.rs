@@ -134,7 +134,7 @@ pub async fn demo(
         let ctx = json!({
             "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
             "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start,
-            "phaser_url": state.opts.phaser_url, "config": config,
+            "phaser": super::pages::phaser_vars(&state), "config": config,
         });
         Ok(html(&state, "demo.html", &ctx))
     })();

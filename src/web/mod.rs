@@ -41,8 +41,16 @@ pub use server::Limits;
 /// Largest request body accepted (an environment of 25 personas is ~3 KiB); bigger → 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Where Phaser 3.55.2 is loaded from unless configured otherwise (the original's CDN URL).
-pub const DEFAULT_PHASER_URL: &str = "https://cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.js";
+/// Where the pages load Phaser from by default: our own route, serving
+/// [`ServeOptions::phaser_file`], so the map draws offline.
+pub const LOCAL_PHASER_URL: &str = "/static/js/phaser.min.js";
+
+/// The public CDN copy of the Phaser the pages are written for (the original loads 3.55.2 from
+/// jsdelivr), for `--phaser-url` when no local copy is at hand.
+pub const CDN_PHASER_URL: &str = "https://cdn.jsdelivr.net/npm/phaser@3.55.2/dist/phaser.min.js";
+
+/// Where `npm ci` (package.json's dev dependency) puts Phaser, relative to the web root.
+pub const NPM_PHASER_PATH: &str = "node_modules/phaser/dist/phaser.min.js";
 
 /// Everything `serve` needs.
 #[derive(Clone)]
@@ -61,7 +69,12 @@ pub struct ServeOptions {
     pub temp_storage: PathBuf,
     /// Compressed runs for the demo (default: `compressed_storage` beside `storage`).
     pub compressed: PathBuf,
-    pub phaser_url: String,
+    /// Load Phaser from this URL instead of our own route (e.g. [`CDN_PHASER_URL`]).
+    pub phaser_url: Option<String>,
+    /// The Phaser file served at [`LOCAL_PHASER_URL`] (default: `npm ci`'s copy under the web
+    /// root, [`NPM_PHASER_PATH`]). Read on each request; when it is missing the route answers
+    /// 404 and the pages say how to get it.
+    pub phaser_file: PathBuf,
     /// The in-process run shown by `simulator_home`, if any.
     pub live: Option<Arc<dyn LiveSim>>,
     /// Timeouts and the connection cap.
@@ -81,7 +94,8 @@ impl ServeOptions {
             templates: root.join("templates"),
             temp_storage: root.join("temp_storage"),
             compressed: root.join("compressed_storage"),
-            phaser_url: DEFAULT_PHASER_URL.into(),
+            phaser_url: None,
+            phaser_file: root.join(NPM_PHASER_PATH),
             live: None,
             limits: Limits::default(),
         }
@@ -105,6 +119,23 @@ impl ServeOptions {
             self.limits.max_connections = n;
         }
         Ok(())
+    }
+
+    /// The Phaser URL the pages load.
+    pub fn phaser_src(&self) -> &str {
+        self.phaser_url.as_deref().unwrap_or(LOCAL_PHASER_URL)
+    }
+
+    /// When the pages load Phaser from our route and the file is not there: what to do about it.
+    pub fn phaser_problem(&self) -> Option<String> {
+        if self.phaser_url.is_some() || self.phaser_file.is_file() {
+            return None;
+        }
+        Some(format!(
+            "Phaser (the map renderer) is not installed: {} does not exist. Run `npm ci` in the web root, \
+             pass --phaser-path FILE (a phaser.min.js 3.55), or load it from a CDN with --phaser-url {CDN_PHASER_URL}",
+            self.phaser_file.display()
+        ))
     }
 
     /// Whether the server listens on loopback only (then requests must name a loopback host).
@@ -148,6 +179,7 @@ pub fn router(state: AppState) -> Router {
     let static_files: Router<AppState> =
         Router::new().nest_service("/static/assets", assets).nest("/static", ours).layer(from_fn(guard::static_names));
     Router::new()
+        .route(LOCAL_PHASER_URL, get(pages::phaser))
         .route("/", get(pages::landing))
         .route("/simulator_home", get(pages::simulator_home))
         .route("/replay/{sim}/{step}/", get(pages::replay))
@@ -173,6 +205,9 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if !opts.storage.is_dir() {
         anyhow::bail!("storage folder {} does not exist", opts.storage.display());
+    }
+    if let Some(problem) = opts.phaser_problem() {
+        tracing::warn!("{problem}; the pages will show no map");
     }
     if !opts.assets.join("the_ville/visuals/the_ville_jan7.json").is_file() {
         tracing::warn!(

@@ -15,7 +15,36 @@ pub async fn landing(State(state): State<AppState>) -> Response {
 
 /// `GET /path_tester/`.
 pub async fn path_tester(State(state): State<AppState>) -> Response {
-    html(&state, "path_tester.html", &json!({"phaser_url": state.opts.phaser_url}))
+    html(&state, "path_tester.html", &json!({"phaser": phaser_vars(&state)}))
+}
+
+/// What `_phaser.html` needs: the URL to load Phaser from, and when our own copy is missing,
+/// the notice saying how to get one.
+pub fn phaser_vars(state: &AppState) -> Value {
+    json!({
+        "url": state.opts.phaser_src(),
+        "problem": state.opts.phaser_problem(),
+        "help": format!(
+            "Run `npm ci` in the web root (node_modules/phaser), pass --phaser-path FILE, or --phaser-url {}.",
+            super::CDN_PHASER_URL
+        ),
+    })
+}
+
+/// `GET /static/js/phaser.min.js`: the configured Phaser file, read on each request.
+pub async fn phaser(State(state): State<AppState>) -> Response {
+    use axum::http::{header, StatusCode};
+    match tokio::fs::read(&state.opts.phaser_file).await {
+        Ok(body) => {
+            ([(header::CONTENT_TYPE, "text/javascript"), (header::CACHE_CONTROL, "max-age=3600")], body).into_response()
+        }
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            state.opts.phaser_problem().unwrap_or_else(|| "Phaser is not served here".into()),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /simulator_home`: the live run. With an in-process engine the sim and step come from it
@@ -89,7 +118,7 @@ fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -
     });
     let ctx = json!({
         "mode": mode, "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
-        "phaser_url": state.opts.phaser_url, "config": config,
+        "phaser": phaser_vars(state), "config": config,
     });
     Ok(html(state, "home.html", &ctx))
 }
