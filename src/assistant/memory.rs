@@ -84,22 +84,7 @@ impl AssistantMemory {
         // One pass per record (dot and norm together) and the recency weights by repeated
         // multiplication: this runs every step over a log that grows by ~400 records a day.
         let focal_norm = focal.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let rel: Vec<f32> = self
-            .all
-            .iter()
-            .map(|r| {
-                // Vectors of another length (a changed embedding model) count as unrelated.
-                if r.embedding.len() != focal.len() || focal_norm == 0.0 {
-                    return 0.0;
-                }
-                let (dot, nn) = dot_and_sq_norm(&r.embedding, focal);
-                if nn == 0.0 {
-                    0.0
-                } else {
-                    dot / (nn.sqrt() * focal_norm)
-                }
-            })
-            .collect();
+        let rel = relevance(&self.all, focal, focal_norm);
         let mut rec = vec![0f32; n];
         let mut w = 1f32;
         for r in rec.iter_mut().rev() {
@@ -165,6 +150,76 @@ impl AssistantMemory {
     pub fn interaction(r: &Record, score: Option<f64>) -> Interaction {
         Interaction { step: r.step, time: r.time, text: r.text.clone(), recommended: r.recommended, score }
     }
+}
+
+/// Each record's cosine similarity to `focal` (0 for vectors of another length: a changed
+/// embedding model counts as unrelated). Records go four at a time through
+/// [`dot_and_sq_norm4`], whose four independent sums keep the CPU busy where one record's chain
+/// of additions would make it wait (late in a run this is most of a step); each record's sums
+/// are exactly those of [`dot_and_sq_norm`].
+fn relevance(all: &[Record], focal: &[f32], focal_norm: f32) -> Vec<f32> {
+    let cos = |(dot, nn): (f32, f32)| if nn == 0.0 { 0.0 } else { dot / (nn.sqrt() * focal_norm) };
+    let usable = |r: &Record| r.embedding.len() == focal.len() && focal_norm != 0.0;
+    let mut out = Vec::with_capacity(all.len());
+    let mut i = 0;
+    while i < all.len() {
+        if i + 4 <= all.len() && all[i..i + 4].iter().all(usable) {
+            let four = [&all[i].embedding[..], &all[i + 1].embedding, &all[i + 2].embedding, &all[i + 3].embedding];
+            out.extend(dot_and_sq_norm4(four, focal).map(cos));
+            i += 4;
+        } else {
+            out.push(if usable(&all[i]) { cos(dot_and_sq_norm(&all[i].embedding, focal)) } else { 0.0 });
+            i += 1;
+        }
+    }
+    out
+}
+
+/// [`dot_and_sq_norm`] of four vectors against one, each `b.len()` long: the same lane
+/// arithmetic per vector (so bit for bit the same results), interleaved.
+fn dot_and_sq_norm4(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above).
+        return unsafe { dot_and_sq_norm4_avx(a, b) };
+    }
+    dot_and_sq_norm4_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot_and_sq_norm4_avx(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
+    dot_and_sq_norm4_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_and_sq_norm4_lanes(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
+    const L: usize = 8;
+    assert!(a.iter().all(|x| x.len() == b.len()), "vectors of one length");
+    let (mut dot, mut sq) = ([[0f32; L]; 4], [[0f32; L]; 4]);
+    let full = b.len() / L * L;
+    let mut c = 0;
+    while c < full {
+        let y = &b[c..c + L];
+        for r in 0..4 {
+            let x = &a[r][c..c + L];
+            for i in 0..L {
+                dot[r][i] += x[i] * y[i];
+                sq[r][i] += x[i] * x[i];
+            }
+        }
+        c += L;
+    }
+    let mut out = [(0f32, 0f32); 4];
+    for r in 0..4 {
+        let (mut d, mut n) = (dot[r].iter().sum::<f32>(), sq[r].iter().sum::<f32>());
+        for (x, y) in a[r][full..].iter().zip(&b[full..]) {
+            d += x * y;
+            n += x * x;
+        }
+        out[r] = (d, n);
+    }
+    out
 }
 
 /// `(a·b, |a|²)` in eight independent lanes, which the compiler turns into SIMD (a single
@@ -234,6 +289,39 @@ mod tests {
             text: format!("r{step}"),
             recommended: true,
             embedding: e,
+        }
+    }
+
+    #[test]
+    fn four_at_a_time_is_bit_for_bit_one_at_a_time() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for len in [0usize, 3, 8, 13, 256, 387] {
+            let focal: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let fnorm = focal.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let mut all: Vec<Record> =
+                (0..11).map(|s| rec(s, (0..len).map(|_| rng.gen_range(-2.0f32..2.0)).collect())).collect();
+            all[6].embedding.pop();
+            all[9].embedding = vec![0.0; len];
+            let one: Vec<f32> = all
+                .iter()
+                .map(|r| {
+                    if r.embedding.len() != focal.len() || fnorm == 0.0 {
+                        return 0.0;
+                    }
+                    let (d, n) = dot_and_sq_norm(&r.embedding, &focal);
+                    if n == 0.0 {
+                        0.0
+                    } else {
+                        d / (n.sqrt() * fnorm)
+                    }
+                })
+                .collect();
+            let four = relevance(&all, &focal, fnorm);
+            assert_eq!(
+                one.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                four.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{len}"
+            );
         }
     }
 

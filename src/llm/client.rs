@@ -594,8 +594,14 @@ impl Llm {
     /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is
     /// reproducible no matter in which order concurrent tasks finish.
     fn task_seed(&self, name: &str, messages: &[super::Message], attempt: u32) -> u64 {
-        let bytes = serde_json::to_vec(&(self.seed, name, messages, attempt)).unwrap_or_default();
-        stable_hash(&bytes)
+        // The JSON of the tuple goes straight into the hash (the same bytes as serializing it
+        // first, without a copy of every prompt).
+        let mut w = std::io::BufWriter::with_capacity(8192, HashWriter(sha2::Sha256::default()));
+        if serde_json::to_writer(&mut w, &(self.seed, name, messages, attempt)).is_err() {
+            return stable_hash(&[]);
+        }
+        // Writing into a hash cannot fail, so neither can the last flush.
+        w.into_inner().map_or_else(|_| stable_hash(&[]), |h| digest_u64(h.0))
     }
 }
 
@@ -603,9 +609,30 @@ impl Llm {
 /// not promise that): the scripted brain's replies and embeddings derive from it, and recorded
 /// runs must replay the same.
 fn stable_hash(bytes: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(bytes);
+    use sha2::Digest;
+    let mut h = sha2::Sha256::default();
+    h.update(bytes);
+    digest_u64(h)
+}
+
+/// The first 8 bytes of the digest, little-endian.
+fn digest_u64(h: sha2::Sha256) -> u64 {
+    use sha2::Digest;
+    let d = h.finalize();
     u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Feeds what is written into a hash.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `e` is a provider whose transport retries ran out (429s, 5xx, timeouts, unreadable

@@ -48,19 +48,184 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Flush files' data and folders' entries to disk, all at once: each flush runs on its own
-/// thread, so the filesystem commits them together (one journal commit on ext4 instead of one
-/// per file, about 4 ms instead of 25 for a step's files). Missing paths are skipped.
+/// Flush files' data and folders' entries to disk, all at once: the flushes run concurrently,
+/// so the filesystem commits them together (one journal commit on ext4 instead of one per file,
+/// about 4 ms instead of 25 for a step's files). They run on a small pool of flusher threads
+/// kept for the whole process (see [`FlushPool`]): a thread per flush per step cost more CPU
+/// than the rest of a scripted step. On a filesystem that keeps everything in memory (tmpfs),
+/// where nothing survives a power loss and a flush does nothing, nothing is flushed. Missing
+/// paths are skipped.
 pub fn sync_all_at_once(files: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = files
-            .iter()
-            .map(|p| (p, false))
-            .chain(dirs.iter().map(|p| (p, true)))
-            .map(|(p, is_dir)| s.spawn(move || if is_dir { sync_dir(p) } else { sync_file(p) }))
-            .collect();
-        jobs.into_iter().try_for_each(|j| j.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a sync thread panicked"))))
-    })
+    let jobs: Vec<(PathBuf, bool)> = files
+        .iter()
+        .map(|p| (p.clone(), false))
+        .chain(dirs.iter().map(|p| (p.clone(), true)))
+        .filter(|(p, is_dir)| !in_memory_fs(p, *is_dir))
+        .collect();
+    match jobs.len() {
+        0 => Ok(()),
+        1 => sync_path(&jobs[0].0, jobs[0].1),
+        _ => FlushPool::global().run(jobs),
+    }
+}
+
+/// Whether `dir` is on a filesystem held in memory only (tmpfs, ramfs), where
+/// [`sync_all_at_once`] flushes nothing.
+pub fn in_memory_dir(dir: &Path) -> bool {
+    in_memory_fs(dir, true)
+}
+
+/// Whether `path`'s folder is on a filesystem held in memory only (tmpfs, ramfs), where a flush
+/// is a no-op. Decided once per folder and remembered.
+fn in_memory_fs(path: &Path, is_dir: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static KNOWN: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+        // A file's folder, or the folder itself: a sim has a handful, asked once per step each.
+        let dir = if is_dir { path } else { path.parent().unwrap_or(path) };
+        let known = KNOWN.get_or_init(Default::default);
+        if let Some(&m) = known.lock().unwrap_or_else(|e| e.into_inner()).get(dir) {
+            return m;
+        }
+        let m = statfs_magic(dir).is_some_and(|f| f == TMPFS_MAGIC || f == RAMFS_MAGIC);
+        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() > 4096 {
+            known.clear();
+        }
+        known.insert(dir.to_path_buf(), m);
+        m
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, is_dir);
+        false
+    }
+}
+
+#[cfg(target_os = "linux")]
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+#[cfg(target_os = "linux")]
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The filesystem type (`f_type` of statfs(2)) holding `dir`, or `None` if it cannot be told.
+#[cfg(target_os = "linux")]
+fn statfs_magic(dir: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a buffer of the type statfs fills.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statfs succeeded, so it filled `st`.
+    // `f_type`'s integer type differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    Some(unsafe { st.assume_init() }.f_type as i64)
+}
+
+/// Threads that flush files for [`sync_all_at_once`], started as needed and kept for the
+/// process, so a step's flushes run concurrently without starting a thread for each.
+struct FlushPool {
+    state: std::sync::Mutex<PoolState>,
+    work: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queue: std::collections::VecDeque<(PathBuf, bool, std::sync::Arc<Batch>)>,
+    threads: usize,
+    idle: usize,
+}
+
+/// One call's flushes: how many are left, and the first error.
+#[derive(Default)]
+struct Batch {
+    left: std::sync::Mutex<(usize, Option<anyhow::Error>)>,
+    done: std::sync::Condvar,
+}
+
+/// Flusher threads at most; more flushes than this wait their turn.
+const MAX_FLUSHERS: usize = 32;
+
+impl FlushPool {
+    fn global() -> &'static FlushPool {
+        static POOL: std::sync::OnceLock<FlushPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| FlushPool { state: Default::default(), work: Default::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flush every `(path, is_dir)` concurrently and wait for all of them.
+    fn run(&'static self, jobs: Vec<(PathBuf, bool)>) -> Result<()> {
+        let batch = std::sync::Arc::new(Batch::default());
+        batch.left.lock().unwrap_or_else(|e| e.into_inner()).0 = jobs.len();
+        {
+            let mut st = self.lock();
+            st.queue.extend(jobs.into_iter().map(|(p, d)| (p, d, batch.clone())));
+            // A thread per queued flush: the idle ones, and new ones for the rest.
+            let want = (st.threads + st.queue.len().saturating_sub(st.idle)).min(MAX_FLUSHERS);
+            while st.threads < want {
+                match std::thread::Builder::new().name("propersim-flush".into()).spawn(move || self.work_loop()) {
+                    Ok(_) => st.threads += 1,
+                    Err(_) if st.threads > 0 => break,
+                    Err(e) => {
+                        // No thread at all: flush here, one after the other.
+                        let jobs: Vec<_> = std::mem::take(&mut st.queue).into_iter().collect();
+                        drop(st);
+                        tracing::debug!(error = %e, "no flusher thread; flushing on the caller");
+                        for (p, d, b) in jobs {
+                            let r = sync_path(&p, d);
+                            b.finish(r);
+                        }
+                        return batch.wait();
+                    }
+                }
+            }
+        }
+        self.work.notify_all();
+        batch.wait()
+    }
+
+    fn work_loop(&self) {
+        let mut st = self.lock();
+        loop {
+            if let Some((p, d, b)) = st.queue.pop_front() {
+                drop(st);
+                b.finish(sync_path(&p, d));
+                st = self.lock();
+            } else {
+                st.idle += 1;
+                st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.idle -= 1;
+            }
+        }
+    }
+}
+
+impl Batch {
+    fn finish(&self, r: Result<()>) {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.0 -= 1;
+        if let Err(e) = r {
+            left.1.get_or_insert(e);
+        }
+        if left.0 == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        while left.0 > 0 {
+            left = self.done.wait(left).unwrap_or_else(|e| e.into_inner());
+        }
+        left.1.take().map_or(Ok(()), Err)
+    }
 }
 
 /// Flush a file's data to disk (after appends whose lines a checkpoint is about to count).
@@ -271,6 +436,31 @@ mod tests {
         assert_eq!(sweep_temp_files(d.path()).unwrap(), 2);
         assert!(d.path().join("keep.tmp").exists() && p.exists());
         assert!(!d.path().join("sub/.propersim-abc.tmp").exists());
+    }
+
+    #[test]
+    fn concurrent_batches_share_the_flushers() {
+        let d = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = (0..12)
+            .map(|i| {
+                let p = d.path().join(format!("f{i}"));
+                fs::write(&p, b"x").unwrap();
+                p
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        sync_all_at_once(&files, &[d.path().to_path_buf()]).unwrap();
+                    }
+                });
+            }
+        });
+        // A path that cannot be opened (not a missing one) is an error, and the pool goes on.
+        let bad = d.path().join("f0/below-a-file");
+        assert!(sync_all_at_once(&[bad, files[1].clone()], &[]).is_err() || in_memory_dir(d.path()));
+        sync_all_at_once(&files, &[]).unwrap();
     }
 
     #[test]
