@@ -58,7 +58,11 @@ fn compute_for(storage: &Path, m: &Manifest) -> Result<Curve> {
     let mut arms = IndexMap::new();
     for arm in &m.arms {
         let dir = storage.join(layout::sim_code(&m.name, arm));
-        let days = if dir.join("reverie/meta.json").is_file() {
+        // An arm forked but not yet stepped (or not yet forked) has no days.
+        let stepped = std::fs::read_dir(dir.join("movement"))
+            .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))))
+            .unwrap_or(false);
+        let days = if stepped && dir.join("reverie/meta.json").is_file() {
             arm_days(&dir).with_context(|| format!("the `{arm}` arm ({})", dir.display()))?
         } else {
             Vec::new()

@@ -151,6 +151,12 @@ pub async fn turn(
         answers[1] = second;
         let j2 = judge(llm, s.evaluation, m.profile, &input(&answers[1])).await?;
         judgements = vec![first, j2];
+    } else if n == 2 && near_identical(&answers[0], &answers[1]) {
+        // As the original: the first candidate is judged only when it differs from the second by
+        // more than 3 edits; otherwise it takes the second's judgement, so near-copies never
+        // form a pair whose preference is only the evaluator's noise.
+        let second = judge(llm, s.evaluation, m.profile, &input(&answers[1])).await?;
+        judgements = vec![second.clone(), second];
     } else {
         let inputs: Vec<EvalInput> = answers.iter().map(input).collect();
         judgements = try_join_all(inputs.iter().map(|i| judge(llm, s.evaluation, m.profile, i))).await?;
@@ -206,6 +212,12 @@ pub async fn turn(
     })
 }
 
+/// The original's test for judging both candidates: their suggestions are at most 3 edits
+/// (Levenshtein) apart.
+fn near_identical(a: &Answer, b: &Answer) -> bool {
+    strsim::levenshtein(a.suggestion.text(), b.suggestion.text()) <= 3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,7 +269,8 @@ mod tests {
         amem
     }
 
-    async fn run(s: &SimSettings, amem: &AssistantMemory, seed: u64) -> TurnResult {
+    /// One turn on the scripted brain, and how many model calls it made.
+    async fn run_counting(s: &SimSettings, amem: &AssistantMemory, seed: u64) -> (TurnResult, u64) {
         let llm = scripted_llm();
         let p = profile();
         // The seed moves the moment by minutes, so the scripted brain's answers vary with it.
@@ -272,7 +285,12 @@ mod tests {
             walking: false,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        turn(&llm, s, &m, amem, &StructuredMemory::new(3), &mut rng).await.unwrap()
+        let r = turn(&llm, s, &m, amem, &StructuredMemory::new(3), &mut rng).await.unwrap();
+        (r, llm.calls())
+    }
+
+    async fn run(s: &SimSettings, amem: &AssistantMemory, seed: u64) -> TurnResult {
+        run_counting(s, amem, seed).await.0
     }
 
     #[tokio::test]
@@ -337,5 +355,29 @@ mod tests {
         assert!(r.prompt_user.contains("Number of recommendations: 1"), "{}", r.prompt_user);
         assert!(!r.prompt_user.contains("pass 5"), "no raw events: {}", r.prompt_user);
         assert!(!r.prompt_user.contains("This hour so far"), "{}", r.prompt_user);
+    }
+
+    #[tokio::test]
+    async fn near_identical_candidates_share_one_judgement_and_form_no_pair() {
+        let amem = memory();
+        let s = SimSettings { forced_norec_ratio: crate::config::NoRecRatio::P100, ..SimSettings::default() };
+        let (mut copied, mut judged_apart) = (Vec::new(), Vec::new());
+        for seed in 0..40 {
+            let (r, calls) = run_counting(&s, &amem, seed).await;
+            let c = &r.record.candidates;
+            assert_eq!(c[0], "No Recommendation", "the first candidate is forced");
+            if strsim::levenshtein(&c[0], &c[1]) <= 3 {
+                assert_eq!(r.record.scores[0], r.record.scores[1]);
+                assert_eq!(r.record.reasons[0], r.record.reasons[1]);
+                assert!(r.pair.is_none());
+                copied.push(calls);
+            } else {
+                judged_apart.push(calls);
+            }
+        }
+        assert!(!copied.is_empty() && !judged_apart.is_empty(), "{copied:?} copied, {judged_apart:?} judged apart");
+        // The copied steps skip the first candidate's five rubric checks.
+        assert!(copied.iter().all(|c| *c + 5 == judged_apart[0]), "{copied:?} vs {judged_apart:?}");
+        assert!(judged_apart.iter().all(|c| *c == judged_apart[0]), "{judged_apart:?}");
     }
 }
