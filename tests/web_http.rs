@@ -356,6 +356,17 @@ async fn live_sim_drives_the_step_loop() {
     assert_eq!(st, 409, "{body}");
     assert!(body.contains("next step (6)"), "{body}");
     assert_eq!(fs::read(storage.join(format!("{SIM}/environment/3.json"))).unwrap(), env3);
+    // A tab loaded while step 5 was being computed posts it again: answered, nothing rewritten.
+    let env5_bytes = fs::read(storage.join(format!("{SIM}/environment/5.json"))).unwrap();
+    let (st, body) = live
+        .post(
+            "/process_environment/",
+            json!({"step": 5, "sim_code": SIM, "environment": {"John Lin": {"maze": "the_ville", "x": 1, "y": 1}}})
+                .to_string(),
+        )
+        .await;
+    assert_eq!((st, body.as_str()), (200, "received"));
+    assert_eq!(fs::read(storage.join(format!("{SIM}/environment/5.json"))).unwrap(), env5_bytes);
     // Replay tabs cannot write into a live server's storage for another sim.
     fs::create_dir_all(storage.join("other_sim/environment")).unwrap();
     let (st, body) =

@@ -32,7 +32,8 @@ fn received() -> Response {
 /// engine keeps waiting for a good one instead of stalling on a bad one.
 ///
 /// With a live engine, posts for any other sim or for a step other than the engine's next are
-/// refused (409), so replay or stale tabs cannot rewrite files. Without one, the file is written
+/// refused (409), so replay or stale tabs cannot rewrite files; the step just computed is
+/// answered as received without writing (a page reloaded mid-step posts it). Without one, the file is written
 /// as the original did, for an external backend (`reverie.py`), but only for the sim that
 /// backend announced in `temp_storage/curr_sim_code.json` and only for the step it waits on
 /// (the first without a movement file): every other sim is read-only, and no post can add
@@ -64,6 +65,13 @@ pub async fn process_environment(State(state): State<AppState>, body: Bytes) -> 
                 // The next step, or the one after while the engine is still finishing its
                 // bookkeeping; anything older comes from a stale tab and would rewrite history.
                 let next = live.current_step();
+                // A page loaded while the engine was computing a step starts at that step and
+                // posts it once the engine has moved on: the step is done, so the post is
+                // answered as received and nothing is written (the page then finds its
+                // movement file and goes on).
+                if step.checked_add(1) == Some(next) && dir.join(format!("movement/{step}.json")).is_file() {
+                    return Ok(received());
+                }
                 if step < next || step > next.saturating_add(1) {
                     return Err(WebError::new(
                         StatusCode::CONFLICT,
