@@ -408,23 +408,6 @@ pub async fn run_many(cfgs: Vec<Config>, opts: &RunMany, stop: Arc<AtomicBool>) 
     let shared = Shared::default();
     let display = Arc::new(Display::new(opts.progress));
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.unwrap_or(cfgs.len()).clamp(1, cfgs.len())));
-    let mut tasks = Vec::new();
-    for cfg in cfgs {
-        let (shared, display, permits, stop) = (shared.clone(), display.clone(), permits.clone(), stop.clone());
-        let (days, cache) = (opts.days, opts.cache);
-        tasks.push((
-            cfg.sim.sim.clone(),
-            tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return (0, SimStatus::Stopped("the run ended first".into()));
-                };
-                if stop.load(Ordering::SeqCst) {
-                    return (0, SimStatus::Stopped("interrupted before it started".into()));
-                }
-                run_sim(cfg, days, cache, shared, &display, &stop).await
-            }),
-        ));
-    }
     let logger = (opts.progress && !display.live).then(|| {
         let (display, label) = (display.clone(), opts.label.clone());
         tokio::spawn(async move {
@@ -434,11 +417,34 @@ pub async fn run_many(cfgs: Vec<Config>, opts: &RunMany, stop: Arc<AtomicBool>) 
             }
         })
     });
+    // Sims start in the order given, `concurrency` at a time: the permits are taken here, one
+    // after another, not by the sims' own tasks (whose first poll order is the scheduler's).
+    let mut tasks = Vec::new();
+    for cfg in cfgs {
+        let sim = cfg.sim.sim.clone();
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        if stop.load(Ordering::SeqCst) {
+            tasks.push((sim, None));
+            continue;
+        }
+        let (shared, display, stop) = (shared.clone(), display.clone(), stop.clone());
+        let (days, cache) = (opts.days, opts.cache);
+        tasks.push((
+            sim,
+            Some(tokio::spawn(async move {
+                let _permit = permit;
+                run_sim(cfg, days, cache, shared, &display, &stop).await
+            })),
+        ));
+    }
     let mut sims = Vec::new();
     for (sim, task) in tasks {
-        let (steps, status) = match task.await {
-            Ok(r) => r,
-            Err(e) => (0, SimStatus::Failed(format!("the sim's task panicked: {e}"))),
+        let (steps, status) = match task {
+            None => (0, SimStatus::Stopped("interrupted before it started".into())),
+            Some(task) => match task.await {
+                Ok(r) => r,
+                Err(e) => (0, SimStatus::Failed(format!("the sim's task panicked: {e}"))),
+            },
         };
         sims.push(SimOutcome { sim, steps, status });
     }
