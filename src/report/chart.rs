@@ -18,7 +18,7 @@ const SCORE_COLOR: &str = "#1f77b4";
 const RATE_COLOR: &str = "#d95f02";
 
 /// Escape text for XML content and attribute values.
-fn xml(s: &str) -> String {
+pub(super) fn xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

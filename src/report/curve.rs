@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::chart::xml;
 use super::metrics::{compute_detailed, order_dimensions};
 use crate::storage::experiment::{self as layout, Manifest};
 
@@ -76,7 +77,7 @@ fn compute_for(storage: &Path, m: &Manifest) -> Result<Curve> {
 pub fn arm_days(dir: &Path) -> Result<Vec<CurveDay>> {
     let sim = compute_detailed(dir)?;
     let training = training_by_day(dir)?;
-    let mmlu = mmlu_by_day(dir)?;
+    let mmlu = super::sweep::read_mmlu(dir)?;
     Ok(sim
         .days
         .into_iter()
@@ -114,17 +115,6 @@ fn training_by_day(dir: &Path) -> Result<IndexMap<u64, (u64, Option<f64>)>> {
         let losses: Vec<f64> = steps.iter().filter_map(|s| s["loss"].as_f64()).collect();
         let mean = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
         out.insert(day, (pairs, mean));
-    }
-    Ok(out)
-}
-
-/// Day -> overall accuracy from `mmlu.jsonl`.
-fn mmlu_by_day(dir: &Path) -> Result<IndexMap<u64, f64>> {
-    let mut out = IndexMap::new();
-    for line in crate::storage::read_jsonl::<Value>(&dir.join("mmlu.jsonl"))? {
-        if let (Some(day), Some(acc)) = (line["day"].as_u64(), line["overall_accuracy"].as_f64()) {
-            out.insert(day, acc);
-        }
     }
     Ok(out)
 }
@@ -329,10 +319,6 @@ pub fn render_svg(c: &Curve) -> String {
 fn trim(v: f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Write `curve.json`, `curve.csv` and `curve.svg` into `experiments/<NAME>/`, atomically.

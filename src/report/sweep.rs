@@ -118,7 +118,7 @@ struct PersonaDay {
 
 /// `mmlu.jsonl`: day (1-based, the day whose model was checked) -> overall accuracy; the last
 /// line of a day wins (a resumed run may have checked it twice).
-fn read_mmlu(sim_dir: &Path) -> Result<BTreeMap<u64, f64>> {
+pub(super) fn read_mmlu(sim_dir: &Path) -> Result<BTreeMap<u64, f64>> {
     let path = sim_dir.join("mmlu.jsonl");
     let mut out = BTreeMap::new();
     for v in crate::storage::read_jsonl::<Value>(&path)? {

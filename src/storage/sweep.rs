@@ -50,12 +50,7 @@ pub fn sweep_dir(storage: &Path, name: &str) -> Result<PathBuf> {
 
 /// The manifest of sweep `name`, if it has one.
 pub fn read_manifest(storage: &Path, name: &str) -> Result<Option<Manifest>> {
-    let p = sweep_dir(storage, name)?.join(MANIFEST);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display()))?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+    super::read_json_if_present(&sweep_dir(storage, name)?.join(MANIFEST))
 }
 
 /// Write the manifest atomically (shards writing the same content at once is harmless).
@@ -96,22 +91,7 @@ pub fn sims_present(storage: &Path, name: &str) -> Result<Vec<u32>> {
 
 /// Names of the sweeps in `storage` (folders with a manifest), sorted.
 pub fn list(storage: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(storage) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", storage.display())),
-    };
-    for e in entries {
-        let e = e?;
-        if let Some(n) = e.file_name().to_str() {
-            if valid_sim_code(n) && e.path().join(MANIFEST).is_file() {
-                out.push(n.to_string());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    super::folders_holding(storage, MANIFEST)
 }
 
 #[cfg(test)]
