@@ -15,18 +15,9 @@ const SEED: &str = "base_the_ville_persona_1";
 
 fn experiment_cmd(fs: &Path, storage: &Path, name: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(common::bin());
-    c.args(["experiment", "--name", name, "--fork", SEED, "--provider", "scripted", "-q"])
-        .arg("--storage")
-        .arg(storage)
-        .arg("--seeds")
-        .arg(fs.join("storage"))
-        .arg("--assets")
-        .arg(fs.join("static_dirs/assets"))
-        .arg("--temp-storage")
-        .arg(storage.with_file_name("temp_storage"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args(["experiment", "--name", name, "--fork", SEED, "--provider", "scripted", "-q"]);
+    common::folder_args(&mut c, fs, storage.parent().expect("storage has a parent"), "temp_storage");
+    c.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
