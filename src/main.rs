@@ -345,9 +345,14 @@ struct BenchArgs {
     /// Instead: local inference speed (prompt processing and generation tokens/s) of this GGUF.
     #[arg(long, value_name = "GGUF")]
     llm: Option<PathBuf>,
-    /// Instead: DPO optimizer steps/s, tokens/s and peak memory on this GGUF.
+    /// Instead: DPO optimizer steps/s, tokens/s and peak memory on this GGUF (pairs from the
+    /// JSONL file in PROPERSIM_BENCH_PAIRS, else a built-in set).
     #[arg(long, value_name = "GGUF")]
     dpo: Option<PathBuf>,
+    /// With --dpo: keep every layer's activations for the backward pass instead of recomputing
+    /// them (gradient checkpointing is on by default).
+    #[arg(long, requires = "dpo")]
+    no_checkpointing: bool,
 }
 
 impl BenchArgs {
@@ -661,7 +666,7 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(g) = &a.dpo {
-        let g = g.clone();
+        let (g, no_checkpointing) = (g.clone(), a.no_checkpointing);
         let r = tokio::task::spawn_blocking(move || -> Result<String> {
             let (model, fmt) = load_for_training(&g)?;
             let pairs = propersim::train::data::read_pairs(std::path::Path::new(
@@ -669,7 +674,10 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
             ))
             .unwrap_or_default();
             let pairs = if pairs.is_empty() { bench_pairs() } else { pairs };
-            let cfg = propersim::train::TrainConfig::dpo();
+            let cfg = propersim::train::TrainConfig {
+                gradient_checkpointing: !no_checkpointing,
+                ..propersim::train::TrainConfig::dpo()
+            };
             Ok(format!("{:?}", propersim::train::offline::bench_dpo(&model, &fmt, &pairs, 8, &cfg)?))
         })
         .await??;

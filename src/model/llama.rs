@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::quantized::gguf_file;
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{AdapterSlot, LoraAdapter, LoraTarget};
@@ -130,6 +131,30 @@ struct Block {
 pub struct ForwardOpts {
     /// Training mode: LoRA dropout is applied when the adapter's dropout is on.
     pub train: bool,
+}
+
+/// Where the tokens of a packed batch sit: each token's RoPE position and attention segment,
+/// row-major `[rows, len]`. A token sees the earlier tokens of segment 0 and of its own segment
+/// only, so several completions can follow one prompt, each as if it were alone after it: DPO
+/// computes the prompt it shares between chosen and rejected once instead of twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packing {
+    pub rows: usize,
+    pub len: usize,
+    pub positions: Vec<u32>,
+    pub segments: Vec<u32>,
+}
+
+/// The segment of padding: it sees everything before it, and no real token reads it.
+pub const PAD_SEGMENT: u32 = u32::MAX;
+
+/// RoPE tables and additive attention mask of one forward pass: shared by every row (`cos`
+/// `[s, d/2]`, mask `[s, total]`, the inference path) or per row (`[b, s, d/2]`, `[b, 1, s, s]`).
+struct Attend {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    per_row: bool,
 }
 
 /// Per-layer key/value cache of the inference path: `[b, kv_heads, t, head_dim]`, after RoPE.
@@ -265,6 +290,75 @@ impl Llama {
         y.reshape(out)
     }
 
+    /// Final-normed hidden states `[b, seq, hidden]` of a packed batch (see [`Packing`]).
+    pub fn forward_packed(
+        &self,
+        ids: &Tensor,
+        packing: &Packing,
+        lora: Option<&LoraAdapter>,
+        opts: ForwardOpts,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let at = self.packed_attend(packing, b, s)?;
+        let lora = lora.filter(|l| l.is_enabled());
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        for l in 0..self.blocks.len() {
+            x = self.block(l, &x, b, s, &at, None, lora, opts)?;
+        }
+        self.final_norm(&x, b, s)
+    }
+
+    /// Gradients of the adapter's variables for the scalar `head` returns from the final hidden
+    /// states `[b, seq, hidden]` of a packed batch, with gradient checkpointing per decoder layer.
+    ///
+    /// Why: autograd over the whole model keeps every layer's activations until the backward pass
+    /// (for SmolLM2 at 1,500 tokens about 0.4 GB a layer, most of it attention scores, so 12 GB
+    /// for 30 layers). Here the forward keeps only each layer's input; the backward recomputes
+    /// one layer at a time from its input and pulls the incoming gradient through it
+    /// (`sum(y · g)` has gradient `g` at `y`), as Hugging Face's gradient checkpointing does. The
+    /// gradients are the same; the cost is one more forward per layer. `head` also returns a
+    /// value (the log-probs it saw), handed back with the gradients.
+    ///
+    /// LoRA dropout would draw a different mask in the recomputation, so it is refused here.
+    pub fn packed_grads_checkpointed<T>(
+        &self,
+        ids: &Tensor,
+        packing: &Packing,
+        lora: &LoraAdapter,
+        opts: ForwardOpts,
+        head: impl FnOnce(&Tensor) -> anyhow::Result<(Tensor, T)>,
+    ) -> anyhow::Result<(GradStore, T)> {
+        if opts.train && lora.dropout_active() {
+            anyhow::bail!("gradient checkpointing cannot replay LoRA dropout; turn one of them off");
+        }
+        let (b, s) = ids.dims2()?;
+        let at = self.packed_attend(packing, b, s)?;
+        // Forward: keep each layer's input, let its graph go.
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.detach();
+        for l in 0..self.blocks.len() {
+            let y = self.block(l, &x, b, s, &at, None, Some(lora), opts)?.detach();
+            inputs.push(std::mem::replace(&mut x, y));
+        }
+        let top = Var::from_tensor(&x)?;
+        let (surrogate, value) = head(&self.final_norm(top.as_tensor(), b, s)?)?;
+        let mut grad = surrogate.backward()?.remove(top.as_tensor());
+        let mut out = GradStore::default();
+        for (l, input) in inputs.iter().enumerate().rev() {
+            let Some(g) = grad.take() else { break };
+            let xin = Var::from_tensor(input)?;
+            let y = self.block(l, xin.as_tensor(), b, s, &at, None, Some(lora), opts)?;
+            let mut grads = (y * g)?.sum_all()?.backward()?;
+            for var in lora.layer_vars(l) {
+                if let Some(gv) = grads.remove(var.as_tensor()) {
+                    out.insert(var.as_tensor(), gv.detach());
+                }
+            }
+            grad = grads.remove(xin.as_tensor()).map(|t| t.detach());
+        }
+        Ok((out, value))
+    }
+
     fn run(
         &self,
         ids: &Tensor,
@@ -274,7 +368,6 @@ impl Llama {
         opts: ForwardOpts,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let cfg = &self.cfg;
         let lora = lora.filter(|l| l.is_enabled());
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?; // [b*s, hidden]
         let (cos, sin) = self.rope_tables(pos, s)?;
@@ -285,62 +378,128 @@ impl Llama {
         if cache.is_some() && past != pos {
             bail!("KV cache holds {past} positions but the forward starts at position {pos}");
         }
-        let mask = causal_mask(s, pos, self.dtype, &self.device)?;
+        let at = Attend { cos, sin, mask: causal_mask(s, pos, self.dtype, &self.device)?, per_row: false };
         if let Some(c) = cache.as_deref_mut() {
-            c.layers.resize_with(cfg.layers, || None);
+            c.layers.resize_with(self.cfg.layers, || None);
         }
+        for l in 0..self.blocks.len() {
+            x = self.block(l, &x, b, s, &at, cache.as_deref_mut(), lora, opts)?;
+        }
+        self.final_norm(&x, b, s)
+    }
+
+    fn final_norm(&self, x: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let x = candle_nn::ops::rms_norm_slow(x, &self.norm, self.cfg.rms_eps as f32)?;
+        x.reshape((b, s, self.cfg.hidden))
+    }
+
+    /// Decoder layer `l` on `x [b*s, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        at: &Attend,
+        cache: Option<&mut KvCache>,
+        lora: Option<&LoraAdapter>,
+        opts: ForwardOpts,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let blk = &self.blocks[l];
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let proj = |x: &Tensor, w: &Tensor, t: LoraTarget| -> Result<Tensor> {
-                let y = frozen_linear(x, w)?;
-                match lora {
-                    Some(ad) => match ad.delta(l, t, x, opts.train)? {
-                        Some(d) => y + d,
-                        None => Ok(y),
-                    },
+        let proj = |x: &Tensor, w: &Tensor, t: LoraTarget| -> Result<Tensor> {
+            let y = frozen_linear(x, w)?;
+            match lora {
+                Some(ad) => match ad.delta(l, t, x, opts.train)? {
+                    Some(d) => y + d,
                     None => Ok(y),
-                }
-            };
-            // Attention.
-            let hn = candle_nn::ops::rms_norm_slow(&x, &blk.attn_norm, cfg.rms_eps as f32)?;
-            let q = proj(&hn, &blk.wq, LoraTarget::Q)?;
-            let k = proj(&hn, &blk.wk, LoraTarget::K)?;
-            let v = proj(&hn, &blk.wv, LoraTarget::V)?;
-            let q = q.reshape((b, s, cfg.heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope_i_slow(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i_slow(&k, &cos, &sin)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => {
-                    let (k, v) = match c.layers[l].take() {
-                        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                        None => (k, v),
-                    };
-                    c.layers[l] = Some((k.clone(), v.clone()));
-                    (k, v)
-                }
-                None => (k, v),
-            };
-            let k = repeat_kv(&k, cfg.heads / cfg.kv_heads)?;
-            let v = repeat_kv(&v, cfg.heads / cfg.kv_heads)?;
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let att = att.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-            let y = att.matmul(&v)?; // [b, heads, s, hd]
-            let y = y.transpose(1, 2)?.reshape((b * s, cfg.heads * cfg.head_dim))?;
-            let y = proj(&y, &blk.wo, LoraTarget::O)?;
-            x = (x + y)?;
-            // SwiGLU MLP.
-            let hn = candle_nn::ops::rms_norm_slow(&x, &blk.ffn_norm, cfg.rms_eps as f32)?;
-            let g = proj(&hn, &blk.w_gate, LoraTarget::Gate)?;
-            let u = proj(&hn, &blk.w_up, LoraTarget::Up)?;
-            let m = (g.silu()? * u)?;
-            let y = proj(&m, &blk.w_down, LoraTarget::Down)?;
-            x = (x + y)?;
+                },
+                None => Ok(y),
+            }
+        };
+        // Attention.
+        let hn = candle_nn::ops::rms_norm_slow(x, &blk.attn_norm, cfg.rms_eps as f32)?;
+        let q = proj(&hn, &blk.wq, LoraTarget::Q)?;
+        let k = proj(&hn, &blk.wk, LoraTarget::K)?;
+        let v = proj(&hn, &blk.wv, LoraTarget::V)?;
+        let q = q.reshape((b, s, cfg.heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, s, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = if at.per_row {
+            (rope_rows(&q, &at.cos, &at.sin)?, rope_rows(&k, &at.cos, &at.sin)?)
+        } else {
+            (
+                candle_nn::rotary_emb::rope_i_slow(&q, &at.cos, &at.sin)?,
+                candle_nn::rotary_emb::rope_i_slow(&k, &at.cos, &at.sin)?,
+            )
+        };
+        let (k, v) = match cache {
+            Some(c) => {
+                let (k, v) = match c.layers[l].take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                c.layers[l] = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let k = repeat_kv(&k, cfg.heads / cfg.kv_heads)?;
+        let v = repeat_kv(&v, cfg.heads / cfg.kv_heads)?;
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = att.broadcast_add(&at.mask)?;
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let y = att.matmul(&v)?; // [b, heads, s, hd]
+        let y = y.transpose(1, 2)?.reshape((b * s, cfg.heads * cfg.head_dim))?;
+        let y = proj(&y, &blk.wo, LoraTarget::O)?;
+        let x = (x + y)?;
+        // SwiGLU MLP.
+        let hn = candle_nn::ops::rms_norm_slow(&x, &blk.ffn_norm, cfg.rms_eps as f32)?;
+        let g = proj(&hn, &blk.w_gate, LoraTarget::Gate)?;
+        let u = proj(&hn, &blk.w_up, LoraTarget::Up)?;
+        let m = (g.silu()? * u)?;
+        let y = proj(&m, &blk.w_down, LoraTarget::Down)?;
+        x + y
+    }
+
+    /// RoPE tables `[b, s, head_dim/2]` and the additive mask `[b, 1, s, s]` of a packing.
+    fn packed_attend(&self, p: &Packing, b: usize, s: usize) -> Result<Attend> {
+        if p.rows != b || p.len != s || p.positions.len() != b * s || p.segments.len() != b * s {
+            bail!("packing is {}x{} but the ids are {b}x{s}", p.rows, p.len);
         }
-        let x = candle_nn::ops::rms_norm_slow(&x, &self.norm, cfg.rms_eps as f32)?;
-        x.reshape((b, s, cfg.hidden))
+        let half = self.cfg.head_dim / 2;
+        let freqs: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim as f64)).collect();
+        let mut cos = Vec::with_capacity(b * s * half);
+        let mut sin = Vec::with_capacity(b * s * half);
+        for &pos in &p.positions {
+            for f in &freqs {
+                let a = pos as f64 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let mut mask = vec![0f32; b * s * s];
+        for r in 0..b {
+            let seg = &p.segments[r * s..(r + 1) * s];
+            for i in 0..s {
+                for j in 0..s {
+                    let visible = j <= i && (seg[j] == 0 || seg[j] == seg[i] || seg[i] == PAD_SEGMENT);
+                    if !visible {
+                        mask[(r * s + i) * s + j] = -1e9;
+                    }
+                }
+            }
+        }
+        let dev = &self.device;
+        Ok(Attend {
+            cos: Tensor::from_vec(cos, (b, s, half), dev)?.to_dtype(self.dtype)?,
+            sin: Tensor::from_vec(sin, (b, s, half), dev)?.to_dtype(self.dtype)?,
+            mask: Tensor::from_vec(mask, (b, 1, s, s), dev)?.to_dtype(self.dtype)?,
+            per_row: true,
+        })
     }
 
     /// cos/sin tables `[seq, head_dim/2]` for positions `pos..pos+seq`.
@@ -419,6 +578,20 @@ fn causal_mask(seq: usize, pos: usize, dtype: DType, device: &Device) -> Result<
         }
     }
     Tensor::from_vec(m, (seq, total), device)?.to_dtype(dtype)
+}
+
+/// Interleaved RoPE with per-row tables `cos`/`sin` `[b, s, d/2]`: candle's `rope_i_slow`, whose
+/// tables are shared by all rows, written with the same operations.
+fn rope_rows(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, heads, s, d) = x.dims4()?;
+    let cos = cos.reshape((b, 1, s, d / 2, 1))?.broadcast_as((b, heads, s, d / 2, 1))?;
+    let sin = sin.reshape((b, 1, s, d / 2, 1))?.broadcast_as((b, heads, s, d / 2, 1))?;
+    let x = x.reshape((b, heads, s, d / 2, 2))?;
+    let x0 = x.narrow(D::Minus1, 0, 1)?;
+    let x1 = x.narrow(D::Minus1, 1, 1)?;
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], D::Minus1)?.flatten_from(D::Minus2)
 }
 
 /// Grouped-query attention: repeat each kv head `n` times, `[b, kv, t, d]` → `[b, kv*n, t, d]`.

@@ -173,6 +173,15 @@ impl LoraAdapter {
     pub fn set_dropout(&self, on: bool) {
         self.dropout_on.store(on, Ordering::SeqCst);
     }
+    /// Whether a training-mode forward draws dropout masks.
+    pub fn dropout_active(&self) -> bool {
+        self.dropout_on.load(Ordering::SeqCst) && self.cfg.dropout > 0.0
+    }
+
+    /// The trainable variables of one layer, A then B per target.
+    pub fn layer_vars(&self, layer: usize) -> impl Iterator<Item = &Var> {
+        self.layers.get(layer).into_iter().flat_map(|row| row.iter().flatten().flat_map(|p| [&p.a, &p.b]))
+    }
 
     /// All trainable variables, A then B, layer by layer.
     pub fn vars(&self) -> Vec<Var> {
@@ -201,7 +210,7 @@ impl LoraAdapter {
         let xd = x.dtype();
         let a = if a.dtype() != xd { a.to_dtype(xd)? } else { a };
         let b = if b.dtype() != xd { b.to_dtype(xd)? } else { b };
-        let x = if train && self.dropout_on.load(Ordering::SeqCst) && self.cfg.dropout > 0.0 {
+        let x = if train && self.dropout_active() {
             candle_nn::ops::dropout(x, self.cfg.dropout as f32)?
         } else {
             x.clone()

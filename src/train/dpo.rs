@@ -8,15 +8,14 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::data::TokenizedPair;
-use super::logprob::{completion_logps, completion_logps_f64, Batch, Sequence};
+use super::logprob::{completion_grads, completion_logps_f64, Batch, Sequence};
 use super::optim::{linear_lr, AdamW, GradAccumulator};
 use super::{log_sigmoid, sigmoid, StepMetrics, TrainConfig, TrainSummary};
-use crate::model::llama::{ForwardOpts, Llama};
+use crate::model::llama::Llama;
 use crate::model::lora::LoraAdapter;
 
 /// Loss and derivatives of one pair.
@@ -41,7 +40,7 @@ pub fn dpo_terms(pc: f64, pr: f64, rc: f64, rr: f64, beta: f64, eps: f64) -> Dpo
 pub fn reference_logps(model: &Llama, pairs: &[TokenizedPair]) -> Result<Vec<(f64, f64)>> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
-        let b = Batch::new(&[&p.chosen, &p.rejected], model.dtype(), model.device())?;
+        let b = Batch::pairs(&[(&p.chosen, &p.rejected)], model.dtype(), model.device())?;
         let v = completion_logps_f64(model, &b, None)?;
         out.push((v[0], v[1]));
     }
@@ -82,24 +81,25 @@ pub fn train_dpo(
         order.shuffle(&mut rng);
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
         for (ci, chunk) in chunks.iter().enumerate() {
-            // Rows: chosen of each pair, then rejected of each pair.
-            let mut rows: Vec<&Sequence> = chunk.iter().map(|&i| &pairs[i].chosen).collect();
-            rows.extend(chunk.iter().map(|&i| &pairs[i].rejected));
-            let batch = Batch::new(&rows, model.dtype(), model.device())?;
-            let logps = completion_logps(model, &batch, Some(adapter), ForwardOpts { train: true })?;
-            let vals: Vec<f64> = logps.detach().to_dtype(candle_core::DType::F64)?.to_vec1()?;
+            let rows: Vec<(&Sequence, &Sequence)> =
+                chunk.iter().map(|&i| (&pairs[i].chosen, &pairs[i].rejected)).collect();
+            let batch = Batch::pairs(&rows, model.dtype(), model.device())?;
             let n = chunk.len();
-            let mut coefs = vec![0f64; 2 * n];
-            for (j, &i) in chunk.iter().enumerate() {
-                let (rc, rr) = refs[i];
-                let t = dpo_terms(vals[j], vals[n + j], rc, rr, cfg.beta, cfg.label_smoothing);
-                coefs[j] = t.d_chosen / n as f64;
-                coefs[n + j] = -t.d_chosen / n as f64;
-                step_stats.add_pair(&t);
-            }
-            let coefs = Tensor::from_vec(coefs, 2 * n, model.device())?.to_dtype(logps.dtype())?;
-            let surrogate = (logps * coefs)?.sum_all()?;
-            acc.add(&surrogate.backward()?)?;
+            let mut terms = Vec::with_capacity(n);
+            // Log-probs come as chosen₀, rejected₀, chosen₁, …; the coefficients are ∂L/∂logπ.
+            let (grads, _) = completion_grads(model, &batch, adapter, cfg.gradient_checkpointing, |vals| {
+                let mut coefs = vec![0f64; 2 * n];
+                for (j, &i) in chunk.iter().enumerate() {
+                    let (rc, rr) = refs[i];
+                    let t = dpo_terms(vals[2 * j], vals[2 * j + 1], rc, rr, cfg.beta, cfg.label_smoothing);
+                    coefs[2 * j] = t.d_chosen / n as f64;
+                    coefs[2 * j + 1] = -t.d_chosen / n as f64;
+                    terms.push(t);
+                }
+                Ok(coefs)
+            })?;
+            terms.iter().for_each(|t| step_stats.add_pair(t));
+            acc.add(&grads)?;
             step_stats.tokens += batch.tokens();
             let last_in_epoch = ci + 1 == chunks.len();
             if acc.micro_batches() == cfg.grad_accum || last_in_epoch {

@@ -11,14 +11,13 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::logprob::{completion_logps, completion_logps_f64, Batch, Sequence};
+use super::logprob::{completion_grads, completion_logps_f64, Batch, Sequence};
 use super::optim::{linear_lr, AdamW, GradAccumulator};
 use super::{sigmoid, StepMetrics, TrainConfig, TrainSummary};
-use crate::model::llama::{ForwardOpts, Llama};
+use crate::model::llama::Llama;
 use crate::model::lora::LoraAdapter;
 
 /// One unpaired example.
@@ -118,32 +117,32 @@ pub fn train_kto(
 
             let rows: Vec<&Sequence> = m.idx.iter().map(|&i| &examples[i].seq).collect();
             let batch = Batch::new(&rows, dt, dev)?;
-            let logps = completion_logps(model, &batch, Some(adapter), ForwardOpts { train: true })?;
-            let vals: Vec<f64> = logps.detach().to_dtype(candle_core::DType::F64)?.to_vec1()?;
-            let mut coefs = vec![0f64; n];
             let mut loss = 0.0;
-            for j in 0..n {
-                let ex = &examples[m.idx[j]];
-                let (l, d) = kto_term(
-                    vals[j],
-                    m.ref_logps[j],
-                    z0,
-                    ex.desirable,
-                    cfg.beta,
-                    cfg.kto_desirable_weight,
-                    cfg.kto_undesirable_weight,
-                );
-                loss += l / n as f64;
-                coefs[j] = d / n as f64;
-                let reward = cfg.beta * (vals[j] - m.ref_logps[j]);
-                if ex.desirable {
-                    st.chosen.push(reward);
-                } else {
-                    st.rejected.push(reward);
+            let (grads, _) = completion_grads(model, &batch, adapter, cfg.gradient_checkpointing, |vals| {
+                let mut coefs = vec![0f64; n];
+                for j in 0..n {
+                    let ex = &examples[m.idx[j]];
+                    let (l, d) = kto_term(
+                        vals[j],
+                        m.ref_logps[j],
+                        z0,
+                        ex.desirable,
+                        cfg.beta,
+                        cfg.kto_desirable_weight,
+                        cfg.kto_undesirable_weight,
+                    );
+                    loss += l / n as f64;
+                    coefs[j] = d / n as f64;
+                    let reward = cfg.beta * (vals[j] - m.ref_logps[j]);
+                    if ex.desirable {
+                        st.chosen.push(reward);
+                    } else {
+                        st.rejected.push(reward);
+                    }
                 }
-            }
-            let coefs = Tensor::from_vec(coefs, n, dev)?.to_dtype(logps.dtype())?;
-            acc.add(&(logps * coefs)?.sum_all()?.backward()?)?;
+                Ok(coefs)
+            })?;
+            acc.add(&grads)?;
             st.loss += loss;
             st.kl += z0;
             st.micro += 1;
