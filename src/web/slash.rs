@@ -14,6 +14,7 @@ const SLASHED: &[&[&str]] = &[
     &["path_tester"],
     &["path_tester_update"],
     &["live_control"],
+    &["metrics", "*"],
 ];
 
 fn wants_slash(path: &str) -> bool {
