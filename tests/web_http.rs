@@ -652,14 +652,20 @@ async fn landing_lists_sims_with_their_links() {
         "{row}"
     );
     assert!(!body.contains(r#"href="/sweeps/""#) && !body.contains(r#"href="/experiments/""#), "none exist yet");
-    // Once compressed, the demo is linked; a sweep and an experiment get their links.
+    // Once compressed, the demo is linked; a sweep and an experiment get their links. With
+    // records, replay and demo start at the assistant's first turn.
     compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
+    write(
+        &s.path(&format!("storage/{SIM}/records.jsonl")),
+        "{\"step\": 1, \"scores\": [4]}\n{\"step\": 2, \"scores\": [4]}\n",
+    );
     write(&s.path("storage/my_sweep/sweep.json"), "{}");
     write(&s.path("storage/experiments/my_exp/experiment.json"), "{}");
     let (_, body) = s.get("/").await;
     let fixture = body.find(&format!(r#"id="sim__{SIM}""#)).unwrap();
     let row = &body[fixture..fixture + body[fixture..].find("</tr>").unwrap()];
-    assert!(row.contains(&format!(r#"href="/demo/{SIM}/0/3/""#)) && !row.contains("propersim compress"), "{row}");
+    assert!(row.contains(&format!(r#"href="/demo/{SIM}/1/3/""#)) && !row.contains("propersim compress"), "{row}");
+    assert!(row.contains(&format!(r#"href="/replay/{SIM}/1/">from the assistant's first turn (step 1)"#)), "{row}");
     assert!(body.contains(r#"href="/sweeps/""#) && body.contains(r#"href="/experiments/""#), "{body}");
 
     // An empty storage folder: the command that makes a sim.

@@ -32,6 +32,11 @@ pub struct SimSummary {
     pub steps: usize,
     /// The simulated time of the last step (else `meta.json`'s).
     pub curr_time: Option<String>,
+    /// Where the replay link starts: the assistant's first turn (before it the user sleeps and
+    /// nothing happens), else the first step.
+    pub replay_step: Option<u64>,
+    /// Whether `replay_step` is the assistant's first turn.
+    pub replay_from_first_turn: bool,
     /// Where a replay of the last steps starts.
     pub recent_step: Option<u64>,
     /// The step whose state pages show the latest state (the one after the last movement).
@@ -42,6 +47,16 @@ pub struct SimSummary {
     pub compressed: bool,
     #[serde(skip)]
     modified: SystemTime,
+}
+
+/// The step of the assistant's first turn: the first line of `records.jsonl` (one line per
+/// evaluated step, in step order), read alone so a long run costs no more than a short one.
+fn first_turn(dir: &Path) -> Option<u64> {
+    use std::io::{BufRead, Read};
+    let f = std::fs::File::open(dir.join("records.jsonl")).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(f.take(1 << 20)).read_line(&mut line).ok()?;
+    serde_json::from_str::<Value>(&line).ok()?.get("step")?.as_u64()
 }
 
 fn modified(p: &Path) -> SystemTime {
@@ -66,11 +81,15 @@ pub fn list_sims(storage: &Path, compressed: &Path) -> anyhow::Result<Vec<SimSum
             .map(|n| json!({"underscore": n.replace(' ', "_"), "name": n}))
             .collect();
         let fork_step = meta.get("step").and_then(Value::as_u64).unwrap_or(0);
+        let turn =
+            first_turn(&dir).filter(|t| first_step.is_some_and(|f| f <= *t) && last_step.is_some_and(|l| *t <= l));
         out.push(SimSummary {
             first_step,
             last_step,
             steps: steps.len(),
             curr_time,
+            replay_step: turn.or(first_step),
+            replay_from_first_turn: turn.is_some(),
             recent_step: last_step.map(|l| l.saturating_sub(RECENT_STEPS).max(first_step.unwrap_or(0))),
             state_step: last_step.map_or(fork_step, |l| l + 1),
             personas,
