@@ -443,6 +443,10 @@ async fn junk_input_gets_4xx_never_a_crash() {
         "/demo/fixture_sim/18446744073709551615/1/",
         "/replay_persona_state/fixture_sim/1/_/",
         "/replay_persona_state/fixture_sim/1/%20x/",
+        "/metrics/%00/",
+        "/metrics/..%2F..%2Fetc/",
+        "/metrics/%C3%A9/",
+        "/replay_persona_state/fixture_sim/99999999999999999999/John_Lin/",
     ] {
         let (st, body) = s.get(path).await;
         assert!((400..500).contains(&st), "{path} -> {st} {body}");
@@ -792,6 +796,11 @@ async fn persona_state_as_of_a_step() {
     assert!(body.contains("<th>act_event</th><td>John Lin is reading</td>"), "{body}");
     assert!(body.contains("<th>curr_tile</th><td>7, 10</td>"), "{body}");
 
+    // A step past the end: still the saved state, said to be not that step; no crash on the sums.
+    let huge = 9_999_999_999_999_999_999u64;
+    let (st, body) = s.get(&format!("/replay_persona_state/{SIM}/{huge}/John_Lin/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("not step {huge}")) && body.contains("newest event"), "{body}");
     // Step 3: the saved state itself, everything shown, and the engine's checkpoint of the user.
     let (_, body) = s.get(&format!("/replay_persona_state/{SIM}/3/John_Lin/")).await;
     assert!(!body.contains("latest saved state") && !body.contains("later_nodes"), "{body}");
