@@ -234,12 +234,11 @@ fn doing_at(sim_root: &Path, step: u64, name: &str) -> Option<Value> {
 }
 
 /// The user's engine state at the start of `step` from `state/checkpoint-<step>.json` (a run
-/// keeps the last two), as rows; `None` when that checkpoint is gone.
-fn checkpoint_rows(sim_root: &Path, step: u64) -> Result<Option<Vec<Value>>, WebError> {
-    let Some(cp) = sim_files::read_json(&sim_root.join(format!("state/checkpoint-{step}.json")))? else {
-        return Ok(None);
-    };
-    let Some(user) = cp.get("user") else { return Ok(None) };
+/// keeps the last two), as rows; `None` when that checkpoint is gone or unreadable (the rest of
+/// the page does not depend on it).
+fn checkpoint_rows(sim_root: &Path, step: u64) -> Option<Vec<Value>> {
+    let cp = sim_files::read_json(&sim_root.join(format!("state/checkpoint-{step}.json"))).ok()??;
+    let user = cp.get("user")?;
     let mut rows = Vec::new();
     if let Some(a) = user.get("action").filter(|a| a.is_object()) {
         let get = |k: &str| a.get(k).map(inline).unwrap_or_default();
@@ -256,7 +255,7 @@ fn checkpoint_rows(sim_root: &Path, step: u64) -> Result<Option<Vec<Value>>, Web
     if let Some(done) = user.get("actions_today") {
         rows.push(json!(["Done today", readable("actions_today", done)]));
     }
-    Ok(Some(rows))
+    Some(rows)
 }
 
 pub async fn persona_state(
@@ -326,7 +325,8 @@ fn persona_page(
         "saved_step": saved_step, "saved_time": saved_time,
         "step_time": at.map(|t| t.format("%B %d, %Y, %H:%M:%S").to_string()),
         "doing": doing_at(&sim_root, step, &name),
-        "checkpoint": checkpoint_rows(&sim_root, step)?.filter(|_| is_user(&sim_root, &meta, &name)),
+        // Only the user's state is checkpointed; a late checkpoint is large, so read it only then.
+        "checkpoint": is_user(&sim_root, &meta, &name).then(|| checkpoint_rows(&sim_root, step)).flatten(),
         "rows": rows, "daily_req": list("daily_req"), "f_daily_schedule": list("f_daily_schedule"),
         "a_mem_event": ev, "a_mem_chat": chat, "a_mem_thought": th, "later_nodes": later, "back": back,
     });
