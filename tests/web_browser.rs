@@ -430,7 +430,11 @@ async fn live_reload_replay_and_demo_in_chromium() {
         &format!("return Number(document.getElementById('step').textContent) >= {}", target + 2),
     )
     .await;
-    assert!(d.js("return location.search").await.as_str().unwrap_or_default().contains("speed=8"));
+    let search = d.js("return location.search").await.as_str().unwrap_or_default().to_string();
+    assert!(
+        search.contains("speed=8") && !search.contains("paused"),
+        "a reload keeps the speed, not the pause: {search}"
+    );
     lap("landing list and replay scrubber");
     // Demo from compressed storage, fast, to its end-of-run message.
     compress(&storage, SIM, &compressed).unwrap();

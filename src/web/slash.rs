@@ -51,6 +51,7 @@ mod tests {
     fn shapes() {
         assert!(wants_slash("/replay/x/1"));
         assert!(wants_slash("/update_environment"));
+        assert!(wants_slash("/metrics/x"));
         assert!(!wants_slash("/simulator_home"));
         assert!(!wants_slash("/replay/x"));
         assert!(!wants_slash("/replay//1"));

@@ -395,6 +395,7 @@
     if (paused) status("Paused.");
     else status("");
     if (cfg.mode === "simulate") postJson(cfg.urls.control, { paused }).catch(() => {});
+    if (cfg.mode === "replay") history.replaceState(null, "", location.pathname + queryString());
   }
 
   // ---- the Phaser scene ---------------------------------------------------------------------
