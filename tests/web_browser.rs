@@ -357,6 +357,85 @@ async fn live_reload_replay_and_demo_in_chromium() {
     assert_eq!(fs::read(env_dir.join("1.json")).unwrap(), env1_before);
 
     lap("replay ended");
+
+    // The landing page lists the run, with its steps and links.
+    let movement_dir = storage.join(SIM).join("movement");
+    let steps_recorded = fs::read_dir(&movement_dir).unwrap().count();
+    d.goto(&format!("{base}/")).await;
+    let row = d
+        .wait_for(
+            "the sim list",
+            20,
+            &format!("const r = document.getElementById('sim__{SIM}'); return r ? r.textContent : false;"),
+        )
+        .await;
+    let row = row.as_str().unwrap_or_default().to_string();
+    assert!(row.contains(&format!("{steps_recorded} (0–{last_movement})")), "steps shown: {row}");
+    assert!(row.contains(&format!("propersim compress {SIM}")), "not compressed yet: {row}");
+    let replay_link =
+        d.js(&format!("return document.querySelector('#sim__{SIM} a.replay').getAttribute('href')")).await;
+    // From the assistant's first turn: the first record's step.
+    let records = fs::read_to_string(storage.join(SIM).join("records.jsonl")).unwrap();
+    let first_turn = serde_json::from_str::<Value>(records.lines().next().unwrap()).unwrap()["step"].as_u64().unwrap();
+    assert!(first_turn > 0, "the user sleeps first");
+    assert_eq!(replay_link, json!(format!("/replay/{SIM}/{first_turn}/")));
+    d.screenshot("landing.png").await;
+
+    // The replay's scrubber jumps to a step: paused, the page shows that step's clock and panels.
+    let movement = |s: u64| -> Value {
+        serde_json::from_str(&fs::read_to_string(movement_dir.join(format!("{s}.json"))).unwrap()).unwrap()
+    };
+    let norec = |s: u64| movement(s)["persona"]["Eddy Lin"]["suggestion"] == json!("No Recommendation");
+    // A step whose step before ended in "No Recommendation", if the run has one.
+    let target = (start + 2..=last_movement).find(|&s| norec(s - 1)).unwrap_or(start + 4);
+    println!("scrubbing to step {target} (No Recommendation in the step before: {})", norec(target - 1));
+    d.goto(&format!("{base}/replay/{SIM}/{start}/?paused=1")).await;
+    d.wait_for(
+        "the scrubber",
+        20,
+        "return !!document.getElementById('scrubber') && document.readyState === 'complete'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.step().await, start, "paused by ?paused=1");
+    d.js(&format!(
+        "const s = document.getElementById('scrubber'); s.value = '{target}';
+         s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); return true;"
+    ))
+    .await;
+    d.wait_for(
+        "the jump",
+        20,
+        &format!(
+            "return location.pathname === '/replay/{SIM}/{target}/' && document.readyState === 'complete' && !!document.getElementById('scrubber')"
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.step().await, target, "the page is at the chosen step, still paused");
+    let clock = movement(target - 1)["meta"]["curr_time"].as_str().unwrap().to_string();
+    assert_eq!(d.text("game-time-content").await, clock, "the clock of the step before");
+    assert_eq!(d.js("return document.getElementById('scrubber').value").await, json!(target.to_string()));
+    assert_eq!(d.text("target_address__Eddy_Lin").await, "with John Lin", "a place, not `<persona> John Lin`");
+    let said = d.text("suggestion_state").await;
+    if norec(target - 1) {
+        assert!(said.contains("stayed quiet"), "No Recommendation is not a proposal: {said:?}");
+    }
+    // Faster: 8x, then play on.
+    d.js("document.querySelector('#speeds button[data-speed=\"8\"]').click(); document.getElementById('play_button').click(); return true;")
+        .await;
+    d.wait_for(
+        "the replay to play on from the chosen step",
+        30,
+        &format!("return Number(document.getElementById('step').textContent) >= {}", target + 2),
+    )
+    .await;
+    let search = d.js("return location.search").await.as_str().unwrap_or_default().to_string();
+    assert!(
+        search.contains("speed=8") && !search.contains("paused"),
+        "a reload keeps the speed, not the pause: {search}"
+    );
+    lap("landing list and replay scrubber");
     // Demo from compressed storage, fast, to its end-of-run message.
     compress(&storage, SIM, &compressed).unwrap();
     d.goto(&format!("{base}/demo/{SIM}/{start}/4/")).await;

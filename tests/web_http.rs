@@ -313,6 +313,14 @@ async fn live_sim_drives_the_step_loop() {
     opts.live = Some(double.clone());
     let live = Server::serve(opts, tempfile::tempdir().unwrap()).await;
 
+    // Not paused, and yet doing nothing until a tab posts the environment: said so.
+    let (_, body) = live.get("/live_control/").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["paused"].clone(), v["state"].clone(), v["step"].clone()),
+        (json!(false), json!("waiting_for_page"), json!(3))
+    );
+    assert!(v["message"].as_str().unwrap().contains("browser tab"), "{v}");
     // No handshake files needed; the page starts at the engine's step and must post env 3 first.
     let (st, body) = live.get("/simulator_home").await;
     assert_eq!(st, 200, "{body}");
@@ -380,7 +388,8 @@ async fn live_sim_drives_the_step_loop() {
     assert!(double.paused());
     assert_eq!(live.post("/live_control/", r#"{"paused": "yes"}"#).await.0, 400);
     let (_, body) = live.get("/live_control/").await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["step"], json!(6));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["step"].clone(), v["paused"].clone(), v["state"].clone()), (json!(6), json!(true), json!("paused")));
     // Without a live sim there is nothing to pause.
     assert_eq!(s.post("/live_control/", r#"{"paused": true}"#).await.0, 404);
 }
@@ -434,6 +443,10 @@ async fn junk_input_gets_4xx_never_a_crash() {
         "/demo/fixture_sim/18446744073709551615/1/",
         "/replay_persona_state/fixture_sim/1/_/",
         "/replay_persona_state/fixture_sim/1/%20x/",
+        "/metrics/%00/",
+        "/metrics/..%2F..%2Fetc/",
+        "/metrics/%C3%A9/",
+        "/replay_persona_state/fixture_sim/99999999999999999999/John_Lin/",
     ] {
         let (st, body) = s.get(path).await;
         assert!((400..500).contains(&st), "{path} -> {st} {body}");
@@ -462,7 +475,9 @@ async fn path_tester_routes() {
 #[tokio::test]
 async fn demo_from_compressed_storage() {
     let s = Server::start(None).await;
-    assert_eq!(s.get(&format!("/demo/{SIM}/0/3/")).await.0, 404, "not compressed yet");
+    let (st, body) = s.get(&format!("/demo/{SIM}/0/3/")).await;
+    assert_eq!(st, 404, "not compressed yet");
+    assert!(body.contains(&format!("run `propersim compress {SIM}` first")), "the 404 names the command: {body}");
     compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
     let (st, body) = s.get(&format!("/demo/{SIM}/1/3/")).await;
     assert_eq!(st, 200, "{body}");
@@ -501,8 +516,9 @@ async fn persona_state_page() {
         body.contains("it&#x27;s &lt;late&gt;") || body.contains("it&#39;s &lt;late&gt;"),
         "chat text escaped: {body}"
     );
-    assert!(body.contains("None"), "null shown as None");
-    assert!(body.contains("[&#x27;sleeping&#x27;, 360]") || body.contains("[&#39;sleeping&#39;, 360]"));
+    assert!(!body.contains("None") && body.contains("<th>curr_tile</th><td>none</td>"), "null shown as none: {body}");
+    assert!(body.contains("<li>00:00–06:00 sleeping</li>"), "the schedule with its times: {body}");
+    assert!(body.contains("<li>sleep</li><li>work</li>"), "lists as lists: {body}");
     // Falls back to compressed storage when the live folder is gone.
     compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
     fs::remove_dir_all(s.path(&format!("storage/{SIM}/personas"))).unwrap();
@@ -599,4 +615,200 @@ async fn phaser_is_served_from_our_own_route() {
     let body = body.replace("&#x2f;", "/");
     assert!(body.contains(r#"<script src="http://cdn.example/phaser.js" onerror="#), "{body}");
     assert!(body.contains(r#"role="alert" hidden>"#), "no notice when a URL is given: {body}");
+}
+
+/// A second sim, made after the fixture (so newer), with one step.
+fn make_newer_sim(root: &Path, name: &str) {
+    let s = root.join("storage").join(name);
+    write(
+        &s.join("reverie/meta.json"),
+        r#"{"start_date": "February 14, 2025", "curr_time": "February 14, 2025, 00:00:00", "sec_per_step": 150, "persona_names": ["John Lin", "Eddy Lin"], "step": 0}"#,
+    );
+    write(&s.join("movement/0.json"), r#"{"persona": {}, "meta": {"curr_time": "February 14, 2025, 00:00:00"}}"#);
+}
+
+#[tokio::test]
+async fn landing_lists_sims_with_their_links() {
+    let s = Server::start(None).await;
+    // Modification times must differ from the fixture's.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    make_newer_sim(s.root.path(), "newer_sim");
+    // A seed: a sim folder without a step.
+    write(&s.path("storage/base_seed/reverie/meta.json"), r#"{"step": 0, "persona_names": ["John Lin"]}"#);
+    // Folders that are not sims are not listed.
+    fs::create_dir_all(s.path("storage/not_a_sim/movement")).unwrap();
+    let (st, body) = s.get("/").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("Your environment server is up and running!"));
+    let newer = body.find(r#"id="sim__newer_sim""#).expect("newer_sim listed");
+    let fixture = body.find(&format!(r#"id="sim__{SIM}""#)).expect("fixture listed");
+    assert!(newer < fixture, "newest first");
+    assert!(!body.contains("sim__not_a_sim") && !body.contains("not_a_sim"), "{body}");
+    assert!(!body.contains("sim__base_seed") && body.contains("base_seed"), "a seed is listed apart: {body}");
+    let row = &body[fixture..fixture + body[fixture..].find("</tr>").unwrap()];
+    assert!(row.contains("3 <span"), "three steps: {row}");
+    assert!(row.contains("February 13, 2025, 00:04:00"), "the last step's time: {row}");
+    assert!(row.contains(&format!(r#"href="/replay/{SIM}/0/""#)), "{row}");
+    assert!(row.contains(&format!(r#"href="/metrics/{SIM}/""#)), "{row}");
+    assert!(row.contains(&format!(r#"href="/replay_persona_state/{SIM}/3/John_Lin/""#)), "{row}");
+    assert!(
+        row.contains(&format!("run <code>propersim compress {SIM}</code> first")) && !row.contains("/demo/"),
+        "{row}"
+    );
+    assert!(!body.contains(r#"href="/sweeps/""#) && !body.contains(r#"href="/experiments/""#), "none exist yet");
+    // Once compressed, the demo is linked; a sweep and an experiment get their links. With
+    // records, replay and demo start at the assistant's first turn.
+    compress(&s.path("storage"), SIM, &s.path("compressed_storage")).unwrap();
+    write(
+        &s.path(&format!("storage/{SIM}/records.jsonl")),
+        "{\"step\": 1, \"scores\": [4]}\n{\"step\": 2, \"scores\": [4]}\n",
+    );
+    write(&s.path("storage/my_sweep/sweep.json"), "{}");
+    write(&s.path("storage/experiments/my_exp/experiment.json"), "{}");
+    let (_, body) = s.get("/").await;
+    let fixture = body.find(&format!(r#"id="sim__{SIM}""#)).unwrap();
+    let row = &body[fixture..fixture + body[fixture..].find("</tr>").unwrap()];
+    assert!(row.contains(&format!(r#"href="/demo/{SIM}/1/3/""#)) && !row.contains("propersim compress"), "{row}");
+    assert!(row.contains(&format!(r#"href="/replay/{SIM}/1/">from the assistant's first turn (step 1)"#)), "{row}");
+    assert!(body.contains(r#"href="/sweeps/""#) && body.contains(r#"href="/experiments/""#), "{body}");
+
+    // An empty storage folder: the command that makes a sim.
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("storage")).unwrap();
+    let mut opts = ServeOptions::new(root.path(), root.path().join("assets"));
+    opts.templates = repo().join("templates");
+    let empty = Server::serve(opts, root).await;
+    let (st, body) = empty.get("/").await;
+    assert_eq!(st, 200);
+    assert!(body.contains(r#"id="no_sims""#) && body.contains("propersim run --novis --fork"), "{body}");
+}
+
+#[tokio::test]
+async fn metrics_page_draws_the_report() {
+    let s = Server::start(None).await;
+    let (st, body) = s.get(&format!("/metrics/{SIM}/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("<svg") && body.contains("Daily mean score"), "the report's chart: {body}");
+    // The table is the report's own cells (src/report), row for row.
+    let days = propersim::report::report(&s.path("storage"), SIM).unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].mean_score, Some(4.0), "three steps scored 4");
+    let (header, rows) = propersim::report::table::table_cells(&days);
+    let table = &body[body.find(r#"id="metrics_table""#).expect("table")..];
+    for h in &header {
+        assert!(
+            table.contains(&format!("<th>{}</th>", h.replace('&', "&amp;").replace('/', "&#x2f;"))),
+            "{h}: {table}"
+        );
+    }
+    let cells: String = rows[0].iter().map(|c| format!("<td>{c}</td>")).collect();
+    assert!(table.contains(&cells), "{cells} in {table}");
+    assert!(table.contains("<td>February 13</td><td>3</td><td>4.00</td>"), "{table}");
+    // Errors: a clear page, never a 500.
+    let (st, body) = s.get("/metrics/no_such_sim/").await;
+    assert_eq!(st, 404);
+    assert!(body.contains("no simulation named"), "{body}");
+    assert_eq!(s.get("/metrics/a.b/").await.0, 400);
+    write(&s.path("storage/seed_only/reverie/meta.json"), "{}");
+    let (st, body) = s.get("/metrics/seed_only/").await;
+    assert_eq!(st, 404);
+    assert!(body.contains("no movement files"), "{body}");
+    let r = s.client.get(format!("{}/metrics/{SIM}", s.base)).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["location"].to_str().unwrap()),
+        (301, format!("/metrics/{SIM}/").as_str())
+    );
+}
+
+#[tokio::test]
+async fn favicon_is_our_logo() {
+    let s = Server::start(None).await;
+    let r = s.client.get(format!("{}/favicon.ico", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 301);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    let r = s.client.get(format!("{}{to}", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    assert!(r.text().await.unwrap().contains("<svg"));
+    // Every page names it, so browsers need not guess.
+    let (_, body) = s.get("/").await;
+    assert!(
+        body.replace("&#x2f;", "/").contains(&format!(r#"<link rel="icon" type="image/svg+xml" href="{to}">"#)),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn live_control_says_when_a_step_is_computing() {
+    let s = Server::start(None).await;
+    let double = CopyEnvToMovement::new(s.path("storage"), SIM, 3, Duration::from_secs(2));
+    let mut opts = ServeOptions::new(s.root.path(), s.path("assets"));
+    opts.templates = repo().join("templates");
+    opts.live = Some(double.clone());
+    let live = Server::serve(opts, tempfile::tempdir().unwrap()).await;
+    let state =
+        || async { serde_json::from_str::<Value>(&live.get("/live_control/").await.1).unwrap()["state"].clone() };
+    assert_eq!(state().await, json!("waiting_for_page"));
+    let env =
+        json!({"John Lin": {"maze": "the_ville", "x": 7, "y": 10}, "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}});
+    let (st, _) =
+        live.post("/process_environment/", json!({"step": 3, "sim_code": SIM, "environment": env}).to_string()).await;
+    assert_eq!(st, 200);
+    assert_eq!(state().await, json!("computing"));
+    let t0 = std::time::Instant::now();
+    while double.current_step() == 3 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state().await, json!("waiting_for_page"), "step 3 done; step 4 waits for the page");
+}
+
+#[tokio::test]
+async fn persona_state_as_of_a_step() {
+    let s = Server::start(None).await;
+    // The saved state is that of step 3 (meta.step); nodes up to 00:10 were saved with it.
+    let meta_path = s.path(&format!("storage/{SIM}/reverie/meta.json"));
+    let mut meta: Value = serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["step"] = json!(3);
+    write(&meta_path, &meta.to_string());
+    let scratch = json!({"first_name": "John", "curr_time": "February 13, 2025, 00:06:00", "lifestyle": "I'm up early",
+        "act_obj_event": [null, null, null], "act_event": ["John Lin", "is", "reading"], "curr_tile": [7, 10],
+        "act_address": "the Ville:Lin family's house:kitchen"});
+    write(&s.path(&format!("storage/{SIM}/personas/John Lin/bootstrap_memory/scratch.json")), &scratch.to_string());
+    write(
+        &s.path(&format!("storage/{SIM}/state/checkpoint-3.json")),
+        &json!({"next_step": 3, "user": {"tile": [7, 10], "action": {"description": "brewing tea", "address": "the Ville:Lin family's house:kitchen", "start": "February 13, 2025, 00:02:00", "minutes": 10},
+            "day": {"plan": ["wake up at 7:00 am", "tea at 8:00 am"]}, "actions_today": ["sleeping"]}}).to_string(),
+    );
+
+    // Step 1: older than the saved state; memories from 00:02 on are hidden, and the page says so.
+    let (st, body) = s.get(&format!("/replay_persona_state/{SIM}/1/John_Lin/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("latest saved state (step 3, February 13, 2025, 00:06:00), not step 1"), "{body}");
+    assert!(body.contains("older event") && !body.contains("newest event") && !body.contains("a thought"), "{body}");
+    assert!(body.contains("3 memories created at or after step 1 are not shown"), "{body}");
+    // What the persona did in step 0, from its movement file, with a readable place.
+    let doing = &body[body.find(r#"id="doing""#).expect("the step before")..];
+    assert!(doing.contains("<td>act 0</td>") && doing.contains("Lin family&#x27;s house › kitchen"), "{doing}");
+    assert!(!body.contains(r#"id="checkpoint""#), "no checkpoint of step 1");
+    // Values read as text: no Python reprs.
+    assert!(body.contains("<td>I&#x27;m up early</td>") && !body.contains(r"I\'m"), "{body}");
+    assert!(body.contains("<th>act_obj_event</th><td>none</td>") && !body.contains("[None"), "{body}");
+    assert!(body.contains("<th>act_event</th><td>John Lin is reading</td>"), "{body}");
+    assert!(body.contains("<th>curr_tile</th><td>7, 10</td>"), "{body}");
+
+    // A step past the end: still the saved state, said to be not that step; no crash on the sums.
+    let huge = 9_999_999_999_999_999_999u64;
+    let (st, body) = s.get(&format!("/replay_persona_state/{SIM}/{huge}/John_Lin/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("not step {huge}")) && body.contains("newest event"), "{body}");
+    // Step 3: the saved state itself, everything shown, and the engine's checkpoint of the user.
+    let (_, body) = s.get(&format!("/replay_persona_state/{SIM}/3/John_Lin/")).await;
+    assert!(!body.contains("latest saved state") && !body.contains("later_nodes"), "{body}");
+    assert!(body.contains("newest event") && body.contains("a thought"), "{body}");
+    let cp = &body[body.find(r#"id="checkpoint""#).expect("checkpoint section")..];
+    assert!(cp.contains("<td>brewing tea</td>") && cp.contains("<li>tea at 8:00 am</li>"), "{cp}");
+    // The assistant's entry: where it is reads as a place; the user's checkpoint is not its own.
+    let (_, body) = s.get(&format!("/replay_persona_state/{SIM}/3/Eddy_Lin/")).await;
+    assert!(!body.contains(r#"id="checkpoint""#), "{body}");
+    assert!(body.contains("<td>suggestion 2</td>"), "the assistant's suggestion in the step before: {body}");
 }

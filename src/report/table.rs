@@ -62,9 +62,9 @@ fn percent(v: Option<f64>) -> String {
     v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".to_owned())
 }
 
-/// An aligned text table, one row per day: text left-aligned, numbers right-aligned, rates as
-/// percentages, `-` where a value does not exist.
-pub fn render_table(days: &[DayMetrics]) -> String {
+/// The table's header and formatted rows (rates as percentages, `-` where a value does not
+/// exist), shared by the terminal table and the web page's metrics table.
+pub fn table_cells(days: &[DayMetrics]) -> (Vec<String>, Vec<Vec<String>>) {
     let dims = all_dimensions(days);
     let mut header: Vec<String> =
         ["Date", "Steps", "Mean", "Recs", "Rec mean", "NoRecs", "NoRec mean", "Success", "Recs/awake h"]
@@ -89,6 +89,13 @@ pub fn render_table(days: &[DayMetrics]) -> String {
             row
         })
         .collect();
+    (header, rows)
+}
+
+/// An aligned text table, one row per day: text left-aligned, numbers right-aligned, rates as
+/// percentages, `-` where a value does not exist.
+pub fn render_table(days: &[DayMetrics]) -> String {
+    let (header, rows) = table_cells(days);
     let width =
         |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0);
     let widths: Vec<usize> = (0..header.len()).map(width).collect();

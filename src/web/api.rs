@@ -159,14 +159,37 @@ pub async fn path_tester_update(State(state): State<AppState>, body: Bytes) -> R
     r.unwrap_or_else(WebError::json)
 }
 
+/// What the in-process run is doing, as `(state, explanation)`. `paused` alone cannot say it: an
+/// engine that is not paused still does nothing until a browser tab posts the environment of its
+/// next step (the file handshake), so that wait is reported as such.
+fn run_state(state: &AppState, live: &dyn super::LiveSim) -> (&'static str, String) {
+    let step = live.current_step();
+    if live.paused() {
+        return ("paused", format!("paused before step {step}; press Play on the simulator page"));
+    }
+    let env = state.opts.storage.join(live.sim_code()).join(format!("environment/{step}.json"));
+    if env.is_file() {
+        ("computing", format!("computing step {step}"))
+    } else {
+        (
+            "waiting_for_page",
+            format!("waiting for a browser tab on /simulator_home to send the environment of step {step}"),
+        )
+    }
+}
+
 fn live_json(state: &AppState) -> Value {
     match &state.live {
-        Some(l) => json!({"live": true, "sim_code": l.sim_code(), "step": l.current_step(), "paused": l.paused()}),
+        Some(l) => {
+            let (run, message) = run_state(state, l.as_ref());
+            json!({"live": true, "sim_code": l.sim_code(), "step": l.current_step(), "paused": l.paused(), "state": run, "message": message})
+        }
         None => json!({"live": false}),
     }
 }
 
-/// `GET /live_control/`: `{"live", "sim_code", "step", "paused"}` of the in-process run.
+/// `GET /live_control/`: `{"live", "sim_code", "step", "paused", "state", "message"}` of the
+/// in-process run; `state` is `paused`, `waiting_for_page` or `computing`.
 pub async fn live_state(State(state): State<AppState>) -> Response {
     axum::Json(live_json(&state)).into_response()
 }

@@ -80,6 +80,25 @@ pub fn demo_movement(master: &Obj, step: u64) -> Result<(Obj, Obj), WebError> {
     Ok((init, all))
 }
 
+/// A 404 for a demo whose compressed copy is missing or incomplete, naming the command that
+/// writes it.
+fn not_compressed(sim: &str, what: &str) -> WebError {
+    WebError::not_found(format!(
+        "the demo plays a compressed copy of a run, and compressed_storage/{sim} {what}: run `propersim compress {sim}` first, then reload"
+    ))
+}
+
+/// `compressed_storage/<sim>`; when only `storage/<sim>` exists, the 404 says how to make the
+/// compressed copy.
+fn compressed_dir(state: &AppState, sim: &str) -> Result<std::path::PathBuf, WebError> {
+    match sim_files::sim_dir(&state.opts.compressed, sim) {
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND && state.opts.storage.join(sim).is_dir() => {
+            Err(not_compressed(sim, "does not exist"))
+        }
+        other => other,
+    }
+}
+
 pub async fn demo(
     State(state): State<AppState>,
     UrlPath((sim, step, speed)): UrlPath<(String, String, String)>,
@@ -87,14 +106,14 @@ pub async fn demo(
     let r = (|| {
         let step = validate::url_step(&step)?;
         let speed = play_speed(&speed);
-        let dir = sim_files::sim_dir(&state.opts.compressed, &sim)?;
+        let dir = compressed_dir(&state, &sim)?;
         let meta = match sim_files::read_json(&dir.join("meta.json"))? {
             Some(Value::Object(m)) => m,
-            _ => return Err(WebError::not_found(format!("compressed run {sim:?} has no meta.json"))),
+            _ => return Err(not_compressed(&sim, "has no meta.json")),
         };
         let master = match sim_files::read_json(&dir.join("master_movement.json"))? {
             Some(Value::Object(m)) => m,
-            _ => return Err(WebError::not_found(format!("compressed run {sim:?} has no master_movement.json"))),
+            _ => return Err(not_compressed(&sim, "has no master_movement.json")),
         };
         let sec_per_step = meta.get("sec_per_step").and_then(Value::as_u64).unwrap_or(10);
         let start_date = meta
@@ -129,7 +148,7 @@ pub async fn demo(
             "mode": "demo", "sim_code": sim, "step": step, "start_phase": "update", "personas": personas,
             "assistant": assistant, "paused": false, "last_step": last_step, "scores": [],
             "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start, "all_movement": all,
-            "assistant_log": assistant_log,
+            "assistant_log": assistant_log, "no_recommendation": crate::suggestion::NO_REC,
         });
         let ctx = json!({
             "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,

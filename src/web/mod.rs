@@ -3,8 +3,9 @@
 //! Routes (see protocol.md §1): `/`, `/simulator_home`, `/replay/<sim>/<step>/`,
 //! `/demo/<sim>/<step>/<speed>/`, `/replay_persona_state/<sim>/<step>/<persona>/`,
 //! `/process_environment/`, `/update_environment/`, `/path_tester/`, `/path_tester_update/`,
-//! `/static/...`, plus our `/live_control/` (pause/play of an in-process run) and `/sweeps/`,
-//! `/sweeps/<name>/` (the aggregate report of a sweep).
+//! `/static/...`, plus our `/live_control/` (pause/play of an in-process run), `/metrics/<sim>/`
+//! (a sim's per-day report), `/sweeps/`, `/sweeps/<name>/` (the aggregate report of a sweep),
+//! `/experiments/`, `/experiments/<name>/`, and `/favicon.ico`.
 
 pub mod api;
 pub mod demo;
@@ -18,6 +19,7 @@ pub mod persona_state;
 pub mod render;
 pub mod server;
 pub mod sim_files;
+pub mod sims;
 pub mod slash;
 pub mod sweeps;
 pub mod test_double;
@@ -180,7 +182,9 @@ pub fn router(state: AppState) -> Router {
         Router::new().nest_service("/static/assets", assets).nest("/static", ours).layer(from_fn(guard::static_names));
     Router::new()
         .route(LOCAL_PHASER_URL, get(pages::phaser))
-        .route("/", get(pages::landing))
+        .route("/", get(sims::landing))
+        .route("/favicon.ico", get(pages::favicon))
+        .route("/metrics/{sim}/", get(sims::metrics))
         .route("/simulator_home", get(pages::simulator_home))
         .route("/replay/{sim}/{step}/", get(pages::replay))
         .route("/demo/{sim}/{step}/{speed}/", get(demo::demo))

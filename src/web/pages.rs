@@ -1,4 +1,4 @@
-//! The HTML pages: landing, `simulator_home` (live run), replay and the path tester.
+//! The HTML pages: `simulator_home` (live run), replay, the path tester, and the favicon.
 
 use axum::extract::{Path as UrlPath, State};
 use axum::response::{Html, IntoResponse, Response};
@@ -8,9 +8,11 @@ use super::error::WebError;
 use super::sim_files::{self, StartPoint};
 use super::{validate, AppState};
 
-/// `GET /`: the landing page users check to see that the server is up.
-pub async fn landing(State(state): State<AppState>) -> Response {
-    html(&state, "landing.html", &json!({"live_sim": state.live.as_ref().map(|l| l.sim_code())}))
+/// `GET /favicon.ico`: browsers ask for it whatever the page links; it is our logo, wherever
+/// `/static/` is served from.
+pub async fn favicon() -> Response {
+    use axum::http::{header, StatusCode};
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/static/img/propersim.svg")]).into_response()
 }
 
 /// `GET /path_tester/`.
@@ -110,7 +112,9 @@ fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -
         "personas": personas,
         "assistant": assistant,
         "paused": paused,
+        "first_step": movements.first(),
         "last_step": movements.last(),
+        "no_recommendation": crate::suggestion::NO_REC,
         "scores": sim_files::todays_scores(&dir, step, &assistant),
         "curr_time": curr_time,
         "previous": previous,

@@ -14,6 +14,7 @@ const SLASHED: &[&[&str]] = &[
     &["path_tester"],
     &["path_tester_update"],
     &["live_control"],
+    &["metrics", "*"],
 ];
 
 fn wants_slash(path: &str) -> bool {
@@ -50,6 +51,7 @@ mod tests {
     fn shapes() {
         assert!(wants_slash("/replay/x/1"));
         assert!(wants_slash("/update_environment"));
+        assert!(wants_slash("/metrics/x"));
         assert!(!wants_slash("/simulator_home"));
         assert!(!wants_slash("/replay/x"));
         assert!(!wants_slash("/replay//1"));

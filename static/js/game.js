@@ -18,6 +18,7 @@
     step: cfg.step,
     phase: cfg.start_phase || "update",
     paused: !!cfg.paused,
+    speed: 1,       // replay speed (1x, 2x, ...): divides walking time and the pause between steps
     ended: false,
     tiles: {},      // name -> [x, y], the tile each persona stands on
     actors: {},     // name -> {sprite, bubble, text, sheet}
@@ -36,6 +37,25 @@
   function status(msg) { setText("status", msg); }
   const underscore = (name) => name.replace(/ /g, "_");
   const px = (t) => t * TILE + TILE / 2;
+
+  /** An action address as a place a person reads: "<persona> John Lin" (the assistant keeps to
+   *  the user) -> "with John Lin"; "the Ville:Lin family's house:kitchen" -> "Lin family's house ›
+   *  kitchen". The same rule as `readable_place` in src/web/persona_state.rs. */
+  function readablePlace(address) {
+    const a = String(address || "").trim();
+    if (a.startsWith("<persona>")) return `with ${a.slice("<persona>".length).trim()}`;
+    if (a.startsWith("<waiting>")) return "waiting";
+    const parts = a.split(":").map((p) => p.trim()).filter((p) => p !== "");
+    return parts.length <= 1 ? parts.join("") : parts.slice(1).join(" › ");
+  }
+
+  /** Whether a suggestion is the assistant's choice to stay quiet: the whole text (trimmed,
+   *  outer quotes and a final period removed) is cfg.no_recommendation ("No Recommendation"),
+   *  ignoring case; the rule of `Suggestion::from_text` in src/suggestion.rs. */
+  function isNoRecommendation(s) {
+    const t = String(s).trim().replace(/^["']+|["']+$/g, "").trim().replace(/\.+$/, "").trim();
+    return t.toLowerCase() === String(cfg.no_recommendation || "No Recommendation").toLowerCase();
+  }
 
   /** "act @ address" -> [act, address]; no "@" -> [whole, ""]. */
   function splitDescription(desc) {
@@ -88,7 +108,8 @@
     const g = cv.getContext("2d");
     const W = cv.width, H = cv.height, L = 28, B = 18, T = 8, R = 10;
     g.clearRect(0, 0, W, H);
-    const top = Math.max(5, ...state.scores.map((s) => s[1]));
+    // Scores are 0-4 (the rubric's four checks); a larger one from elsewhere widens the axis.
+    const top = Math.max(4, ...state.scores.map((s) => s[1]));
     // x spans the hours that have scores (at least one hour), so a morning's points spread out.
     const mins = state.scores.map((s) => s[0]);
     const x0 = mins.length ? Math.floor(Math.min(...mins) / 60) * 60 : 0;
@@ -191,7 +212,7 @@
 
   function tileMs(steps) {
     if (cfg.mode === "demo") return Math.max(16, (32 / (cfg.play_speed || 2)) * 16.7);
-    return Math.min(220, 1400 / Math.max(1, steps));
+    return Math.min(220, 1400 / Math.max(1, steps)) / state.speed;
   }
 
   async function walk(scene, name, entry) {
@@ -227,7 +248,7 @@
       if ("description" in e) {
         const [act, where] = splitDescription(e.description);
         setText(`current_action__${u}`, act);
-        setText(`target_address__${u}`, where);
+        setText(`target_address__${u}`, readablePlace(where));
       }
       if ("chat" in e) renderChat($(`chat__${u}`), e.chat);
       const a = state.actors[p.name];
@@ -236,12 +257,16 @@
     const asst = mv.persona[cfg.assistant];
     if (asst && "suggestion" in asst) {
       const s = asst.suggestion;
-      if (typeof s === "string" && s.trim() !== "") {
+      if (typeof s === "string" && s.trim() !== "" && isNoRecommendation(s)) {
+        setText("suggestion", "No Recommendation: the assistant chose to stay quiet.");
+        setText("suggestion_time", t ? `(${t})` : "");
+        setText("suggestion_state", "stayed quiet (No Recommendation)");
+      } else if (typeof s === "string" && s.trim() !== "") {
         setText("suggestion", s);
         setText("suggestion_time", t ? `(${t})` : "");
-        setText("suggestion_state", "proposed");
+        setText("suggestion_state", "recommended");
       } else {
-        setText("suggestion_state", "withheld");
+        setText("suggestion_state", "no turn this step");
       }
       setText("user_action", asst.user_action_for_suggestion === null || asst.user_action_for_suggestion === undefined ? "—" : asst.user_action_for_suggestion);
       const score = scoreNumber(asst.eval_res_score);
@@ -267,6 +292,64 @@
     const d = new Date(base + (step - cfg.step) * (cfg.sec_per_step || 10) * 1000);
     const two = (n) => String(n).padStart(2, "0");
     return `${MONTHS[d.getUTCMonth()]} ${d.getUTCDate()}, ${d.getUTCFullYear()}, ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}`;
+  }
+
+  // ---- replay: step scrubber and speed -------------------------------------------------------
+  // The URL stays the original's /replay/<sim>/<step>/: jumping loads the page at that step;
+  // the speed and a pause ride along in the query string (?speed=4&paused=1).
+  const REPLAY_STEP_MS = 500;  // the least time a step stays on screen at 1x
+  const query = new URLSearchParams(location.search);
+
+  /** After each step: the scrubber follows unless it is being dragged, and "State Details"
+   *  links point at the step now shown. */
+  function followStep() {
+    const sc = $("scrubber");
+    if (sc && !state.scrubbing) {
+      sc.value = String(Math.min(state.step, Number(sc.max)));
+      setText("scrubber_value", sc.value);
+    }
+    for (const a of document.querySelectorAll("a.details[data-persona]")) {
+      a.href = `/replay_persona_state/${cfg.sim_code}/${state.step}/${a.dataset.persona}/`;
+    }
+  }
+
+  function queryString() {
+    const q = new URLSearchParams();
+    if (state.speed !== 1) q.set("speed", String(state.speed));
+    if (state.paused) q.set("paused", "1");
+    const qs = q.toString();
+    return qs ? `?${qs}` : "";
+  }
+
+  function replayUrl(step) {
+    return `/replay/${encodeURIComponent(cfg.sim_code)}/${step}/${queryString()}`;
+  }
+
+  function setSpeed(speed) {
+    state.speed = speed;
+    for (const b of document.querySelectorAll("#speeds button[data-speed]")) {
+      b.setAttribute("aria-pressed", Number(b.dataset.speed) === speed ? "true" : "false");
+    }
+    history.replaceState(null, "", location.pathname + queryString());
+  }
+
+  function setupReplayControls() {
+    if (cfg.mode !== "replay") return;
+    const speed = Number(query.get("speed"));
+    if ([1, 2, 4, 8, 16].includes(speed)) state.speed = speed;
+    if (query.get("paused") === "1") state.paused = true;
+    for (const b of document.querySelectorAll("#speeds button[data-speed]")) {
+      b.onclick = () => setSpeed(Number(b.dataset.speed));
+      b.setAttribute("aria-pressed", Number(b.dataset.speed) === state.speed ? "true" : "false");
+    }
+    const sc = $("scrubber");
+    if (!sc) return;
+    sc.addEventListener("input", () => { state.scrubbing = true; setText("scrubber_value", sc.value); });
+    sc.addEventListener("change", () => {
+      state.scrubbing = false;
+      status(`Jumping to step ${sc.value}…`);
+      location.assign(replayUrl(Number(sc.value)));
+    });
   }
 
   // ---- the loop -----------------------------------------------------------------------------
@@ -296,9 +379,11 @@
         if (!mv) continue;
         await applyStep(scene, mv);
         if (cfg.mode === "simulate") state.phase = "process";
+        if (cfg.mode === "replay") await sleep(REPLAY_STEP_MS / state.speed);
       }
       state.step += 1;
       setText("step", state.step);
+      followStep();
     }
   }
 
@@ -310,6 +395,7 @@
     if (paused) status("Paused.");
     else status("");
     if (cfg.mode === "simulate") postJson(cfg.urls.control, { paused }).catch(() => {});
+    if (cfg.mode === "replay") history.replaceState(null, "", location.pathname + queryString());
   }
 
   // ---- the Phaser scene ---------------------------------------------------------------------
@@ -367,6 +453,7 @@
   }
 
   // ---- start ----------------------------------------------------------------------------------
+  setupReplayControls();
   for (const [t, s] of cfg.scores || []) addScore(t, s);
   drawChart();
   if (cfg.previous && cfg.previous.persona) showStep(cfg.previous, false);
