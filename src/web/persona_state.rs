@@ -150,6 +150,7 @@ pub async fn persona_state(
             "sim_code": sim, "step": step, "persona_name": name, "persona_name_underscore": name.replace(' ', "_"),
             "rows": rows, "daily_req": list("daily_req"), "f_daily_schedule": list("f_daily_schedule"),
             "a_mem_event": ev, "a_mem_chat": chat, "a_mem_thought": th, "back": back,
+            "scripted_roles": sim_files::scripted_roles(&[&state.opts.storage, &state.opts.compressed], sim),
         });
         Ok(html(&state, "persona_state.html", &ctx))
     })();
