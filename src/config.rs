@@ -813,6 +813,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_toml_examples_are_valid_configurations() {
+        // The provider examples use only real keys and name every API role's model.
+        let text = include_str!("../README.md");
+        let blocks: Vec<&str> =
+            text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default()).collect();
+        assert!(blocks.len() >= 4, "{} blocks", blocks.len());
+        for b in blocks {
+            let c = Config::from_toml(b, Path::new("README.md")).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            c.check_models().unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::from_toml("[sim]\nbogus = 1\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
