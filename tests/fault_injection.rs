@@ -446,12 +446,11 @@ fn sigint_with_a_hanging_api_exits_130_within_2s() {
     let done = || propersim::storage::SimDir::open(&storage, "hung").unwrap().steps_in("movement").unwrap();
     for (round, signals) in [["INT"].as_slice(), ["INT", "TERM"].as_slice()].into_iter().enumerate() {
         let before = api.requests.load(Ordering::SeqCst);
-        let mut child =
-            api_run_cmd(&fs, root, "hung", &["--days", "1", "--resume", "--allow-changes"])
-                .arg("--config")
-                .arg(&config)
-                .spawn()
-                .unwrap();
+        let mut child = api_run_cmd(&fs, root, "hung", &["--days", "1", "--resume", "--allow-changes"])
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .unwrap();
         let t0 = Instant::now();
         while api.requests.load(Ordering::SeqCst) == before {
             assert!(t0.elapsed() < Duration::from_secs(60), "no LLM call was made");
