@@ -26,7 +26,9 @@ RUN mkdir -p src benches \
     && rm -rf src benches target/release/propersim target/release/deps/propersim-* \
         target/release/deps/libpropersim-* target/release/.fingerprint/propersim-*
 # Our sources, and what they compile in: assets/manifest.sha256, templates/ and static/
-# (src/web/embedded.rs), and the bench Cargo.toml declares.
+# (src/web/embedded.rs), and the bench Cargo.toml declares. build.rs embeds the git commit; with
+# no .git here it embeds none, and run.json says "unknown".
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY assets ./assets

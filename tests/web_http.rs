@@ -812,3 +812,54 @@ async fn persona_state_as_of_a_step() {
     assert!(!body.contains(r#"id="checkpoint""#), "{body}");
     assert!(body.contains("<td>suggestion 2</td>"), "the assistant's suggestion in the step before: {body}");
 }
+
+/// A sim the scripted brain ran shows so on every page of it (live/replay, persona state, demo),
+/// naming the roles its run.json gives the scripted provider; a sim with no run.json shows
+/// nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_sims_say_so_on_their_pages() {
+    use propersim::config::ProviderKind;
+    use propersim::sim::setup::{open_engine, Open};
+    use propersim::storage::run::RunInfo;
+    let Some(shared) = common::frontend_server() else {
+        println!("PROPERSIM-SKIP: /work/shared/frontend_server not found (set PROPERSIM_SHARED)");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = common::base_config(&shared, root.path(), "scripted_sim");
+    cfg.set_all_providers(ProviderKind::Scripted);
+    let mut engine = open_engine(&cfg, Open::Fork, propersim::llm::cache::CacheMode::Off).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    propersim::sim::headless::run(&mut engine, 3, false, stop).await.unwrap();
+    drop(engine);
+    let seed = "base_the_ville_persona_1";
+    copy_tree(&shared.join("storage").join(seed), &root.path().join("storage").join(seed)).unwrap();
+    let sim_dir = root.path().join("storage/scripted_sim");
+    compress(&root.path().join("storage"), "scripted_sim", &root.path().join("compressed_storage")).unwrap();
+    let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
+    opts.static_dir = repo().join("static");
+    opts.templates = repo().join("templates");
+    let s = Server::serve(opts, root).await;
+
+    let all = "This run used the scripted brain (rules, not a model) for: user, evaluator, assistant, summarizer.";
+    for page in [
+        "/replay/scripted_sim/1/",
+        "/replay_persona_state/scripted_sim/1/John_Lin/",
+        "/demo/scripted_sim/1/2/",
+        "/metrics/scripted_sim/",
+    ] {
+        let (st, body) = s.get(page).await;
+        assert_eq!(st, 200, "{page}: {body}");
+        assert!(body.contains(all), "{page} lacks the notice: {body}");
+    }
+    // A run whose assistant was a model names only the other roles.
+    let mut info = RunInfo::read(&sim_dir).unwrap().expect("the fork wrote run.json");
+    info.roles["assistant"].provider = "local".into();
+    info.write(&sim_dir).unwrap();
+    let (_, body) = s.get("/replay/scripted_sim/1/").await;
+    assert!(body.contains("for: user, evaluator, summarizer."), "{body}");
+    // The original's seed has no run.json: no notice.
+    let (st, body) = s.get(&format!("/replay/{seed}/0/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains("scripted brain"), "{body}");
+}

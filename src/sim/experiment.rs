@@ -52,6 +52,8 @@ pub struct ExperimentOptions {
     /// Each arm runs until it has lived this many days in total.
     pub days: u64,
     pub cache: CacheMode,
+    /// Rerun with other settings than the experiment ran with, recording the change in each arm.
+    pub allow_changes: bool,
     pub progress: bool,
 }
 
@@ -86,9 +88,17 @@ fn check_manifest(cfg: &Config, opts: &ExperimentOptions) -> Result<()> {
         if old.arms != arms {
             bail!("experiment `{}` has the arms {}, not {}; {resume}", opts.name, old.arms.join(","), arms.join(","));
         }
-        if old.seed != cfg.sim.seed || old.settings != settings {
-            bail!("experiment `{}` was started with other settings (seed or [sim] settings); {resume}", opts.name);
+        if (old.seed != cfg.sim.seed || old.settings != settings) && !opts.allow_changes {
+            bail!(
+                "experiment `{}` was started with other settings (seed or [sim] settings); {resume} \
+                 (or pass --allow-changes to continue with these, recorded in each arm's reverie/run.json)",
+                opts.name
+            );
         }
+    }
+    if !opts.allow_changes {
+        let arms: Vec<Config> = opts.arms.iter().map(|a| arm_config(cfg, &opts.name, *a)).collect();
+        sweep::refuse_changed_sims(&arms, None)?;
     }
     for arm in &opts.arms {
         let code = layout::sim_code(&opts.name, arm.as_str());
@@ -130,6 +140,8 @@ pub async fn run(cfg: &Config, opts: &ExperimentOptions, stop: Arc<AtomicBool>) 
         days: opts.days,
         concurrency: None,
         cache: opts.cache,
+        allow_changes: opts.allow_changes,
+        seed: None,
         progress: opts.progress,
     };
     let summary = sweep::run_many(cfgs, &many, stop).await;

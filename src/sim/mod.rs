@@ -7,6 +7,7 @@ pub mod follow;
 pub mod headless;
 pub mod hooks;
 pub mod movement;
+pub mod provenance;
 pub mod setup;
 pub mod sweep;
 pub mod training;

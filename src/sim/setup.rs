@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
+use super::provenance;
 use super::training::TrainShare;
 use super::Engine;
 use crate::config::Config;
@@ -23,6 +24,25 @@ pub enum Open {
     Force,
     /// Continue an existing sim from its last complete step.
     Resume,
+}
+
+/// How to open a sim, beyond its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    pub open: Open,
+    pub cache: CacheMode,
+    /// On a resume, run with settings other than those in the sim's run.json, recording the
+    /// change (`--allow-changes`); otherwise such a resume is refused.
+    pub allow_changes: bool,
+    /// The `[sim] seed` as given, when the engine's seed was derived from it (a sweep's
+    /// persona); run.json records both.
+    pub seed: Option<u64>,
+}
+
+impl OpenOptions {
+    pub fn new(open: Open, cache: CacheMode) -> OpenOptions {
+        OpenOptions { open, cache, allow_changes: false, seed: None }
+    }
 }
 
 pub fn seed_dirs(cfg: &Config) -> Vec<PathBuf> {
@@ -86,38 +106,53 @@ impl Shared {
 
 /// Open one sim on its own, and tell the web page's handshake (`temp_storage`) about it.
 pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine> {
-    let engine = open_engine_shared(cfg, open, cache, &Shared::default())?;
+    open_engine_with(cfg, &OpenOptions::new(open, cache))
+}
+
+/// As [`open_engine`], with every option.
+pub fn open_engine_with(cfg: &Config, opts: &OpenOptions) -> Result<Engine> {
+    let engine = open_engine_shared(cfg, opts, &Shared::default())?;
     write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
     Ok(engine)
 }
 
 /// Open one sim that takes its providers, training base and map from `shared`. Its cache,
-/// ledger, adapters and state stay its own.
-pub fn open_engine_shared(cfg: &Config, open: Open, cache: CacheMode, shared: &Shared) -> Result<Engine> {
+/// ledger, adapters and state stay its own. A fork gets its run.json before it is renamed into
+/// place; a resume is checked against the sim's run.json before anything is written, and
+/// records itself there once the sim is open.
+pub fn open_engine_shared(cfg: &Config, opts: &OpenOptions, shared: &Shared) -> Result<Engine> {
     let storage = &cfg.paths.storage;
-    let fork = |force: bool| {
+    let fork = |force: bool| -> Result<SimDir> {
         let label = cfg.sim.train_mode_label();
-        // The label goes in before the fork is renamed into place, so no kill can leave it out.
-        SimDir::fork_with(storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, force, |meta| {
+        let info = provenance::describe(cfg, opts.seed, None)?;
+        // The label and run.json go in before the fork is renamed into place, so no kill can
+        // leave them out.
+        SimDir::fork_with(storage, &seed_dirs(cfg), &cfg.sim.fork, &cfg.sim.sim, force, |meta, tmp| {
             meta.extra.insert("train_mode".into(), label.into());
+            info.write(tmp)
         })
     };
-    let sim = match open {
+    let (sim, resume) = match opts.open {
         Open::Resume if SimDir::fork_interrupted(storage, &cfg.sim.sim) => {
             eprintln!("The fork of `{}` was interrupted before it finished; forking it again.", cfg.sim.sim);
-            fork(false)?
+            (fork(false)?, None)
         }
         Open::Resume => {
+            let sim = SimDir::open(storage, &cfg.sim.sim)?;
+            let resume = provenance::check_resume(cfg, opts.seed, &sim.root, opts.allow_changes)?;
             SimDir::sweep_stale_forks(storage)?;
-            SimDir::open(storage, &cfg.sim.sim)?
+            (sim, Some(resume))
         }
-        Open::Fork | Open::Force => fork(open == Open::Force)?,
+        Open::Fork | Open::Force => (fork(opts.open == Open::Force)?, None),
     };
     let maze = shared.maze(cfg)?;
-    let llm = Llm::for_sim(cfg, &sim.root, cache)?.with_providers(shared.providers.clone());
+    let llm = Llm::for_sim(cfg, &sim.root, opts.cache)?.with_providers(shared.providers.clone());
     let (llm, training) = super::training::attach(cfg, &sim.root, llm, &shared.training)?;
     let llm = Arc::new(llm);
     let mut engine = Engine::open(cfg.clone(), sim, maze, llm.clone())?;
+    if let Some(r) = resume {
+        r.record(cfg, &engine.sim, &mut engine.meta, engine.next_step)?;
+    }
     if let Some(mut t) = training {
         t.bind(llm);
         let p = t.provider.clone();

@@ -27,9 +27,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use super::headless::step_or_stop;
-use super::setup::{ensure_assets_for, open_engine_shared, Open, Shared};
+use super::setup::{ensure_assets_for, open_engine_shared, Open, OpenOptions, Shared};
 use super::Engine;
-use crate::config::Config;
+use crate::config::{Config, SimSettings};
 use crate::llm::cache::CacheMode;
 use crate::llm::ledger::BudgetExceeded;
 use crate::storage::sweep::{self as layout, Manifest};
@@ -139,6 +139,8 @@ pub struct SweepOptions {
     /// Sims stepping at once (default: all of this shard's).
     pub concurrency: Option<usize>,
     pub cache: CacheMode,
+    /// Rerun with other settings than the sweep ran with, recording the change in each sim.
+    pub allow_changes: bool,
     /// Show the progress display (a live one on a terminal, periodic lines otherwise).
     pub progress: bool,
 }
@@ -180,17 +182,13 @@ impl SweepSummary {
     }
 }
 
-/// `[sim]` settings that do not decide what a sweep's sims compute: the per-sim `fork` and `sim`,
-/// `visualization` (a sweep is headless), and how a run is operated: `budget_usd` (raised to
-/// continue a sim that hit it) and `durable` (whether each step is flushed to disk).
-const NOT_SHARED: [&str; 5] = ["fork", "sim", "visualization", "budget_usd", "durable"];
-
-/// The `[sim]` settings every sim of a sweep must share, as recorded in `sweep.json`.
+/// The `[sim]` settings every sim of a sweep must share, as recorded in `sweep.json`: all but
+/// the per-sim and operational ones ([`SimSettings::OPERATIONAL`]).
 pub fn shared_settings(cfg: &Config) -> Result<Value> {
     let mut v = serde_json::to_value(&cfg.sim)?;
     if let Value::Object(m) = &mut v {
-        for k in NOT_SHARED {
-            m.shift_remove(k);
+        for k in SimSettings::OPERATIONAL {
+            m.shift_remove(*k);
         }
     }
     Ok(v)
@@ -221,14 +219,20 @@ fn check_manifest(cfg: &Config, opts: &SweepOptions) -> Result<()> {
                 ranges(&opts.personas)
             );
         }
-        if old.settings != settings {
+        if old.settings != settings && !opts.allow_changes {
             let diff = differing_keys(&old.settings, &settings);
             bail!(
-                "sweep `{}` was started with other settings ({}); resume it with the same settings, or use another --name",
+                "sweep `{}` was started with other settings ({}); resume it with the same settings, pass \
+                 --allow-changes to continue with these (recorded in each sim's reverie/run.json), or use another --name",
                 opts.name,
                 diff.join(", ")
             );
         }
+    }
+    if !opts.allow_changes {
+        let mine = opts.personas.iter().filter(|k| opts.shard.is_none_or(|s| s.includes(**k)));
+        let cfgs: Vec<Config> = mine.map(|&k| persona_config(cfg, &opts.name, k)).collect();
+        refuse_changed_sims(&cfgs, Some(cfg.sim.seed))?;
     }
     layout::write_manifest(
         storage,
@@ -240,6 +244,31 @@ fn check_manifest(cfg: &Config, opts: &SweepOptions) -> Result<()> {
             settings,
         },
     )
+}
+
+/// Refuse, before anything is written, to resume any of these sims with settings other than
+/// its run.json holds (the settings a sweep's manifest does not record: the roles, a model
+/// file). The message names the first such sim's changes and how many sims have some.
+pub fn refuse_changed_sims(cfgs: &[Config], seed: Option<u64>) -> Result<()> {
+    let mut changed = Vec::new();
+    for c in cfgs {
+        if open_mode(c)? == Open::Resume {
+            let d = super::provenance::check_resume(c, seed, &c.paths.storage.join(&c.sim.sim), true)?.changed();
+            if !d.is_empty() {
+                changed.push((c.sim.sim.clone(), d));
+            }
+        }
+    }
+    match changed.first() {
+        None => Ok(()),
+        Some((sim, d)) => {
+            let others = match changed.len() - 1 {
+                0 => String::new(),
+                n => format!(" ({n} more of these sims would change too)"),
+            };
+            bail!("{}{others}", super::provenance::refusal(sim, d))
+        }
+    }
 }
 
 fn differing_keys(old: &Value, new: &Value) -> Vec<String> {
@@ -378,6 +407,8 @@ pub async fn run(cfg: &Config, opts: &SweepOptions, stop: Arc<AtomicBool>) -> Re
         days: opts.days,
         concurrency: opts.concurrency,
         cache: opts.cache,
+        allow_changes: opts.allow_changes,
+        seed: Some(cfg.sim.seed),
         progress: opts.progress,
     };
     Ok(run_many(cfgs, &many, stop).await)
@@ -393,6 +424,10 @@ pub struct RunMany {
     /// Sims stepping at once (default: all).
     pub concurrency: Option<usize>,
     pub cache: CacheMode,
+    /// Resume sims with settings other than their run.json holds, recording the change.
+    pub allow_changes: bool,
+    /// The `[sim] seed` the sims' engine seeds derive from (a sweep's), for their run.json.
+    pub seed: Option<u64>,
     pub progress: bool,
 }
 
@@ -428,12 +463,17 @@ pub async fn run_many(cfgs: Vec<Config>, opts: &RunMany, stop: Arc<AtomicBool>) 
             continue;
         }
         let (shared, display, stop) = (shared.clone(), display.clone(), stop.clone());
-        let (days, cache) = (opts.days, opts.cache);
+        let days = opts.days;
+        let open = OpenOptions {
+            allow_changes: opts.allow_changes,
+            seed: opts.seed,
+            ..OpenOptions::new(Open::Fork, opts.cache)
+        };
         tasks.push((
             sim,
             Some(tokio::spawn(async move {
                 let _permit = permit;
-                run_sim(cfg, days, cache, shared, &display, &stop).await
+                run_sim(cfg, days, open, shared, &display, &stop).await
             })),
         ));
     }
@@ -460,7 +500,7 @@ pub async fn run_many(cfgs: Vec<Config>, opts: &RunMany, stop: Arc<AtomicBool>) 
 async fn run_sim(
     cfg: Config,
     days: u64,
-    cache: CacheMode,
+    open: OpenOptions,
     shared: Shared,
     display: &Display,
     stop: &AtomicBool,
@@ -469,7 +509,7 @@ async fn run_sim(
     display.running.fetch_add(1, Ordering::Relaxed);
     display.refresh();
     // Opening copies files and may load models: keep it off the async workers.
-    let opened = tokio::task::spawn_blocking(move || open_sim(&cfg, cache, &shared)).await;
+    let opened = tokio::task::spawn_blocking(move || open_sim(&cfg, open, &shared)).await;
     let mut engine = match opened {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => return finish(display, &sim, 0, SimStatus::Failed(format!("{e:#}"))),
@@ -556,15 +596,20 @@ fn finish(display: &Display, sim: &str, steps: u64, status: SimStatus) -> (u64, 
 
 /// A sim with a checkpoint resumes; one that was forked but never stepped (or whose fork was
 /// cut short) is forked again; otherwise it is forked.
-fn open_sim(cfg: &Config, cache: CacheMode, shared: &Shared) -> Result<Engine> {
+fn open_mode(cfg: &Config) -> Result<Open> {
     let storage = &cfg.paths.storage;
-    let open = match SimDir::open(storage, &cfg.sim.sim) {
+    Ok(match SimDir::open(storage, &cfg.sim.sim) {
         Ok(sd) if Engine::has_checkpoint(&sd)? => Open::Resume,
         Ok(_) => Open::Force,
         Err(_) if storage.join(&cfg.sim.sim).exists() => Open::Force,
         Err(_) => Open::Fork,
-    };
-    open_engine_shared(cfg, open, cache, shared)
+    })
+}
+
+/// Open one sim as [`open_mode`] decides, with `opts`' cache, seed and change policy.
+fn open_sim(cfg: &Config, opts: OpenOptions, shared: &Shared) -> Result<Engine> {
+    let opts = OpenOptions { open: open_mode(cfg)?, ..opts };
+    open_engine_shared(cfg, &opts, shared)
         .with_context(|| format!("persona seed {} into sim {}", cfg.sim.fork, cfg.sim.sim))
 }
 

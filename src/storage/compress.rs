@@ -41,6 +41,12 @@ pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBu
     fs::write(tmp.path().join("assistant.json"), pyjson::to_string_indent2(&assistant)?)?;
     let meta = src.join("reverie/meta.json");
     fs::copy(&meta, tmp.path().join("meta.json")).with_context(|| format!("copying {}", meta.display()))?;
+    // Our provenance, where the demo page finds it as in a sim folder (its scripted-brain notice).
+    let run = src.join(super::run::FILE);
+    if run.is_file() {
+        fs::create_dir_all(tmp.path().join("reverie"))?;
+        fs::copy(&run, tmp.path().join(super::run::FILE)).with_context(|| format!("copying {}", run.display()))?;
+    }
     copy_tree(&src.join("personas"), &tmp.path().join("personas"))?;
 
     let dest = out_root.join(sim);

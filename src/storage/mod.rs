@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod compress;
 pub mod experiment;
 pub mod pyjson;
+pub mod run;
 
 pub use atomic::{
     append_bytes, append_jsonl, count_lines, jsonl_bytes, open_append, read_jsonl, sweep_temp_files, sync_all_at_once,

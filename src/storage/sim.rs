@@ -119,13 +119,13 @@ impl SimDir {
 
     /// Fork `seed` into `storage/<sim>` (copy, then set `fork_sim_code`). See [`SimDir::fork_with`].
     pub fn fork(storage: &Path, seeds: &[PathBuf], seed: &str, sim: &str, force: bool) -> Result<SimDir> {
-        Self::fork_with(storage, seeds, seed, sim, force, |_| {})
+        Self::fork_with(storage, seeds, seed, sim, force, |_, _| Ok(()))
     }
 
     /// Fork `seed` into `storage/<sim>`: copy it into a temporary folder
     /// `storage/.fork-<sim>-<pid>-<random>`, set `fork_sim_code` and whatever `edit` adds to the
-    /// meta, then rename the folder into place, so `storage/<sim>` appears complete or not at
-    /// all. A fork killed half-way leaves only the temporary folder, which the next fork or
+    /// meta or writes into the folder it is given (run.json), then rename the folder into place,
+    /// so `storage/<sim>` appears complete or not at all. A fork killed half-way leaves only the temporary folder, which the next fork or
     /// resume removes ([`SimDir::sweep_stale_forks`]) and `--resume` redoes
     /// ([`SimDir::fork_interrupted`]). An existing sim is replaced only with `force`.
     pub fn fork_with(
@@ -134,7 +134,7 @@ impl SimDir {
         seed: &str,
         sim: &str,
         force: bool,
-        edit: impl FnOnce(&mut Meta),
+        edit: impl FnOnce(&mut Meta, &Path) -> Result<()>,
     ) -> Result<SimDir> {
         if !valid_sim_code(sim) {
             bail!("invalid sim code `{sim}`: use letters, digits, `_`, `-` and `.`");
@@ -163,7 +163,7 @@ impl SimDir {
         let mut sd = SimDir { root: tmp.path().to_path_buf(), code: sim.to_string() };
         let mut meta = sd.meta()?;
         meta.fork_sim_code = seed.to_string();
-        edit(&mut meta);
+        edit(&mut meta, &sd.root)?;
         sd.write_meta(&meta)?;
         fs::remove_file(&host_file).with_context(|| format!("removing {}", host_file.display()))?;
         if dst.exists() {
@@ -443,7 +443,7 @@ mod tests {
         let meta = r#"{"fork_sim_code": "x", "start_date": "February 13, 2025", "curr_time": "February 13, 2025, 00:00:00", "sec_per_step": 150, "maze_name": "the_ville", "persona_names": ["A", "B"], "step": 0}"#;
         fs::write(seeds.join("seed/reverie/meta.json"), meta).unwrap();
         let storage = d.path().join("storage");
-        let sd = SimDir::fork_with(&storage, &[seeds], "seed", "s", false, |_| {}).unwrap();
+        let sd = SimDir::fork_with(&storage, &[seeds], "seed", "s", false, |_, _| Ok(())).unwrap();
         assert!(sd.path("reverie/meta.json").is_file());
         assert!(!sd.path(FORK_HOST_FILE).exists());
     }

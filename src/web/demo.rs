@@ -154,6 +154,7 @@ pub async fn demo(
             "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
             "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start,
             "phaser": super::pages::phaser_vars(&state), "config": config,
+            "scripted_roles": sim_files::scripted_roles(&[&state.opts.compressed, &state.opts.storage], &sim),
         });
         Ok(html(&state, "demo.html", &ctx))
     })();

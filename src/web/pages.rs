@@ -123,6 +123,7 @@ fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -
     let ctx = json!({
         "mode": mode, "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
         "phaser": phaser_vars(state), "config": config,
+        "scripted_roles": sim_files::scripted_roles(&[&state.opts.storage], sim),
     });
     Ok(html(state, "home.html", &ctx))
 }

@@ -329,6 +329,7 @@ fn persona_page(
         "checkpoint": is_user(&sim_root, &meta, &name).then(|| checkpoint_rows(&sim_root, step)).flatten(),
         "rows": rows, "daily_req": list("daily_req"), "f_daily_schedule": list("f_daily_schedule"),
         "a_mem_event": ev, "a_mem_chat": chat, "a_mem_thought": th, "later_nodes": later, "back": back,
+        "scripted_roles": sim_files::scripted_roles(&[&state.opts.storage, &state.opts.compressed], sim),
     });
     Ok(html(state, "persona_state.html", &ctx))
 }

@@ -20,6 +20,20 @@ pub fn sim_dir(root: &Path, sim: &str) -> Result<PathBuf, WebError> {
     Ok(dir)
 }
 
+/// The chat roles the scripted brain answered in sim `sim` (a validated code), from the
+/// run.json of the first of `roots` that has one: the notice on the sim's pages. None when no
+/// run.json is found (a sim made before them, or the original's) or it cannot be read.
+pub fn scripted_roles(roots: &[&Path], sim: &str) -> Vec<String> {
+    for root in roots {
+        match crate::storage::run::RunInfo::read(&root.join(sim)) {
+            Ok(Some(info)) => return info.scripted_roles(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    Vec::new()
+}
+
 /// Read and parse a JSON file; `Ok(None)` if it does not exist.
 pub fn read_json(path: &Path) -> Result<Option<Value>, WebError> {
     let text = match fs::read(path) {

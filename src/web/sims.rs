@@ -159,6 +159,7 @@ async fn metrics_page(state: &AppState, sim: &str) -> Result<Response, WebError>
         "header": header,
         "rows": rows,
         "svg": report::render_svg(sim, &days),
+        "scripted_roles": sim_files::scripted_roles(&[&state.opts.storage], sim),
     });
     Ok(html(state, "metrics.html", &ctx))
 }

