@@ -387,6 +387,11 @@ pub struct SimSettings {
     /// when unset, so manifests written before it existed still match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_lr: Option<f64>,
+    /// Prompt tokens a training example keeps, its last ones (TRL's `max_prompt_length` with
+    /// `keep_end`; none: the original's 2048). The end holds the moment and the newest memory;
+    /// a CPU run trains several times faster on 512.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_max_prompt: Option<usize>,
     /// Flush each step's checkpoint, movement and logs to disk (fsync) so a power loss cannot
     /// leave the checkpoint ahead of them. A kill needs no flush; costs a few ms a step on disk.
     pub durable: bool,
@@ -419,6 +424,7 @@ impl Default for SimSettings {
             train_epochs: 2,
             train_max_pairs: None,
             train_lr: None,
+            train_max_prompt: None,
             durable: true,
         }
     }
@@ -629,6 +635,7 @@ impl SimSettings {
         "train_epochs",
         "train_max_pairs",
         "train_lr",
+        "train_max_prompt",
         "durable",
     ];
 
@@ -673,6 +680,13 @@ impl SimSettings {
                     return Err(bad(key, v, "a positive number"));
                 }
                 self.train_lr = Some(lr)
+            }
+            "train_max_prompt" => {
+                let n: usize = v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?;
+                if n == 0 {
+                    return Err(bad(key, v, "a positive integer"));
+                }
+                self.train_max_prompt = Some(n)
             }
             "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(ConfigError::UnknownKey { key: key.into(), allowed: SimSettings::KEYS.join(", ") }),

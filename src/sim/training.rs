@@ -71,6 +71,7 @@ pub struct Training {
     epochs: usize,
     max_pairs: Option<usize>,
     lr: Option<f64>,
+    max_prompt: Option<usize>,
     adapters: PathBuf,
     /// `training.jsonl`: a line per finished day of training.
     log: PathBuf,
@@ -207,6 +208,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         epochs: cfg.sim.train_epochs,
         max_pairs: cfg.sim.train_max_pairs,
         lr: cfg.sim.train_lr,
+        max_prompt: cfg.sim.train_max_prompt,
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
@@ -318,6 +320,12 @@ impl DayHook for Training {
         config.epochs = self.epochs;
         if let Some(lr) = self.lr {
             config.adam.lr = lr;
+        }
+        if let Some(n) = self.max_prompt {
+            // The completion keeps the room it had.
+            let room = config.limits.max_length.saturating_sub(config.limits.max_prompt);
+            config.limits.max_prompt = n;
+            config.limits.max_length = n + room;
         }
         self.worker.submit(TrainJob {
             day: adapter_day,
