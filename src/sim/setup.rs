@@ -118,8 +118,11 @@ pub fn open_engine_shared(cfg: &Config, open: Open, cache: CacheMode, shared: &S
     let (llm, training) = super::training::attach(cfg, &sim.root, llm, &shared.training)?;
     let llm = Arc::new(llm);
     let mut engine = Engine::open(cfg.clone(), sim, maze, llm.clone())?;
+    if let Some(tracker) = crate::tracking::TrackerSetup::for_sim(cfg, &engine.sim.root) {
+        engine.metrics.track(tracker)?;
+    }
     if let Some(mut t) = training {
-        t.bind(llm);
+        t.bind(llm, engine.metrics.clone());
         let p = t.provider.clone();
         engine.token_counter = Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4)));
         engine.hook = Some(Box::new(t));
