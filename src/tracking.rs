@@ -136,11 +136,18 @@ impl Tracker {
     pub fn start(setup: TrackerSetup, lines: Vec<Value>) -> Result<Tracker> {
         let (tx, rx) = mpsc::unbounded_channel();
         let state_path = setup.sim_root.join(RUN_FILE);
+        // A state file that does not read (damaged by hand) costs the link to the old run, not
+        // the simulation: a new run is made.
         let state = match std::fs::read_to_string(&state_path) {
-            Ok(text) => serde_json::from_str::<RunState>(&text)
-                .with_context(|| format!("{} is not a tracker state file", state_path.display()))?,
+            Ok(text) => serde_json::from_str::<RunState>(&text).unwrap_or_else(|e| {
+                tracing::warn!(path = %state_path.display(), error = %e, "MLflow tracking: starting a new run");
+                RunState::default()
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RunState::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
+            Err(e) => {
+                tracing::warn!(path = %state_path.display(), error = %e, "MLflow tracking: starting a new run");
+                RunState::default()
+            }
         };
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)

@@ -1,7 +1,8 @@
 //! MLflow tracking against a real `mlflow server` (PyPI package `mlflow`, installed by
 //! `scripts/test.sh` into `target/mlflow-venv`) on loopback: a two-day scripted run logs its
 //! parameters and each day's metrics into one MLflow run, its report files as artifacts, and a
-//! resumed run logs into the same run. A run whose MLflow server is down finishes all the same.
+//! resumed run logs into the same run. A run whose MLflow server is down finishes all the same,
+//! and its resume sends MLflow what it missed.
 
 mod common;
 
@@ -40,10 +41,18 @@ fn a_scripted_run_logs_params_daily_metrics_and_reports_into_one_mlflow_run() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let server = common::MlflowServer::start(&mlflow, root);
+    let port = common::free_port();
     let config = root.join("propersim.toml");
-    std::fs::write(&config, format!("[tracking]\nmlflow_uri = \"{}\"\nexperiment = \"tracking-test\"\n", server.uri))
-        .unwrap();
+    let toml = format!("[tracking]\nmlflow_uri = \"http://127.0.0.1:{port}\"\nexperiment = \"tracking-test\"\n");
+    std::fs::write(&config, toml).unwrap();
+
+    // MLflow not up yet: the run goes on, and says what failed.
+    let err = ok(&run_cmd(&fs, root, &config, "late", &["--days", "1"]));
+    assert!(err.contains("MLflow: no run could be made") && err.contains("request(s) failed"), "{err}");
+    let late = root.join("storage/late");
+    assert!(late.join("movement/575.json").is_file() && !late.join("mlflow.json").exists());
+
+    let server = common::MlflowServer::start_on(&mlflow, root, port);
 
     let err = ok(&run_cmd(&fs, root, &config, "tracked", &["--days", "2"]));
     assert!(err.contains("MLflow: run ") && !err.contains("failed"), "{err}");
@@ -144,9 +153,14 @@ fn a_scripted_run_logs_params_daily_metrics_and_reports_into_one_mlflow_run() {
     assert_eq!(history("mean_score").len(), 2);
     assert_eq!(propersim::storage::read_jsonl::<Value>(&sim.join("metrics.jsonl")).unwrap().len(), 2);
 
-    // MLflow down: the run goes on, and says what failed.
-    drop(server);
-    let err = ok(&run_cmd(&fs, root, &config, "untracked", &["--steps", "30"]));
-    assert!(err.contains("MLflow: no run could be made") && err.contains("request(s) failed"), "{err}");
-    assert!(root.join("storage/untracked/movement/29.json").is_file());
+    // The sim that ran while MLflow was down sends its day when resumed, into a run of its own.
+    ok(&run_cmd(&fs, root, &config, "late", &["--resume", "--steps", "2"]));
+    let runs = search(&server);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let late_run = runs.iter().find(|r| r["info"]["run_name"] == "late").expect("a run for the late sim");
+    let late_id = late_run["info"]["run_id"].as_str().unwrap();
+    let lines: Vec<Value> = propersim::storage::read_jsonl(&late.join("metrics.jsonl")).unwrap();
+    let v = get(&server, &format!("/api/2.0/mlflow/metrics/get-history?run_id={late_id}&metric_key=mean_score"));
+    assert_eq!(v["metrics"][0]["step"], 1, "{v}");
+    assert_eq!(v["metrics"][0]["value"], lines[0]["mean_score"], "{v}");
 }

@@ -86,8 +86,9 @@ impl MetricsLog {
         Ok(true)
     }
 
-    /// Day `day` (0-based) has run its last step, and its steps are `first..first + steps_per_day`
-    /// at `curr_time` (the `meta.curr_time` of its first step) onward: write its metrics.
+    /// Day `day` (0-based), steps `day * steps_per_day` up to the next day's first, has run its
+    /// last step: write its metrics (unless its line is there). `curr_time` is the
+    /// `meta.curr_time` of its first step, which dates a day without any suggestion.
     pub fn day_ended(&self, day: u64, steps_per_day: u64, curr_time: &str) -> Result<bool> {
         if self.lock().seen.contains(&("day".to_string(), day + 1)) {
             return Ok(false);

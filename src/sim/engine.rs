@@ -588,7 +588,7 @@ impl Engine {
     /// twice). The file is derived: a failure is a warning, and the next resume fills it in.
     fn day_metrics(&mut self, step: u64) {
         let spd = self.steps_per_day();
-        if (step + 1) % spd != 0 {
+        if !(step + 1).is_multiple_of(spd) {
             return;
         }
         let day = step / spd;

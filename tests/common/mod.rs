@@ -136,6 +136,9 @@ pub fn smollm2_pairs() -> Vec<propersim::train::data::PreferencePair> {
 /// The `mlflow` command: `PROPERSIM_MLFLOW`, or the `target/mlflow-venv` that `scripts/test.sh`
 /// makes (unless `PROPERSIM_NO_MLFLOW=1`).
 pub fn mlflow() -> Option<PathBuf> {
+    if std::env::var("PROPERSIM_NO_MLFLOW").is_ok_and(|v| v == "1") {
+        return None;
+    }
     if let Some(p) = std::env::var_os("PROPERSIM_MLFLOW") {
         return Some(p.into());
     }
@@ -153,8 +156,12 @@ pub struct MlflowServer {
 
 impl MlflowServer {
     pub fn start(mlflow: &std::path::Path, dir: &std::path::Path) -> MlflowServer {
+        MlflowServer::start_on(mlflow, dir, free_port())
+    }
+
+    /// The server on `port` (e.g. one a run was told of before the server was up).
+    pub fn start_on(mlflow: &std::path::Path, dir: &std::path::Path, port: u16) -> MlflowServer {
         use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.join("mlflow-server.log")).unwrap();
         let child = std::process::Command::new(mlflow)
             .arg("server")
@@ -192,6 +199,11 @@ impl Drop for MlflowServer {
         unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port nothing listens on (at the time of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One HTTP/1.1 request on loopback with an optional JSON body: (status, JSON answer or Null).
