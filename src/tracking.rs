@@ -377,8 +377,26 @@ impl Worker {
         }
     }
 
-    /// Send the lines MLflow does not have yet, as metrics at the line's day.
+    /// Send the lines MLflow does not have yet, as metrics at the line's day. A run that is gone
+    /// from the server (deleted there) is replaced by a new one, which gets every line.
     async fn sync(&mut self) -> Result<()> {
+        let had_run = !self.state.run_id.is_empty();
+        match self.sync_once().await {
+            Err(e) if had_run && run_gone(&e) => {
+                tracing::warn!(
+                    sim = %self.setup.run_name,
+                    "MLflow run {} is gone from the server ({e:#}); starting a new run",
+                    self.state.run_id
+                );
+                self.state = RunState { tracking_uri: self.setup.uri.clone(), ..RunState::default() };
+                self.opened = false;
+                self.sync_once().await
+            }
+            r => r,
+        }
+    }
+
+    async fn sync_once(&mut self) -> Result<()> {
         self.ensure_run().await?;
         while self.state.delivered < self.lines.len() {
             // Whole lines per request, within MLflow's batch limit.
@@ -444,6 +462,12 @@ async fn answer(resp: reqwest::Response, what: &str) -> Result<Value> {
         return Ok(Value::Null);
     }
     serde_json::from_str(&text).with_context(|| format!("{what}: the answer is not JSON"))
+}
+
+/// Whether MLflow refused a request because the run does not exist or was deleted.
+fn run_gone(e: &anyhow::Error) -> bool {
+    let m = format!("{e:#}");
+    m.contains("RESOURCE_DOES_NOT_EXIST") || m.contains("must be in the 'active' state")
 }
 
 fn id_of(v: &Value, what: &str) -> Result<String> {

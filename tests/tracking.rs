@@ -163,4 +163,15 @@ fn a_scripted_run_logs_params_daily_metrics_and_reports_into_one_mlflow_run() {
     let v = get(&server, &format!("/api/2.0/mlflow/metrics/get-history?run_id={late_id}&metric_key=mean_score"));
     assert_eq!(v["metrics"][0]["step"], 1, "{v}");
     assert_eq!(v["metrics"][0]["value"], lines[0]["mean_score"], "{v}");
+
+    // Its run deleted in MLflow: the next resume makes a new run and sends everything again.
+    let (status, v) =
+        common::http_json(server.addr, "POST", "/api/2.0/mlflow/runs/delete", Some(&json!({"run_id": late_id})));
+    assert_eq!(status, 200, "{v}");
+    ok(&run_cmd(&fs, root, &config, "late", &["--resume", "--steps", "1"]));
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(late.join("mlflow.json")).unwrap()).unwrap();
+    let new_id = state["run_id"].as_str().unwrap();
+    assert_ne!(new_id, late_id);
+    let v = get(&server, &format!("/api/2.0/mlflow/metrics/get-history?run_id={new_id}&metric_key=mean_score"));
+    assert_eq!(v["metrics"][0]["value"], lines[0]["mean_score"], "{v}");
 }
