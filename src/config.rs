@@ -470,6 +470,38 @@ impl Default for WebSettings {
     }
 }
 
+/// `[tracking]`: where runs are reported besides their own folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingSettings {
+    /// An MLflow tracking server (`http://127.0.0.1:5000`); unset: no tracking.
+    pub mlflow_uri: Option<String>,
+    /// The MLflow experiment the sims' runs go into (made when missing).
+    pub experiment: String,
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        TrackingSettings { mlflow_uri: None, experiment: "propersim".into() }
+    }
+}
+
+impl TrackingSettings {
+    /// The server is reached over HTTP(S) only, and the experiment must have a name.
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(uri) = &self.mlflow_uri {
+            let rest = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.trim_matches('/').is_empty()) {
+                return Err(bad("tracking.mlflow_uri", uri, "an http:// or https:// URL of an MLflow server"));
+            }
+        }
+        if self.experiment.trim().is_empty() {
+            return Err(bad("tracking.experiment", &self.experiment, "a non-empty MLflow experiment name"));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -477,6 +509,7 @@ pub struct Config {
     pub sim: SimSettings,
     pub paths: Paths,
     pub web: WebSettings,
+    pub tracking: TrackingSettings,
     /// `[roles.<role>]` tables; a missing role uses the default local model.
     pub roles: BTreeMap<String, RoleConfig>,
 }
@@ -493,6 +526,7 @@ impl Config {
                 allowed,
             })?;
         }
+        cfg.tracking.check()?;
         Ok(cfg)
     }
 
@@ -517,7 +551,8 @@ impl Config {
 
     /// Environment layer. Folder variables are `PROPERSIM_STORAGE`, `PROPERSIM_SEEDS`,
     /// `PROPERSIM_ASSETS`, `PROPERSIM_TEMP_STORAGE`; any sim setting is `PROPERSIM_<KEY>`
-    /// (e.g. `PROPERSIM_TRAIN_METHOD=kto`).
+    /// (e.g. `PROPERSIM_TRAIN_METHOD=kto`); tracking is `PROPERSIM_MLFLOW_URI` (empty: off) and
+    /// `PROPERSIM_MLFLOW_EXPERIMENT`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PROPERSIM_STORAGE") {
             self.paths.storage = v.into();
@@ -536,7 +571,13 @@ impl Config {
                 self.sim.set(key, &v)?;
             }
         }
-        Ok(())
+        if let Some(v) = get("PROPERSIM_MLFLOW_URI") {
+            self.tracking.mlflow_uri = (!v.trim().is_empty()).then(|| v.trim().to_string());
+        }
+        if let Some(v) = get("PROPERSIM_MLFLOW_EXPERIMENT") {
+            self.tracking.experiment = v;
+        }
+        self.tracking.check()
     }
 
     /// The settings of one role (or the default local model), with the role's defaults filled
@@ -878,6 +919,27 @@ mod tests {
         assert_eq!(c.role(Role::Assistant).model, "gpt-4o");
         let e = c.check_models().unwrap_err().to_string();
         assert!(!e.contains("`assistant`") && e.contains("`user`"), "{e}");
+    }
+
+    #[test]
+    fn tracking_is_off_by_default_and_checks_its_url() {
+        let c = Config::default();
+        assert_eq!((c.tracking.mlflow_uri.as_deref(), c.tracking.experiment.as_str()), (None, "propersim"));
+        let c = Config::from_toml(
+            "[tracking]\nmlflow_uri = \"http://127.0.0.1:5000\"\nexperiment = \"x\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.tracking.mlflow_uri.as_deref(), Some("http://127.0.0.1:5000"));
+        let e = Config::from_toml("[tracking]\nmlflow_uri = \"127.0.0.1:5000\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("tracking.mlflow_uri") && e.to_string().contains("http://"), "{e}");
+        let e = Config::from_toml("[tracking]\nuri = \"http://x\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("uri"), "{e}");
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "PROPERSIM_MLFLOW_URI").then(|| "http://h:1".to_string())).unwrap();
+        assert_eq!(c.tracking.mlflow_uri.as_deref(), Some("http://h:1"));
+        let e = c.apply_env(|k| (k == "PROPERSIM_MLFLOW_EXPERIMENT").then(String::new)).unwrap_err();
+        assert!(e.to_string().contains("tracking.experiment"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod report;
 pub mod sim;
 pub mod storage;
 pub mod suggestion;
+pub mod tracking;
 pub mod train;
 pub mod user;
 pub mod web;

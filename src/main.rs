@@ -531,6 +531,9 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         None => String::new(),
     };
     eprintln!("Per-day metrics: propersim report {}{storage}", cfg.sim.sim);
+    if let Some(line) = &summary.tracking {
+        eprintln!("{line}");
+    }
     if summary.interrupted {
         eprintln!("Resume with: propersim run --novis --sim {} --resume", cfg.sim.sim);
     }

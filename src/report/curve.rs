@@ -109,14 +109,19 @@ fn training_by_day(dir: &Path) -> Result<IndexMap<u64, (u64, Option<f64>)>> {
     let mut out = IndexMap::new();
     for line in crate::storage::read_jsonl::<Value>(&dir.join(crate::train::adapter::TRAINING_LOG))? {
         let (Some(day), Some(pairs)) = (line["day"].as_u64(), line["pairs"].as_u64()) else { continue };
-        let steps: Vec<Value> = crate::storage::read_jsonl(
-            &crate::train::adapter::day_dir(&dir.join("adapters"), day as u32).join("train_metrics.jsonl"),
-        )?;
-        let losses: Vec<f64> = steps.iter().filter_map(|s| s["loss"].as_f64()).collect();
-        let mean = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
-        out.insert(day, (pairs, mean));
+        out.insert(day, (pairs, mean_train_loss(dir, day)?));
     }
     Ok(out)
+}
+
+/// Mean loss over the optimizer steps of the training on day `day`'s pairs, from its
+/// `adapters/day_NN/train_metrics.jsonl` (`None` when it logged no step).
+pub fn mean_train_loss(dir: &Path, day: u64) -> Result<Option<f64>> {
+    let steps: Vec<Value> = crate::storage::read_jsonl(
+        &crate::train::adapter::day_dir(&dir.join("adapters"), day as u32).join("train_metrics.jsonl"),
+    )?;
+    let losses: Vec<f64> = steps.iter().filter_map(|s| s["loss"].as_f64()).collect();
+    Ok((!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64))
 }
 
 fn num(v: Option<f64>) -> String {

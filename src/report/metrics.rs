@@ -345,11 +345,27 @@ pub fn compute_detailed(sim_dir: &Path) -> Result<SimDays> {
     let steps_per_day = (86_400.0 / meta.sec_per_step).round().max(1.0) as usize;
     let contiguous = files.iter().enumerate().take_while(|(i, (step, _))| *i as u64 == *step).count();
     let complete_days = contiguous / steps_per_day;
+    let days = days_of(sim_dir, &meta, &files)?;
+    Ok(SimDays { days, complete_days })
+}
+
+/// The metrics of the steps in `steps` only (e.g. one simulated day that just ended), read from
+/// those movement files alone: a running sim reports each day as it ends without reading its
+/// whole history again.
+pub fn compute_steps(sim_dir: &Path, steps: std::ops::Range<u64>) -> Result<Vec<DayDetail>> {
+    let meta = read_meta(sim_dir)?;
+    let mut files = movement_files(sim_dir)?;
+    files.retain(|(step, _)| steps.contains(step));
+    days_of(sim_dir, &meta, &files)
+}
+
+/// The days of the movement `files` (with their records), in order of their first step.
+fn days_of(sim_dir: &Path, meta: &SimMeta, files: &[(u64, PathBuf)]) -> Result<Vec<DayDetail>> {
     let mut rows = Vec::with_capacity(files.len());
-    for (step, path) in &files {
+    for (step, path) in files {
         rows.push(read_step(*step, path)?);
     }
-    let Some(assistant) = pick_assistant(&meta, &rows)? else { return Ok(SimDays { days: Vec::new(), complete_days }) };
+    let Some(assistant) = pick_assistant(meta, &rows)? else { return Ok(Vec::new()) };
 
     let mut days: IndexMap<String, DayAcc> = IndexMap::new();
     for row in &rows {
@@ -375,7 +391,7 @@ pub fn compute_detailed(sim_dir: &Path) -> Result<SimDays> {
         add_record(&mut days, rec, &records, i + 1)?;
     }
 
-    let days = days
+    Ok(days
         .into_iter()
         .map(|(date, d)| DayDetail {
             rec_dimensions: pass_rates(&d.rec_dims),
@@ -393,8 +409,7 @@ pub fn compute_detailed(sim_dir: &Path) -> Result<SimDays> {
                 dimensions: pass_rates(&d.dims),
             },
         })
-        .collect();
-    Ok(SimDays { days, complete_days })
+        .collect())
 }
 
 #[cfg(test)]

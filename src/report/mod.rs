@@ -7,9 +7,11 @@
 //! - [`table`]: the aligned text table and the CSV.
 //! - [`chart`]: the hand-written SVG charts.
 //! - [`sweep`]: the aggregate over a sweep's personas (`report --sweep`), from the same metrics.
+//! - [`live`]: `metrics.jsonl`, the same metrics written as the run goes (and sent to MLflow).
 
 pub mod chart;
 pub mod curve;
+pub mod live;
 pub mod metrics;
 pub mod sweep;
 pub mod table;
@@ -45,6 +47,29 @@ pub struct DayMetrics {
     pub recs_per_awake_hour: f64,
     /// Rubric dimension -> fraction of the shown candidates that passed it (from `records.jsonl`).
     pub dimensions: IndexMap<String, f64>,
+}
+
+impl DayMetrics {
+    /// Share of the day's suggestions that were "No Recommendation" (`None` without any).
+    pub fn norec_share(&self) -> Option<f64> {
+        (self.steps > 0).then(|| self.norecs as f64 / self.steps as f64)
+    }
+
+    /// A day on which the assistant made no suggestion (asleep all day): no scores, no rates.
+    pub fn empty(date: &str) -> DayMetrics {
+        DayMetrics {
+            date: date.to_owned(),
+            steps: 0,
+            mean_score: None,
+            recs: 0,
+            rec_mean: None,
+            norecs: 0,
+            norec_mean: None,
+            success_rate: None,
+            recs_per_awake_hour: 0.0,
+            dimensions: IndexMap::new(),
+        }
+    }
 }
 
 /// The folder of simulation `sim` under `storage`, refusing names that are not one plain folder

@@ -146,7 +146,7 @@ fn persona_days(sim_dir: &Path) -> Result<Vec<PersonaDay>> {
                 mean_score: m.mean_score,
                 success_rate: m.success_rate,
                 recs_per_awake_hour: (m.steps > 0).then_some(m.recs_per_awake_hour),
-                norec_share: (m.steps > 0).then(|| m.norecs as f64 / m.steps as f64),
+                norec_share: m.norec_share(),
                 dimensions: d.rec_dimensions,
                 mmlu: mmlu.get(&(i as u64 + 1)).copied(),
                 date: m.date,

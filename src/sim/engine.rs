@@ -23,6 +23,7 @@ use crate::assistant::AssistantMemory;
 use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};
+use crate::report::live::MetricsLog;
 use crate::storage::{
     append_bytes, count_lines, jsonl_bytes, read_jsonl, sweep_temp_files, sync_all_at_once, truncate_lines,
     write_atomic, Meta, SimDir,
@@ -158,6 +159,8 @@ pub struct Engine {
     hook_started: bool,
     /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
     pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
+    /// `metrics.jsonl`: a line as each day ends (and from the training hook, as it trains).
+    pub metrics: MetricsLog,
 }
 
 impl Engine {
@@ -172,6 +175,7 @@ impl Engine {
         sweep_temp_files(&sim.root)?;
         let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
         let user = initial_user(&sim, &user_name)?;
+        let metrics = MetricsLog::open(&sim.root)?;
         let mut engine = Engine {
             user,
             durable: cfg.sim.durable,
@@ -194,9 +198,16 @@ impl Engine {
             hook: None,
             hook_started: false,
             token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
+            metrics,
             sim,
         };
         engine.load_checkpoint()?;
+        let clock = &engine.clock;
+        if let Err(e) =
+            engine.metrics.catch_up_days(engine.next_step, clock.steps_per_day(), |s| fmt_curr_time(clock.time(s)))
+        {
+            tracing::warn!(error = %format!("{e:#}"), "metrics.jsonl: the finished days could not be filled in");
+        }
         Ok(engine)
     }
 
@@ -565,10 +576,30 @@ impl Engine {
             tokens,
         );
         self.sim.write_movement(step, &mv)?;
+        self.day_metrics(step);
         self.next_step = step + 1;
         self.write_checkpoint()?;
         self.mid_step = false;
         Ok(mv)
+    }
+
+    /// After the last step of a day: its line in `metrics.jsonl`, before the checkpoint, so a
+    /// kill before the checkpoint redoes the step and finds the line written (it is not written
+    /// twice). The file is derived: a failure is a warning, and the next resume fills it in.
+    fn day_metrics(&mut self, step: u64) {
+        let spd = self.steps_per_day();
+        if !(step + 1).is_multiple_of(spd) {
+            return;
+        }
+        let day = step / spd;
+        match self.metrics.day_ended(day, spd, &fmt_curr_time(self.clock.time(day * spd))) {
+            Ok(true) => {
+                self.unsynced.insert(self.metrics.path());
+                self.unsynced.insert(self.sim.root.clone());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), day = day + 1, "metrics.jsonl: no line for the day"),
+        }
     }
 
     /// With `durable`: flush to disk what the next checkpoint vouches for (the logs appended

@@ -76,12 +76,23 @@ pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch
             Err(e) => {
                 *f.error.lock().expect("not poisoned") = Some(format!("{e:#}"));
                 engine.save_personas().ok();
+                if let Some(line) = engine.metrics.end_tracking(crate::tracking::RunEnd::Failed).await {
+                    eprintln!("{line}");
+                }
                 return Err(e);
             }
         }
         f.next_step.store(engine.next_step, Ordering::SeqCst);
     }
     engine.save_personas()?;
+    let end = if engine.next_step >= until_step {
+        crate::tracking::RunEnd::Finished
+    } else {
+        crate::tracking::RunEnd::Killed
+    };
+    if let Some(line) = engine.metrics.end_tracking(end).await {
+        eprintln!("{line}");
+    }
     Ok(engine)
 }
 

@@ -9,6 +9,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Engine;
+use crate::tracking::RunEnd;
 
 pub struct RunSummary {
     pub steps: u64,
@@ -17,6 +18,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// It was `stop` (a signal) that ended it.
     pub cancelled: bool,
+    /// With `[tracking]`: the MLflow run and how its tracking went, in a line.
+    pub tracking: Option<String>,
 }
 
 /// The error a command returns when a signal stopped it (exit code 130, like a shell).
@@ -113,6 +116,9 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
                     break;
                 }
                 engine.save_personas().ok();
+                if let Some(line) = engine.metrics.end_tracking(RunEnd::Failed).await {
+                    eprintln!("{line}");
+                }
                 return Err(e);
             }
         }
@@ -123,11 +129,13 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
     }
     bar.finish_and_clear();
     engine.save_personas()?;
+    let end = if interrupted { RunEnd::Killed } else { RunEnd::Finished };
     Ok(RunSummary {
         steps: engine.next_step.saturating_sub(start_step),
         seconds: t0.elapsed().as_secs_f64(),
         interrupted,
         cancelled,
+        tracking: engine.metrics.end_tracking(end).await,
     })
 }
 

@@ -153,8 +153,11 @@ pub fn open_engine_shared(cfg: &Config, opts: &OpenOptions, shared: &Shared) -> 
     if let Some(r) = resume {
         r.record(cfg, &engine.sim, &mut engine.meta, engine.next_step)?;
     }
+    if let Some(tracker) = crate::tracking::TrackerSetup::for_sim(cfg, &engine.sim.root) {
+        engine.metrics.track(tracker)?;
+    }
     if let Some(mut t) = training {
-        t.bind(llm);
+        t.bind(llm, engine.metrics.clone());
         let p = t.provider.clone();
         engine.token_counter = Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4)));
         engine.hook = Some(Box::new(t));

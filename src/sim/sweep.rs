@@ -575,6 +575,14 @@ async fn run_sim(
             status = SimStatus::Failed(format!("saving the personas: {e:#}"));
         }
     }
+    let end = match status {
+        SimStatus::Done => crate::tracking::RunEnd::Finished,
+        SimStatus::Stopped(_) => crate::tracking::RunEnd::Killed,
+        SimStatus::Failed(_) => crate::tracking::RunEnd::Failed,
+    };
+    if let Some(line) = engine.metrics.end_tracking(end).await {
+        display.say(&format!("{sim}: {line}"));
+    }
     finish(display, &sim, engine.next_step - start, status)
 }
 

@@ -16,6 +16,7 @@ use crate::llm::local::LocalProvider;
 use crate::llm::{Llm, Message};
 use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
+use crate::report::live::MetricsLog;
 use crate::train::data::{read_pairs, ChatFormatter, PreferencePair};
 use crate::train::replay::{ReplayBuffer, ReplayMode};
 use crate::train::worker::{JobResult, TrainJob, TrainWorker, WorkerSetup};
@@ -77,6 +78,8 @@ pub struct Training {
     log: PathBuf,
     /// The engine's client, to record the adapter version in the cache keys.
     llm: Option<Arc<Llm>>,
+    /// The sim's `metrics.jsonl`, which gets each training and MMLU line too.
+    metrics: Option<MetricsLog>,
     /// Counts tokens with the assistant's tokenizer.
     pub provider: Arc<LocalProvider>,
     /// Day whose training is running.
@@ -212,6 +215,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
+        metrics: None,
         provider,
         pending: None,
         base_mmlu_due,
@@ -220,8 +224,19 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
 }
 
 impl Training {
-    pub fn bind(&mut self, llm: Arc<Llm>) {
+    pub fn bind(&mut self, llm: Arc<Llm>, metrics: MetricsLog) {
         self.llm = Some(llm);
+        self.metrics = Some(metrics);
+    }
+
+    /// Copy a `training.jsonl` / `mmlu.jsonl` line into `metrics.jsonl` (a failure is a warning:
+    /// the file is derived, and the next resume fills the line in).
+    fn to_metrics(&self, line: &serde_json::Value, f: fn(&MetricsLog, &serde_json::Value) -> Result<bool>) {
+        if let Some(m) = &self.metrics {
+            if let Err(e) = f(m, line) {
+                tracing::warn!(error = %format!("{e:#}"), "metrics.jsonl: a line could not be written");
+            }
+        }
     }
 
     fn finish(&mut self, r: JobResult) -> Result<()> {
@@ -240,18 +255,18 @@ impl Training {
                     o.summary.last_loss,
                     o.adapter_dir.map(|d| format!(", saved in {}", d.display())).unwrap_or_default()
                 );
-                crate::storage::append_jsonl(
-                    &self.log,
-                    &serde_json::json!({
-                        "day": o.day,
-                        "version": o.version,
-                        "pairs": o.summary.examples,
-                        "steps": o.summary.steps,
-                        "first_loss": o.summary.first_loss,
-                        "last_loss": o.summary.last_loss,
-                        "seconds": o.summary.seconds,
-                    }),
-                )?;
+                let line = serde_json::json!({
+                    "day": o.day,
+                    "version": o.version,
+                    "pairs": o.summary.examples,
+                    "epochs": self.epochs,
+                    "steps": o.summary.steps,
+                    "first_loss": o.summary.first_loss,
+                    "last_loss": o.summary.last_loss,
+                    "seconds": o.summary.seconds,
+                });
+                crate::storage::append_jsonl(&self.log, &line)?;
+                self.to_metrics(&line, MetricsLog::training);
                 // The adapter trained on day N is the model of day N + 1.
                 self.check_mmlu(o.day + 1)
             }
@@ -295,10 +310,10 @@ impl Training {
             "MMLU of day {day}'s model ({adapter}): {:.3} over {} questions",
             report.overall_accuracy, report.questions
         );
-        crate::storage::append_jsonl(
-            &m.out,
-            &serde_json::json!({"day": day, "adapter": adapter, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies}),
-        )
+        let line = serde_json::json!({"day": day, "adapter": adapter, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies});
+        crate::storage::append_jsonl(&m.out, &line)?;
+        self.to_metrics(&line, MetricsLog::mmlu);
+        Ok(())
     }
 }
 

@@ -132,3 +132,121 @@ pub fn smollm2_pairs() -> Vec<propersim::train::data::PreferencePair> {
         ),
     ]
 }
+
+/// The `mlflow` command: `PROPERSIM_MLFLOW`, or the `target/mlflow-venv` that `scripts/test.sh`
+/// makes (unless `PROPERSIM_NO_MLFLOW=1`).
+pub fn mlflow() -> Option<PathBuf> {
+    if std::env::var("PROPERSIM_NO_MLFLOW").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    if let Some(p) = std::env::var_os("PROPERSIM_MLFLOW") {
+        return Some(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mlflow-venv/bin/mlflow");
+    p.is_file().then_some(p)
+}
+
+/// A real `mlflow server` on a free loopback port, its runs in a SQLite file and its artifacts
+/// (served through its artifact proxy) under `dir`; stopped with its workers when dropped.
+pub struct MlflowServer {
+    child: std::process::Child,
+    pub uri: String,
+    pub addr: std::net::SocketAddr,
+}
+
+impl MlflowServer {
+    pub fn start(mlflow: &std::path::Path, dir: &std::path::Path) -> MlflowServer {
+        MlflowServer::start_on(mlflow, dir, free_port())
+    }
+
+    /// The server on `port` (e.g. one a run was told of before the server was up).
+    pub fn start_on(mlflow: &std::path::Path, dir: &std::path::Path, port: u16) -> MlflowServer {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(dir.join("mlflow-server.log")).unwrap();
+        let child = std::process::Command::new(mlflow)
+            .arg("server")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("mlflow-artifacts"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group, so the drop stops the uvicorn workers it starts too.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server = MlflowServer { child, uri: format!("http://{addr}"), addr };
+        let t0 = std::time::Instant::now();
+        while http_json(addr, "GET", "/health", None).0 != 200 {
+            let log = std::fs::read_to_string(dir.join("mlflow-server.log")).unwrap_or_default();
+            assert!(t0.elapsed() < std::time::Duration::from_secs(180), "mlflow server did not start:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        server
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let t0 = std::time::Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on (at the time of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request on loopback with an optional JSON body: (status, JSON answer or Null).
+/// Status 0 when nothing answers.
+pub fn http_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) else {
+        return (0, serde_json::Value::Null);
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, serde_json::Value::Null);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // A chunked answer: join its chunks.
+    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut r = rest;
+        while let Some((size, after)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            r = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null))
+}
