@@ -254,7 +254,8 @@ struct SweepArgs {
     /// Only the personas k with k mod N = I (for N machines: a Slurm array, a k8s indexed Job).
     #[arg(long, value_name = "I/N", value_parser = clap::value_parser!(propersim::sim::sweep::Shard))]
     shard: Option<propersim::sim::sweep::Shard>,
-    /// Sims stepping at once (default: all of this shard's).
+    /// Sims stepping at once (default: all of this shard's; on the scripted brain alone, one per
+    /// core, since those sims are CPU-bound).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
     /// Set every role's provider: local, openai, gemini, or scripted.

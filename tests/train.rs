@@ -252,7 +252,7 @@ fn checkpointed_gradients_equal_the_full_graph() -> Result<()> {
     let drop =
         LoraAdapter::new(LoraConfig { dropout: 0.1, ..small_lora() }, model.config(), DType::F64, &Device::Cpu, 24)?;
     drop.set_dropout(true);
-    let err = completion_grads(&model, &batch, &drop, true, coefs).err().expect("refused");
+    let err = completion_grads(&model, &batch, &drop, true, coefs).expect_err("refused");
     assert!(err.to_string().contains("dropout"), "{err}");
     Ok(())
 }

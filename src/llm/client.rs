@@ -659,23 +659,6 @@ pub fn sampling_of(rc: &RoleConfig) -> Sampling {
     }
 }
 
-/// The "defaults" error text: why the local model is unavailable, and exactly how to point the
-/// role at a local GGUF file, an API, or the scripted brain instead.
-pub fn local_setup_help(rc: &RoleConfig, role: Role, why: &str) -> String {
-    let r = role.as_str();
-    let model_hint = if role == Role::Embedding { "/path/to/all-MiniLM-L6-v2" } else { "/path/to/model.gguf" };
-    format!(
-        "role `{r}` wants the local model {model:?}, but it is not available offline ({why}).\n\
-         Point the role at something that is, in propersim.toml:\n\
-         \x20 a local model file:          [roles.{r}] provider = \"local\" model = \"{model_hint}\"\n\
-         \x20 an OpenAI-compatible API:    [roles.{r}] provider = \"openai\" model = \"gpt-4o-mini\" base_url = \"https://api.openai.com/v1\" api_key_env = \"OPENAI_API_KEY\"\n\
-         \x20   (vLLM / Ollama / llama.cpp server: base_url = \"http://localhost:8000/v1\", no api_key_env)\n\
-         \x20 Gemini:                      [roles.{r}] provider = \"gemini\" model = \"gemini-2.0-flash\" api_key_env = \"GEMINI_API_KEY\"\n\
-         or run without any model on the offline scripted brain: --provider scripted",
-        model = rc.model
-    )
-}
-
 /// The scripted brain's embedding: a normalized hashed bag of words (256 dims). Texts sharing
 /// words are similar; it is a test/benchmark stand-in, not a language model.
 pub fn scripted_embedding(text: &str) -> Vec<f32> {

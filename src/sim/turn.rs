@@ -44,7 +44,7 @@ pub struct TurnResult {
     pub shown_judgement: Judgement,
     pub record: InteractionRecord,
     pub pair: Option<PreferencePair>,
-    /// The prompt text the assistant saw (for token counts).
+    /// The user prompt the assistant saw (the tests read what memory it showed).
     pub prompt_user: String,
 }
 

@@ -119,7 +119,7 @@ impl Task for DailyPlan<'_> {
         if (3..=12).contains(&items.len()) {
             Ok(items)
         } else {
-            Err(format!("{} plan items, want 4 to 8", items.len()))
+            Err(format!("{} plan items, want 3 to 12", items.len()))
         }
     }
     fn fallback(&self) -> Vec<String> {
