@@ -207,12 +207,7 @@ impl HttpCaller {
         body: &Value,
         extract: impl Fn(&Value) -> Result<T, ProviderError>,
     ) -> Result<(T, u32), ProviderError> {
-        if let (Some(var), None) = (&self.key_env, &self.key) {
-            return Err(ProviderError::Auth {
-                status: 0,
-                message: format!("the environment variable `{var}` (named by `api_key_env`) is not set or empty"),
-            });
-        }
+        self.check_key()?;
         let attempts = self.policy.max_attempts.max(1);
         let mut last_error = String::new();
         let mut waited = Duration::ZERO;
@@ -250,12 +245,7 @@ impl HttpCaller {
     /// themselves what to retry. Transport errors come back as [`ProviderError::Other`], with
     /// the key scrubbed.
     pub async fn post_raw(&self, url: &str, body: &Value) -> Result<(u16, String), ProviderError> {
-        if let (Some(var), None) = (&self.key_env, &self.key) {
-            return Err(ProviderError::Auth {
-                status: 0,
-                message: format!("the environment variable `{var}` (named by `api_key_env`) is not set or empty"),
-            });
-        }
+        self.check_key()?;
         let _permit = self
             .limit
             .acquire()
@@ -265,6 +255,17 @@ impl HttpCaller {
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| ProviderError::Other(self.describe(e)))?;
         Ok((status, self.scrub(&text)))
+    }
+
+    /// A key variable that is named but unset fails the request before it is sent.
+    fn check_key(&self) -> Result<(), ProviderError> {
+        match (&self.key_env, &self.key) {
+            (Some(var), None) => Err(ProviderError::Auth {
+                status: 0,
+                message: format!("the environment variable `{var}` (named by `api_key_env`) is not set or empty"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A POST of `body` as JSON to `url`, with the key as the provider sends it.

@@ -81,7 +81,7 @@ impl LoraServer {
                     if status == 400 && msg.contains("already been loaded") {
                         return Ok(());
                     }
-                    answer = format!("HTTP {status}: {msg}");
+                    answer = format!("HTTP {status}: {}", msg.trim_end_matches('.'));
                 }
                 Err(e) => answer = e.to_string(),
             }

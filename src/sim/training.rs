@@ -191,6 +191,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         None => (None, PublishedAdapter::default()),
     };
     let version = published.version;
+    let resumed_day = published.day;
     let slot = Arc::new(AdapterSlot::new(published));
     if !remote {
         provider.follow_adapters(model.clone(), slot.clone(), version)?;
@@ -218,12 +219,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     let remote = if remote {
         // A resumed run loads its newest adapter again before the first request: the server may
         // have restarted since.
-        Some(Remote {
-            server: LoraServer::new(&rc)?,
-            sim: cfg.sim.sim.clone(),
-            wanted: (version > 0).then_some(version as u32),
-            loaded: None,
-        })
+        Some(Remote { server: LoraServer::new(&rc)?, sim: cfg.sim.sim.clone(), wanted: resumed_day, loaded: None })
     } else {
         None
     };
@@ -443,7 +439,8 @@ impl Training {
             let path = std::fs::canonicalize(&dir).with_context(|| format!("the adapter folder {}", dir.display()))?;
             block_on(r.server.load(&name, &path))?.with_context(|| {
                 format!(
-                    "serving day {day}'s adapter; the run stops at its last complete step: fix the server and continue with --resume"
+                    "day {day}'s adapter is not served, so the run stops at its last complete step; \
+                     continue it with --resume once the server loads adapters"
                 )
             })?;
             eprintln!("the vLLM server at {} serves day {day}'s adapter as `{name}`", r.server.base_url());
