@@ -19,6 +19,12 @@ pub enum ConfigError {
     BadValue { key: String, value: String, allowed: String },
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error(
+        "[roles.{role}] train_base: only an assistant served by vLLM (provider = \"openai\" with its base_url) \
+         trains on a separate base; role `{role}` has provider `{provider}`. A local assistant trains its own \
+         model: remove train_base"
+    )]
+    TrainBase { role: String, provider: String },
     #[error("unknown [sim] setting `{key}`; the settable keys are: {allowed}")]
     UnknownKey { key: String, allowed: String },
     #[error(
@@ -228,6 +234,11 @@ pub struct RoleConfig {
     /// `task_retries` + 1; for the assistant 5, as the original.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// The assistant on a vLLM server, trained between days: a local GGUF or HF repo of the
+    /// same base model the server serves. Training runs in-process on it and the server loads
+    /// each day's adapter through its runtime LoRA API (`sim::training`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_base: Option<String>,
 }
 
 impl RoleConfig {
@@ -267,6 +278,7 @@ impl RoleConfig {
             prefix_cache_mb: None,
             max_wait_s: None,
             attempts: None,
+            train_base: None,
         }
     }
 
@@ -601,6 +613,10 @@ impl Config {
             let local_default = rc.provider == ProviderKind::Local
                 && (rc.model == DEFAULT_CHAT_MODEL || rc.model == DEFAULT_EMBEDDING_MODEL);
             rc.provider = kind;
+            // Only an assistant on vLLM has a separate training base.
+            if kind != ProviderKind::OpenAi {
+                rc.train_base = None;
+            }
             match kind {
                 ProviderKind::Scripted => rc.model = "scripted".into(),
                 ProviderKind::OpenAi | ProviderKind::Gemini if local_default => rc.model.clear(),
@@ -611,7 +627,8 @@ impl Config {
     }
 
     /// Every role on an API (openai, gemini) must name its model; an error lists the roles that
-    /// do not, per provider.
+    /// do not, per provider. `train_base` is only for the assistant on an OpenAI-compatible
+    /// server (vLLM).
     pub fn check_models(&self) -> Result<(), ConfigError> {
         for kind in [ProviderKind::OpenAi, ProviderKind::Gemini] {
             let roles: Vec<String> = Role::ALL
@@ -624,6 +641,12 @@ impl Config {
                 .collect();
             if !roles.is_empty() {
                 return Err(ConfigError::NoModel { provider: kind.as_str().into(), roles });
+            }
+        }
+        for role in Role::ALL {
+            let rc = self.role_as_written(*role);
+            if rc.train_base.is_some() && (*role != Role::Assistant || rc.provider != ProviderKind::OpenAi) {
+                return Err(ConfigError::TrainBase { role: role.to_string(), provider: rc.provider.to_string() });
             }
         }
         Ok(())
@@ -877,6 +900,25 @@ mod tests {
         for b in blocks {
             let c = Config::from_toml(b, Path::new("README.md")).unwrap_or_else(|e| panic!("{e}\n{b}"));
             c.check_models().unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
+
+    #[test]
+    fn train_base_is_only_for_an_assistant_on_an_api_server() {
+        let ok = "[roles.assistant]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:8000/v1\"\ntrain_base = \"/b.gguf\"\n";
+        let mut c = Config::from_toml(ok, Path::new("x.toml")).unwrap();
+        assert_eq!(c.role(Role::Assistant).train_base.as_deref(), Some("/b.gguf"));
+        c.check_models().unwrap();
+        // `--provider scripted` drops it with the server.
+        c.set_all_providers(ProviderKind::Scripted);
+        assert_eq!(c.role(Role::Assistant).train_base, None);
+        c.check_models().unwrap();
+        for bad in [
+            "[roles.assistant]\nprovider = \"local\"\nmodel = \"/a.gguf\"\ntrain_base = \"/b.gguf\"\n",
+            "[roles.user]\nprovider = \"openai\"\nmodel = \"m\"\ntrain_base = \"/b.gguf\"\n",
+        ] {
+            let e = Config::from_toml(bad, Path::new("x.toml")).unwrap().check_models().unwrap_err().to_string();
+            assert!(e.contains("train_base") && e.contains("vLLM"), "{e}");
         }
     }
 

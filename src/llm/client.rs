@@ -49,6 +49,20 @@ struct Slot {
     rc: RoleConfig,
     backend: Backend,
     adapter_version: AtomicU64,
+    /// The model name requests send instead of the role's `model`: the LoRA adapter a vLLM
+    /// server serves under its own name (see `sim::training`).
+    served_model: Mutex<Option<String>>,
+}
+
+impl Slot {
+    fn new(role: Role, rc: RoleConfig, backend: Backend) -> Slot {
+        Slot { role, rc, backend, adapter_version: AtomicU64::new(0), served_model: Mutex::new(None) }
+    }
+
+    /// The model name this role's requests send now.
+    fn model(&self) -> String {
+        lock(&self.served_model).clone().unwrap_or_else(|| self.rc.model.clone())
+    }
 }
 
 /// Sentinel for "no step set".
@@ -111,7 +125,7 @@ impl Llm {
                 ProviderKind::Scripted => Backend::Scripted,
                 _ => Backend::Provider(OnceCell::new()),
             };
-            roles.insert(*role, Slot { role: *role, rc, backend, adapter_version: AtomicU64::new(0) });
+            roles.insert(*role, Slot::new(*role, rc, backend));
         }
         Ok(Llm {
             roles,
@@ -163,7 +177,7 @@ impl Llm {
     /// The integration point for providers built elsewhere, and for tests.
     pub fn with_provider(mut self, role: Role, rc: RoleConfig, provider: Arc<dyn ChatProvider>) -> Llm {
         let backend = Backend::Provider(OnceCell::new_with(Some(provider)));
-        self.roles.insert(role, Slot { role, rc, backend, adapter_version: AtomicU64::new(0) });
+        self.roles.insert(role, Slot::new(role, rc, backend));
         self
     }
 
@@ -198,6 +212,14 @@ impl Llm {
     pub fn set_adapter_version(&self, role: Role, version: u64) {
         if let Some(s) = self.roles.get(&role) {
             s.adapter_version.store(version, Ordering::Relaxed);
+        }
+    }
+
+    /// Send `model` as the model of `role`'s requests from now on (`None`: the role's own). The
+    /// name enters the cache keys and the ledger.
+    pub fn set_served_model(&self, role: Role, model: Option<String>) {
+        if let Some(s) = self.roles.get(&role) {
+            *lock(&s.served_model) = model;
         }
     }
 
@@ -319,10 +341,11 @@ impl Llm {
             sampling.max_tokens = Some(sampling.max_tokens.map_or(need, |m| m.max(need)));
         }
         let cache = self.cache.as_ref().filter(|c| c.mode() != CacheMode::Off);
+        let model = slot.model();
         let key = cache.map(|_| {
             reply_key(
                 slot.rc.provider.as_str(),
-                &slot.rc.model,
+                &model,
                 messages,
                 &sampling,
                 slot.adapter_version.load(Ordering::Relaxed),
@@ -350,12 +373,7 @@ impl Llm {
         }
         self.check_budget(acc)?;
         let provider = self.provider(slot).await?;
-        let req = ChatRequest {
-            model: slot.rc.model.clone(),
-            messages: messages.to_vec(),
-            sampling,
-            schema: schema.cloned(),
-        };
+        let req = ChatRequest { model: model.clone(), messages: messages.to_vec(), sampling, schema: schema.cloned() };
         acc.live_calls += 1;
         let (result, retries) = counting_retries(provider.chat(&req)).await;
         acc.transport_retries += retries;
@@ -382,8 +400,8 @@ impl Llm {
                 Ok(None)
             }
             Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "LLM task `{task}` (role {}, provider {}, model {:?})",
-                slot.role, slot.rc.provider, slot.rc.model
+                "LLM task `{task}` (role {}, provider {}, model {model:?})",
+                slot.role, slot.rc.provider
             ))),
         }
     }
@@ -401,8 +419,7 @@ impl Llm {
             self.check_budget(&acc)?;
             let provider = self.provider(slot).await?;
             acc.live_calls += 1;
-            let req =
-                ChatRequest { model: slot.rc.model.clone(), messages, sampling: sampling_of(&slot.rc), schema: None };
+            let req = ChatRequest { model: slot.model(), messages, sampling: sampling_of(&slot.rc), schema: None };
             let (r, retries) = counting_retries(provider.chat(&req)).await;
             acc.transport_retries += retries;
             let r =
@@ -588,7 +605,7 @@ impl Llm {
                 return m.to_string();
             }
         }
-        slot.rc.model.clone()
+        slot.model()
     }
 
     /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is

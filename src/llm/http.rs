@@ -207,12 +207,7 @@ impl HttpCaller {
         body: &Value,
         extract: impl Fn(&Value) -> Result<T, ProviderError>,
     ) -> Result<(T, u32), ProviderError> {
-        if let (Some(var), None) = (&self.key_env, &self.key) {
-            return Err(ProviderError::Auth {
-                status: 0,
-                message: format!("the environment variable `{var}` (named by `api_key_env`) is not set or empty"),
-            });
-        }
+        self.check_key()?;
         let attempts = self.policy.max_attempts.max(1);
         let mut last_error = String::new();
         let mut waited = Duration::ZERO;
@@ -245,6 +240,44 @@ impl HttpCaller {
         Err(ProviderError::Exhausted { attempts: tries, message: last_error })
     }
 
+    /// One POST of `body` to `url`, no retries: the status and the body as text, whatever they
+    /// are. For endpoints that answer in plain text (vLLM's LoRA API) and callers that decide
+    /// themselves what to retry. Transport errors come back as [`ProviderError::Other`], with
+    /// the key scrubbed.
+    pub async fn post_raw(&self, url: &str, body: &Value) -> Result<(u16, String), ProviderError> {
+        self.check_key()?;
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other("the provider's request limiter was closed".into()))?;
+        let resp = self.request(url, body).send().await.map_err(|e| ProviderError::Other(self.describe(e)))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| ProviderError::Other(self.describe(e)))?;
+        Ok((status, self.scrub(&text)))
+    }
+
+    /// A key variable that is named but unset fails the request before it is sent.
+    fn check_key(&self) -> Result<(), ProviderError> {
+        match (&self.key_env, &self.key) {
+            (Some(var), None) => Err(ProviderError::Auth {
+                status: 0,
+                message: format!("the environment variable `{var}` (named by `api_key_env`) is not set or empty"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A POST of `body` as JSON to `url`, with the key as the provider sends it.
+    fn request(&self, url: &str, body: &Value) -> reqwest::RequestBuilder {
+        let req = self.client.post(url).json(body);
+        match (&self.key, self.auth) {
+            (Some(key), AuthStyle::Bearer) => req.bearer_auth(key.expose()),
+            (Some(key), AuthStyle::Header(name)) => req.header(name, key.expose()),
+            (None, _) => req,
+        }
+    }
+
     /// Exponential backoff with jitter in [50%, 100%] so parallel callers don't retry in lockstep.
     fn backoff(&self, retry_index: u32) -> Duration {
         let full = self.policy.backoff_base.saturating_mul(1u32 << retry_index.min(16)).min(self.policy.backoff_max);
@@ -257,14 +290,7 @@ impl HttpCaller {
             Ok(p) => p,
             Err(_) => return Outcome::Fatal(ProviderError::Other("the provider's request limiter was closed".into())),
         };
-        let mut req = self.client.post(url).json(body);
-        if let Some(key) = &self.key {
-            req = match self.auth {
-                AuthStyle::Bearer => req.bearer_auth(key.expose()),
-                AuthStyle::Header(name) => req.header(name, key.expose()),
-            };
-        }
-        let resp = match req.send().await {
+        let resp = match self.request(url, body).send().await {
             Ok(r) => r,
             Err(e) => return Outcome::Retry { message: self.describe(e), retry_after: None },
         };

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod providers;
 pub mod serve;
 pub mod task;
+pub mod vllm;
 
 pub use client::{Llm, TaskOutcome};
 pub use providers::Providers;

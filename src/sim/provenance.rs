@@ -23,12 +23,19 @@ pub fn describe(cfg: &Config, seed: Option<u64>, previous: Option<&RunInfo>) -> 
     let mut roles = IndexMap::new();
     for role in Role::ALL {
         let rc = cfg.role(*role);
-        let file = match rc.provider {
-            ProviderKind::Local => {
-                let before = previous.and_then(|p| p.roles.get(role.as_str())).and_then(|r| r.file.as_ref());
-                Some(ModelFile::of(&local_model_file(&rc.model, *role)?, before)?)
-            }
+        // The local file whose bytes decide the answers: the role's model, or the training base
+        // of an assistant served by vLLM (its adapters are trained on that file).
+        let local = match (rc.provider, &rc.train_base) {
+            (ProviderKind::Local, _) => Some(rc.model.as_str()),
+            (ProviderKind::OpenAi, Some(base)) if *role == Role::Assistant => Some(base.as_str()),
             _ => None,
+        };
+        let file = match local {
+            Some(spec) => {
+                let before = previous.and_then(|p| p.roles.get(role.as_str())).and_then(|r| r.file.as_ref());
+                Some(ModelFile::of(&local_model_file(spec, *role)?, before)?)
+            }
+            None => None,
         };
         roles.insert(
             role.as_str().to_string(),

@@ -121,6 +121,8 @@ pub fn open_engine_with(cfg: &Config, opts: &OpenOptions) -> Result<Engine> {
 /// place; a resume is checked against the sim's run.json before anything is written, and
 /// records itself there once the sim is open.
 pub fn open_engine_shared(cfg: &Config, opts: &OpenOptions, shared: &Shared) -> Result<Engine> {
+    // Settings that cannot run are refused before anything is forked or written.
+    cfg.check_models()?;
     let storage = &cfg.paths.storage;
     let fork = |force: bool| -> Result<SimDir> {
         let label = cfg.sim.train_mode_label();

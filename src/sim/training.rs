@@ -3,6 +3,10 @@
 //! before the assistant's next suggestion the new adapter is in use (the hook waits if training
 //! has not finished). Inference follows the worker's adapter slot, so the swap is atomic and
 //! happens between two prompts, never inside one.
+//!
+//! An assistant served by vLLM trains the same way on a local copy of its base model
+//! (`train_base`); its adapters then reach the server through vLLM's runtime LoRA API, and the
+//! assistant's requests name the newest one as their `model`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use super::hooks::DayHook;
-use crate::config::{Config, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod};
+use crate::config::{Config, ConfigError, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod};
 use crate::llm::local::LocalProvider;
+use crate::llm::vllm::{lora_name, LoraServer};
 use crate::llm::{Llm, Message};
 use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
@@ -86,6 +91,22 @@ pub struct Training {
     pending: Option<u32>,
     /// The base model's MMLU check of day 1 is still to run (a fresh run with `daily_mmlu`).
     base_mmlu_due: bool,
+    /// An assistant on a vLLM server: where each day's adapter goes to be served.
+    remote: Option<Remote>,
+}
+
+/// The assistant's vLLM server and what it serves of this sim. Adapters are loaded before the
+/// assistant's next request (never in the middle of a step's candidates), and requests name
+/// the adapter as their `model` only once the server has it: no request falls back to the base
+/// model silently.
+struct Remote {
+    server: LoraServer,
+    /// The sim's name: part of each adapter's name on the server.
+    sim: String,
+    /// The day whose adapter the assistant should use (the newest trained).
+    wanted: Option<u32>,
+    /// The adapter name this process has loaded into the server.
+    loaded: Option<String>,
 }
 
 /// What the trained assistants of the sims in one process share: each base model loaded once
@@ -137,18 +158,31 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         TrainMethod::Kto => Method::Kto,
     };
     let rc = cfg.role(Role::Assistant);
-    if rc.provider == ProviderKind::Scripted {
-        return Ok((llm, None));
-    }
-    if rc.provider != ProviderKind::Local {
-        eprintln!(
-            "note: train_method = {} needs [roles.assistant] provider = \"local\" (it is `{}`); this run does not train.",
-            cfg.sim.train_method, rc.provider
-        );
-        return Ok((llm, None));
-    }
-    let provider = Arc::new(LocalProvider::new(&rc, Role::Assistant)?);
-    let gguf = crate::llm::local::resolve_gguf(&rc.model, Role::Assistant)?;
+    // The model training runs on: the assistant's own (local), or `train_base`, the same base
+    // model as the vLLM server's (remote).
+    let base_spec = match (rc.provider, &rc.train_base) {
+        (ProviderKind::Scripted, _) => return Ok((llm, None)),
+        (ProviderKind::Local, None) => rc.model.clone(),
+        (ProviderKind::OpenAi, Some(base)) => base.clone(),
+        (ProviderKind::Local | ProviderKind::Gemini, Some(_)) => {
+            return Err(
+                ConfigError::TrainBase { role: Role::Assistant.to_string(), provider: rc.provider.to_string() }.into()
+            )
+        }
+        (_, None) => {
+            eprintln!(
+                "note: train_method = {} needs [roles.assistant] provider = \"local\", or provider = \"openai\" on a vLLM server with train_base (it is `{}`); this run does not train.",
+                cfg.sim.train_method, rc.provider
+            );
+            return Ok((llm, None));
+        }
+    };
+    let remote = rc.provider == ProviderKind::OpenAi;
+    let mut base_rc = rc.clone();
+    base_rc.provider = ProviderKind::Local;
+    base_rc.model = base_spec.clone();
+    let provider = Arc::new(LocalProvider::new(&base_rc, Role::Assistant)?);
+    let gguf = crate::llm::local::resolve_gguf(&base_spec, Role::Assistant)?;
     let model = share.base(&gguf)?;
     let adapters = sim_root.join("adapters");
     // A resumed run continues from its newest adapter.
@@ -161,8 +195,11 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         None => (None, PublishedAdapter::default()),
     };
     let version = published.version;
+    let resumed_day = published.day;
     let slot = Arc::new(AdapterSlot::new(published));
-    provider.follow_adapters(model.clone(), slot.clone(), version)?;
+    if !remote {
+        provider.follow_adapters(model.clone(), slot.clone(), version)?;
+    }
     let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
         (true, Some(p)) => Some(Mmlu {
             items: crate::train::mmlu::read_items(p)?,
@@ -183,7 +220,14 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         base_model_name: rc.model.clone(),
         queue: Some(share.queue.clone()),
     })?;
-    let llm = llm.with_provider(Role::Assistant, rc, provider.clone());
+    let remote = if remote {
+        // A resumed run loads its newest adapter again before the first request: the server may
+        // have restarted since.
+        Some(Remote { server: LoraServer::new(&rc)?, sim: cfg.sim.sim.clone(), wanted: resumed_day, loaded: None })
+    } else {
+        None
+    };
+    let llm = if remote.is_some() { llm } else { llm.with_provider(Role::Assistant, rc, provider.clone()) };
     llm.set_adapter_version(Role::Assistant, version);
     // The pairs of days already trained into the adapter are the replay buffer's past.
     let mut replay = ReplayBuffer::new();
@@ -219,6 +263,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         provider,
         pending: None,
         base_mmlu_due,
+        remote,
     };
     Ok((llm, Some(t)))
 }
@@ -245,6 +290,9 @@ impl Training {
             Ok(o) => {
                 if let Some(l) = &self.llm {
                     l.set_adapter_version(Role::Assistant, o.version);
+                }
+                if let Some(r) = &mut self.remote {
+                    r.wanted = Some(o.day);
                 }
                 eprintln!(
                     "trained day {}: adapter v{} ({} steps, loss {:.4} -> {:.4}){}",
@@ -389,6 +437,71 @@ impl DayHook for Training {
                 None => bail!("the training worker stopped without a result"),
             }
         }
+        self.serve_remote_adapter()
+    }
+}
+
+impl Training {
+    /// With the assistant on vLLM: make the server serve the newest adapter, and the
+    /// assistant's requests name it. The load is retried (`LoraServer::load`); when the server
+    /// still refuses, the step fails and the run stops at its last complete step, to be resumed
+    /// once the server is fixed. The adapter before it is unloaded after the new one is in.
+    fn serve_remote_adapter(&mut self) -> Result<()> {
+        let Some(r) = &mut self.remote else { return Ok(()) };
+        let Some(day) = r.wanted else { return Ok(()) };
+        let name = lora_name(&r.sim, day);
+        if r.loaded.as_deref() == Some(name.as_str()) {
+            return Ok(());
+        }
+        // A replay of recorded replies (`--llm-cache replay`) asks no server: only the model
+        // name, which the cache keys hold, has to follow.
+        let replay = self.llm.as_ref().is_some_and(|l| l.cache_mode() == crate::llm::cache::CacheMode::Replay);
+        if !replay {
+            let dir = adapter::day_dir(&self.adapters, day);
+            // The server reads the folder itself: give it an absolute path.
+            let path = std::fs::canonicalize(&dir).with_context(|| format!("the adapter folder {}", dir.display()))?;
+            block_on(r.server.load(&name, &path))?.with_context(|| {
+                format!(
+                    "day {day}'s adapter is not served, so the run stops at its last complete step; \
+                     continue it with --resume once the server loads adapters"
+                )
+            })?;
+            eprintln!("the vLLM server at {} serves day {day}'s adapter as `{name}`", r.server.base_url());
+            // The adapter before it: the one this process loaded or, in a resumed run, the
+            // newest older one on disk (the server may still hold it from before the restart).
+            let old = match r.loaded.take() {
+                Some(o) => Some(o),
+                None => adapter::saved_days(&self.adapters)?
+                    .into_iter()
+                    .rev()
+                    .find(|(d, _)| *d < day)
+                    .map(|(d, _)| lora_name(&r.sim, d)),
+            };
+            if let Some(old) = old {
+                // A failed unload leaves the old adapter in one of the server's LoRA slots; the
+                // run goes on.
+                if let Err(e) = block_on(r.server.unload(&old))? {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+        }
+        r.loaded = Some(name.clone());
+        if let Some(l) = &self.llm {
+            l.set_served_model(Role::Assistant, Some(name));
+        }
         Ok(())
+    }
+}
+
+/// Run `f` to completion from the engine's synchronous hook: on tokio's multi-thread runtime
+/// the worker thread blocks (the runtime moves its other tasks away), with no runtime on a
+/// runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread => {
+            bail!("an assistant on vLLM that trains needs a multi-thread tokio runtime")
+        }
+        Ok(h) => Ok(tokio::task::block_in_place(|| h.block_on(f))),
+        Err(_) => Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)),
     }
 }

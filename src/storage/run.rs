@@ -83,7 +83,8 @@ pub struct RoleRun {
     pub provider: String,
     /// The `model` setting: an API's model name, a local file, folder or Hugging Face repo id.
     pub model: String,
-    /// For a local model: the file loaded and its hash.
+    /// For a local model: the file loaded and its hash; for an assistant on vLLM trained
+    /// between days, the training base (`train_base`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<ModelFile>,
 }

@@ -58,25 +58,28 @@ pub fn day_dir(adapters_root: &Path, day: u32) -> PathBuf {
 
 /// The newest complete `day_NN` adapter under `adapters_root`, if any (for resuming a run).
 pub fn latest_day(adapters_root: &Path) -> Result<Option<(u32, PathBuf)>> {
+    Ok(saved_days(adapters_root)?.pop())
+}
+
+/// Every complete adapter (both PEFT files present) under `adapters_root`, oldest day first.
+pub fn saved_days(adapters_root: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let rd = match std::fs::read_dir(adapters_root) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("listing {}", adapters_root.display())),
     };
-    let mut best: Option<(u32, PathBuf)> = None;
+    let mut days = Vec::new();
     for entry in rd {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
         let Some(day) = name.strip_prefix("day_").and_then(|d| d.parse::<u32>().ok()) else { continue };
         let p = entry.path();
-        if p.join(WEIGHTS_FILE).is_file()
-            && p.join(CONFIG_FILE).is_file()
-            && best.as_ref().is_none_or(|(b, _)| day > *b)
-        {
-            best = Some((day, p));
+        if p.join(WEIGHTS_FILE).is_file() && p.join(CONFIG_FILE).is_file() {
+            days.push((day, p));
         }
     }
-    Ok(best)
+    days.sort();
+    Ok(days)
 }
 
 /// Save in PEFT layout (both files written atomically).
