@@ -116,6 +116,11 @@ choice!(
     /// Which past preference pairs join each day's training set.
     ReplayBuffer { Equally200 => ["equally200"], Equally400 => ["equally400"], HalfToday => ["halftoday"] });
 choice!(
+    /// How the frozen base weights are held in memory while training: `quantized` keeps the
+    /// GGUF file's blocks and expands one matrix at a time for each use (the file's size; the
+    /// numbers are the dequantized base's), `bf16` and `f32` dequantize the whole base once.
+    TrainWeights { Quantized => ["quantized"], Bf16 => ["bf16"], F32 => ["f32"] });
+choice!(
     /// LLM provider for one role.
     ProviderKind { Local => ["local"], OpenAi => ["openai"], Gemini => ["gemini"], Scripted => ["scripted"] });
 choice!(
@@ -387,6 +392,9 @@ pub struct SimSettings {
     /// when unset, so manifests written before it existed still match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_lr: Option<f64>,
+    /// How the training base's frozen weights are held (quantized / bf16 / f32). Not
+    /// operational: bf16 rounds the weights, so the gradients differ slightly.
+    pub train_weights: TrainWeights,
     /// Flush each step's checkpoint, movement and logs to disk (fsync) so a power loss cannot
     /// leave the checkpoint ahead of them. A kill needs no flush; costs a few ms a step on disk.
     pub durable: bool,
@@ -419,6 +427,7 @@ impl Default for SimSettings {
             train_epochs: 2,
             train_max_pairs: None,
             train_lr: None,
+            train_weights: TrainWeights::Quantized,
             durable: true,
         }
     }
@@ -629,6 +638,7 @@ impl SimSettings {
         "train_epochs",
         "train_max_pairs",
         "train_lr",
+        "train_weights",
         "durable",
     ];
 
@@ -674,6 +684,7 @@ impl SimSettings {
                 }
                 self.train_lr = Some(lr)
             }
+            "train_weights" => self.train_weights = choice(key, v)?,
             "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(ConfigError::UnknownKey { key: key.into(), allowed: SimSettings::KEYS.join(", ") }),
         }

@@ -23,12 +23,14 @@ pub mod logprob;
 pub mod mmlu;
 pub mod offline;
 pub mod optim;
+pub mod plan;
 pub mod replay;
 pub mod worker;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::model::llama::{Llama, TrainWeights};
 use crate::model::lora::LoraConfig;
 pub use data::{AppendEos, ChatFormatter, PreferencePair, TokenLimits};
 pub use offline::{bench_dpo, score_pairs, train_offline, BenchReport, OfflineTrainOptions, PairScore};
@@ -170,13 +172,21 @@ pub fn pick_device() -> Device {
     Device::Cpu
 }
 
-/// The dtype for the dequantized base on `device`: f32 on the CPU, bf16 on CUDA.
+/// The compute dtype of training on `device` (activations, norms, LoRA math): f32 on the CPU,
+/// bf16 on CUDA. How the frozen weights are stored is [`TrainWeights`]' business.
 pub fn model_dtype(device: &Device) -> candle_core::DType {
     if device.is_cuda() {
         candle_core::DType::BF16
     } else {
         candle_core::DType::F32
     }
+}
+
+/// The training base of a GGUF file on [`pick_device`], its frozen weights held as `weights`
+/// says, computing in [`model_dtype`]. The one place the simulation and the CLI load it.
+pub fn load_base(gguf: &std::path::Path, weights: TrainWeights) -> anyhow::Result<Llama> {
+    let device = pick_device();
+    Ok(Llama::load_gguf_as(gguf, weights, model_dtype(&device), &device)?)
 }
 
 fn default_true() -> bool {
