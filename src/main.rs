@@ -446,12 +446,13 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     }
 }
 
+/// The training base and the model's tokenizer and chat template (no inference copy).
 fn load_for_training(
     gguf: &std::path::Path,
     weights: propersim::config::TrainWeights,
-) -> Result<(propersim::model::llama::Llama, propersim::sim::training::ProviderFormatter)> {
+) -> Result<(propersim::model::llama::Llama, propersim::llm::local::ModelText)> {
     let model = propersim::train::load_base(gguf, weights).with_context(|| format!("loading {}", gguf.display()))?;
-    Ok((model, propersim::sim::training::formatter_for(gguf)?))
+    Ok((model, propersim::llm::local::ModelText::load(gguf)?))
 }
 
 /// `--weights` if given, else the configuration's `[sim] train_weights`.
@@ -731,7 +732,7 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
                 ..propersim::train::TrainConfig::dpo()
             };
             let report = propersim::train::offline::bench_dpo(&model, &fmt, &pairs, steps, &cfg)?;
-            Ok(format!("train_weights={weights} {report:?}"))
+            Ok(serde_json::to_string(&report)?)
         })
         .await??;
         println!("{r}");

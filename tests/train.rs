@@ -983,6 +983,16 @@ fn smollm2_quantized_base_scores_as_f32_and_dpo_lowers_the_loss() -> Result<()> 
         score_pairs(&dense, None, &fmt, &pairs, &limits, &mut std::io::sink())?
     };
     let q_scores = score_pairs(&quant, None, &fmt, &pairs, &limits, &mut std::io::sink())?;
+    // The CLI's weightless formatter (tokenizer and template only) tokenizes as the assistant's
+    // own provider does.
+    {
+        let text = propersim::llm::local::ModelText::load(&path)?;
+        let real = propersim::sim::training::formatter_for(&path)?;
+        for p in &pairs {
+            let limits = TrainConfig::dpo().limits;
+            assert_eq!(tokenize_pair(&text, p, &limits)?, tokenize_pair(&real, p, &limits)?);
+        }
+    }
     for (q, d) in q_scores.iter().zip(&f32_scores) {
         for (x, y) in [(q.chosen, d.chosen), (q.rejected, d.rejected)] {
             assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "quantized {x} vs f32 {y}");

@@ -402,7 +402,9 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let Some((&h, lead)) = dims.split_last() else { bail!("logits of a scalar") };
         let n: usize = lead.iter().product();
-        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head)?;
+        // The head's graph is short (logits → log-softmax → the loss), so keeping its expanded
+        // matrix until the backward costs what the backward's own expansion would.
+        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head, Keep::Layer)?;
         let mut out = lead.to_vec();
         out.push(self.cfg.vocab);
         y.reshape(out)
@@ -421,7 +423,7 @@ impl Llama {
         let lora = lora.filter(|l| l.is_enabled());
         let mut x = self.embed_ids(ids)?;
         for l in 0..self.blocks.len() {
-            x = self.block(l, &x, b, s, &at, None, lora, opts)?;
+            x = self.block(l, &x, b, s, &at, None, lora, opts, Keep::No)?;
         }
         self.final_norm(&x, b, s)
     }
@@ -455,7 +457,7 @@ impl Llama {
         let mut inputs = Vec::with_capacity(self.blocks.len());
         let mut x = self.embed_ids(ids)?.detach();
         for l in 0..self.blocks.len() {
-            let y = self.block(l, &x, b, s, &at, None, Some(lora), opts)?.detach();
+            let y = self.block(l, &x, b, s, &at, None, Some(lora), opts, Keep::Layer)?.detach();
             inputs.push(std::mem::replace(&mut x, y));
         }
         let top = Var::from_tensor(&x)?;
@@ -465,7 +467,7 @@ impl Llama {
         for (l, input) in inputs.iter().enumerate().rev() {
             let Some(g) = grad.take() else { break };
             let xin = Var::from_tensor(input)?;
-            let y = self.block(l, xin.as_tensor(), b, s, &at, None, Some(lora), opts)?;
+            let y = self.block(l, xin.as_tensor(), b, s, &at, None, Some(lora), opts, Keep::Layer)?;
             let mut grads = (y * g)?.sum_all()?.backward()?;
             for var in lora.layer_vars(l) {
                 if let Some(gv) = grads.remove(var.as_tensor()) {
@@ -501,7 +503,7 @@ impl Llama {
             c.layers.resize_with(self.cfg.layers, || None);
         }
         for l in 0..self.blocks.len() {
-            x = self.block(l, &x, b, s, &at, cache.as_deref_mut(), lora, opts)?;
+            x = self.block(l, &x, b, s, &at, cache.as_deref_mut(), lora, opts, Keep::No)?;
         }
         self.final_norm(&x, b, s)
     }
@@ -523,12 +525,13 @@ impl Llama {
         cache: Option<&mut KvCache>,
         lora: Option<&LoraAdapter>,
         opts: ForwardOpts,
+        keep: Keep,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let blk = &self.blocks[l];
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let proj = |x: &Tensor, w: &Frozen, t: LoraTarget| -> Result<Tensor> {
-            let y = frozen_linear(x, w)?;
+            let y = frozen_linear(x, w, keep)?;
             match lora {
                 Some(ad) => match ad.delta(l, t, x, opts.train)? {
                     Some(d) => y + d,
@@ -645,19 +648,34 @@ impl Llama {
 /// weights that is wasted work (about a third of a training step, and a vocab-sized buffer for
 /// the head). On the CPU this custom op returns only the input gradient, and holds the weight as
 /// stored: a quantized or bf16 weight is expanded to the compute dtype inside the forward and
-/// again inside the backward (`grad · W`) and dropped after each, so the autograd graph never
-/// keeps an expanded copy. Elsewhere (CUDA, half precision) it is a plain matmul on the expanded
-/// weight, which the graph keeps until the backward (one layer's worth with checkpointing).
-fn frozen_linear(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+/// used for the backward (`grad · W`) — kept in between when the graph spans one layer
+/// ([`Keep::Layer`]), expanded again otherwise — so a full graph never holds the base expanded.
+/// Elsewhere (CUDA, half precision) it is a plain matmul on the expanded weight, which the graph
+/// keeps until the backward (one layer's worth with checkpointing).
+fn frozen_linear(x: &Tensor, w: &Frozen, keep: Keep) -> Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
+        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), keep, expanded: std::sync::OnceLock::new() })
     } else {
         x.matmul(&w.dense(x.dtype())?.t()?)
     }
 }
 
+/// Whether a frozen-weight op keeps its expanded matrix for its backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Expand again in the backward: the graph may span every layer (a full-graph backward),
+    /// where keeping would hold the whole base expanded.
+    No,
+    /// Keep it: the graph spans one decoder layer (checkpointing builds, differentiates and
+    /// drops one layer at a time) or only the head, so at most one layer's matrices (or the
+    /// head) are held, and the backward saves expanding them a second time.
+    Layer,
+}
+
 struct FrozenLinear {
     w: Frozen,
+    keep: Keep,
+    expanded: std::sync::OnceLock<Tensor>,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -673,7 +691,11 @@ impl CustomOp1 for FrozenLinear {
             CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
             _ => bail!("frozen-linear handles f32/f64 only"),
         };
-        let y = x.matmul(&self.w.dense(x.dtype())?.t()?)?;
+        let w = self.w.dense(x.dtype())?;
+        let y = x.matmul(&w.t()?)?;
+        if self.keep == Keep::Layer {
+            let _ = self.expanded.set(w);
+        }
         let shape = y.shape().clone();
         let flat = y.flatten_all()?;
         let out = match flat.dtype() {
@@ -684,7 +706,11 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w.dense(grad.dtype())?)?))
+        let w = match self.expanded.get() {
+            Some(w) if w.dtype() == grad.dtype() => w.clone(),
+            _ => self.w.dense(grad.dtype())?,
+        };
+        Ok(Some(grad.matmul(&w)?))
     }
 }
 
