@@ -6,7 +6,9 @@
 #
 #   scripts/bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [PROPERSIM_BINARY]
 #
-# PYTHON (default target/peft-venv/bin/python) must have torch, transformers, peft, trl, gguf.
+# PYTHON (default target/peft-venv/bin/python) must import torch, transformers, peft, gguf, trl and
+# datasets; the test venv has no trl or datasets: `$PYTHON -m pip install --target DIR trl
+# datasets`, delete the torch and transformers that pulls into DIR, and export PYTHONPATH=DIR.
 set -euo pipefail
 gguf=${1:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}
 pairs=${2:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}
