@@ -34,13 +34,19 @@ class Clock(TrainerCallback):
     def __init__(self):
         self.start = None
         self.end = None
+        # Process CPU time (all threads), as propersim's `steps_per_cpu_s`: on a shared machine
+        # wall time says more about the neighbours than about the trainer.
+        self.cpu_start = None
+        self.cpu_end = None
 
     def on_step_begin(self, args, state, control, **kw):
         if self.start is None:
             self.start = time.perf_counter()
+            self.cpu_start = time.process_time()
 
     def on_step_end(self, args, state, control, **kw):
         self.end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
 
 def main():
@@ -88,6 +94,7 @@ def main():
         "pairs_per_step": 4,
         "seconds": total,
         "steps_per_s": a.steps / train_secs,
+        "steps_per_cpu_s": a.steps / (clock.cpu_end - clock.cpu_start),
         "tokens_per_s": tokens / train_secs,
         "tokens": tokens,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

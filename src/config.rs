@@ -122,6 +122,11 @@ choice!(
     /// Which past preference pairs join each day's training set.
     ReplayBuffer { Equally200 => ["equally200"], Equally400 => ["equally400"], HalfToday => ["halftoday"] });
 choice!(
+    /// How the frozen base weights are held in memory while training: `quantized` keeps the
+    /// GGUF file's blocks and expands one matrix at a time for each use (the file's size; the
+    /// numbers are the dequantized base's), `bf16` and `f32` dequantize the whole base once.
+    TrainWeights { Quantized => ["quantized"], Bf16 => ["bf16"], F32 => ["f32"] });
+choice!(
     /// LLM provider for one role.
     ProviderKind { Local => ["local"], OpenAi => ["openai"], Gemini => ["gemini"], Scripted => ["scripted"] });
 choice!(
@@ -404,6 +409,12 @@ pub struct SimSettings {
     /// a CPU run trains several times faster on 512.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_max_prompt: Option<usize>,
+    /// How the training base's frozen weights are held (quantized / bf16 / f32). Not
+    /// operational: bf16 rounds the weights, so the gradients differ slightly. The default is
+    /// left out of files: it computes exactly what runs from before the setting did (f32, the
+    /// same decoded weights), so their manifests and run.json still match.
+    #[serde(skip_serializing_if = "TrainWeights::is_default")]
+    pub train_weights: TrainWeights,
     /// Flush each step's checkpoint, movement and logs to disk (fsync) so a power loss cannot
     /// leave the checkpoint ahead of them. A kill needs no flush; costs a few ms a step on disk.
     pub durable: bool,
@@ -437,8 +448,15 @@ impl Default for SimSettings {
             train_max_pairs: None,
             train_lr: None,
             train_max_prompt: None,
+            train_weights: TrainWeights::Quantized,
             durable: true,
         }
+    }
+}
+
+impl TrainWeights {
+    fn is_default(&self) -> bool {
+        *self == TrainWeights::Quantized
     }
 }
 
@@ -700,6 +718,7 @@ impl SimSettings {
         "train_max_pairs",
         "train_lr",
         "train_max_prompt",
+        "train_weights",
         "durable",
     ];
 
@@ -752,6 +771,7 @@ impl SimSettings {
                 }
                 self.train_max_prompt = Some(n)
             }
+            "train_weights" => self.train_weights = choice(key, v)?,
             "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(ConfigError::UnknownKey { key: key.into(), allowed: SimSettings::KEYS.join(", ") }),
         }

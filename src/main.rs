@@ -39,17 +39,34 @@ enum Command {
     /// Train a LoRA adapter offline from saved preference pairs (TRL conversational JSONL).
     Train {
         /// Preference pairs, TRL conversational JSONL (a sim's preference_pairs.jsonl).
-        #[arg(long)]
-        pairs: PathBuf,
+        #[arg(long, required_unless_present = "plan")]
+        pairs: Option<PathBuf>,
         /// dpo or kto.
         #[arg(long, default_value = "dpo")]
         method: String,
-        /// A llama-family GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+        /// A llama-family GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf); with --plan also a
+        /// preset's name: llama-3.1-8b, llama-3.3-70b.
         #[arg(long)]
         model: PathBuf,
         /// Output folder: adapter_model.safetensors, adapter_config.json, metrics.jsonl.
+        #[arg(long, required_unless_present = "plan")]
+        out: Option<PathBuf>,
+        /// How the frozen base weights are held: quantized, bf16, f32 (default: the config's
+        /// [sim] train_weights, itself quantized by default).
         #[arg(long)]
-        out: PathBuf,
+        weights: Option<String>,
+        /// Instead of training: print the estimated training memory of each weights mode for
+        /// --model (weights, LoRA, optimizer, activations at --seq-len tokens).
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: tokens in one training row (a DPO pair packs prompt, chosen and
+        /// rejected in one row; default: the maximum length, 2304).
+        #[arg(long, requires = "plan")]
+        seq_len: Option<usize>,
+        /// With --plan: the compute precision, f32 (the CPU's) or bf16 (CUDA's; default: this
+        /// build's training device).
+        #[arg(long, requires = "plan")]
+        compute: Option<String>,
         /// Passes over the pairs (default: the method's, as the original's daily training).
         #[arg(long)]
         epochs: Option<usize>,
@@ -71,6 +88,10 @@ enum Command {
         /// A LoRA adapter folder (adapter_model.safetensors, adapter_config.json) to score with.
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// How the frozen base weights are held: quantized, bf16, f32 (default: the config's
+        /// [sim] train_weights).
+        #[arg(long)]
+        weights: Option<String>,
     },
     /// Write the demo's compressed storage: <compressed>/<SIM>/{master_movement.json, meta.json, personas/}.
     Compress {
@@ -363,6 +384,13 @@ struct BenchArgs {
     /// them (gradient checkpointing is on by default).
     #[arg(long, requires = "dpo")]
     no_checkpointing: bool,
+    /// With --dpo: how the frozen base weights are held: quantized, bf16, f32 (default: the
+    /// config's [sim] train_weights).
+    #[arg(long, requires = "dpo")]
+    weights: Option<String>,
+    /// With --dpo: optimizer steps to time.
+    #[arg(long, requires = "dpo", default_value_t = 8)]
+    dpo_steps: usize,
 }
 
 impl BenchArgs {
@@ -419,13 +447,23 @@ fn apply_paths(cfg: &mut Config, p: &PathArgs) {
     }
 }
 
+/// The training base and the model's tokenizer and chat template (no inference copy).
 fn load_for_training(
     gguf: &std::path::Path,
-) -> Result<(propersim::model::llama::Llama, propersim::sim::training::ProviderFormatter)> {
-    let device = propersim::train::pick_device();
-    let model = propersim::model::llama::Llama::load_gguf(gguf, propersim::train::model_dtype(&device), &device)
-        .with_context(|| format!("loading {}", gguf.display()))?;
-    Ok((model, propersim::sim::training::formatter_for(gguf)?))
+    weights: propersim::config::TrainWeights,
+) -> Result<(propersim::model::llama::Llama, propersim::llm::local::ModelText)> {
+    let model = propersim::train::load_base(gguf, weights).with_context(|| format!("loading {}", gguf.display()))?;
+    Ok((model, propersim::llm::local::ModelText::load(gguf)?))
+}
+
+/// `--weights` if given, else the configuration's `[sim] train_weights`.
+fn train_weights(cli_config: Option<&PathBuf>, flag: Option<&str>) -> Result<propersim::config::TrainWeights> {
+    match flag {
+        Some(w) => {
+            w.parse().map_err(|allowed| anyhow::anyhow!("--weights `{w}` is not allowed; choose one of: {allowed}"))
+        }
+        None => Ok(Config::load(cli_config.map(|p| p.as_path()))?.sim.train_weights),
+    }
 }
 
 /// Eight realistic pairs for the DPO benchmark when no pairs file is given.
@@ -684,9 +722,10 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(g) = &a.dpo {
-        let (g, no_checkpointing) = (g.clone(), a.no_checkpointing);
+        let (g, no_checkpointing, steps) = (g.clone(), a.no_checkpointing, a.dpo_steps);
+        let weights = train_weights(cli_config, a.weights.as_deref())?;
         let r = tokio::task::spawn_blocking(move || -> Result<String> {
-            let (model, fmt) = load_for_training(&g)?;
+            let (model, fmt) = load_for_training(&g, weights)?;
             let pairs = propersim::train::data::read_pairs(std::path::Path::new(
                 &std::env::var("PROPERSIM_BENCH_PAIRS").unwrap_or_default(),
             ))
@@ -696,7 +735,8 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
                 gradient_checkpointing: !no_checkpointing,
                 ..propersim::train::TrainConfig::dpo()
             };
-            Ok(format!("{:?}", propersim::train::offline::bench_dpo(&model, &fmt, &pairs, 8, &cfg)?))
+            let report = propersim::train::offline::bench_dpo(&model, &fmt, &pairs, steps, &cfg)?;
+            Ok(serde_json::to_string(&report)?)
         })
         .await??;
         println!("{r}");
@@ -902,8 +942,27 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
-        Command::Train { pairs, method, model, out, epochs, lr, init_adapter } => {
+        Command::Train { pairs, method, model, out, epochs, lr, init_adapter, weights, plan, seq_len, compute } => {
             tokio::task::block_in_place(|| -> Result<()> {
+                if plan {
+                    let compute = match compute.as_deref() {
+                        None => propersim::train::model_dtype(&propersim::train::pick_device()),
+                        Some("f32") => candle_core::DType::F32,
+                        Some("bf16") => candle_core::DType::BF16,
+                        Some(c) => anyhow::bail!("--compute `{c}` is not allowed; choose one of: f32, bf16"),
+                    };
+                    let shape = propersim::train::plan::ModelShape::resolve(&model)?;
+                    let opts = match seq_len {
+                        Some(n) => propersim::train::plan::PlanOptions::with_seq_len(compute, n),
+                        None => propersim::train::plan::PlanOptions::new(compute),
+                    };
+                    print!("{}", propersim::train::plan::render(&shape, &opts)?);
+                    return Ok(());
+                }
+                let (Some(pairs), Some(out)) = (pairs, out) else {
+                    anyhow::bail!("train needs --pairs and --out (or --plan)");
+                };
+                let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
                 let method: propersim::train::Method = method.parse()?;
                 let mut config = propersim::train::TrainConfig::for_method(method);
                 if let Some(e) = epochs {
@@ -912,7 +971,7 @@ async fn main() -> ExitCode {
                 if let Some(l) = lr {
                     config.adam.lr = l;
                 }
-                let (m, fmt) = load_for_training(&model)?;
+                let (m, fmt) = load_for_training(&model, weights)?;
                 let opts = propersim::train::offline::OfflineTrainOptions {
                     pairs,
                     out: out.clone(),
@@ -933,8 +992,9 @@ async fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Score { pairs, model, adapter } => tokio::task::block_in_place(|| -> Result<()> {
-            let (m, fmt) = load_for_training(&model)?;
+        Command::Score { pairs, model, adapter, weights } => tokio::task::block_in_place(|| -> Result<()> {
+            let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
+            let (m, fmt) = load_for_training(&model, weights)?;
             let a = match adapter {
                 Some(dir) => {
                     Some(propersim::train::adapter::load_adapter(&dir, m.config(), m.dtype(), m.device(), false)?)

@@ -339,3 +339,49 @@ fn the_progress_bar_shows_a_plain_rounded_rate() {
         assert!(n == "-" || plain.is_match(n), "rate `{n}` is not a plain rounded number");
     }
 }
+
+#[test]
+fn train_plan_prints_each_weights_mode_and_bad_choices_are_named() {
+    let root = tempfile::tempdir().unwrap();
+    let o =
+        cmd(root.path()).args(["train", "--plan", "--model", "llama-3.3-70b", "--compute", "bf16"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for mode in ["| quantized |", "| bf16 |", "| f32 |"] {
+        assert!(out.contains(mode), "{mode} missing:\n{out}");
+    }
+    // Quantized 70B fits one A100 with its activations; dense bf16 (141 GB of weights) does not.
+    let row = |m: &str| out.lines().find(|l| l.starts_with(m)).unwrap().to_string();
+    assert!(row("| quantized |").ends_with("| fits | fits |"), "{out}");
+    assert!(row("| bf16 |").ends_with("| too big | too big |"), "{out}");
+    // A longer row needs more activation memory.
+    let total = |args: &[&str]| -> f64 {
+        let o = cmd(root.path()).args(["train", "--plan", "--model", "llama-3.1-8b"]).args(args).output().unwrap();
+        let text = stdout(&o);
+        let line = text.lines().find(|l| l.starts_with("| quantized |")).unwrap().to_string();
+        line.split('|').map(str::trim).nth(9).unwrap().parse().unwrap()
+    };
+    assert!(total(&["--seq-len", "4096"]) > total(&["--seq-len", "512"]));
+
+    let e = assert_clear_failure(&cmd(root.path()).args(["train", "--plan", "--model", "gpt-9"]).output().unwrap());
+    assert!(e.contains("llama-3.1-8b") && e.contains("llama-3.3-70b"), "{e}");
+    let e = assert_clear_failure(
+        &cmd(root.path()).args(["train", "--plan", "--model", "llama-3.1-8b", "--compute", "fp8"]).output().unwrap(),
+    );
+    assert!(e.contains("f32, bf16"), "{e}");
+    // A bad mode is refused before any model is read.
+    let e = assert_clear_failure(
+        &cmd(root.path()).args(["bench", "--dpo", "missing.gguf", "--weights", "q3"]).output().unwrap(),
+    );
+    assert!(e.contains("quantized, bf16, f32"), "{e}");
+    let e = assert_clear_failure(
+        &cmd(root.path())
+            .args(["train", "--pairs", "p.jsonl", "--model", "m.gguf", "--out", "o", "--weights", "int4"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("quantized, bf16, f32"), "{e}");
+    // Without --plan, train still needs its pairs and output folder.
+    let o = cmd(root.path()).args(["train", "--model", "m.gguf"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
+}

@@ -40,18 +40,25 @@ fn peft_loads_the_trained_adapter_and_agrees_with_score() {
     assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(adapter.join("adapter_model.safetensors").is_file() && adapter.join("adapter_config.json").is_file());
 
-    let out = Command::new(common::bin())
-        .arg("score")
-        .arg("--pairs")
-        .arg(&pairs)
-        .arg("--model")
-        .arg(&gguf)
-        .arg("--adapter")
-        .arg(&adapter)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
-    let ours = json_lines(&out.stdout);
+    // Scored on the default quantized base (the file's blocks in memory) and on the f32 base
+    // dequantized once: PEFT loads the latter.
+    let score = |weights: &str| {
+        let out = Command::new(common::bin())
+            .arg("score")
+            .arg("--pairs")
+            .arg(&pairs)
+            .arg("--model")
+            .arg(&gguf)
+            .arg("--adapter")
+            .arg(&adapter)
+            .args(["--weights", weights])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
+        json_lines(&out.stdout)
+    };
+    let ours = score("quantized");
+    let ours_f32 = score("f32");
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peft_check.py");
     let out = Command::new(&py)
@@ -75,8 +82,15 @@ fn peft_loads_the_trained_adapter_and_agrees_with_score() {
     assert_eq!(ours.len(), 4, "one line per pair");
     assert_eq!(theirs.len(), 4, "one line per pair");
     let mut moved = 0.0f64;
-    for (a, b) in ours.iter().zip(&theirs) {
+    let (mut gap_f32, mut gap_peft) = (0.0f64, 0.0f64);
+    for ((a, b), d) in ours.iter().zip(&theirs).zip(&ours_f32) {
         println!("propersim {a}\nPEFT      {b}");
+        for k in ["chosen", "rejected", "ref_chosen", "ref_rejected"] {
+            let (x, y, z) = (a[k].as_f64().unwrap(), d[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "{k}: quantized base {x} vs f32 base {y}");
+            gap_f32 = gap_f32.max((x - y).abs());
+            gap_peft = gap_peft.max((x - z).abs() / z.abs().max(1.0));
+        }
         for k in ["chosen_tokens", "rejected_tokens"] {
             assert_eq!(a[k], b[k], "{k}: the same completion tokens");
         }
@@ -86,6 +100,7 @@ fn peft_loads_the_trained_adapter_and_agrees_with_score() {
         }
         moved += (a["chosen"].as_f64().unwrap() - a["ref_chosen"].as_f64().unwrap()).abs();
     }
+    println!("largest log-prob gap: quantized vs f32 base {gap_f32:.2e} (absolute), vs PEFT {gap_peft:.2e} (relative)");
     // Otherwise a PEFT that silently ignored every tensor would agree too.
     assert!(moved > 1.0, "the adapter changed the log-probs by only {moved}");
 }

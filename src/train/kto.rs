@@ -88,6 +88,7 @@ pub fn train_kto(
         bail!("KTO needs batch size ≥ 2 and positive gradient accumulation and epochs");
     }
     let t0 = Instant::now();
+    let c0 = super::offline::cpu_seconds().unwrap_or(0.0);
     adapter.set_dropout(cfg.lora_dropout_in_training);
     let (dt, dev) = (model.dtype(), model.device());
     let mut micros = build_micro_batches(examples, cfg)?;
@@ -98,13 +99,14 @@ pub fn train_kto(
         m.ref_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, None)?;
     }
     let ref_seconds = t0.elapsed().as_secs_f64();
+    let ref_cpu_seconds = super::offline::cpu_seconds().map_or(0.0, |c| c - c0);
 
     let steps_per_epoch = micros.len().div_ceil(cfg.grad_accum);
     let total = (steps_per_epoch * cfg.epochs) as u64;
     let vars = adapter.vars();
     let mut opt = AdamW::new(vars.clone(), cfg.adam.clone())?;
     let mut acc = GradAccumulator::new(vars);
-    let mut summary = TrainSummary { examples: examples.len(), ref_seconds, ..Default::default() };
+    let mut summary = TrainSummary { examples: examples.len(), ref_seconds, ref_cpu_seconds, ..Default::default() };
     let mut st = KtoAcc::default();
     let mut step_start = Instant::now();
     for epoch in 0..cfg.epochs {

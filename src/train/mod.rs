@@ -7,13 +7,14 @@
 //! (KTO 2 × 2), 2 epochs, lr 5e-5 linear to 0, no warmup, clip 1.0, AdamW(0.9, 0.999, 1e-8, wd 0),
 //! dropout off while training, reference = base with the adapter off, computed once per run.
 //!
-//! Memory and speed (SmolLM2-135M-Instruct Q4_1 GGUF, CPU, measured with `bench_dpo`, see
-//! `tests/train.rs::bench_smollm2_dpo`): the dequantized f32 base takes 538 MB (tied embeddings
-//! stored once; the Q4_1 file is 90 MB); LoRA r16 on all 7 projections is 4.88 M parameters
-//! (20 MB, plus 40 MB of AdamW moments); peak RSS of a DPO run on ~60-token pairs is 1.43 GB.
-//! One optimizer step (4 pairs, ~460 tokens) costs ~10.7 CPU-seconds (0.094 steps/s, 43 tokens/s
-//! on one core). On a CPU shared with other work, set `RAYON_NUM_THREADS=1`: multi-threaded
-//! gemm spins and was 2–3× slower per step there.
+//! Memory and speed (SmolLM2-135M-Instruct Q4_1 GGUF, CPU, measured with `propersim bench
+//! --dpo`, debug build, 4 short pairs packed into 72-token rows): the frozen base held quantized
+//! (`train_weights = "quantized"`, the default) takes 97 MB, bf16 269 MB, f32 538 MB (tied
+//! embeddings stored once); LoRA r16 on all 7 projections is 4.88 M parameters (20 MB, plus
+//! 40 MB of gradients and 40 MB of AdamW moments). Peak RSS of the whole process: 0.48 / 0.64 /
+//! 0.79 GB; about 5 CPU-seconds per optimizer step in each mode. `train::plan` estimates these
+//! parts for any model. On a CPU shared with other work, set `RAYON_NUM_THREADS=1`:
+//! multi-threaded gemm spins and was 2–3× slower per step there.
 
 pub mod adapter;
 pub mod data;
@@ -23,12 +24,14 @@ pub mod logprob;
 pub mod mmlu;
 pub mod offline;
 pub mod optim;
+pub mod plan;
 pub mod replay;
 pub mod worker;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::model::llama::{Llama, TrainWeights};
 use crate::model::lora::LoraConfig;
 pub use data::{AppendEos, ChatFormatter, PreferencePair, TokenLimits};
 pub use offline::{bench_dpo, score_pairs, train_offline, BenchReport, OfflineTrainOptions, PairScore};
@@ -156,6 +159,10 @@ pub struct TrainSummary {
     pub tokens: usize,
     pub seconds: f64,
     pub ref_seconds: f64,
+    /// Process CPU time of the reference pass (Linux; 0 elsewhere), so benchmarks can leave it
+    /// out as they leave out its wall time.
+    #[serde(default)]
+    pub ref_cpu_seconds: f64,
 }
 
 /// The device training should use: CUDA when built with `--features cuda` and a GPU is present,
@@ -170,13 +177,21 @@ pub fn pick_device() -> Device {
     Device::Cpu
 }
 
-/// The dtype for the dequantized base on `device`: f32 on the CPU, bf16 on CUDA.
+/// The compute dtype of training on `device` (activations, norms, LoRA math): f32 on the CPU,
+/// bf16 on CUDA. How the frozen weights are stored is [`TrainWeights`]' business.
 pub fn model_dtype(device: &Device) -> candle_core::DType {
     if device.is_cuda() {
         candle_core::DType::BF16
     } else {
         candle_core::DType::F32
     }
+}
+
+/// The training base of a GGUF file on [`pick_device`], its frozen weights held as `weights`
+/// says, computing in [`model_dtype`]. The one place the simulation and the CLI load it.
+pub fn load_base(gguf: &std::path::Path, weights: TrainWeights) -> anyhow::Result<Llama> {
+    let device = pick_device();
+    Ok(Llama::load_gguf_as(gguf, weights, model_dtype(&device), &device)?)
 }
 
 fn default_true() -> bool {

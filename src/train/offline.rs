@@ -152,8 +152,11 @@ pub struct BenchReport {
     pub tokens: usize,
     /// Process CPU time (user + system) over the run: on a shared machine wall time overstates.
     pub cpu_seconds: f64,
-    /// Optimizer steps per CPU-second (≈ steps/s on one dedicated core).
+    /// Optimizer steps per CPU-second of the training loop, the reference pass left out as in
+    /// `steps_per_s` (≈ steps/s on one dedicated core).
     pub steps_per_cpu_s: f64,
+    /// How the frozen base was held.
+    pub train_weights: String,
     pub peak_rss_bytes: u64,
     pub weight_bytes: usize,
     pub lora_params: usize,
@@ -190,7 +193,8 @@ pub fn bench_dpo(
         tokens_per_s: s.tokens as f64 / train_secs,
         tokens: s.tokens,
         cpu_seconds: cpu,
-        steps_per_cpu_s: if cpu > 0.0 { s.steps as f64 / cpu } else { 0.0 },
+        steps_per_cpu_s: if cpu > s.ref_cpu_seconds { s.steps as f64 / (cpu - s.ref_cpu_seconds) } else { 0.0 },
+        train_weights: model.train_weights().to_string(),
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
         weight_bytes: model.weight_bytes(),
         lora_params: adapter.num_params(),

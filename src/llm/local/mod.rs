@@ -111,14 +111,7 @@ impl LocalProvider {
         let mode = LoadMode::from_env_or_auto(&gguf::read_meta(&path)?)?;
         let (model, meta) = QuantizedLm::load(&path, mode)?;
         let tokenizer = Tokenizer::for_model(&meta)?;
-        let template = match (&rc.chat_template, &meta.chat_template) {
-            (Some(t), _) => ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer))
-                .context("the chat_template in the role config")?,
-            (None, Some(t)) => {
-                ChatTemplate::new(t, bos_str(&tokenizer), eos_str(&tokenizer)).context("the model's chat template")?
-            }
-            (None, None) => ChatTemplate::new(template::CHATML, bos_str(&tokenizer), eos_str(&tokenizer))?,
-        };
+        let template = chat_template(rc.chat_template.as_deref(), &meta, &tokenizer)?;
         let max_seq = model.max_seq_len();
         let grammars = Grammars::new(&tokenizer, meta.vocab_size.max(1))?;
         let engine =
@@ -523,6 +516,45 @@ fn fetch_embedder(spec: &str) -> Result<PathBuf> {
              (found automatically), set `model` under [roles.embedding] to a folder with config.json, tokenizer.json and \
              model.safetensors, or run with `--provider scripted`."
         )),
+    }
+}
+
+/// The chat template a role uses: its own `chat_template`, else the model's, else ChatML.
+fn chat_template(own: Option<&str>, meta: &GgufMeta, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    let (bos, eos) = (bos_str(tokenizer), eos_str(tokenizer));
+    match (own, &meta.chat_template) {
+        (Some(t), _) => ChatTemplate::new(t, bos, eos).context("the chat_template in the role config"),
+        (None, Some(t)) => ChatTemplate::new(t, bos, eos).context("the model's chat template"),
+        (None, None) => ChatTemplate::new(template::CHATML, bos, eos),
+    }
+}
+
+/// A GGUF model's tokenizer and chat template without its weights: what offline training and
+/// scoring need to turn messages into token ids. [`LocalProvider`] would also load an inference
+/// copy of the model and start its engine, several times the training base's memory.
+pub struct ModelText {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+impl ModelText {
+    pub fn load(path: &Path) -> Result<ModelText> {
+        let meta = gguf::read_meta(path)?;
+        let tokenizer = Tokenizer::for_model(&meta)?;
+        let template = chat_template(None, &meta, &tokenizer)?;
+        Ok(ModelText { tokenizer, template })
+    }
+}
+
+impl crate::train::data::ChatFormatter for ModelText {
+    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.template.render(msgs, add_generation_prompt)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+    fn eos_id(&self) -> Option<u32> {
+        self.tokenizer.special().eos.as_ref().map(|e| e.0)
     }
 }
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# DPO training benchmark: `propersim bench --dpo` in each `train_weights` mode, then TRL + PEFT
+# (scripts/trl_bench.py) on the same pairs and settings, one thread each, with peak RSS and CPU
+# time from /usr/bin/time. Where the CUDA toolkit is installed it first checks that the
+# `--features cuda` build still compiles.
+#
+#   scripts/bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [PROPERSIM_BINARY]
+#
+# PYTHON (default target/peft-venv/bin/python) must import torch, transformers, peft, gguf, trl and
+# datasets; the test venv has no trl or datasets: `$PYTHON -m pip install --target DIR trl
+# datasets`, delete the torch and transformers that pulls into DIR, and export PYTHONPATH=DIR.
+set -euo pipefail
+gguf=${1:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}
+pairs=${2:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}
+steps=${3:-8}
+bin=${4:-target/release/propersim}
+python=${PYTHON:-target/peft-venv/bin/python}
+cd "$(dirname "$0")/.."
+
+if command -v nvcc >/dev/null; then
+  echo "== cargo check --features cuda"
+  cargo check --features cuda --bin propersim
+else
+  echo "== no nvcc: the --features cuda build is not checked here"
+fi
+
+peak() { grep -E "Maximum resident|User time|System time|Elapsed" "$1"; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for w in quantized bf16 f32; do
+  echo "== propersim, train_weights = $w"
+  RAYON_NUM_THREADS=1 PROPERSIM_BENCH_PAIRS="$pairs" /usr/bin/time -v \
+    "$bin" bench --dpo "$gguf" --weights "$w" --dpo-steps "$steps" 2>"$tmp/$w.txt"
+  peak "$tmp/$w.txt"
+done
+echo "== TRL + PEFT"
+OMP_NUM_THREADS=1 /usr/bin/time -v "$python" scripts/trl_bench.py --gguf "$gguf" --pairs "$pairs" \
+  --steps "$steps" --threads 1 2>"$tmp/trl.txt" | tail -1
+peak "$tmp/trl.txt"
