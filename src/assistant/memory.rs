@@ -7,10 +7,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::fmt_prompt_time;
 use crate::config::MemoryLevel;
 use crate::memory::structured::Block;
 use crate::memory::{Interaction, StructuredMemory};
-use crate::sim::clock::fmt_prompt_time;
 
 /// One remembered interaction (the all-time log, `state/assistant_memory.jsonl`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

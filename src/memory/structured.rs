@@ -142,7 +142,7 @@ impl StructuredMemory {
         if !self.hour.is_empty() {
             out.push_str("This hour so far:\n");
             for e in &self.hour {
-                out.push_str(&format!("{}\n{}\n", crate::sim::clock::fmt_prompt_time(e.time), e.text));
+                out.push_str(&format!("{}\n{}\n", crate::clock::fmt_prompt_time(e.time), e.text));
             }
         }
         if out.is_empty() {
@@ -162,7 +162,7 @@ impl StructuredMemory {
         if !earlier.is_empty() {
             out.push_str("Latest recommendations before this hour:\n");
             for e in earlier {
-                out.push_str(&format!("{}\n{}\n", crate::sim::clock::fmt_prompt_time(e.time), e.text));
+                out.push_str(&format!("{}\n{}\n", crate::clock::fmt_prompt_time(e.time), e.text));
             }
         }
         out

@@ -13,13 +13,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::clock::{fmt_curr_time, Clock};
 use super::hooks::DayHook;
 use super::movement::{movement_json, PersonaEntry};
 use super::turn::{turn, Moment};
 use crate::assistant::memory::{load_log, record_text, Record};
 use crate::assistant::records::pairs_file;
 use crate::assistant::AssistantMemory;
+use crate::clock::{fmt_curr_time, Clock};
 use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};

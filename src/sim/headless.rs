@@ -124,7 +124,7 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
         }
         bar.inc(1);
         if engine.next_step.is_multiple_of(24) {
-            bar.set_message(super::clock::fmt_curr_time(engine.clock.time(engine.next_step)));
+            bar.set_message(crate::clock::fmt_curr_time(engine.clock.time(engine.next_step)));
         }
     }
     bar.finish_and_clear();

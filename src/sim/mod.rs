@@ -1,6 +1,5 @@
 //! The simulation loop and its drivers.
 
-pub mod clock;
 pub mod engine;
 pub mod experiment;
 pub mod follow;

@@ -45,7 +45,7 @@ pub fn describe(cfg: &Config, seed: Option<u64>, previous: Option<&RunInfo>) -> 
     }
     let now = run::now();
     Ok(RunInfo {
-        program: Program::current(),
+        program: program(),
         created: Some(now.clone()),
         updated: now,
         seed: seed.unwrap_or(cfg.sim.seed),
@@ -58,6 +58,16 @@ pub fn describe(cfg: &Config, seed: Option<u64>, previous: Option<&RunInfo>) -> 
 
 /// The file whose bytes decide a local role's answers: the GGUF of a chat role; for the
 /// embedding role its zip, or the weights in its folder.
+/// This binary: its package version and the git commit `build.rs` embedded ("unknown" for a build
+/// outside a git checkout, e.g. Docker).
+pub fn program() -> Program {
+    Program {
+        name: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: option_env!("PROPERSIM_GIT_COMMIT").unwrap_or("unknown").into(),
+    }
+}
+
 fn local_model_file(spec: &str, role: Role) -> Result<std::path::PathBuf> {
     if role != Role::Embedding {
         return crate::llm::local::resolve_gguf(spec, role);

@@ -14,8 +14,8 @@ use super::plan_tasks::{
     ChoosePlace, DailyPlan, Decompose, Emoji, HourlySchedule, Poignancy, ReviseStatus, WakeUpHour,
 };
 use super::profile::{content_words, Profile, Scratch};
+use crate::clock::{fmt_curr_time, minute_of_day};
 use crate::llm::Llm;
-use crate::sim::clock::{fmt_curr_time, minute_of_day};
 use crate::world::maze::Maze;
 use crate::world::path::nearest_reachable;
 use crate::world::spatial::SpatialMemory;

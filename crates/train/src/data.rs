@@ -18,19 +18,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::logprob::Sequence;
+pub use crate::llm::ChatFormatter;
 use crate::llm::Message;
-
-/// Turns chat messages into model tokens (a chat template plus a tokenizer).
-pub trait ChatFormatter: Send + Sync {
-    /// Render messages with the model's chat template.
-    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String>;
-    /// Tokenize text without adding special tokens (the template already has them).
-    fn encode(&self, text: &str) -> Result<Vec<u32>>;
-    /// The tokenizer's EOS id, which TRL appends to completions; `None`: nothing is appended.
-    fn eos_id(&self) -> Option<u32> {
-        None
-    }
-}
 
 /// Whether the tokenizer's EOS follows a completion (TRL 0.19 tokenization).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,8 +269,8 @@ mod tests {
         assert_eq!(tok(AppendEos::Always)?, vec![o, k, 7, 7]);
         assert_eq!(tok(AppendEos::IfMissing)?, vec![o, k, 7]);
         // The training configurations: DPO always, KTO if missing.
-        assert_eq!(crate::train::TrainConfig::dpo().limits.append_eos, AppendEos::Always);
-        assert_eq!(crate::train::TrainConfig::kto().limits.append_eos, AppendEos::IfMissing);
+        assert_eq!(crate::TrainConfig::dpo().limits.append_eos, AppendEos::Always);
+        assert_eq!(crate::TrainConfig::kto().limits.append_eos, AppendEos::IfMissing);
         Ok(())
     }
 

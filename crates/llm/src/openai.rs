@@ -171,7 +171,7 @@ impl ChatProvider for OpenAiProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{Message, Sampling};
+    use crate::{Message, Sampling};
 
     #[test]
     fn body_sends_extras_only_when_set() {
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(b["temperature"], 0.5);
         assert!(b.get("response_format").is_none());
         let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
-        req.schema = Some(crate::llm::AnswerSchema { name: "t".into(), schema: schema.clone() });
+        req.schema = Some(crate::AnswerSchema { name: "t".into(), schema: schema.clone() });
         let rf = &chat_body(&req)["response_format"];
         assert_eq!(
             (&rf["type"], &rf["json_schema"]["name"], &rf["json_schema"]["schema"]),

@@ -126,5 +126,5 @@ impl Providers {
 
 /// The single place where `provider = "local"` is built.
 fn build_local(rc: &RoleConfig, role: Role) -> Result<Arc<dyn ChatProvider>> {
-    Ok(Arc::new(crate::llm::local::LocalProvider::new(rc, role)?))
+    Ok(Arc::new(crate::local::LocalProvider::new(rc, role)?))
 }

@@ -16,6 +16,11 @@
 //! parts for any model. On a CPU shared with other work, set `RAYON_NUM_THREADS=1`:
 //! multi-threaded gemm spins and was 2–3× slower per step there.
 
+// The lower crates under the names the modules use (`crate::config`, `crate::llm`).
+use propersim_core::{config, storage};
+use propersim_llm as llm;
+use propersim_model as model;
+
 pub mod adapter;
 pub mod data;
 pub mod dpo;

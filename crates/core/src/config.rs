@@ -889,7 +889,7 @@ mod tests {
     fn example_config_shows_the_assistant_defaults_that_run() {
         // Uncomment the settings of the `[roles.assistant]` example in propersim.toml: they are
         // what the assistant runs with no table.
-        let text = include_str!("../propersim.toml");
+        let text = include_str!("../../../propersim.toml");
         let mut table = String::from("[roles.assistant]\n");
         let mut inside = false;
         for line in text.lines() {
@@ -913,7 +913,7 @@ mod tests {
     #[test]
     fn the_readmes_toml_examples_are_valid_configurations() {
         // The provider examples use only real keys and name every API role's model.
-        let text = include_str!("../README.md");
+        let text = include_str!("../../../README.md");
         let blocks: Vec<&str> =
             text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default()).collect();
         assert!(blocks.len() >= 4, "{} blocks", blocks.len());

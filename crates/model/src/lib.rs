@@ -1,6 +1,8 @@
 //! Language-model forward passes that inference and training share.
 
 use candle_core::Tensor;
+// The base crate under the name the modules use (`crate::config`).
+use propersim_core::config;
 
 pub mod llama;
 pub mod lora;

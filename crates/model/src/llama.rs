@@ -6,7 +6,7 @@
 //! the whole completion and gradients into LoRA adapters, so this file uses `rms_norm_slow`,
 //! `ops::softmax`, `rope_i_slow`, explicit attention and plain matmuls on dense (dequantized)
 //! weights. Weights follow the GGUF layout: q/k rows are permuted for *interleaved* RoPE, which is
-//! why we use `rope_i_slow` (see `crate::train::adapter` for the conversion to PEFT's HF layout).
+//! why we use `rope_i_slow` (see `propersim_train::adapter` for the conversion to PEFT's HF layout).
 //!
 //! The same base serves inference through [`LlamaSession`] (KV cache, [`CausalLm`]) with the
 //! current adapter applied, so the trained adapter is what the assistant samples from.

@@ -6,7 +6,7 @@
 use anyhow::{anyhow, Result};
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 
-use crate::llm::Message;
+use crate::Message;
 
 /// ChatML, used when a model ships no template (many small instruct models speak it).
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";

@@ -2,6 +2,10 @@
 //! typed value, and has a fallback. Providers only move text. [`Llm`] routes a task to its role's
 //! provider, retries bad replies, and records each call.
 
+// The lower crates under the names the modules use (`crate::config`, `crate::model`).
+use propersim_core::{config, storage};
+use propersim_model as model;
+
 pub mod cache;
 pub mod cli;
 pub mod client;
@@ -39,6 +43,19 @@ impl Message {
     }
     pub fn assistant(c: impl Into<String>) -> Self {
         Message { role: "assistant".into(), content: c.into() }
+    }
+}
+
+/// Turns chat messages into model tokens (a chat template plus a tokenizer): what training and
+/// scoring need from a model besides its weights.
+pub trait ChatFormatter: Send + Sync {
+    /// Render messages with the model's chat template.
+    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> anyhow::Result<String>;
+    /// Tokenize text without adding special tokens (the template already has them).
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>>;
+    /// The tokenizer's EOS id, which TRL appends to completions; `None`: nothing is appended.
+    fn eos_id(&self) -> Option<u32> {
+        None
     }
 }
 

@@ -17,7 +17,7 @@ pub use sim::{EnvTile, Environment, Meta, SimDir};
 
 /// Names of the folders under `root` that are valid sim-style names and hold `file`, sorted
 /// (none when `root` does not exist): how sweeps and experiments are listed.
-pub(crate) fn folders_holding(root: &std::path::Path, file: &str) -> anyhow::Result<Vec<String>> {
+pub fn folders_holding(root: &std::path::Path, file: &str) -> anyhow::Result<Vec<String>> {
     use anyhow::Context;
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(root) {

@@ -240,7 +240,7 @@ impl ChatProvider for GeminiProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{Message, Sampling};
+    use crate::{Message, Sampling};
 
     #[test]
     fn schemas_become_gemini_response_schemas() {
@@ -250,7 +250,7 @@ mod tests {
             model: "gemini-2.0-flash".into(),
             messages: vec![Message::user("hi")],
             sampling: Sampling::default(),
-            schema: Some(crate::llm::AnswerSchema { name: "t".into(), schema }),
+            schema: Some(crate::AnswerSchema { name: "t".into(), schema }),
         };
         let gc = &generate_body(&req)["generationConfig"];
         assert_eq!(gc["responseMimeType"], "application/json");

@@ -10,7 +10,7 @@
 //! only. [`gguf::LoadMode`] converts at load: `q8_0` (re-quantized, AVX2 kernel), `f32`
 //! (dequantized, dense gemm), or `dual`: both copies, with our own llama/qwen2 forward
 //! ([`quantized`]) using f32 for prompt passes and Q8_0 for one-token decode steps.
-//! Measured with `crate::bench_llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64 greedy
+//! Measured with `propersim bench --llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64 greedy
 //! tokens, best of 3) on a 2-core AVX-512 box shared with other jobs (load average ≈ 8), one
 //! candle thread (`RAYON_NUM_THREADS=1`), tokens/s:
 //!
@@ -546,7 +546,7 @@ impl ModelText {
     }
 }
 
-impl crate::train::data::ChatFormatter for ModelText {
+impl crate::ChatFormatter for ModelText {
     fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
         self.template.render(msgs, add_generation_prompt)
     }
