@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::llm::local::{ChatTemplate, Engine, EngineOptions, LoadMode, QuantizedLm, SamplingParams, Tokenizer};
+use crate::llm::local::{
+    ChatTemplate, EngineOptions, InferenceEngine, LoadMode, QuantizedLm, SamplingParams, Tokenizer,
+};
 use crate::llm::Message;
 
 /// Prompt length in tokens (about one assistant-step prompt of the simulation).
@@ -76,7 +78,7 @@ pub struct BatchRow {
     pub mean_batch: f64,
 }
 
-fn bench_prefix(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result<PrefixRow> {
+fn bench_prefix(engine: &InferenceEngine, ids: &[u32], params: &SamplingParams) -> Result<PrefixRow> {
     use std::sync::atomic::Ordering;
     let requests = 12;
     let params = SamplingParams { max_new_tokens: 8, ..params.clone() };
@@ -106,7 +108,7 @@ fn bench_prefix(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result
     })
 }
 
-fn bench_batch(engine: &Engine, ids: &[u32], params: &SamplingParams) -> Result<BatchRow> {
+fn bench_batch(engine: &InferenceEngine, ids: &[u32], params: &SamplingParams) -> Result<BatchRow> {
     use std::sync::atomic::Ordering;
     let prompts: Vec<Vec<u32>> = (0..BENCH_BATCH)
         .map(|i| {
@@ -226,7 +228,7 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
         // Through the engine, as the simulation runs it (the dual model batched), with the
         // prefix cache off so that every repeat computes its whole prompt.
         let options = EngineOptions { prefix_cache_bytes: 0, ..EngineOptions::default() };
-        let engine = Engine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
+        let engine = InferenceEngine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
         // Warm-up: allocations, page faults, thread pools.
         engine.generate_blocking(
             ids[..16.min(ids.len())].to_vec(),
@@ -265,7 +267,7 @@ pub fn bench_llm_modes(gguf: &Path, modes: &[LoadMode]) -> Result<BenchReport> {
             drop(engine);
             let (model, _) = QuantizedLm::load(gguf, mode)?;
             let options = EngineOptions { prefix_cache_bytes: BENCH_CACHE_MB << 20, ..EngineOptions::default() };
-            let engine = Engine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
+            let engine = InferenceEngine::with_options(model.into_engine_model(), Vec::new(), max_seq, options)?;
             prefix = Some(bench_prefix(&engine, &ids, &params)?);
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use propersim::config::{Config, ProviderKind};
+use propersim::config::{Config, ProviderKind, TrainMethod};
 use propersim::sim::setup::{ensure_assets, open_engine, open_engine_with, Open, OpenOptions};
 
 #[derive(Parser)]
@@ -963,8 +963,10 @@ async fn main() -> ExitCode {
                     anyhow::bail!("train needs --pairs and --out (or --plan)");
                 };
                 let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
-                let method: propersim::train::Method = method.parse()?;
-                let mut config = propersim::train::TrainConfig::for_method(method);
+                let method: TrainMethod = method
+                    .parse()
+                    .map_err(|allowed| anyhow::anyhow!("unknown --method {method:?}: choose one of {allowed}"))?;
+                let mut config = propersim::train::TrainConfig::for_method(method)?;
                 if let Some(e) = epochs {
                     config.epochs = e;
                 }

@@ -21,7 +21,7 @@ use propersim::train::logprob::{completion_grads, completion_logps, Batch, Seque
 use propersim::train::mmlu::{self, MmluOptions, TextCodec};
 use propersim::train::replay::{ReplayBuffer, ReplayMode};
 use propersim::train::worker::{TrainJob, TrainWorker, WorkerSetup};
-use propersim::train::{adapter, score_pairs, Method, StepMetrics, TrainConfig};
+use propersim::train::{adapter, score_pairs, StepMetrics, TrainConfig, TrainMethod};
 
 // ---------------------------------------------------------------- tiny model helpers
 
@@ -454,8 +454,8 @@ fn cached_forward_matches_full_forward() -> Result<()> {
 
 // ---------------------------------------------------------------- 3. DPO / KTO
 
-fn toy_cfg(method: Method) -> TrainConfig {
-    let mut c = TrainConfig::for_method(method);
+fn toy_cfg(method: TrainMethod) -> TrainConfig {
+    let mut c = TrainConfig::for_method(method).unwrap();
     c.lora = small_lora();
     c.adam.lr = 2e-2;
     c.epochs = 6;
@@ -472,7 +472,7 @@ fn margins(model: &Llama, ad: Option<&LoraAdapter>, pairs: &[PreferencePair]) ->
 fn dpo_starts_at_ln2_and_learns_a_separable_preference() -> Result<()> {
     let model = tiny_llama(DType::F32, 5, true);
     let pairs = toy_pairs();
-    let cfg = toy_cfg(Method::Dpo);
+    let cfg = toy_cfg(TrainMethod::Dpo);
     let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, cfg.seed)?;
     let mut steps: Vec<StepMetrics> = Vec::new();
     let summary = propersim::train::offline::train_pairs(&model, &ad, &ByteChat, &pairs, &cfg, &mut |m| {
@@ -503,7 +503,7 @@ fn dpo_starts_at_ln2_and_learns_a_separable_preference() -> Result<()> {
 #[test]
 fn dpo_label_smoothing_changes_the_loss_but_still_starts_at_ln2() -> Result<()> {
     let model = tiny_llama(DType::F32, 5, true);
-    let mut cfg = toy_cfg(Method::Dpo);
+    let mut cfg = toy_cfg(TrainMethod::Dpo);
     cfg.label_smoothing = 0.2;
     cfg.epochs = 1;
     let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, 1)?;
@@ -520,7 +520,7 @@ fn dpo_label_smoothing_changes_the_loss_but_still_starts_at_ln2() -> Result<()> 
 fn kto_starts_at_half_and_learns_with_a_kl_term() -> Result<()> {
     let model = tiny_llama(DType::F32, 6, true);
     let pairs = toy_pairs();
-    let mut cfg = toy_cfg(Method::Kto);
+    let mut cfg = toy_cfg(TrainMethod::Kto);
     cfg.kto_undesirable_weight = 1.5;
     let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, cfg.seed)?;
     let mut steps: Vec<StepMetrics> = Vec::new();
@@ -550,7 +550,7 @@ fn kto_starts_at_half_and_learns_with_a_kl_term() -> Result<()> {
 #[test]
 fn kto_filters_no_recommendation_and_needs_two_examples() -> Result<()> {
     let model = tiny_llama(DType::F32, 6, true);
-    let cfg = toy_cfg(Method::Kto);
+    let cfg = toy_cfg(TrainMethod::Kto);
     let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, 1)?;
     // One pair whose rejected side is filtered: a single example is left, which KTO refuses.
     let pairs = vec![pair("ab", "yes", "{\"Suggestion\": No Recommendation}")];
@@ -566,10 +566,10 @@ fn kto_filters_no_recommendation_and_needs_two_examples() -> Result<()> {
 fn replay_equally_uses_everything_until_n_then_samples_n() {
     let mut rb = ReplayBuffer::new();
     let day1: Vec<u32> = (0..150).collect();
-    let set = rb.select(ReplayMode::Equally(200), day1.clone(), 42);
+    let set = rb.select(ReplayMode::Equally200, day1.clone(), 42);
     assert_eq!(set, day1);
     let day2: Vec<u32> = (1000..1100).collect();
-    let set = rb.select(ReplayMode::Equally(200), day2.clone(), 42);
+    let set = rb.select(ReplayMode::Equally200, day2.clone(), 42);
     assert_eq!(rb.all_time.len(), 250);
     assert_eq!(set.len(), 200);
     let uniq: std::collections::HashSet<_> = set.iter().collect();
@@ -578,14 +578,14 @@ fn replay_equally_uses_everything_until_n_then_samples_n() {
     assert!(set.iter().any(|x| *x >= 1000) && set.iter().any(|x| *x < 1000), "today and the past both eligible");
     // Seeded: the same state and seed give the same draw; another seed another.
     let mut rb2 = ReplayBuffer::new();
-    rb2.select(ReplayMode::Equally(200), day1.clone(), 42);
-    assert_eq!(rb2.select(ReplayMode::Equally(200), day2.clone(), 42), set);
+    rb2.select(ReplayMode::Equally200, day1.clone(), 42);
+    assert_eq!(rb2.select(ReplayMode::Equally200, day2.clone(), 42), set);
     let mut rb3 = ReplayBuffer::new();
-    rb3.select(ReplayMode::Equally(200), day1, 42);
-    assert_ne!(rb3.select(ReplayMode::Equally(200), day2, 43), set);
+    rb3.select(ReplayMode::Equally200, day1, 42);
+    assert_ne!(rb3.select(ReplayMode::Equally200, day2, 43), set);
     // equally400 with 250 pairs: all of them.
     let mut rb4 = ReplayBuffer { all_time: (0..200u32).collect() };
-    assert_eq!(rb4.select(ReplayMode::Equally(400), (500..550).collect(), 1).len(), 250);
+    assert_eq!(rb4.select(ReplayMode::Equally400, (500..550).collect(), 1).len(), 250);
 }
 
 #[test]
@@ -686,7 +686,7 @@ fn worker_publishes_new_versions_while_the_caller_runs_and_reports_failures() ->
     let mut session = LlamaSession::following(model.clone(), slot.clone());
     assert_eq!(session.adapter_version(), 0);
     let dir = tempfile::tempdir()?;
-    let mut cfg = toy_cfg(Method::Dpo);
+    let mut cfg = toy_cfg(TrainMethod::Dpo);
     cfg.epochs = 2;
     let job = |day: u32, pairs: Vec<PreferencePair>| TrainJob {
         day,
@@ -1082,7 +1082,7 @@ fn train_offline_writes_adapter_and_metrics_and_score_prints_json_lines() -> Res
         text += "\n";
     }
     std::fs::write(&pairs_path, text)?;
-    let mut cfg = toy_cfg(Method::Dpo);
+    let mut cfg = toy_cfg(TrainMethod::Dpo);
     cfg.epochs = 1;
     let opts = propersim::train::OfflineTrainOptions {
         pairs: pairs_path.clone(),
@@ -1142,7 +1142,7 @@ async fn worker_results_can_be_awaited_without_blocking_async_tasks() -> Result<
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     });
-    let mut cfg = toy_cfg(Method::Kto);
+    let mut cfg = toy_cfg(TrainMethod::Kto);
     cfg.epochs = 1;
     worker.submit(TrainJob { day: 2, pairs: toy_pairs(), config: cfg, adapter_dir: None, metrics_path: None })?;
     let res = worker.next_result().await.expect("a result").map_err(|e| anyhow::anyhow!(e))?;
@@ -1168,7 +1168,7 @@ fn workers_sharing_a_queue_wait_their_turn() -> Result<()> {
         base_model_name: "tiny".into(),
         queue: Some(queue.clone()),
     })?;
-    let mut cfg = toy_cfg(Method::Dpo);
+    let mut cfg = toy_cfg(TrainMethod::Dpo);
     cfg.epochs = 1;
     let held = queue.lock().unwrap();
     worker.submit(TrainJob { day: 1, pairs: toy_pairs(), config: cfg, adapter_dir: None, metrics_path: None })?;

@@ -4,21 +4,35 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::llm::Message;
+pub use crate::train::data::PreferencePair;
 use crate::user::evaluator::DimScore;
 
-/// One preference pair. `prompt`/`chosen`/`rejected` are TRL's keys; the rest are ours.
+/// What a step's pair records besides TRL's `prompt`/`chosen`/`rejected` (the trainer keeps these
+/// as the pair's `extra`, so the file round-trips).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PreferencePair {
-    pub prompt: Vec<Message>,
-    pub chosen: Vec<Message>,
-    pub rejected: Vec<Message>,
+pub struct PairDetails {
     pub chosen_score: f64,
     pub rejected_score: f64,
     pub chosen_reason: String,
     pub rejected_reason: String,
     pub step: u64,
     pub curr_time: String,
+}
+
+impl PairDetails {
+    /// The pair these details follow on its line.
+    pub fn pair(
+        self,
+        prompt: Vec<crate::llm::Message>,
+        chosen: Vec<crate::llm::Message>,
+        rejected: Vec<crate::llm::Message>,
+    ) -> PreferencePair {
+        let extra = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => unreachable!("a struct of numbers and strings serializes to an object"),
+        };
+        PreferencePair { prompt, chosen, rejected, extra }
+    }
 }
 
 /// One evaluated step (`records.jsonl`).

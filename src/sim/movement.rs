@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::user::agent::Tile;
+use crate::world::Pos;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PersonaEntry {
@@ -21,7 +21,7 @@ pub struct PersonaEntry {
 
 impl PersonaEntry {
     /// The user's entry: no assistant fields (the original wrote stale ones here).
-    pub fn user(at: [i64; 2], emoji: String, description: String, walked: &[Tile]) -> PersonaEntry {
+    pub fn user(at: [i64; 2], emoji: String, description: String, walked: &[Pos]) -> PersonaEntry {
         PersonaEntry {
             movement: at,
             pronunciatio: Some(emoji),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use super::hooks::DayHook;
-use crate::config::{Config, ConfigError, ProviderKind, ReplayBuffer as ReplayChoice, Role, TrainMethod, TrainWeights};
+use crate::config::{Config, ConfigError, ProviderKind, ReplayMode, Role, TrainMethod, TrainWeights};
 use crate::llm::local::LocalProvider;
 use crate::llm::vllm::{lora_name, LoraServer};
 use crate::llm::{Llm, Message};
@@ -23,9 +23,9 @@ use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
 use crate::report::live::MetricsLog;
 use crate::train::data::{read_pairs, ChatFormatter, PreferencePair};
-use crate::train::replay::{ReplayBuffer, ReplayMode};
+use crate::train::replay::ReplayBuffer;
 use crate::train::worker::{JobResult, TrainJob, TrainWorker, WorkerSetup};
-use crate::train::{adapter, Method, TrainConfig};
+use crate::train::{adapter, TrainConfig};
 
 /// The local model's own chat template and tokenizer, as the trainer needs them.
 pub struct ProviderFormatter(pub Arc<LocalProvider>);
@@ -70,7 +70,7 @@ struct Mmlu {
 pub struct Training {
     worker: TrainWorker,
     mmlu: Option<Mmlu>,
-    method: Method,
+    method: TrainMethod,
     replay: ReplayBuffer<PreferencePair>,
     mode: ReplayMode,
     seed: u64,
@@ -145,18 +145,15 @@ impl TrainShare {
 /// Attach training to the assistant's local model, if the configuration asks for it. Returns
 /// the LLM client (with the assistant's provider following the adapter slot) and the hook.
 pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Result<(Llm, Option<Training>)> {
-    let method = match cfg.sim.train_method {
-        TrainMethod::None => {
-            if cfg.sim.daily_mmlu {
-                eprintln!(
-                    "note: daily_mmlu checks the trained assistant; with train_method = none this run does not check."
-                );
-            }
-            return Ok((llm, None));
+    let method = cfg.sim.train_method;
+    if method == TrainMethod::None {
+        if cfg.sim.daily_mmlu {
+            eprintln!(
+                "note: daily_mmlu checks the trained assistant; with train_method = none this run does not check."
+            );
         }
-        TrainMethod::Dpo => Method::Dpo,
-        TrainMethod::Kto => Method::Kto,
-    };
+        return Ok((llm, None));
+    }
     let rc = cfg.role(Role::Assistant);
     // The model training runs on: the assistant's own (local), or `train_base`, the same base
     // model as the vLLM server's (remote).
@@ -237,11 +234,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
             replay.all_time.extend(read_pairs(&p)?);
         }
     }
-    let mode = match cfg.sim.replay_buffer {
-        ReplayChoice::Equally200 => ReplayMode::Equally(200),
-        ReplayChoice::Equally400 => ReplayMode::Equally(400),
-        ReplayChoice::HalfToday => ReplayMode::HalfToday,
-    };
+    let mode = cfg.sim.replay_buffer;
     // Like the original, day 1 starts with a check of the base model (unless a resumed run
     // already has it).
     let base_mmlu_due = mmlu.is_some() && version == 0 && mmlu_day_missing(&sim_root.join(MMLU_FILE), 1)?;
@@ -379,7 +372,7 @@ impl DayHook for Training {
         }
         let adapter_day = day as u32 + 1;
         let dir = adapter::day_dir(&self.adapters, adapter_day);
-        let mut config = TrainConfig::for_method(self.method);
+        let mut config = TrainConfig::for_method(self.method)?;
         config.epochs = self.epochs;
         if let Some(lr) = self.lr {
             config.adam.lr = lr;

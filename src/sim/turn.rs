@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::assistant::memory::TOP_K;
 use crate::assistant::prompt;
-use crate::assistant::records::{InteractionRecord, PreferencePair};
+use crate::assistant::records::{InteractionRecord, PairDetails, PreferencePair};
 use crate::assistant::suggest::{Answer, Suggest};
 use crate::assistant::AssistantMemory;
 use crate::clock::{fmt_curr_time, fmt_prompt_time};
@@ -174,17 +174,19 @@ pub async fn turn(
         } else {
             system.clone()
         };
-        Some(PreferencePair {
-            prompt: vec![Message::system(train_system), Message::user(user.clone())],
-            chosen: vec![answer(w)],
-            rejected: vec![answer(l)],
+        let details = PairDetails {
             chosen_score: judgements[w].total,
             rejected_score: judgements[l].total,
             chosen_reason: judgements[w].reason.clone(),
             rejected_reason: judgements[l].reason.clone(),
             step: m.step,
             curr_time: fmt_curr_time(m.now),
-        })
+        };
+        Some(details.pair(
+            vec![Message::system(train_system), Message::user(user.clone())],
+            vec![answer(w)],
+            vec![answer(l)],
+        ))
     } else {
         None
     };

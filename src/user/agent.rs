@@ -19,8 +19,7 @@ use crate::llm::Llm;
 use crate::world::maze::Maze;
 use crate::world::path::nearest_reachable;
 use crate::world::spatial::SpatialMemory;
-
-pub type Tile = (usize, usize);
+use crate::world::Pos;
 
 /// The action the user is doing now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,12 +36,12 @@ pub struct Action {
 /// Everything about the user that changes during a run (checkpointed every step).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct UserState {
-    pub tile: Tile,
+    pub tile: Pos,
     pub day: Option<DayPlan>,
     pub status: String,
     pub action: Option<Action>,
     /// Tiles still to walk, next first.
-    pub path: Vec<Tile>,
+    pub path: Vec<Pos>,
     pub actions_today: Vec<String>,
     pub actions_yesterday: Vec<String>,
 }
@@ -50,9 +49,9 @@ pub struct UserState {
 /// What the user did this step, for the movement file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserStep {
-    pub tile: Tile,
+    pub tile: Pos,
     /// Tiles walked this step, starting tile included (one entry when standing still).
-    pub walked: Vec<Tile>,
+    pub walked: Vec<Pos>,
     pub emoji: String,
     pub description: String,
     /// The action alone (a decomposed block's subtask), as the assistant sees it.
@@ -70,8 +69,8 @@ pub struct UserAgent {
     pub spatial: SpatialMemory,
     pub memory: AssociativeMemory,
     pub state: UserState,
-    /// Tile of the last perception (not saved: perceiving again after a resume is harmless).
-    perceived_from: Option<Tile>,
+    /// Pos of the last perception (not saved: perceiving again after a resume is harmless).
+    perceived_from: Option<Pos>,
 }
 
 impl UserAgent {
@@ -130,7 +129,7 @@ impl UserAgent {
         llm: &Llm,
         maze: &Maze,
         now: NaiveDateTime,
-        tile: Tile,
+        tile: Pos,
         tiles_per_step: usize,
     ) -> Result<UserStep> {
         self.state.tile = tile;
@@ -277,7 +276,7 @@ impl UserAgent {
         self.memory.add("event", &created, None, (&self.profile.name, "is", &desc), &event, poignancy, kw, emb);
         self.state.actions_today.push(desc.clone());
 
-        let targets: Vec<Tile> = maze.address_tiles(&address).to_vec();
+        let targets: Vec<Pos> = maze.address_tiles(&address).to_vec();
         self.state.path = match nearest_reachable(maze, self.state.tile, &targets) {
             Some((_, path)) => path.into_iter().skip(1).collect(),
             None => Vec::new(),

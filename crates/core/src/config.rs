@@ -119,8 +119,8 @@ choice!(
     /// Probability (percent) that the first ranking candidate is forced to "No Recommendation".
     NoRecRatio { P0 => ["0", "norec0"], P30 => ["30", "norec30"], P70 => ["70", "norec70"], P100 => ["100", "norec100"] });
 choice!(
-    /// Which past preference pairs join each day's training set.
-    ReplayBuffer { Equally200 => ["equally200"], Equally400 => ["equally400"], HalfToday => ["halftoday"] });
+    /// Which past preference pairs join each day's training set (`replay_buffer`).
+    ReplayMode { Equally200 => ["equally200"], Equally400 => ["equally400"], HalfToday => ["halftoday"] });
 choice!(
     /// How the frozen base weights are held in memory while training: `quantized` keeps the
     /// GGUF file's blocks and expands one matrix at a time for each use (the file's size; the
@@ -174,12 +174,13 @@ impl MemoryLevel {
     }
 }
 
-impl ReplayBuffer {
+impl ReplayMode {
+    /// `equallyN`: at most N pairs drawn from all days; `None` for `halftoday`.
     pub fn size(self) -> Option<usize> {
         match self {
-            ReplayBuffer::Equally200 => Some(200),
-            ReplayBuffer::Equally400 => Some(400),
-            ReplayBuffer::HalfToday => None,
+            ReplayMode::Equally200 => Some(200),
+            ReplayMode::Equally400 => Some(400),
+            ReplayMode::HalfToday => None,
         }
     }
 }
@@ -381,7 +382,7 @@ pub struct SimSettings {
     /// 13. drive from a browser (true) or headless (false).
     pub visualization: bool,
     /// 14. equally200 / equally400 / halftoday.
-    pub replay_buffer: ReplayBuffer,
+    pub replay_buffer: ReplayMode,
     /// 15. the user rewrites low-scoring suggestions and the pair is suggestion vs revision.
     pub user_revision: bool,
     /// 16. run the MMLU check on each day's model: the base on day 1, then after each training.
@@ -436,7 +437,7 @@ impl Default for SimSettings {
             evaluation: Evaluation::Separate,
             forced_norec_ratio: NoRecRatio::P0,
             visualization: false,
-            replay_buffer: ReplayBuffer::Equally200,
+            replay_buffer: ReplayMode::Equally200,
             user_revision: false,
             daily_mmlu: false,
             seed: 42,

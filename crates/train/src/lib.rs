@@ -36,35 +36,17 @@ pub mod worker;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::TrainMethod;
 use crate::model::llama::{Llama, TrainWeights};
 use crate::model::lora::LoraConfig;
 pub use data::{AppendEos, ChatFormatter, PreferencePair, TokenLimits};
 pub use offline::{bench_dpo, score_pairs, train_offline, BenchReport, OfflineTrainOptions, PairScore};
 pub use optim::AdamWConfig;
 
-/// The preference-optimization loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Dpo,
-    Kto,
-}
-
-impl std::str::FromStr for Method {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "dpo" => Ok(Method::Dpo),
-            "kto" => Ok(Method::Kto),
-            other => anyhow::bail!("unknown training method {other:?} (expected dpo or kto)"),
-        }
-    }
-}
-
 /// Everything one training run needs besides data and model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub method: Method,
+    pub method: TrainMethod,
     /// Used when a fresh adapter is created.
     pub lora: LoraConfig,
     /// Apply LoRA dropout while training (TRL's `disable_dropout=True` turns it off).
@@ -94,7 +76,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     pub fn dpo() -> Self {
         TrainConfig {
-            method: Method::Dpo,
+            method: TrainMethod::Dpo,
             lora: LoraConfig::default(),
             lora_dropout_in_training: false,
             beta: 0.1,
@@ -115,7 +97,7 @@ impl TrainConfig {
 
     pub fn kto() -> Self {
         TrainConfig {
-            method: Method::Kto,
+            method: TrainMethod::Kto,
             batch_size: 2,
             grad_accum: 2,
             limits: TokenLimits { append_eos: data::AppendEos::IfMissing, ..TokenLimits::default() },
@@ -123,10 +105,12 @@ impl TrainConfig {
         }
     }
 
-    pub fn for_method(m: Method) -> Self {
+    /// The original's settings for `m`; `none` trains nothing, and is refused.
+    pub fn for_method(m: TrainMethod) -> anyhow::Result<Self> {
         match m {
-            Method::Dpo => TrainConfig::dpo(),
-            Method::Kto => TrainConfig::kto(),
+            TrainMethod::Dpo => Ok(TrainConfig::dpo()),
+            TrainMethod::Kto => Ok(TrainConfig::kto()),
+            TrainMethod::None => anyhow::bail!("train_method = none trains nothing: choose dpo or kto"),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{completion_text, read_pairs, tokenize, tokenize_pair, ChatFormatter, PreferencePair, TokenLimits};
 use super::kto::KtoExample;
 use super::logprob::{completion_logps_f64, Batch};
-use super::{adapter, dpo, kto, Method, StepMetrics, TrainConfig, TrainSummary};
+use super::{adapter, dpo, kto, StepMetrics, TrainConfig, TrainMethod, TrainSummary};
 use crate::model::llama::Llama;
 use crate::model::lora::LoraAdapter;
 
@@ -26,7 +26,8 @@ pub fn train_pairs(
     on_step: &mut dyn FnMut(&StepMetrics) -> Result<()>,
 ) -> Result<TrainSummary> {
     match cfg.method {
-        Method::Dpo => {
+        TrainMethod::None => bail!("train_method = none trains nothing: choose dpo or kto"),
+        TrainMethod::Dpo => {
             let toks = pairs
                 .iter()
                 .enumerate()
@@ -34,7 +35,7 @@ pub fn train_pairs(
                 .collect::<Result<Vec<_>>>()?;
             dpo::train_dpo(model, adapter, &toks, cfg, on_step)
         }
-        Method::Kto => {
+        TrainMethod::Kto => {
             let mut ex = Vec::new();
             for (i, p) in pairs.iter().enumerate() {
                 for (answer, desirable) in [(&p.chosen, true), (&p.rejected, false)] {
@@ -176,7 +177,7 @@ pub fn bench_dpo(
     }
     let per_step = cfg.batch_size * cfg.grad_accum;
     let set: Vec<PreferencePair> = pairs.iter().cycle().take(per_step * steps).cloned().collect();
-    let cfg = TrainConfig { method: Method::Dpo, epochs: 1, ..cfg.clone() };
+    let cfg = TrainConfig { method: TrainMethod::Dpo, epochs: 1, ..cfg.clone() };
     let adapter = LoraAdapter::new(cfg.lora.clone(), model.config(), model.dtype(), model.device(), cfg.seed)?;
     let c0 = cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();

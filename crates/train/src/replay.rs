@@ -9,32 +9,10 @@
 //!
 //! Draws come from a ChaCha RNG seeded by the caller, so a day's set is reproducible.
 
-use anyhow::{bail, Result};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReplayMode {
-    /// `equallyN`: at most N pairs drawn from all days.
-    Equally(usize),
-    /// `halftoday`: today's pairs plus as many past ones.
-    HalfToday,
-}
-
-impl std::str::FromStr for ReplayMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "equally200" => Ok(ReplayMode::Equally(200)),
-            "equally400" => Ok(ReplayMode::Equally(400)),
-            "halftoday" => Ok(ReplayMode::HalfToday),
-            other => match other.strip_prefix("equally").map(str::parse::<usize>) {
-                Some(Ok(n)) if n > 0 => Ok(ReplayMode::Equally(n)),
-                _ => bail!("unknown replay mode {other:?} (expected equally200, equally400 or halftoday)"),
-            },
-        }
-    }
-}
+pub use crate::config::ReplayMode;
 
 /// All pairs seen so far, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,8 +28,8 @@ impl<T: Clone> ReplayBuffer<T> {
     /// Add today's pairs and return the day's training set.
     pub fn select(&mut self, mode: ReplayMode, today: Vec<T>, seed: u64) -> Vec<T> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        match mode {
-            ReplayMode::Equally(n) => {
+        match mode.size() {
+            Some(n) => {
                 self.all_time.extend(today);
                 let len = self.all_time.len();
                 if len > n {
@@ -60,7 +38,7 @@ impl<T: Clone> ReplayBuffer<T> {
                     self.all_time.clone()
                 }
             }
-            ReplayMode::HalfToday => {
+            None => {
                 let (p, t) = (today.len(), self.all_time.len());
                 let mut out: Vec<T> = if p > t {
                     let mut v = today.clone();
@@ -79,17 +57,5 @@ impl<T: Clone> ReplayBuffer<T> {
                 out
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!("equally200".parse::<ReplayMode>().unwrap(), ReplayMode::Equally(200));
-        assert_eq!("halftoday".parse::<ReplayMode>().unwrap(), ReplayMode::HalfToday);
-        assert!("sometimes".parse::<ReplayMode>().is_err());
     }
 }

@@ -73,7 +73,7 @@ pub struct Generation {
     /// Time spent on the prompt (prefill) and on the generated tokens (decode).
     pub prefill_time: Duration,
     pub decode_time: Duration,
-    /// Model version that produced this (see [`Engine::swap_model`]).
+    /// Model version that produced this (see [`InferenceEngine::swap_model`]).
     pub model_version: u64,
 }
 
@@ -148,17 +148,17 @@ enum Job {
 }
 
 /// Handle to the model thread. Dropping the last handle ends the thread.
-pub struct Engine {
+pub struct InferenceEngine {
     tx: mpsc::Sender<Job>,
     version: Arc<AtomicU64>,
     stats: Arc<EngineStats>,
 }
 
-impl Engine {
+impl InferenceEngine {
     /// Start the thread with `model` and default options; `stop_ids` end a generation;
     /// `max_seq_len` is the context.
-    pub fn start(model: impl Into<EngineModel>, stop_ids: Vec<u32>, max_seq_len: usize) -> Result<Engine> {
-        Engine::with_options(model, stop_ids, max_seq_len, EngineOptions::default())
+    pub fn start(model: impl Into<EngineModel>, stop_ids: Vec<u32>, max_seq_len: usize) -> Result<InferenceEngine> {
+        InferenceEngine::with_options(model, stop_ids, max_seq_len, EngineOptions::default())
     }
 
     pub fn with_options(
@@ -166,7 +166,7 @@ impl Engine {
         stop_ids: Vec<u32>,
         max_seq_len: usize,
         options: EngineOptions,
-    ) -> Result<Engine> {
+    ) -> Result<InferenceEngine> {
         let (tx, rx) = mpsc::channel::<Job>();
         let version = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(EngineStats::default());
@@ -187,7 +187,7 @@ impl Engine {
             .name("propersim-local-llm".into())
             .spawn(move || worker.run())
             .map_err(|e| anyhow!("cannot start the model thread: {e}"))?;
-        Ok(Engine { tx, version, stats })
+        Ok(InferenceEngine { tx, version, stats })
     }
 
     /// Generate from `prompt` (token ids), constrained by `constraint` if given. Awaits the model
@@ -238,7 +238,7 @@ impl Engine {
     /// Apply the LoRA adapters `slot` publishes from now on (a trained assistant). A batched
     /// model applies them itself and stays batched: it adopts a newly published adapter between
     /// sequences and empties the prefix cache then. Otherwise `single` (a single-sequence model
-    /// that follows the slot) replaces the model. Ordered like [`Engine::swap_model`].
+    /// that follows the slot) replaces the model. Ordered like [`InferenceEngine::swap_model`].
     pub fn follow_adapters(&self, slot: Arc<AdapterSlot>, single: Box<dyn CausalLm>, version: u64) -> Result<()> {
         self.tx.send(Job::Follow { slot, single, version }).map_err(|_| anyhow!("the local model thread has stopped"))
     }
@@ -692,7 +692,8 @@ mod tests {
 
     #[tokio::test]
     async fn stops_at_eos_and_at_max_tokens_and_swaps_between_requests() {
-        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 64).unwrap();
+        let e =
+            InferenceEngine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 64).unwrap();
         let g = e.generate(vec![0], greedy(10), None).await.unwrap();
         assert_eq!(g.tokens, vec![1, 2]);
         assert_eq!(g.stop, StopReason::Eos);
@@ -706,7 +707,8 @@ mod tests {
 
     #[tokio::test]
     async fn context_limits_are_enforced() {
-        let e = Engine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 6).unwrap();
+        let e =
+            InferenceEngine::start(Box::new(Counter { vocab: 8, bias: 0 }) as Box<dyn CausalLm>, vec![3], 6).unwrap();
         assert!(e.generate(vec![0; 6], greedy(4), None).await.is_err());
         let g = e.generate(vec![4, 4, 4], greedy(10), None).await.unwrap();
         assert_eq!(g.stop, StopReason::ContextFull);
@@ -746,11 +748,15 @@ mod tests {
         }
     }
 
-    fn sum_engine(cache_bytes: usize) -> (Engine, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    fn sum_engine(cache_bytes: usize) -> (InferenceEngine, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let (rows, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let m = SumModel { rows: rows.clone(), batches: batches.clone() };
         let opts = EngineOptions { max_batch: 8, prefix_cache_bytes: cache_bytes };
-        (Engine::with_options(EngineModel::Batched(Box::new(m)), vec![999], 4096, opts).unwrap(), rows, batches)
+        (
+            InferenceEngine::with_options(EngineModel::Batched(Box::new(m)), vec![999], 4096, opts).unwrap(),
+            rows,
+            batches,
+        )
     }
 
     /// Six prompts sharing their first 2 blocks and a bit, then differing.

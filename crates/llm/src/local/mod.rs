@@ -49,7 +49,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::future::BoxFuture;
 
 pub use constraint::{Constraint, Grammars};
-pub use engine::{Engine, EngineModel, EngineOptions, EngineStats, Generation, StopReason};
+pub use engine::{EngineModel, EngineOptions, EngineStats, Generation, InferenceEngine, StopReason};
 pub use gguf::{load_dequantized, GgufMeta, LoadMode};
 pub use quantized::QuantizedLm;
 pub use sampler::SamplingParams;
@@ -70,7 +70,7 @@ enum Backend {
 }
 
 struct ChatBackend {
-    engine: Engine,
+    engine: InferenceEngine,
     /// Compiles answer schemas for this model's vocabulary (structured outputs).
     grammars: Grammars,
     tokenizer: Tokenizer,
@@ -114,8 +114,12 @@ impl LocalProvider {
         let template = chat_template(rc.chat_template.as_deref(), &meta, &tokenizer)?;
         let max_seq = model.max_seq_len();
         let grammars = Grammars::new(&tokenizer, meta.vocab_size.max(1))?;
-        let engine =
-            Engine::with_options(model.into_engine_model(), tokenizer.special().stop_ids.clone(), max_seq, options)?;
+        let engine = InferenceEngine::with_options(
+            model.into_engine_model(),
+            tokenizer.special().stop_ids.clone(),
+            max_seq,
+            options,
+        )?;
         let defaults = SamplingParams {
             temperature: rc.temperature.unwrap_or(SamplingParams::default().temperature),
             top_k: rc.top_k.unwrap_or(SamplingParams::default().top_k),
