@@ -15,21 +15,27 @@ RUN npm ci --no-audit --no-fund
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies alone first, on stub sources: this layer is rebuilt only when Cargo.toml or
-# Cargo.lock change, not on every edit of our code.
+# Dependencies alone first, on stub sources (the workspace's manifests, an empty lib.rs for each
+# crate): this layer is rebuilt only when a Cargo.toml or Cargo.lock changes, not on every edit
+# of our code.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY crates/core/Cargo.toml crates/core/
+COPY crates/model/Cargo.toml crates/model/
+COPY crates/llm/Cargo.toml crates/llm/
+COPY crates/train/Cargo.toml crates/train/
+RUN mkdir -p src benches crates/core/src crates/model/src crates/llm/src crates/train/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/core/src/lib.rs crates/model/src/lib.rs crates/llm/src/lib.rs crates/train/src/lib.rs \
     && echo 'fn main() {}' > benches/sweep.rs \
     && cargo build --release --locked \
-    && rm -rf src benches target/release/propersim target/release/deps/propersim-* \
-        target/release/deps/libpropersim-* target/release/.fingerprint/propersim-*
+    && rm -rf src benches crates target/release/propersim target/release/deps/propersim* \
+        target/release/deps/libpropersim* target/release/.fingerprint/propersim*
 # Our sources, and what they compile in: assets/manifest.sha256, templates/ and static/
 # (src/web/embedded.rs), and the bench Cargo.toml declares. build.rs embeds the git commit; with
 # no .git here it embeds none, and run.json says "unknown".
 COPY build.rs ./
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
 COPY assets ./assets
 COPY templates ./templates

@@ -1,8 +1,9 @@
 //! The Dockerfile, checked without a container engine: its build stage must copy everything the
-//! compiler reads before `cargo build` runs. That is Cargo.toml, Cargo.lock, src/, build.rs, the folders
-//! our `include_str!`/`include_bytes!` read (found by scanning src/), and every target Cargo.toml
-//! declares (cargo refuses a manifest whose declared bench is missing). The dependency-only
-//! layer may stand stubs in for the declared targets. The image runs as a non-root user and has
+//! compiler reads before `cargo build` runs. That is Cargo.toml, Cargo.lock, src/, build.rs, each
+//! workspace member's folder, the folders our `include_str!`/`include_bytes!` read (found by
+//! scanning every crate's src/), and every target Cargo.toml declares (cargo refuses a manifest
+//! whose declared bench is missing). The dependency-only layer needs every member's manifest and
+//! may stand stubs in for the declared targets and the members' `src/lib.rs`. The image runs as a non-root user and has
 //! a HEALTHCHECK.
 
 use std::collections::BTreeSet;
@@ -68,9 +69,10 @@ fn covered(path: &str, copied: &BTreeSet<String>) -> bool {
 }
 
 /// What the build stage of `dockerfile` lacks: for the last `cargo build` of the stage that
-/// builds, every one of `needed` must be copied before it; for an earlier (dependency-only)
-/// one, the manifest must be copied and each of `targets` copied or made in that same RUN.
-fn missing(dockerfile: &str, needed: &[String], targets: &[String]) -> Vec<String> {
+/// builds, every one of `need.all` must be copied before it; for an earlier (dependency-only)
+/// one, each of `need.manifests` must be copied and each of `need.stubs` copied or made in that
+/// same RUN.
+fn missing(dockerfile: &str, need: &Needed) -> Vec<String> {
     let Some(stage) = stages(dockerfile).into_iter().find(|s| s.iter().any(|i| i.contains("cargo build"))) else {
         return vec!["no stage runs `cargo build`".into()];
     };
@@ -85,15 +87,15 @@ fn missing(dockerfile: &str, needed: &[String], targets: &[String]) -> Vec<Strin
             continue;
         }
         let last = Some(&k) == builds.last();
-        for p in if last { needed } else { &needed[..2] } {
+        for p in if last { &need.all } else { &need.manifests } {
             if !covered(p, &copied) {
                 problems.push(format!("{p} is not copied before `{i}`"));
             }
         }
         if !last {
-            for t in targets {
+            for t in &need.stubs {
                 if !covered(t, &copied) && !i.contains(t.as_str()) {
-                    problems.push(format!("{t} (declared in Cargo.toml) is neither copied nor stubbed before `{i}`"));
+                    problems.push(format!("{t} (a target Cargo needs) is neither copied nor stubbed before `{i}`"));
                 }
             }
         }
@@ -136,6 +138,9 @@ fn compiled_in() -> BTreeSet<String> {
     let macro_def = regex::Regex::new(r"macro_rules!\s*(\w+)").unwrap();
     let mut files = Vec::new();
     rust_files(&repo().join("src"), &mut files);
+    for m in members() {
+        rust_files(&repo().join(m).join("src"), &mut files);
+    }
     let mut out = BTreeSet::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
@@ -174,16 +179,39 @@ fn declared_targets() -> Vec<String> {
     out
 }
 
-fn needed() -> (Vec<String>, Vec<String>) {
-    let targets = declared_targets();
-    let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
+/// The workspace's member crates (`[workspace] members`), as folders.
+fn members() -> Vec<String> {
+    let manifest: toml::Value = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap().parse().unwrap();
+    let list = manifest.get("workspace").and_then(|w| w.get("members")).and_then(|m| m.as_array());
+    list.into_iter().flatten().map(|m| m.as_str().unwrap().trim_end_matches('/').to_string()).collect()
+}
+
+/// What the build stage must copy (or stub) before its builds.
+struct Needed {
+    /// Before the full build.
+    all: Vec<String>,
+    /// Before a dependency-only build: the manifests and the lock file.
+    manifests: Vec<String>,
+    /// Before a dependency-only build, copied or made in its RUN: the declared targets and the
+    /// members' libraries.
+    stubs: Vec<String>,
+}
+
+fn needed() -> Needed {
+    let members = members();
+    let mut manifests = vec!["Cargo.toml".to_string(), "Cargo.lock".into()];
+    manifests.extend(members.iter().map(|m| format!("{m}/Cargo.toml")));
+    let mut stubs = declared_targets();
+    stubs.extend(members.iter().map(|m| format!("{m}/src/lib.rs")));
+    let mut all = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
     // Cargo runs a build script it finds beside Cargo.toml without being told.
     if repo().join("build.rs").is_file() {
-        needed.push("build.rs".into());
+        all.push("build.rs".into());
     }
-    needed.extend(compiled_in());
-    needed.extend(targets.iter().cloned());
-    (needed, targets)
+    all.extend(members);
+    all.extend(compiled_in());
+    all.extend(declared_targets());
+    Needed { all, manifests, stubs }
 }
 
 #[test]
@@ -194,30 +222,42 @@ fn the_scan_finds_what_we_compile_in() {
     }
     assert!(!inc.contains("propersim.toml"), "a unit test's include counted: {inc:?}");
     assert!(declared_targets().contains(&"benches/sweep.rs".to_string()), "{:?}", declared_targets());
-    for p in needed().0 {
+    assert!(members().contains(&"crates/core".to_string()), "{:?}", members());
+    let need = needed();
+    for p in need.all.iter().chain(&need.manifests).chain(&need.stubs) {
         assert!(repo().join(&p).exists(), "{p} is needed but does not exist");
     }
 }
 
 #[test]
 fn the_build_stage_copies_everything_it_compiles_before_building() {
-    let (needed, targets) = needed();
+    let need = needed();
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let problems = missing(&text, &needed, &targets);
+    let problems = missing(&text, &need);
     assert!(problems.is_empty(), "Dockerfile:\n{}", problems.join("\n"));
 
     // The check catches the Dockerfile that copied only Cargo.toml, Cargo.lock, src and assets.
     let old = "FROM rust:1.95-bookworm AS build\nWORKDIR /src\nCOPY Cargo.toml Cargo.lock ./\nCOPY src ./src\n\
                COPY assets ./assets\nRUN cargo build --release --locked\nFROM debian:bookworm-slim\n";
-    let problems = missing(old, &needed, &targets).join("\n");
-    for p in ["templates is not copied", "static is not copied", "benches/sweep.rs is not copied"] {
+    let problems = missing(old, &need).join("\n");
+    for p in [
+        "templates is not copied",
+        "static is not copied",
+        "benches/sweep.rs is not copied",
+        "crates/llm is not copied",
+    ] {
         assert!(problems.contains(p), "{p}: {problems}");
     }
-    // And a dependency layer that builds before the declared bench exists.
+    // And a dependency layer that builds before the declared bench, or a member's manifest and
+    // library, exist.
     let stubless =
         "FROM rust AS build\nCOPY Cargo.toml Cargo.lock ./\nRUN mkdir src && touch src/lib.rs && cargo build\n\
                     COPY . .\nRUN cargo build --release\n";
-    assert!(missing(stubless, &needed, &targets).join("\n").contains("benches/sweep.rs (declared"), "stub check");
+    let problems = missing(stubless, &need).join("\n");
+    for p in ["benches/sweep.rs (a target", "crates/train/Cargo.toml is not copied", "crates/core/src/lib.rs (a target"]
+    {
+        assert!(problems.contains(p), "{p}: {problems}");
+    }
 }
 
 #[test]
