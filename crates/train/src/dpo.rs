@@ -8,12 +8,13 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::data::TokenizedPair;
+use super::fit::{fit, Objective, StepStats};
 use super::logprob::{completion_grads, completion_logps_f64, Batch, Sequence};
-use super::optim::{linear_lr, AdamW, GradAccumulator};
 use super::{log_sigmoid, sigmoid, StepMetrics, TrainConfig, TrainSummary};
 use crate::model::llama::Llama;
 use crate::model::lora::LoraAdapter;
@@ -65,106 +66,65 @@ pub fn train_dpo(
     let c0 = super::offline::cpu_seconds().unwrap_or(0.0);
     adapter.set_dropout(cfg.lora_dropout_in_training);
     let refs = reference_logps(model, pairs)?;
-    let ref_seconds = t0.elapsed().as_secs_f64();
-    let ref_cpu_seconds = super::offline::cpu_seconds().map_or(0.0, |c| c - c0);
+    let summary = TrainSummary {
+        examples: pairs.len(),
+        ref_seconds: t0.elapsed().as_secs_f64(),
+        ref_cpu_seconds: super::offline::cpu_seconds().map_or(0.0, |c| c - c0),
+        ..Default::default()
+    };
+    let mut dpo = Dpo { model, adapter, pairs, cfg, refs, rng: rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed) };
+    fit(adapter, cfg, &mut dpo, pairs.len().div_ceil(cfg.batch_size), summary, t0, on_step)
+}
 
-    let micro_per_epoch = pairs.len().div_ceil(cfg.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
-    let total = (steps_per_epoch * cfg.epochs) as u64;
-    let vars = adapter.vars();
-    let mut opt = AdamW::new(vars.clone(), cfg.adam.clone())?;
-    let mut acc = GradAccumulator::new(vars);
-    let mut summary = TrainSummary { examples: pairs.len(), ref_seconds, ref_cpu_seconds, ..Default::default() };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut step_stats = StepAcc::default();
-    let mut step_start = Instant::now();
-    for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        order.shuffle(&mut rng);
-        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
-        for (ci, chunk) in chunks.iter().enumerate() {
-            let rows: Vec<(&Sequence, &Sequence)> =
-                chunk.iter().map(|&i| (&pairs[i].chosen, &pairs[i].rejected)).collect();
-            let batch = Batch::pairs(&rows, model.dtype(), model.device())?;
-            let n = chunk.len();
-            let mut terms = Vec::with_capacity(n);
-            // Log-probs come as chosen₀, rejected₀, chosen₁, …; the coefficients are ∂L/∂logπ.
-            let (grads, _) = completion_grads(model, &batch, adapter, cfg.gradient_checkpointing, |vals| {
-                let mut coefs = vec![0f64; 2 * n];
-                for (j, &i) in chunk.iter().enumerate() {
-                    let (rc, rr) = refs[i];
-                    let t = dpo_terms(vals[2 * j], vals[2 * j + 1], rc, rr, cfg.beta, cfg.label_smoothing);
-                    coefs[2 * j] = t.d_chosen / n as f64;
-                    coefs[2 * j + 1] = -t.d_chosen / n as f64;
-                    terms.push(t);
-                }
-                Ok(coefs)
-            })?;
-            terms.iter().for_each(|t| step_stats.add_pair(t));
-            acc.add(&grads)?;
-            step_stats.tokens += batch.tokens();
-            let last_in_epoch = ci + 1 == chunks.len();
-            if acc.micro_batches() == cfg.grad_accum || last_in_epoch {
-                let lr = linear_lr(cfg.adam.lr, opt.steps(), total);
-                let (grads, norm) = acc.take_mean_clipped(cfg.max_grad_norm)?;
-                opt.step(&grads, lr)?;
-                let secs = step_start.elapsed().as_secs_f64();
-                let m = step_stats.finish(opt.steps(), epoch, lr, norm, secs, t0.elapsed().as_secs_f64());
-                if summary.steps == 0 {
-                    summary.first_loss = m.loss;
-                }
-                summary.steps = opt.steps();
-                summary.last_loss = m.loss;
-                summary.tokens += m.tokens;
-                on_step(&m)?;
-                step_stats = StepAcc::default();
-                step_start = Instant::now();
+/// DPO as the shared loop drives it: each epoch reshuffles the pairs into micro-batches.
+struct Dpo<'a> {
+    model: &'a Llama,
+    adapter: &'a LoraAdapter,
+    pairs: &'a [TokenizedPair],
+    cfg: &'a TrainConfig,
+    refs: Vec<(f64, f64)>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Objective for Dpo<'_> {
+    /// Indices of the pairs.
+    type Micro = Vec<usize>;
+
+    fn micro_batches(&mut self, _epoch: usize) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
+        order.shuffle(&mut self.rng);
+        order.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect()
+    }
+
+    fn grads(&mut self, chunk: &Vec<usize>, stats: &mut StepStats) -> Result<GradStore> {
+        let (model, cfg) = (self.model, self.cfg);
+        let rows: Vec<(&Sequence, &Sequence)> =
+            chunk.iter().map(|&i| (&self.pairs[i].chosen, &self.pairs[i].rejected)).collect();
+        let batch = Batch::pairs(&rows, model.dtype(), model.device())?;
+        let n = chunk.len();
+        let mut terms = Vec::with_capacity(n);
+        // Log-probs come as chosen₀, rejected₀, chosen₁, …; the coefficients are ∂L/∂logπ.
+        let (grads, _) = completion_grads(model, &batch, self.adapter, cfg.gradient_checkpointing, |vals| {
+            let mut coefs = vec![0f64; 2 * n];
+            for (j, &i) in chunk.iter().enumerate() {
+                let (rc, rr) = self.refs[i];
+                let t = dpo_terms(vals[2 * j], vals[2 * j + 1], rc, rr, cfg.beta, cfg.label_smoothing);
+                coefs[2 * j] = t.d_chosen / n as f64;
+                coefs[2 * j + 1] = -t.d_chosen / n as f64;
+                terms.push(t);
             }
+            Ok(coefs)
+        })?;
+        for t in terms {
+            stats.loss += t.loss;
+            stats.terms += 1;
+            stats.chosen.push(t.chosen_reward);
+            stats.rejected.push(t.rejected_reward);
+            stats.pairs += 1;
+            stats.correct += usize::from(t.chosen_reward > t.rejected_reward);
         }
-    }
-    summary.seconds = t0.elapsed().as_secs_f64();
-    Ok(summary)
-}
-
-/// Running sums over the micro-batches of one optimizer step.
-#[derive(Default)]
-struct StepAcc {
-    pairs: usize,
-    loss: f64,
-    chosen: f64,
-    rejected: f64,
-    correct: usize,
-    tokens: usize,
-}
-
-impl StepAcc {
-    fn add_pair(&mut self, t: &DpoTerms) {
-        self.pairs += 1;
-        self.loss += t.loss;
-        self.chosen += t.chosen_reward;
-        self.rejected += t.rejected_reward;
-        if t.chosen_reward > t.rejected_reward {
-            self.correct += 1;
-        }
-    }
-
-    fn finish(&self, step: u64, epoch: usize, lr: f64, grad_norm: f64, secs: f64, elapsed: f64) -> StepMetrics {
-        let n = self.pairs.max(1) as f64;
-        StepMetrics {
-            step,
-            epoch,
-            loss: self.loss / n,
-            lr,
-            grad_norm,
-            rewards_chosen: self.chosen / n,
-            rewards_rejected: self.rejected / n,
-            reward_margin: (self.chosen - self.rejected) / n,
-            reward_accuracy: self.correct as f64 / n,
-            kl: 0.0,
-            tokens: self.tokens,
-            tokens_per_s: if secs > 0.0 { self.tokens as f64 / secs } else { 0.0 },
-            elapsed_s: elapsed,
-        }
+        stats.tokens += batch.tokens();
+        Ok(grads)
     }
 }
 

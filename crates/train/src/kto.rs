@@ -11,11 +11,12 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use super::fit::{fit, Objective, StepStats};
 use super::logprob::{completion_grads, completion_logps_f64, Batch, Sequence};
-use super::optim::{linear_lr, AdamW, GradAccumulator};
 use super::{sigmoid, StepMetrics, TrainConfig, TrainSummary};
 use crate::model::llama::Llama;
 use crate::model::lora::LoraAdapter;
@@ -98,103 +99,76 @@ pub fn train_kto(
         let kl_rows: Vec<&Sequence> = m.kl.iter().collect();
         m.ref_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, None)?;
     }
-    let ref_seconds = t0.elapsed().as_secs_f64();
-    let ref_cpu_seconds = super::offline::cpu_seconds().map_or(0.0, |c| c - c0);
-
-    let steps_per_epoch = micros.len().div_ceil(cfg.grad_accum);
-    let total = (steps_per_epoch * cfg.epochs) as u64;
-    let vars = adapter.vars();
-    let mut opt = AdamW::new(vars.clone(), cfg.adam.clone())?;
-    let mut acc = GradAccumulator::new(vars);
-    let mut summary = TrainSummary { examples: examples.len(), ref_seconds, ref_cpu_seconds, ..Default::default() };
-    let mut st = KtoAcc::default();
-    let mut step_start = Instant::now();
-    for epoch in 0..cfg.epochs {
-        for (mi, m) in micros.iter().enumerate() {
-            // KL estimate with the current policy, no gradient.
-            let kl_rows: Vec<&Sequence> = m.kl.iter().collect();
-            let pol_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, Some(adapter))?;
-            let n = m.idx.len();
-            let z0 = (pol_kl.iter().zip(&m.ref_kl).map(|(p, r)| p - r).sum::<f64>() / n as f64).max(0.0);
-
-            let rows: Vec<&Sequence> = m.idx.iter().map(|&i| &examples[i].seq).collect();
-            let batch = Batch::new(&rows, dt, dev)?;
-            let mut loss = 0.0;
-            let (grads, _) = completion_grads(model, &batch, adapter, cfg.gradient_checkpointing, |vals| {
-                let mut coefs = vec![0f64; n];
-                for j in 0..n {
-                    let ex = &examples[m.idx[j]];
-                    let (l, d) = kto_term(
-                        vals[j],
-                        m.ref_logps[j],
-                        z0,
-                        ex.desirable,
-                        cfg.beta,
-                        cfg.kto_desirable_weight,
-                        cfg.kto_undesirable_weight,
-                    );
-                    loss += l / n as f64;
-                    coefs[j] = d / n as f64;
-                    let reward = cfg.beta * (vals[j] - m.ref_logps[j]);
-                    if ex.desirable {
-                        st.chosen.push(reward);
-                    } else {
-                        st.rejected.push(reward);
-                    }
-                }
-                Ok(coefs)
-            })?;
-            acc.add(&grads)?;
-            st.loss += loss;
-            st.kl += z0;
-            st.micro += 1;
-            st.tokens += batch.tokens();
-            if acc.micro_batches() == cfg.grad_accum || mi + 1 == micros.len() {
-                let lr = linear_lr(cfg.adam.lr, opt.steps(), total);
-                let (grads, norm) = acc.take_mean_clipped(cfg.max_grad_norm)?;
-                opt.step(&grads, lr)?;
-                let secs = step_start.elapsed().as_secs_f64();
-                let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
-                let k = st.micro.max(1) as f64;
-                let metrics = StepMetrics {
-                    step: opt.steps(),
-                    epoch,
-                    loss: st.loss / k,
-                    lr,
-                    grad_norm: norm,
-                    rewards_chosen: mean(&st.chosen),
-                    rewards_rejected: mean(&st.rejected),
-                    reward_margin: mean(&st.chosen) - mean(&st.rejected),
-                    reward_accuracy: 0.0,
-                    kl: st.kl / k,
-                    tokens: st.tokens,
-                    tokens_per_s: if secs > 0.0 { st.tokens as f64 / secs } else { 0.0 },
-                    elapsed_s: t0.elapsed().as_secs_f64(),
-                };
-                if summary.steps == 0 {
-                    summary.first_loss = metrics.loss;
-                }
-                summary.steps = opt.steps();
-                summary.last_loss = metrics.loss;
-                summary.tokens += metrics.tokens;
-                on_step(&metrics)?;
-                st = KtoAcc::default();
-                step_start = Instant::now();
-            }
-        }
-    }
-    summary.seconds = t0.elapsed().as_secs_f64();
-    Ok(summary)
+    let summary = TrainSummary {
+        examples: examples.len(),
+        ref_seconds: t0.elapsed().as_secs_f64(),
+        ref_cpu_seconds: super::offline::cpu_seconds().map_or(0.0, |c| c - c0),
+        ..Default::default()
+    };
+    let n = micros.len();
+    let mut kto = Kto { model, adapter, examples, cfg, micros };
+    fit(adapter, cfg, &mut kto, n, summary, t0, on_step)
 }
 
-#[derive(Default)]
-struct KtoAcc {
-    loss: f64,
-    kl: f64,
-    micro: usize,
-    tokens: usize,
-    chosen: Vec<f64>,
-    rejected: Vec<f64>,
+/// KTO as the shared loop drives it: the same micro-batches in the same order every epoch.
+struct Kto<'a> {
+    model: &'a Llama,
+    adapter: &'a LoraAdapter,
+    examples: &'a [KtoExample],
+    cfg: &'a TrainConfig,
+    micros: Vec<Micro>,
+}
+
+impl Objective for Kto<'_> {
+    /// Index into `micros`.
+    type Micro = usize;
+
+    fn micro_batches(&mut self, _epoch: usize) -> Vec<usize> {
+        (0..self.micros.len()).collect()
+    }
+
+    fn grads(&mut self, &mi: &usize, stats: &mut StepStats) -> Result<GradStore> {
+        let (model, cfg, m) = (self.model, self.cfg, &self.micros[mi]);
+        let (dt, dev) = (model.dtype(), model.device());
+        // KL estimate with the current policy, no gradient.
+        let kl_rows: Vec<&Sequence> = m.kl.iter().collect();
+        let pol_kl = completion_logps_f64(model, &Batch::new(&kl_rows, dt, dev)?, Some(self.adapter))?;
+        let n = m.idx.len();
+        let z0 = (pol_kl.iter().zip(&m.ref_kl).map(|(p, r)| p - r).sum::<f64>() / n as f64).max(0.0);
+
+        let rows: Vec<&Sequence> = m.idx.iter().map(|&i| &self.examples[i].seq).collect();
+        let batch = Batch::new(&rows, dt, dev)?;
+        let mut loss = 0.0;
+        let (grads, _) = completion_grads(model, &batch, self.adapter, cfg.gradient_checkpointing, |vals| {
+            let mut coefs = vec![0f64; n];
+            for j in 0..n {
+                let ex = &self.examples[m.idx[j]];
+                let (l, d) = kto_term(
+                    vals[j],
+                    m.ref_logps[j],
+                    z0,
+                    ex.desirable,
+                    cfg.beta,
+                    cfg.kto_desirable_weight,
+                    cfg.kto_undesirable_weight,
+                );
+                loss += l / n as f64;
+                coefs[j] = d / n as f64;
+                let reward = cfg.beta * (vals[j] - m.ref_logps[j]);
+                if ex.desirable {
+                    stats.chosen.push(reward);
+                } else {
+                    stats.rejected.push(reward);
+                }
+            }
+            Ok(coefs)
+        })?;
+        stats.loss += loss;
+        stats.terms += 1;
+        stats.kl += z0;
+        stats.tokens += batch.tokens();
+        Ok(grads)
+    }
 }
 
 #[cfg(test)]

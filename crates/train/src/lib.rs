@@ -24,6 +24,7 @@ use propersim_model as model;
 pub mod adapter;
 pub mod data;
 pub mod dpo;
+mod fit;
 pub mod kto;
 pub mod logprob;
 pub mod mmlu;
