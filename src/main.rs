@@ -516,7 +516,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
     let mut engine = open_engine_with(&cfg, &open_options(&a.sim)?)?;
     let per_day = engine.steps_per_day();
     let target = match (a.days, a.steps) {
-        (_, Some(s)) => engine.next_step + s,
+        (_, Some(s)) => engine.next_step() + s,
         (d, None) => d.unwrap_or(1) * per_day,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -525,7 +525,7 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         "Simulating `{}` (mode {}) from step {} to {}.",
         cfg.sim.sim,
         cfg.sim.train_mode_label(),
-        engine.next_step,
+        engine.next_step(),
         target
     );
     if cfg.sim.visualization {
@@ -542,9 +542,9 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         let engine = propersim::sim::follow::follow(engine, f, target, true).await?;
         eprintln!(
             "Stopped at step {}. LLM calls: {}, fallbacks: {}.",
-            engine.next_step,
-            engine.llm.calls(),
-            engine.llm.fallbacks()
+            engine.next_step(),
+            engine.llm().calls(),
+            engine.llm().fallbacks()
         );
         if stop.load(Ordering::SeqCst) {
             eprintln!("Resume with: propersim run --vis --sim {} --resume", cfg.sim.sim);
@@ -558,13 +558,13 @@ async fn run(cli_config: Option<&PathBuf>, a: RunArgs) -> Result<()> {
         summary.steps,
         summary.seconds,
         summary.steps as f64 / summary.seconds.max(1e-9),
-        engine.next_step,
-        engine.llm.calls(),
-        engine.llm.fallbacks(),
-        engine.sim.root.display()
+        engine.next_step(),
+        engine.llm().calls(),
+        engine.llm().fallbacks(),
+        engine.sim().root.display()
     );
-    eprintln!("{}", engine.llm.totals());
-    eprintln!("{}", last_day_line(&engine.sim.root));
+    eprintln!("{}", engine.llm().totals());
+    eprintln!("{}", last_day_line(&engine.sim().root));
     let storage = match &a.sim.paths.storage {
         Some(p) => format!(" --storage {}", p.display()),
         None => String::new(),
@@ -753,7 +753,7 @@ async fn bench(cli_config: Option<&PathBuf>, a: BenchArgs) -> Result<()> {
     let summary = propersim::sim::headless::run(&mut engine, a.steps, false, Arc::new(AtomicBool::new(false))).await?;
     let steps = summary.steps.max(1) as f64;
     let per_step_ms = summary.seconds * 1000.0 / steps;
-    let brain_ms = engine.llm.scripted_seconds() * 1000.0 / steps;
+    let brain_ms = engine.llm().scripted_seconds() * 1000.0 / steps;
     let engine_ms = per_step_ms - brain_ms;
     println!(
         "scripted headless run: {} steps in {:.3} s = {:.0} steps/s ({:.3} ms/step; the original sleeps 100 ms per step: {:.0}x)",
@@ -811,7 +811,9 @@ async fn serve(cli_config: Option<&PathBuf>, a: ServeArgs) -> Result<()> {
         let engine = task.await??;
         eprintln!(
             "Saved `{}` at step {}. Resume with: propersim serve --sim {} --resume",
-            engine.sim.code, engine.next_step, engine.sim.code
+            engine.sim().code,
+            engine.next_step(),
+            engine.sim().code
         );
     }
     Ok(())

@@ -225,7 +225,7 @@ fn the_scan_finds_what_we_compile_in() {
     assert!(members().contains(&"crates/core".to_string()), "{:?}", members());
     let need = needed();
     for p in need.all.iter().chain(&need.manifests).chain(&need.stubs) {
-        assert!(repo().join(&p).exists(), "{p} is needed but does not exist");
+        assert!(repo().join(p).exists(), "{p} is needed but does not exist");
     }
 }
 

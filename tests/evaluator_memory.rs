@@ -20,22 +20,22 @@ async fn evaluation_memory_holds_no_scores_and_keeps_recent_recommendations() {
 
     let mut carried = 0;
     // Until 14:00: the user wakes, several awake hours pass and close.
-    while engine.next_step < 14 * 24 {
+    while engine.next_step() < 14 * 24 {
         engine.write_next_environment().unwrap();
         engine.step().await.unwrap();
-        let ev = &engine.evaluator;
+        let ev = &engine.evaluator();
         let view = ev.render_with_recent();
         let lower = view.to_lowercase();
         assert!(
             !lower.contains("score") && !view.contains("/4"),
             "step {}: the user's memory shows a score:\n{view}",
-            engine.next_step - 1
+            engine.next_step() - 1
         );
         // The first evaluation of a new hour, after an hour with recommendations: they are
         // still in view in full.
         if ev.hour.len() == 1 && ev.hourly.last().is_some_and(|b| b.recommendations > 0) {
             let start = ev.hour[0].time.with_minute(0).unwrap().with_second(0).unwrap();
-            assert!(ev.recent.iter().any(|i| i.time < start), "step {}: nothing carried over", engine.next_step - 1);
+            assert!(ev.recent.iter().any(|i| i.time < start), "step {}: nothing carried over", engine.next_step() - 1);
             assert!(ev.recent.iter().all(|i| i.recommended) && ev.recent.len() <= 4);
             let tail = view.split("Latest recommendations before this hour:\n").nth(1).expect("listed");
             for i in ev.recent.iter().filter(|i| i.time < start) {
@@ -52,7 +52,7 @@ async fn evaluation_memory_holds_no_scores_and_keeps_recent_recommendations() {
         assert!(!line.to_lowercase().contains("score"), "the evaluation memory log holds a score: {line}");
     }
     // The action as the original's `act_description`: "task (subtask)" in decomposed blocks.
-    let texts: Vec<&str> = engine.evaluated_today.iter().map(|e| e.interaction.text.as_str()).collect();
+    let texts: Vec<&str> = engine.evaluated_today().iter().map(|e| e.interaction.text.as_str()).collect();
     assert!(texts.iter().all(|t| t.starts_with("John Lin's action: ") && t.contains("\nSuggestion: ")), "{texts:?}");
     assert!(
         texts.iter().any(|t| t.lines().next().unwrap().ends_with(')') && t.contains(" (")),
@@ -67,5 +67,5 @@ async fn evaluation_memory_holds_no_scores_and_keeps_recent_recommendations() {
     assert!(!nodes.to_lowercase().contains("score"));
     assert!(!nodes.contains("No Recommendation"), "no-rec moments are not nodes of the user's evaluation memory");
     let n = serde_json::from_str::<serde_json::Value>(&nodes).unwrap().as_object().unwrap().len();
-    assert_eq!(n, engine.evaluated_today.iter().filter(|e| e.interaction.recommended).count());
+    assert_eq!(n, engine.evaluated_today().iter().filter(|e| e.interaction.recommended).count());
 }

@@ -45,21 +45,23 @@ async fn a_day_over_http_with_imperfect_replies() {
     // Step through the day, watching the evaluator's memory: it resets at 00:02:30 and its
     // hourly summaries appear as awake hours pass.
     let mut max_hourly = 0;
-    while engine.next_step < 576 {
+    while engine.next_step() < 576 {
         engine.write_next_environment().unwrap();
         engine.step().await.unwrap();
-        max_hourly = max_hourly.max(engine.evaluator.hourly.len() + 4 * engine.evaluator.four_hourly.len());
+        max_hourly = max_hourly.max(engine.evaluator().hourly.len() + 4 * engine.evaluator().four_hourly.len());
     }
     assert!(max_hourly >= 3, "hourly summaries were made ({max_hourly})");
-    assert!(!engine.assistant.all.is_empty());
-    let day1_memory = engine.evaluated_today.len();
+    assert!(!engine.assistant().all.is_empty());
+    let day1_memory = engine.evaluated_today().len();
     assert!(day1_memory > 100);
     // Day 2 begins: the user's evaluation memory is wiped at 00:02:30, the assistant's is not.
     propersim::sim::headless::run(&mut engine, 578, false, stop.clone()).await.unwrap();
     assert!(
-        engine.evaluator.hour.is_empty() && engine.evaluator.hourly.is_empty() && engine.evaluated_today.is_empty()
+        engine.evaluator().hour.is_empty()
+            && engine.evaluator().hourly.is_empty()
+            && engine.evaluated_today().is_empty()
     );
-    assert!(engine.assistant.all.len() >= day1_memory, "the assistant remembers across days");
+    assert!(engine.assistant().all.len() >= day1_memory, "the assistant remembers across days");
 
     let sim = tmp.path().join("storage/mock");
     replay_matches_without_a_server(&fs, tmp.path(), &sim).await;

@@ -136,7 +136,7 @@ async fn one_scripted_day_keeps_every_contract() {
     let dir2 = tmp.path().join("resaved");
     std::fs::create_dir_all(&dir2).unwrap();
     let mut b = propersim::user::UserAgent::load(&user_dir).unwrap();
-    b.save(&dir2, engine.clock.time(576)).unwrap();
+    b.save(&dir2, engine.clock().time(576)).unwrap();
     for f in ["spatial_memory.json", "associative_memory/nodes.json", "associative_memory/embeddings.json"] {
         assert_eq!(
             std::fs::read(user_dir.join(f)).unwrap(),

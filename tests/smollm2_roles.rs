@@ -35,16 +35,17 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     // Through the night (the model plans the day at midnight), then three awake steps.
     let mut awake = 0;
     while awake < 2 {
-        assert!(engine.next_step < 576, "the user never woke up");
+        assert!(engine.next_step() < 576, "the user never woke up");
         engine.write_next_environment().unwrap();
         let m = engine.step().await.unwrap();
-        if m["persona"]["Eddy Lin"]["suggestion"] != "" {
+        let assistant = &m.persona["Eddy Lin"];
+        if !assistant.suggestion.is_empty() {
             awake += 1;
-            let score: f64 = m["persona"]["Eddy Lin"]["eval_res_score"].as_str().unwrap().parse().unwrap();
+            let score: f64 = assistant.eval_res_score.as_deref().unwrap().parse().unwrap();
             assert!((0.0..=4.0).contains(&score));
         }
     }
-    let at = engine.next_step;
+    let at = engine.next_step();
     propersim::sim::headless::run(&mut engine, at, false, stop).await.unwrap();
     let ledger: Vec<Value> = propersim::storage::read_jsonl(&tmp.path().join("storage/smol/llm_ledger.jsonl")).unwrap();
     for task in ["wake_up_hour", "daily_plan", "hourly_schedule", "decompose", "suggest", "evaluate_timing"] {
@@ -60,7 +61,7 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
         ledger.len(),
         fallbacks,
         retried.len(),
-        engine.next_step
+        engine.next_step()
     );
     assert_eq!(fallbacks, 0, "fallbacks in a constrained run");
     assert!(retried.is_empty(), "parse retries in a constrained run: {retried:?}");

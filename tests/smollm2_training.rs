@@ -77,7 +77,7 @@ async fn day_boundary_trains_and_swaps_the_adapter_while_the_loop_runs() {
         None => println!("PROPERSIM-SKIP: mlflow not found (the training's MLflow check; scripts/test.sh installs it)"),
     }
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
-    assert!(engine.hook.is_some(), "training is attached to the local assistant");
+    assert!(engine.has_day_hook(), "training is attached to the local assistant");
 
     let sim = tmp.path().join("storage/trained");
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,7 +179,7 @@ async fn a_run_killed_while_training_trains_the_missed_day_on_resume() {
     assert!(!sim.join("training.jsonl").exists(), "the dropped run never took the result");
 
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
-    assert_eq!(engine.next_step, 11);
+    assert_eq!(engine.next_step(), 11);
     // The first awake step waits for the retrained adapter.
     propersim::sim::headless::run(&mut engine, 8 + 5, false, stop).await.unwrap();
     assert!(std::fs::read(&weights).unwrap() == reference, "the resumed training made another adapter");

@@ -504,7 +504,7 @@ fn trained_assistants_share_one_base() {
     for k in [1, 2] {
         let c = propersim::sim::sweep::persona_config(&cfg, "t", k);
         let engine = open_engine_shared(&c, &OpenOptions::new(Open::Fork, CacheMode::Off), &shared).unwrap();
-        assert!(engine.hook.is_some(), "persona {k} trains");
+        assert!(engine.has_day_hook(), "persona {k} trains");
         assert!(tmp.path().join(format!("storage/t_p{k}/reverie/meta.json")).is_file());
     }
     assert_eq!(shared.training.bases_loaded(), 1, "two sims, one training base");

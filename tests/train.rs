@@ -917,7 +917,7 @@ fn smollm2_short_dpo_raises_the_margin_and_the_adapter_reloads() -> Result<()> {
     );
     // The engine's own formatter (the assistant's tokenizer) knows the EOS, and the completion
     // then ends with it, as TRL tokenizes: DPO after every completion, KTO since it is missing.
-    let real = propersim::sim::training::formatter_for(&path)?;
+    let real = assistant_provider(&path)?;
     assert_eq!(real.eos_id(), Some(2));
     for limits in [TrainConfig::dpo().limits, TrainConfig::kto().limits] {
         let t = tokenize_pair(&real, &pairs[0], &limits)?;
@@ -987,7 +987,7 @@ fn smollm2_quantized_base_scores_as_f32_and_dpo_lowers_the_loss() -> Result<()> 
     // own provider does.
     {
         let text = propersim::llm::local::ModelText::load(&path)?;
-        let real = propersim::sim::training::formatter_for(&path)?;
+        let real = assistant_provider(&path)?;
         for p in &pairs {
             let limits = TrainConfig::dpo().limits;
             assert_eq!(tokenize_pair(&text, p, &limits)?, tokenize_pair(&real, p, &limits)?);
@@ -1179,4 +1179,12 @@ fn workers_sharing_a_queue_wait_their_turn() -> Result<()> {
     let res = worker.wait_result().expect("a result").map_err(|e| anyhow::anyhow!(e))?;
     assert_eq!(res.version, 1);
     Ok(())
+}
+
+/// The local provider an assistant on the GGUF `path` gets: the engine's own formatter.
+fn assistant_provider(path: &std::path::Path) -> anyhow::Result<propersim::llm::local::LocalProvider> {
+    let mut rc = propersim::config::RoleConfig::scripted();
+    rc.provider = propersim::config::ProviderKind::Local;
+    rc.model = path.display().to_string();
+    propersim::llm::local::LocalProvider::new(&rc, propersim::config::Role::Assistant)
 }

@@ -36,9 +36,9 @@ async fn two_days_hook_pairs_and_report() {
     cfg.sim.sim = "two".into();
     cfg.sim.fork = "base_the_ville_persona_12".into();
     cfg.set_all_providers(ProviderKind::Scripted);
-    let mut engine = open_engine(&cfg, Open::Fork, CacheMode::Off).unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    engine.hook = Some(Box::new(Recorder(calls.clone())));
+    let mut engine =
+        open_engine(&cfg, Open::Fork, CacheMode::Off).unwrap().with_day_hook(Box::new(Recorder(calls.clone())));
     propersim::sim::headless::run(&mut engine, 2 * 576, false, Arc::new(AtomicBool::new(false))).await.unwrap();
 
     let calls = calls.lock().unwrap().clone();

@@ -189,7 +189,7 @@ async fn adapters_trained_between_days_are_served_by_vllm_and_a_refused_load_sto
 
     // Day 1 on the base model, then into day 2 with day 1's adapter.
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
-    assert!(engine.hook.is_some(), "training is attached to the assistant on vLLM");
+    assert!(engine.has_day_hook(), "training is attached to the assistant on vLLM");
     propersim::sim::headless::run(&mut engine, 8 + 5, false, stop.clone()).await.unwrap();
     let pairs: Vec<Value> = propersim::storage::read_jsonl(&sim.join("preferences/day_01.jsonl")).unwrap();
     assert!(!pairs.is_empty(), "day one produced preference pairs");
@@ -222,7 +222,7 @@ async fn adapters_trained_between_days_are_served_by_vllm_and_a_refused_load_sto
     let msg = format!("{err:#}");
     eprintln!("the run stopped with: {msg}");
     assert!(msg.contains("max_lora_rank 8") && msg.contains(&day2) && msg.contains("--resume"), "{msg}");
-    let stopped_at = engine.next_step;
+    let stopped_at = engine.next_step();
     assert!((17..21).contains(&stopped_at), "stopped in day 3 at step {stopped_at}");
     drop(engine);
     let ev = server.events();
@@ -237,7 +237,7 @@ async fn adapters_trained_between_days_are_served_by_vllm_and_a_refused_load_sto
     // The rerun resumes at the same step, loads day 2's adapter, then unloads day 1's.
     server.refuse.store(false, Ordering::SeqCst);
     let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
-    assert_eq!(engine.next_step, stopped_at, "the rerun resumes where the run stopped");
+    assert_eq!(engine.next_step(), stopped_at, "the rerun resumes where the run stopped");
     propersim::sim::headless::run(&mut engine, 16 + 5, false, stop).await.unwrap();
     let ev = server.events();
     let loaded = position(&ev, |e| matches!(e, Event::Load { name, accepted: true, .. } if *name == day2))

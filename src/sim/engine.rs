@@ -1,7 +1,13 @@
 //! The simulation state machine: one call to [`Engine::step`] turns `environment/<n>.json` into
-//! `movement/<n>.json`, in the original's order: the user moves first, then the assistant
-//! suggests and the user judges. State is checkpointed after every step, so a killed run resumes
-//! from its last complete step.
+//! `movement/<n>.json`, in the original's order, as explicit stages:
+//!
+//! 1. **begin**: the day boundary (the user's evaluation memory resets, yesterday's pairs go to
+//!    the [`DayHook`]) and the hook's per-step calls;
+//! 2. **user**: the user agent perceives, plans and walks ([`UserAgent::step`]);
+//! 3. **turn**: while the user is awake, the assistant suggests and the user judges ([`turn`]);
+//! 4. **records**: what the turn leaves goes into both memories and the counted logs;
+//! 5. **commit**: the movement file, the day's metrics line, then the checkpoint that vouches
+//!    for all of the above. A killed run resumes from its last complete step.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,8 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::hooks::DayHook;
-use super::movement::{movement_json, PersonaEntry};
-use super::turn::{turn, Moment};
+use super::turn::{turn, Moment, TurnResult};
 use crate::assistant::memory::{load_log, record_text, Record};
 use crate::assistant::records::pairs_file;
 use crate::assistant::AssistantMemory;
@@ -24,10 +29,12 @@ use crate::config::Config;
 use crate::llm::Llm;
 use crate::memory::{Interaction, StructuredMemory};
 use crate::report::live::MetricsLog;
+use crate::storage::movement::{Movement, PersonaEntry};
 use crate::storage::{
     append_bytes, count_lines, jsonl_bytes, read_jsonl, sweep_temp_files, sync_all_at_once, truncate_lines,
     write_atomic, Meta, SimDir,
 };
+use crate::user::agent::UserStep;
 use crate::user::memory::{AssociativeMemory, Node};
 use crate::user::{UserAgent, UserState};
 use crate::world::maze::Maze;
@@ -124,21 +131,33 @@ pub struct Evaluated {
     pub embedding: Vec<f32>,
 }
 
+/// What an engine is opened with besides its sim: the parts setup decides.
+pub struct Attachments {
+    /// Day boundaries and steps, for training (`sim::training`) or a test's recorder.
+    pub hook: Option<Box<dyn DayHook>>,
+    /// Counts the assistant's tokens for `number_of_action_tokens`; `None`: characters / 4.
+    pub token_counter: Option<TokenCounter>,
+    /// `metrics.jsonl`, opened by setup so that training and tracking can hold it too.
+    pub metrics: MetricsLog,
+}
+
+pub type TokenCounter = Box<dyn Fn(&str) -> usize + Send + Sync>;
+
 pub struct Engine {
-    pub cfg: Config,
-    pub sim: SimDir,
-    pub meta: Meta,
-    pub clock: Clock,
-    pub maze: Arc<Maze>,
-    pub llm: Arc<Llm>,
-    pub user_name: String,
-    pub assistant_name: String,
-    pub user: UserAgent,
+    cfg: Config,
+    sim: SimDir,
+    meta: Meta,
+    clock: Clock,
+    maze: Arc<Maze>,
+    llm: Arc<Llm>,
+    user_name: String,
+    assistant_name: String,
+    user: UserAgent,
     /// The user's memory of evaluated suggestions (reset each morning, as in the original).
-    pub evaluator: StructuredMemory,
-    pub evaluated_today: Vec<Evaluated>,
-    pub assistant: AssistantMemory,
-    pub next_step: u64,
+    evaluator: StructuredMemory,
+    evaluated_today: Vec<Evaluated>,
+    assistant: AssistantMemory,
+    next_step: u64,
     /// How many of the user's memory nodes are already in `NODE_LOG`.
     logged_nodes: usize,
     /// Complete lines of each other log this sim appends to (path under the sim → count); the
@@ -154,18 +173,24 @@ pub struct Engine {
     /// A step began and neither finished nor was undone by [`Engine::reload`]: the state in
     /// memory holds part of it, so it must not be saved.
     mid_step: bool,
-    pub hook: Option<Box<dyn DayHook>>,
+    hook: Option<Box<dyn DayHook>>,
     /// Whether the hook has been told where this engine started (`DayHook::resumed`).
     hook_started: bool,
     /// Counts the assistant's tokens for `number_of_action_tokens` (chars/4 when no tokenizer).
-    pub token_counter: Box<dyn Fn(&str) -> usize + Send + Sync>,
+    token_counter: TokenCounter,
     /// `metrics.jsonl`: a line as each day ends (and from the training hook, as it trains).
-    pub metrics: MetricsLog,
+    metrics: MetricsLog,
+}
+
+/// What the records stage makes of a turn for the movement file.
+struct Shown {
+    entry: PersonaEntry,
+    tokens: usize,
 }
 
 impl Engine {
     /// Open a sim folder (freshly forked, or to resume from its checkpoint).
-    pub fn open(cfg: Config, sim: SimDir, maze: Arc<Maze>, llm: Arc<Llm>) -> Result<Engine> {
+    pub fn open(cfg: Config, sim: SimDir, maze: Arc<Maze>, llm: Arc<Llm>, parts: Attachments) -> Result<Engine> {
         let meta = sim.meta()?;
         let clock = Clock::new(&meta.start_date, meta.sec_per_step)?;
         if meta.persona_names.len() < 2 {
@@ -175,7 +200,7 @@ impl Engine {
         sweep_temp_files(&sim.root)?;
         let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
         let user = initial_user(&sim, &user_name)?;
-        let metrics = MetricsLog::open(&sim.root)?;
+        let Attachments { hook, token_counter, metrics } = parts;
         let mut engine = Engine {
             user,
             durable: cfg.sim.durable,
@@ -195,9 +220,9 @@ impl Engine {
             unsynced: BTreeSet::new(),
             last_checkpoint: None,
             mid_step: false,
-            hook: None,
+            hook,
             hook_started: false,
-            token_counter: Box::new(|s: &str| s.len().div_ceil(4)),
+            token_counter: token_counter.unwrap_or_else(|| Box::new(|s: &str| s.len().div_ceil(4))),
             metrics,
             sim,
         };
@@ -437,16 +462,65 @@ impl Engine {
     }
 
     /// Compute step `self.next_step` from its environment file and write its movement file.
-    pub async fn step(&mut self) -> Result<Value> {
+    pub async fn step(&mut self) -> Result<Movement> {
         self.mid_step = true;
         let step = self.next_step;
         let env = self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?;
         let now = self.clock.time(step);
         self.llm.set_step(step);
         self.ensure_embeddings().await?;
+        self.begin(step)?;
 
-        // Day boundary at the second step of each day (00:02:30), as the original: the user's
-        // evaluation memory resets and yesterday's preference data goes to training.
+        // The user: the page's tile for it if that is on the map, else where it stood.
+        let tile = env
+            .get(&self.user_name)
+            .map(|t| (t.x.max(0) as usize, t.y.max(0) as usize))
+            .unwrap_or(self.user.state.tile);
+        let tile = if self.maze.tile(tile.0, tile.1).is_some() { tile } else { self.user.state.tile };
+        let tps = self.cfg.sim.tiles_per_step(self.meta.sec_per_step);
+        let u = self.user.step(&self.llm, &self.maze, now, tile, tps).await?;
+
+        // The assistant: a turn while the user is awake, then its records.
+        let assistant_tile = env.get(&self.assistant_name).map(|t| [t.x, t.y]).unwrap_or([0, 0]);
+        let shown = if u.asleep {
+            Shown { entry: PersonaEntry::idle(assistant_tile, &self.user_name), tokens: 0 }
+        } else {
+            if let Some(h) = self.hook.as_mut() {
+                h.before_suggest()?;
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let moment = Moment {
+                step,
+                now,
+                user_name: &self.user_name,
+                assistant_name: &self.assistant_name,
+                profile: &self.user.profile,
+                action: &u.action,
+                act_description: &u.act_description,
+                walking: u.walking,
+            };
+            let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;
+            self.records(step, &u, r, assistant_tile, &mut rng).await?
+        };
+
+        let u_entry = PersonaEntry::user([u.tile.0 as i64, u.tile.1 as i64], u.emoji, u.description, &u.walked);
+        let mv = Movement::new(
+            &self.user_name,
+            u_entry,
+            &self.assistant_name,
+            shown.entry,
+            &fmt_curr_time(now),
+            u.walking,
+            shown.tokens,
+        );
+        self.commit(step, &mv)?;
+        Ok(mv)
+    }
+
+    /// Stage 1: the day boundary at the second step of each day (00:02:30), as the original: the
+    /// user's evaluation memory resets and yesterday's preference data goes to training. Then
+    /// the hook's per-step calls.
+    fn begin(&mut self, step: u64) -> Result<()> {
         if step % self.steps_per_day() == 1 {
             self.evaluator.reset();
             self.evaluated_today.clear();
@@ -474,113 +548,88 @@ impl Engine {
         if let Some(h) = self.hook.as_mut() {
             h.before_step(step)?;
         }
+        Ok(())
+    }
 
-        let tile = env
-            .get(&self.user_name)
-            .map(|t| (t.x.max(0) as usize, t.y.max(0) as usize))
-            .unwrap_or(self.user.state.tile);
-        let tile = if self.maze.tile(tile.0, tile.1).is_some() { tile } else { self.user.state.tile };
-        let tps = self.cfg.sim.tiles_per_step(self.meta.sec_per_step);
-        let u = self.user.step(&self.llm, &self.maze, now, tile, tps).await?;
-
-        let assistant_tile = env.get(&self.assistant_name).map(|t| [t.x, t.y]).unwrap_or([0, 0]);
-        let mut a_entry = PersonaEntry::idle(assistant_tile, &self.user_name);
-        let mut tokens = 0usize;
-        if !u.asleep {
-            if let Some(h) = self.hook.as_mut() {
-                h.before_suggest()?;
-            }
-            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let moment = Moment {
-                step,
-                now,
-                user_name: &self.user_name,
-                assistant_name: &self.assistant_name,
-                profile: &self.user.profile,
-                action: &u.action,
-                act_description: &u.act_description,
-                walking: u.walking,
-            };
-            let r = turn(&self.llm, &self.cfg.sim, &moment, &self.assistant, &self.evaluator, &mut rng).await?;
-            let score = r.shown_judgement.score_string();
-            let shown_text = r.shown.suggestion.text().to_string();
-            // Into both memories: the shown suggestion (with its score as the memory level says,
-            // in the assistant's only).
-            let text = record_text(
-                self.cfg.sim.memory_level,
-                &self.user_name,
-                &r.user_action,
-                &shown_text,
-                &score,
-                &r.shown_judgement.reason,
-                &mut rng,
-            );
-            // The user's view holds the action and the suggestion, never the score.
-            let seen_text =
-                crate::user::evaluator::memory_entry(&self.user_name, &u.act_description, u.walking, &shown_text);
-            // Both memories' vectors in one request: the assistant's record and the user's view.
-            let mut vectors = self.llm.embed_many(&[text.clone(), seen_text.clone()]).await?.into_iter();
-            let (Some(embedding), Some(seen_embedding)) = (vectors.next(), vectors.next()) else {
-                bail!("the embedding provider returned fewer vectors than texts");
-            };
-            let rec = Record { step, time: now, text, recommended: !r.shown.suggestion.is_norec(), embedding };
-            self.append_log(ASSISTANT_LOG, &rec)?;
-            let score_aware = self.cfg.sim.memory_level.score_aware_summaries();
-            self.assistant
-                .structured
-                .add(
-                    &self.llm,
-                    "the assistant",
-                    &self.user_name,
-                    score_aware,
-                    AssistantMemory::interaction(&rec, Some(r.shown_judgement.total)),
-                )
-                .await?;
-            self.assistant.push(rec);
-            let seen = Interaction {
-                step,
-                time: now,
-                text: seen_text,
-                recommended: !r.shown.suggestion.is_norec(),
-                score: None,
-            };
-            self.evaluator.add(&self.llm, "the user", &self.user_name, false, seen.clone()).await?;
-            let seen = Evaluated { interaction: seen, embedding: seen_embedding };
-            self.append_log(EVALUATED_LOG, &seen)?;
-            self.evaluated_today.push(seen);
-            self.append_log(RECORDS, &r.record)?;
-            if let Some(p) = &r.pair {
-                self.append_log(&pairs_file(self.clock.day(step)), p)?;
-            }
-            let reason = r.shown.reason.clone().unwrap_or_default();
-            tokens = (self.token_counter)(&shown_text)
-                + (self.token_counter)(&reason)
-                + (self.token_counter)(&format!("{} is {}", self.user_name, r.user_action));
-            a_entry = PersonaEntry::suggesting(
-                assistant_tile,
-                &self.user_name,
-                r.user_action,
-                shown_text,
-                score,
-                r.shown_judgement.reason.clone(),
-            );
-        }
-        let u_entry = PersonaEntry::user([u.tile.0 as i64, u.tile.1 as i64], u.emoji, u.description, &u.walked);
-        let mv = movement_json(
+    /// Stage 4: the shown suggestion into both memories (with its score as the memory level
+    /// says, in the assistant's only), the record and the pair into their logs; returns the
+    /// assistant's entry of the movement file.
+    async fn records(
+        &mut self,
+        step: u64,
+        u: &UserStep,
+        r: TurnResult,
+        assistant_tile: [i64; 2],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Shown> {
+        let now = self.clock.time(step);
+        let score = r.shown_judgement.score_string();
+        let shown_text = r.shown.suggestion.text().to_string();
+        let text = record_text(
+            self.cfg.sim.memory_level,
             &self.user_name,
-            u_entry,
-            &self.assistant_name,
-            a_entry,
-            &fmt_curr_time(now),
-            u.walking,
-            tokens,
+            &r.user_action,
+            &shown_text,
+            &score,
+            &r.shown_judgement.reason,
+            rng,
         );
-        self.sim.write_movement(step, &mv)?;
+        // The user's view holds the action and the suggestion, never the score.
+        let seen_text =
+            crate::user::evaluator::memory_entry(&self.user_name, &u.act_description, u.walking, &shown_text);
+        // Both memories' vectors in one request: the assistant's record and the user's view.
+        let mut vectors = self.llm.embed_many(&[text.clone(), seen_text.clone()]).await?.into_iter();
+        let (Some(embedding), Some(seen_embedding)) = (vectors.next(), vectors.next()) else {
+            bail!("the embedding provider returned fewer vectors than texts");
+        };
+        let recommended = !r.shown.suggestion.is_norec();
+        let rec = Record { step, time: now, text, recommended, embedding };
+        self.append_log(ASSISTANT_LOG, &rec)?;
+        let score_aware = self.cfg.sim.memory_level.score_aware_summaries();
+        self.assistant
+            .structured
+            .add(
+                &self.llm,
+                "the assistant",
+                &self.user_name,
+                score_aware,
+                AssistantMemory::interaction(&rec, Some(r.shown_judgement.total)),
+            )
+            .await?;
+        self.assistant.push(rec);
+        let seen = Interaction { step, time: now, text: seen_text, recommended, score: None };
+        self.evaluator.add(&self.llm, "the user", &self.user_name, false, seen.clone()).await?;
+        let seen = Evaluated { interaction: seen, embedding: seen_embedding };
+        self.append_log(EVALUATED_LOG, &seen)?;
+        self.evaluated_today.push(seen);
+        self.append_log(RECORDS, &r.record)?;
+        if let Some(p) = &r.pair {
+            self.append_log(&pairs_file(self.clock.day(step)), p)?;
+        }
+        let reason = r.shown.reason.clone().unwrap_or_default();
+        let tokens = (self.token_counter)(&shown_text)
+            + (self.token_counter)(&reason)
+            + (self.token_counter)(&format!("{} is {}", self.user_name, r.user_action));
+        let entry = PersonaEntry::suggesting(
+            assistant_tile,
+            &self.user_name,
+            r.user_action,
+            shown_text,
+            score,
+            r.shown_judgement.reason,
+        );
+        Ok(Shown { entry, tokens })
+    }
+
+    /// Stage 5: the movement file, the day's metrics line, then the checkpoint that vouches for
+    /// everything the step wrote.
+    fn commit(&mut self, step: u64, mv: &Movement) -> Result<()> {
+        self.sim.write_movement(step, mv)?;
         self.day_metrics(step);
         self.next_step = step + 1;
         self.write_checkpoint()?;
         self.mid_step = false;
-        Ok(mv)
+        Ok(())
     }
 
     /// After the last step of a day: its line in `metrics.jsonl`, before the checkpoint, so a
@@ -707,19 +756,67 @@ impl Engine {
         }
         let prev = self.sim.read_movement(step - 1)?.with_context(|| format!("movement/{} is missing", step - 1))?;
         let mut env = crate::storage::Environment::new();
-        if let Some(Value::Object(ps)) = prev.get("persona") {
-            for (name, p) in ps {
-                let xy = p.get("movement").and_then(Value::as_array).cloned().unwrap_or_default();
-                let (x, y) =
-                    (xy.first().and_then(Value::as_i64).unwrap_or(0), xy.get(1).and_then(Value::as_i64).unwrap_or(0));
-                env.insert(name.clone(), crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
-            }
+        for (name, p) in prev.persona {
+            let [x, y] = p.movement;
+            env.insert(name, crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
         }
         self.sim.write_env(step, &env)
     }
 
     pub fn sim_path(&self, rel: &str) -> PathBuf {
         self.sim.path(rel)
+    }
+
+    /// Record a checked resume in run.json (and meta.json's label), at the step it resumes.
+    pub fn record_resume(&mut self, resume: super::provenance::Resume) -> Result<()> {
+        resume.record(&self.cfg, &self.sim, &mut self.meta, self.next_step)
+    }
+
+    /// The same engine with `hook` in place of its day hook, before its first step (a test's
+    /// recorder in place of training).
+    pub fn with_day_hook(mut self, hook: Box<dyn DayHook>) -> Engine {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The step the next call to [`Engine::step`] computes.
+    pub fn next_step(&self) -> u64 {
+        self.next_step
+    }
+
+    pub fn sim(&self) -> &SimDir {
+        &self.sim
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn llm(&self) -> &Arc<Llm> {
+        &self.llm
+    }
+
+    pub fn metrics(&self) -> &MetricsLog {
+        &self.metrics
+    }
+
+    /// Whether a day hook (training) is attached.
+    pub fn has_day_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// The user's memory of evaluated suggestions.
+    pub fn evaluator(&self) -> &StructuredMemory {
+        &self.evaluator
+    }
+
+    /// Today's evaluated interactions, as the user's evaluation memory saves them.
+    pub fn evaluated_today(&self) -> &[Evaluated] {
+        &self.evaluated_today
+    }
+
+    pub fn assistant(&self) -> &AssistantMemory {
+        &self.assistant
     }
 }
 

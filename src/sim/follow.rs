@@ -39,7 +39,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// before returning.
 pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch: bool) -> Result<Engine> {
     // Watch the environment folder; events only wake the loop, which then checks the file.
-    let env_dir = engine.sim.path("environment");
+    let env_dir = engine.sim().path("environment");
     std::fs::create_dir_all(&env_dir)?;
     let _watcher = if watch {
         let f2 = f.clone();
@@ -53,16 +53,16 @@ pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch
     } else {
         None
     };
-    f.next_step.store(engine.next_step, Ordering::SeqCst);
-    while engine.next_step < until_step && !f.stop.load(Ordering::SeqCst) {
-        let ready = !f.paused.load(Ordering::SeqCst) && engine.sim.env_path(engine.next_step).is_file();
+    f.next_step.store(engine.next_step(), Ordering::SeqCst);
+    while engine.next_step() < until_step && !f.stop.load(Ordering::SeqCst) {
+        let ready = !f.paused.load(Ordering::SeqCst) && engine.sim().env_path(engine.next_step()).is_file();
         if !ready {
             let _ = tokio::time::timeout(POLL, f.wake.notified()).await;
             continue;
         }
         // A half-written file cannot be seen (writers rename into place), but the original's
         // frontend writes in place: a parse error means "not yet", so wait and try again.
-        match engine.sim.read_env(engine.next_step) {
+        match engine.sim().read_env(engine.next_step()) {
             Ok(Some(_)) => {}
             _ => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -76,21 +76,21 @@ pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch
             Err(e) => {
                 *f.error.lock().expect("not poisoned") = Some(format!("{e:#}"));
                 engine.save_personas().ok();
-                if let Some(line) = engine.metrics.end_tracking(crate::tracking::RunEnd::Failed).await {
+                if let Some(line) = engine.metrics().end_tracking(crate::tracking::RunEnd::Failed).await {
                     eprintln!("{line}");
                 }
                 return Err(e);
             }
         }
-        f.next_step.store(engine.next_step, Ordering::SeqCst);
+        f.next_step.store(engine.next_step(), Ordering::SeqCst);
     }
     engine.save_personas()?;
-    let end = if engine.next_step >= until_step {
+    let end = if engine.next_step() >= until_step {
         crate::tracking::RunEnd::Finished
     } else {
         crate::tracking::RunEnd::Killed
     };
-    if let Some(line) = engine.metrics.end_tracking(end).await {
+    if let Some(line) = engine.metrics().end_tracking(end).await {
         eprintln!("{line}");
     }
     Ok(engine)
@@ -98,8 +98,8 @@ pub async fn follow(mut engine: Engine, f: Arc<Follower>, until_step: u64, watch
 
 pub fn follower(engine: &Engine) -> Arc<Follower> {
     Arc::new(Follower {
-        sim_code: engine.sim.code.clone(),
-        next_step: AtomicU64::new(engine.next_step),
+        sim_code: engine.sim().code.clone(),
+        next_step: AtomicU64::new(engine.next_step()),
         paused: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         wake: Notify::new(),

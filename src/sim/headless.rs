@@ -85,7 +85,7 @@ pub fn rate_text(per_sec: f64) -> String {
 /// Step until `until_step` (exclusive) or until `stop` is raised, which cancels the step in
 /// flight (see [`step_or_stop`]). The personas are saved before returning.
 pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc<AtomicBool>) -> Result<RunSummary> {
-    let start_step = engine.next_step;
+    let start_step = engine.next_step();
     let bar = if progress && until_step > start_step {
         let b = ProgressBar::new(until_step - start_step);
         b.set_style(steps_style());
@@ -95,7 +95,7 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
     };
     let t0 = Instant::now();
     let (mut interrupted, mut cancelled) = (false, false);
-    while engine.next_step < until_step {
+    while engine.next_step() < until_step {
         if stop.load(Ordering::SeqCst) {
             (interrupted, cancelled) = (true, true);
             break;
@@ -116,26 +116,26 @@ pub async fn run(engine: &mut Engine, until_step: u64, progress: bool, stop: Arc
                     break;
                 }
                 engine.save_personas().ok();
-                if let Some(line) = engine.metrics.end_tracking(RunEnd::Failed).await {
+                if let Some(line) = engine.metrics().end_tracking(RunEnd::Failed).await {
                     eprintln!("{line}");
                 }
                 return Err(e);
             }
         }
         bar.inc(1);
-        if engine.next_step.is_multiple_of(24) {
-            bar.set_message(crate::clock::fmt_curr_time(engine.clock.time(engine.next_step)));
+        if engine.next_step().is_multiple_of(24) {
+            bar.set_message(crate::clock::fmt_curr_time(engine.clock().time(engine.next_step())));
         }
     }
     bar.finish_and_clear();
     engine.save_personas()?;
     let end = if interrupted { RunEnd::Killed } else { RunEnd::Finished };
     Ok(RunSummary {
-        steps: engine.next_step.saturating_sub(start_step),
+        steps: engine.next_step().saturating_sub(start_step),
         seconds: t0.elapsed().as_secs_f64(),
         interrupted,
         cancelled,
-        tracking: engine.metrics.end_tracking(end).await,
+        tracking: engine.metrics().end_tracking(end).await,
     })
 }
 

@@ -5,7 +5,6 @@ pub mod experiment;
 pub mod follow;
 pub mod headless;
 pub mod hooks;
-pub mod movement;
 pub mod provenance;
 pub mod setup;
 pub mod sweep;

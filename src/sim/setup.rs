@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
+use super::engine::{Attachments, Engine};
 use super::provenance;
 use super::training::TrainShare;
-use super::Engine;
 use crate::config::Config;
 use crate::llm::cache::CacheMode;
 use crate::llm::{Llm, Providers};
+use crate::report::live::MetricsLog;
 use crate::storage::sim::write_handshake;
 use crate::storage::SimDir;
 use crate::world::maze::Maze;
@@ -112,7 +113,7 @@ pub fn open_engine(cfg: &Config, open: Open, cache: CacheMode) -> Result<Engine>
 /// As [`open_engine`], with every option.
 pub fn open_engine_with(cfg: &Config, opts: &OpenOptions) -> Result<Engine> {
     let engine = open_engine_shared(cfg, opts, &Shared::default())?;
-    write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step)?;
+    write_handshake(&cfg.paths.temp_storage, &cfg.sim.sim, engine.next_step())?;
     Ok(engine)
 }
 
@@ -151,18 +152,20 @@ pub fn open_engine_shared(cfg: &Config, opts: &OpenOptions, shared: &Shared) -> 
     let llm = Llm::for_sim(cfg, &sim.root, opts.cache)?.with_providers(shared.providers.clone());
     let (llm, training) = super::training::attach(cfg, &sim.root, llm, &shared.training)?;
     let llm = Arc::new(llm);
-    let mut engine = Engine::open(cfg.clone(), sim, maze, llm.clone())?;
-    if let Some(r) = resume {
-        r.record(cfg, &engine.sim, &mut engine.meta, engine.next_step)?;
+    let metrics = MetricsLog::open(&sim.root)?;
+    if let Some(tracker) = crate::tracking::TrackerSetup::for_sim(cfg, &sim.root) {
+        metrics.track(tracker)?;
     }
-    if let Some(tracker) = crate::tracking::TrackerSetup::for_sim(cfg, &engine.sim.root) {
-        engine.metrics.track(tracker)?;
-    }
+    let mut parts = Attachments { hook: None, token_counter: None, metrics: metrics.clone() };
     if let Some(mut t) = training {
-        t.bind(llm, engine.metrics.clone());
+        t.bind(llm.clone(), metrics);
         let p = t.provider.clone();
-        engine.token_counter = Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4)));
-        engine.hook = Some(Box::new(t));
+        parts.token_counter = Some(Box::new(move |s: &str| p.count_tokens(s).unwrap_or_else(|_| s.len().div_ceil(4))));
+        parts.hook = Some(Box::new(t));
+    }
+    let mut engine = Engine::open(cfg.clone(), sim, maze, llm, parts)?;
+    if let Some(r) = resume {
+        engine.record_resume(r)?;
     }
     Ok(engine)
 }

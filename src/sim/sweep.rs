@@ -526,20 +526,20 @@ async fn run_sim(
     };
     let per_day = engine.steps_per_day();
     let target = days * per_day;
-    let start = engine.next_step;
+    let start = engine.next_step();
     display.overall.inc_length(target.saturating_sub(start));
     let line = display.sim_line();
     let show = |e: &Engine| {
         line.set_message(format!(
             "{sim}  day {}/{days}  step {}/{target}",
-            (e.next_step / per_day + 1).min(days),
-            e.next_step
+            (e.next_step() / per_day + 1).min(days),
+            e.next_step()
         ))
     };
     show(&engine);
     let mut status = SimStatus::Done;
     let mut slice = Instant::now();
-    while engine.next_step < target {
+    while engine.next_step() < target {
         if stop.load(Ordering::SeqCst) {
             status = SimStatus::Stopped("interrupted".into());
             break;
@@ -559,13 +559,13 @@ async fn run_sim(
                 // Over budget is a clean stop: the step was not written, the sim resumes later.
                 status = match e.downcast_ref::<BudgetExceeded>() {
                     Some(b) => SimStatus::Stopped(format!("{b}; raise budget_usd and rerun")),
-                    None => SimStatus::Failed(format!("step {}: {e:#}", engine.next_step)),
+                    None => SimStatus::Failed(format!("step {}: {e:#}", engine.next_step())),
                 };
                 break;
             }
         }
         display.overall.inc(1);
-        if engine.next_step.is_multiple_of(24) {
+        if engine.next_step().is_multiple_of(24) {
             show(&engine);
         }
         // A scripted step never waits, so without this one sim would hold its worker thread
@@ -589,10 +589,10 @@ async fn run_sim(
         SimStatus::Stopped(_) => crate::tracking::RunEnd::Killed,
         SimStatus::Failed(_) => crate::tracking::RunEnd::Failed,
     };
-    if let Some(line) = engine.metrics.end_tracking(end).await {
+    if let Some(line) = engine.metrics().end_tracking(end).await {
         display.say(&format!("{sim}: {line}"));
     }
-    finish(display, &sim, engine.next_step - start, status)
+    finish(display, &sim, engine.next_step() - start, status)
 }
 
 fn finish(display: &Display, sim: &str, steps: u64, status: SimStatus) -> (u64, SimStatus) {

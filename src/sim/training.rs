@@ -18,46 +18,14 @@ use super::hooks::DayHook;
 use crate::config::{Config, ConfigError, ProviderKind, ReplayMode, Role, TrainMethod, TrainWeights};
 use crate::llm::local::LocalProvider;
 use crate::llm::vllm::{lora_name, LoraServer};
-use crate::llm::{Llm, Message};
+use crate::llm::Llm;
 use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
 use crate::report::live::MetricsLog;
-use crate::train::data::{read_pairs, ChatFormatter, PreferencePair};
+use crate::train::data::{read_pairs, PreferencePair};
 use crate::train::replay::ReplayBuffer;
 use crate::train::worker::{JobResult, TrainJob, TrainWorker, WorkerSetup};
 use crate::train::{adapter, TrainConfig};
-
-/// The local model's own chat template and tokenizer, as the trainer needs them.
-pub struct ProviderFormatter(pub Arc<LocalProvider>);
-
-/// The chat template and tokenizer of a GGUF (for `propersim train` / `score`).
-pub fn formatter_for(gguf: &Path) -> Result<ProviderFormatter> {
-    let mut rc = crate::config::RoleConfig::scripted();
-    rc.provider = ProviderKind::Local;
-    rc.model = gguf.display().to_string();
-    Ok(ProviderFormatter(Arc::new(LocalProvider::new(&rc, Role::Assistant)?)))
-}
-
-impl ChatFormatter for ProviderFormatter {
-    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.0.template()?.render(msgs, add_generation_prompt)
-    }
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.0.try_tokenizer()?.encode(text)
-    }
-    fn eos_id(&self) -> Option<u32> {
-        self.0.try_tokenizer().ok()?.special().eos.as_ref().map(|e| e.0)
-    }
-}
-
-impl crate::train::mmlu::TextCodec for ProviderFormatter {
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.0.try_tokenizer()?.encode(text)
-    }
-    fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.0.try_tokenizer()?.decode(ids)
-    }
-}
 
 /// The daily MMLU check: its questions and where results go.
 struct Mmlu {
@@ -211,7 +179,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     };
     let worker = TrainWorker::spawn(WorkerSetup {
         model,
-        formatter: Arc::new(ProviderFormatter(provider.clone())),
+        formatter: provider.clone(),
         initial,
         slot,
         base_model_name: rc.model.clone(),
@@ -338,7 +306,6 @@ impl Training {
             Some(d) if m.slot.version() > 0 => format!("day_{d:02}"),
             _ => "base".to_string(),
         };
-        let fmt = ProviderFormatter(self.provider.clone());
         let special = self.provider.try_tokenizer()?.special().clone();
         let opts = crate::train::mmlu::MmluOptions {
             bos: special.bos.map(|b| b.0),
@@ -346,7 +313,7 @@ impl Training {
             ..Default::default()
         };
         let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
-        let report = crate::train::mmlu::run_mmlu(&mut session, &fmt, &m.items, &opts)?;
+        let report = crate::train::mmlu::run_mmlu(&mut session, &*self.provider, &m.items, &opts)?;
         eprintln!(
             "MMLU of day {day}'s model ({adapter}): {:.3} over {} questions",
             report.overall_accuracy, report.questions

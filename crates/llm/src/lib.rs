@@ -59,6 +59,12 @@ pub trait ChatFormatter: Send + Sync {
     }
 }
 
+/// Plain-text tokenization, without a chat template (the MMLU check's prompts and answers).
+pub trait TextCodec {
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String>;
+}
+
 /// Sampling settings sent with a request (None = provider default).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {

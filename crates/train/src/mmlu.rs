@@ -90,11 +90,7 @@ pub fn parse_letter(reply: &str) -> char {
     up.chars().next().filter(|c| ('A'..='D').contains(c)).unwrap_or('A')
 }
 
-/// Plain-text tokenization for the check (no chat template).
-pub trait TextCodec {
-    fn encode(&self, text: &str) -> Result<Vec<u32>>;
-    fn decode(&self, ids: &[u32]) -> Result<String>;
-}
+pub use crate::llm::TextCodec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MmluOptions {

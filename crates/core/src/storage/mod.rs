@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod compress;
 pub mod experiment;
+pub mod movement;
 pub mod pyjson;
 pub mod run;
 

@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::movement::Movement;
 use super::{write_atomic, write_json_py};
 
 /// `reverie/meta.json`. Unknown keys are kept as they were.
@@ -225,11 +226,11 @@ impl SimDir {
         write_json_py(&self.env_path(step), env)
     }
 
-    pub fn read_movement(&self, step: u64) -> Result<Option<Value>> {
+    pub fn read_movement(&self, step: u64) -> Result<Option<Movement>> {
         read_json_opt(&self.movement_path(step))
     }
 
-    pub fn write_movement(&self, step: u64, movement: &Value) -> Result<()> {
+    pub fn write_movement(&self, step: u64, movement: &Movement) -> Result<()> {
         write_json_py(&self.movement_path(step), movement)
     }
 

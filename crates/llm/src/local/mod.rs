@@ -550,6 +550,28 @@ impl ModelText {
     }
 }
 
+/// The provider's own chat template and tokenizer, as training and the MMLU check use them.
+impl crate::ChatFormatter for LocalProvider {
+    fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.template()?.render(msgs, add_generation_prompt)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.try_tokenizer()?.encode(text)
+    }
+    fn eos_id(&self) -> Option<u32> {
+        self.try_tokenizer().ok()?.special().eos.as_ref().map(|e| e.0)
+    }
+}
+
+impl crate::TextCodec for LocalProvider {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.try_tokenizer()?.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.try_tokenizer()?.decode(ids)
+    }
+}
+
 impl crate::ChatFormatter for ModelText {
     fn render(&self, msgs: &[Message], add_generation_prompt: bool) -> Result<String> {
         self.template.render(msgs, add_generation_prompt)

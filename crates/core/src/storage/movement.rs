@@ -1,21 +1,48 @@
 //! The movement file, `movement/<n>.json`, with the original keys in the original order, plus
-//! `path` (the tiles walked this step) so a page can animate the walk.
+//! `path` (the tiles walked this step) so a page can animate the walk. Files the original wrote
+//! read too: what it did not write (the ProPerSim fields of a Generative Agents run, `path`)
+//! reads as empty.
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
 use crate::world::Pos;
 
-#[derive(Debug, Clone, Serialize)]
+/// `{"persona": {user, assistant}, "meta": {curr_time, is_john_walking, number_of_action_tokens}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Movement {
+    /// Persona name → its entry, in file order (the user first).
+    pub persona: IndexMap<String, PersonaEntry>,
+    pub meta: MovementMeta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MovementMeta {
+    pub curr_time: String,
+    /// `"yes"` or `"no"`. The original's name whatever the user is called: readers key on it.
+    #[serde(default)]
+    pub is_john_walking: String,
+    #[serde(default)]
+    pub number_of_action_tokens: usize,
+}
+
+/// One persona's step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PersonaEntry {
+    /// The tile it stands on after the step.
     pub movement: [i64; 2],
     pub pronunciatio: Option<String>,
     pub description: String,
     pub chat: Option<Vec<(String, String)>>,
+    #[serde(default)]
     pub user_action_for_suggestion: Option<String>,
+    #[serde(default)]
     pub suggestion: String,
+    #[serde(default)]
     pub eval_res_score: Option<String>,
+    #[serde(default)]
     pub eval_res_reason: Option<String>,
+    #[serde(default)]
     pub path: Vec<[i64; 2]>,
 }
 
@@ -72,22 +99,24 @@ impl PersonaEntry {
     }
 }
 
-/// `{"persona": {user, assistant}, "meta": {curr_time, is_john_walking, number_of_action_tokens}}`.
-/// `is_john_walking` keeps its original name whatever the user is called: readers key on it.
-pub fn movement_json(
-    user: &str,
-    u: PersonaEntry,
-    assistant: &str,
-    a: PersonaEntry,
-    curr_time: &str,
-    walking: bool,
-    tokens: usize,
-) -> Value {
-    let mut persona = serde_json::Map::new();
-    persona.insert(user.to_string(), serde_json::to_value(u).expect("plain data"));
-    persona.insert(assistant.to_string(), serde_json::to_value(a).expect("plain data"));
-    json!({
-        "persona": persona,
-        "meta": {"curr_time": curr_time, "is_john_walking": if walking { "yes" } else { "no" }, "number_of_action_tokens": tokens}
-    })
+impl Movement {
+    /// A step of the user and the assistant.
+    pub fn new(
+        user: &str,
+        u: PersonaEntry,
+        assistant: &str,
+        a: PersonaEntry,
+        curr_time: &str,
+        walking: bool,
+        tokens: usize,
+    ) -> Movement {
+        Movement {
+            persona: IndexMap::from([(user.to_string(), u), (assistant.to_string(), a)]),
+            meta: MovementMeta {
+                curr_time: curr_time.to_string(),
+                is_john_walking: if walking { "yes" } else { "no" }.to_string(),
+                number_of_action_tokens: tokens,
+            },
+        }
+    }
 }
