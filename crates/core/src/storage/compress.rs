@@ -17,14 +17,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
 use super::pyjson;
+use super::sim::check_sim_code;
 
 const KEYS: [&str; 4] = ["movement", "pronunciatio", "description", "chat"];
 
 /// Compress `storage_dir/<sim>` into `out_root/<sim>/`; returns that folder.
 pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBuf> {
-    if sim.is_empty() || !sim.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        bail!("invalid sim code {sim:?}: use letters, digits, '_' or '-'");
-    }
+    check_sim_code(sim).map_err(anyhow::Error::msg)?;
     let src = storage_dir.join(sim);
     if !src.is_dir() {
         bail!("no simulation {sim:?} in {}", storage_dir.display());
