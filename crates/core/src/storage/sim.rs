@@ -27,6 +27,13 @@ pub struct Meta {
     pub extra: IndexMap<String, Value>,
 }
 
+impl Meta {
+    /// The assistant's name: see [`assistant_persona`].
+    pub fn assistant_persona(&self) -> Option<&str> {
+        assistant_persona(&self.persona_names)
+    }
+}
+
 /// A persona's tile in `environment/<n>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EnvTile {
@@ -65,6 +72,13 @@ pub fn check_sim_code(name: &str) -> std::result::Result<(), String> {
 /// rule).
 pub fn valid_sim_code(name: &str) -> bool {
     check_sim_code(name).is_ok()
+}
+
+/// The assistant among a sim's personas, listed as in `meta.json`'s `persona_names` (the user
+/// first): the second; for a list of one, that one (the last). `None` for an empty list. The
+/// original's meta lists `["<user>", "Eddy Lin"]`.
+pub fn assistant_persona(names: &[String]) -> Option<&str> {
+    names.get(1).or(names.last()).map(String::as_str)
 }
 
 /// Handle on `storage/<sim>/`.
@@ -424,6 +438,15 @@ mod tests {
         for good in ["base_the_ville_persona_1", "a.b_c-1", "my-sweep_p32", "exp.2_none", "a..b", &longest] {
             assert_eq!(check_sim_code(good), Ok(()), "{good:?}");
         }
+    }
+
+    #[test]
+    fn the_assistant_is_the_second_persona() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(assistant_persona(&names(&["John Lin", "Eddy Lin"])), Some("Eddy Lin"));
+        assert_eq!(assistant_persona(&names(&["Sam Moore", "Ada Park", "Third"])), Some("Ada Park"));
+        assert_eq!(assistant_persona(&names(&["Solo"])), Some("Solo"));
+        assert_eq!(assistant_persona(&[]), None);
     }
 
     #[test]
