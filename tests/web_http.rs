@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::test_double::CopyEnvToMovement;
 use propersim::storage::compress::compress;
 use propersim::storage::sim::{check_sim_code, copy_tree, SimDir, MAX_SIM_CODE};
-use propersim::web::test_double::CopyEnvToMovement;
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
 use serde_json::{json, Value};
 

@@ -22,7 +22,6 @@ pub mod sim_files;
 pub mod sims;
 pub mod slash;
 pub mod sweeps;
-pub mod test_double;
 pub mod validate;
 
 use std::net::SocketAddr;
