@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::test_double::CopyEnvToMovement;
 use propersim::storage::compress::compress;
-use propersim::storage::sim::copy_tree;
-use propersim::web::test_double::CopyEnvToMovement;
+use propersim::storage::sim::{check_sim_code, copy_tree, SimDir, MAX_SIM_CODE};
 use propersim::web::{router, AppState, LiveSim, ServeOptions};
 use serde_json::{json, Value};
 
@@ -69,7 +69,13 @@ impl Server {
     async fn start(live: Option<Arc<dyn LiveSim>>) -> Server {
         let root = tempfile::tempdir().unwrap();
         make_fixture(root.path());
-        let mut opts = ServeOptions::new(root.path(), root.path().join("assets"));
+        let assets = root.path().join("assets");
+        Self::with_our_pages(root, assets, live).await
+    }
+
+    /// A server on `root` with our templates and static files, and the map assets at `assets`.
+    async fn with_our_pages(root: tempfile::TempDir, assets: PathBuf, live: Option<Arc<dyn LiveSim>>) -> Server {
+        let mut opts = ServeOptions::new(root.path(), assets);
         opts.static_dir = repo().join("static");
         opts.templates = repo().join("templates");
         opts.live = live;
@@ -528,7 +534,7 @@ async fn persona_state_page() {
     assert!(body.contains("no saved state"));
     assert_eq!(s.get(&format!("/replay_persona_state/{SIM}/2/..%2F..%2Fx/")).await.0, 400);
     assert_eq!(s.get(&format!("/replay_persona_state/{SIM}/x/John_Lin/")).await.0, 400);
-    assert_eq!(s.get("/replay_persona_state/a.b/1/John_Lin/").await.0, 400);
+    assert_eq!(s.get("/replay_persona_state/.b/1/John_Lin/").await.0, 400);
 }
 
 #[tokio::test]
@@ -540,10 +546,7 @@ async fn original_seed_replays_and_shows_state() {
     let root = tempfile::tempdir().unwrap();
     let seed = "base_the_ville_persona_1";
     copy_tree(&shared.join("storage").join(seed), &root.path().join("storage").join(seed)).unwrap();
-    let mut opts = ServeOptions::new(root.path(), shared.join("static_dirs/assets"));
-    opts.static_dir = repo().join("static");
-    opts.templates = repo().join("templates");
-    let s = Server::serve(opts, root).await;
+    let s = Server::with_our_pages(root, shared.join("static_dirs/assets"), None).await;
     let (st, body) = s.get(&format!("/replay/{seed}/0/")).await;
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("<span>John Lin,5,10</span>") && body.contains("<span>Eddy Lin,8,10</span>"));
@@ -708,7 +711,7 @@ async fn metrics_page_draws_the_report() {
     let (st, body) = s.get("/metrics/no_such_sim/").await;
     assert_eq!(st, 404);
     assert!(body.contains("no simulation named"), "{body}");
-    assert_eq!(s.get("/metrics/a.b/").await.0, 400);
+    assert_eq!(s.get("/metrics/.b/").await.0, 400);
     write(&s.path("storage/seed_only/reverie/meta.json"), "{}");
     let (st, body) = s.get("/metrics/seed_only/").await;
     assert_eq!(st, 404);
@@ -862,4 +865,142 @@ async fn scripted_sims_say_so_on_their_pages() {
     let (st, body) = s.get(&format!("/replay/{seed}/0/")).await;
     assert_eq!(st, 200, "{body}");
     assert!(!body.contains("scripted brain"), "{body}");
+}
+
+/// A name as a URL path segment: everything but letters, digits, `.`, `_` and `-` percent-encoded.
+fn url_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Everything the web shows of sim `sim` (a copy of the fixture) answers: the replay page, its
+/// JSON endpoints, the metrics and persona pages, the demo once compressed, the landing page's
+/// list; and the report reads it.
+async fn opens_in_every_page_and_the_report(s: &Server, sim: &str) {
+    let storage = s.path("storage");
+    let (st, body) = s.get(&format!("/replay/{sim}/1/")).await;
+    assert_eq!(st, 200, "{sim}: {body}");
+    assert!(body.contains(&format!(r#"<div id="sim_code">{sim}</div>"#)), "{sim}: {body}");
+    let (st, body) = s.post("/update_environment/", json!({"step": 1, "sim_code": sim}).to_string()).await;
+    assert_eq!(st, 200, "{sim}: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["persona"]["Eddy Lin"]["suggestion"], "suggestion 1");
+    // The step a backend running it waits on (movement 0..=2 exist).
+    write(&s.path("temp_storage/curr_sim_code.json"), &json!({"sim_code": sim}).to_string());
+    let env = json!({"step": 3, "sim_code": sim, "environment": {"John Lin": {"maze": "the_ville", "x": 7, "y": 10},
+                     "Eddy Lin": {"maze": "the_ville", "x": 8, "y": 10}}});
+    assert_eq!(s.post("/process_environment/", env.to_string()).await, (200, "received".to_string()), "{sim}");
+    assert!(storage.join(sim).join("environment/3.json").is_file());
+    for page in [format!("/metrics/{sim}/"), format!("/replay_persona_state/{sim}/2/John_Lin/")] {
+        let (st, body) = s.get(&page).await;
+        assert_eq!(st, 200, "{page}: {body}");
+    }
+    compress(&storage, sim, &s.path("compressed_storage")).unwrap();
+    let (st, body) = s.get(&format!("/demo/{sim}/1/3/")).await;
+    assert_eq!(st, 200, "{sim}: {body}");
+    assert!(s.get("/").await.1.contains(&format!(r#"id="sim__{sim}""#)), "{sim} listed on the landing page");
+    let days = propersim::report::report(&storage, sim).unwrap();
+    assert_eq!((days.len(), days[0].mean_score), (1, Some(4.0)), "{sim}");
+}
+
+/// Sim codes have one rule (`storage::sim::check_sim_code`): what the CLI makes, with `.` inside
+/// or 128 characters long, forked as `run --fork --sim` forks, opens in the web pages and the
+/// report.
+#[tokio::test]
+async fn sim_codes_the_cli_makes_open_in_the_pages_and_the_report() {
+    let s = Server::start(None).await;
+    for sim in ["a.b_c-1".to_string(), "my.sweep_p32".into(), "x".repeat(MAX_SIM_CODE)] {
+        SimDir::fork(&s.path("storage"), &[], SIM, &sim, false).unwrap();
+        opens_in_every_page_and_the_report(&s, &sim).await;
+    }
+}
+
+/// A name one part refuses, all refuse with the same message: the web (400, JSON or page), the
+/// report, forking (`run --sim`) and compression. Folders with two of the names exist, so the
+/// refusals are the rule's, not a missing sim's.
+#[tokio::test]
+async fn sim_codes_refused_by_one_are_refused_by_all() {
+    let s = Server::start(None).await;
+    let storage = s.path("storage");
+    let long = "x".repeat(MAX_SIM_CODE + 1);
+    for name in [".x", long.as_str()] {
+        copy_tree(&storage.join(SIM), &storage.join(name)).unwrap();
+    }
+    let before = fs::read_dir(&storage).unwrap().count();
+    for bad in ["", ".", "..", ".x", "a/b", "../fixture_sim", "a b", "\u{e9}t\u{e9}", "a\\b", long.as_str()] {
+        let want = check_sim_code(bad).unwrap_err();
+        assert!(want.starts_with("invalid simulation name"), "{want}");
+        let (st, body) = s.post("/update_environment/", json!({"step": 0, "sim_code": bad}).to_string()).await;
+        assert_eq!((st, serde_json::from_str::<Value>(&body).unwrap()["error"].clone()), (400, json!(want)), "{bad:?}");
+        // Pages, where the name is one URL path segment ("", "." and ".." are not).
+        if !["", ".", ".."].contains(&bad) {
+            let seg = url_segment(bad);
+            for page in [
+                format!("/replay/{seg}/0/"),
+                format!("/demo/{seg}/0/1/"),
+                format!("/metrics/{seg}/"),
+                format!("/replay_persona_state/{seg}/0/John_Lin/"),
+            ] {
+                let (st, body) = s.get(&page).await;
+                assert_eq!(st, 400, "{page}: {body}");
+                assert!(body.contains(r#"<p id="error_message">invalid simulation name"#), "{page}: {body}");
+            }
+        }
+        let err = |e: anyhow::Error| format!("{e:#}");
+        assert_eq!(err(propersim::report::report(&storage, bad).unwrap_err()), want, "report {bad:?}");
+        assert_eq!(err(SimDir::fork(&storage, &[], SIM, bad, false).unwrap_err()), want, "fork {bad:?}");
+        assert_eq!(err(compress(&storage, bad, &s.path("compressed_storage")).unwrap_err()), want, "compress {bad:?}");
+    }
+    assert_eq!(fs::read_dir(&storage).unwrap().count(), before, "nothing was made");
+    assert!(!s.path("compressed_storage").exists());
+}
+
+/// The real binary: `run --sim a.b_c-1` on the original's seed, then `report` and `compress`, and
+/// the pages open it; `run`, `report` and `compress` refuse `.x` with the rule's message.
+#[tokio::test]
+async fn a_run_named_with_a_dot_opens_in_the_pages_and_the_report() {
+    let shared = need!(common::frontend_server(), "../shared/frontend_server (set PROPERSIM_SHARED)");
+    let root = tempfile::tempdir().unwrap();
+    let storage = root.path().join("storage");
+    let cli = |args: &[&str]| {
+        let mut c = std::process::Command::new(common::bin());
+        c.current_dir(root.path()).args(args);
+        common::folder_args(&mut c, &shared, root.path(), "temp_storage");
+        c.output().unwrap()
+    };
+    let run = |sim: &str| {
+        cli(&["run", "--novis", "--provider", "scripted", "--set", "train_method=none", "--steps", "3"]
+            .into_iter()
+            .chain(["--fork", "base_the_ville_persona_1", "--sim", sim])
+            .collect::<Vec<_>>())
+    };
+    let sim = "a.b_c-1";
+    for o in [run(sim), cli(&["report", sim]), cli(&["compress", sim])] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let want = check_sim_code(".x").unwrap_err();
+    for o in [run(".x"), cli(&["report", ".x"]), cli(&["compress", ".x"])] {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains(&want), "{e}");
+    }
+    assert!(!storage.join(".x").exists());
+
+    let s = Server::with_our_pages(root, shared.join("static_dirs/assets"), None).await;
+    let (st, body) = s.get(&format!("/replay/{sim}/0/")).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = s.post("/update_environment/", json!({"step": 2, "sim_code": sim}).to_string()).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["persona"]["John Lin"]["movement"].is_array(), "{body}");
+    for page in
+        [format!("/demo/{sim}/0/3/"), format!("/metrics/{sim}/"), format!("/replay_persona_state/{sim}/3/John_Lin/")]
+    {
+        let (st, body) = s.get(&page).await;
+        assert_eq!(st, 200, "{page}: {body}");
+    }
 }

@@ -22,6 +22,8 @@ use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use crate::storage::sim::check_sim_code;
+
 pub use chart::render_svg;
 pub use metrics::is_no_recommendation;
 pub use table::{render_csv, render_table};
@@ -72,17 +74,11 @@ impl DayMetrics {
     }
 }
 
-/// The folder of simulation `sim` under `storage`, refusing names that are not one plain folder
-/// name (the name comes from the command line or a request).
+/// The folder of simulation `sim` under `storage`, refusing names that are not sim codes
+/// ([`check_sim_code`], the rule of the CLI and the web pages; the name comes from the command
+/// line or a request).
 pub fn sim_dir(storage: &Path, sim: &str) -> Result<PathBuf> {
-    let plain = !sim.is_empty()
-        && sim != "."
-        && sim != ".."
-        && !sim.contains(['/', '\\', '\0'])
-        && !Path::new(sim).is_absolute();
-    if !plain {
-        bail!("invalid simulation name {sim:?}: expected a folder name under {}", storage.display());
-    }
+    check_sim_code(sim).map_err(anyhow::Error::msg)?;
     let dir = storage.join(sim);
     if !dir.is_dir() {
         bail!("simulation {sim:?} not found: {} is not a folder", dir.display());

@@ -198,7 +198,8 @@ impl Engine {
         }
         // Writes a killed process never renamed into place; nothing else writes here now.
         sweep_temp_files(&sim.root)?;
-        let (user_name, assistant_name) = (meta.persona_names[0].clone(), meta.persona_names[1].clone());
+        let user_name = meta.persona_names[0].clone();
+        let assistant_name = meta.assistant_persona().unwrap_or_default().to_string();
         let user = initial_user(&sim, &user_name)?;
         let Attachments { hook, token_counter, metrics } = parts;
         let mut engine = Engine {

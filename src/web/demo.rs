@@ -6,7 +6,7 @@ use axum::response::Response;
 use chrono::NaiveDate;
 use serde_json::{json, Map, Value};
 
-use super::error::WebError;
+use super::error::{PageError, WebError};
 use super::pages::{html, persona_entries};
 use super::{sim_files, validate, AppState};
 
@@ -102,63 +102,60 @@ fn compressed_dir(state: &AppState, sim: &str) -> Result<std::path::PathBuf, Web
 pub async fn demo(
     State(state): State<AppState>,
     UrlPath((sim, step, speed)): UrlPath<(String, String, String)>,
-) -> Response {
-    let r = (|| {
-        let step = validate::url_step(&step)?;
-        let speed = play_speed(&speed);
-        let dir = compressed_dir(&state, &sim)?;
-        let meta = match sim_files::read_json(&dir.join("meta.json"))? {
-            Some(Value::Object(m)) => m,
-            _ => return Err(not_compressed(&sim, "has no meta.json")),
-        };
-        let master = match sim_files::read_json(&dir.join("master_movement.json"))? {
-            Some(Value::Object(m)) => m,
-            _ => return Err(not_compressed(&sim, "has no master_movement.json")),
-        };
-        let sec_per_step = meta.get("sec_per_step").and_then(Value::as_u64).unwrap_or(10);
-        let start_date = meta
-            .get("start_date")
-            .and_then(Value::as_str)
-            .ok_or_else(|| WebError::internal("meta.json has no start_date"))?;
-        let start = start_datetime(start_date, step, sec_per_step)?;
-        let (init, all) = demo_movement(&master, step)?;
-        // The assistant's suggestions and scores, if the compressor kept them (assistant.json).
-        let log = sim_files::read_json(&dir.join("assistant.json")).ok().flatten().unwrap_or(Value::Null);
-        let assistant_log: Map<String, Value> = log
-            .get("steps")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| k.parse::<u64>().is_ok_and(|k| k >= step))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let names: Vec<String> = init.keys().filter(|n| validate::is_listable_name(n)).cloned().collect();
-        let positions: Map<String, Value> =
-            init.iter().filter_map(|(n, e)| Some((n.clone(), e.get("movement")?.clone()))).collect();
-        let personas = persona_entries(&state, &names, &positions);
-        let assistant = log
-            .get("persona")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| sim_files::assistant_name(&names));
-        let last_step = numeric_steps(&master).last().map(|(k, _)| *k);
-        let config = json!({
-            "mode": "demo", "sim_code": sim, "step": step, "start_phase": "update", "personas": personas,
-            "assistant": assistant, "paused": false, "last_step": last_step, "scores": [],
-            "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start, "all_movement": all,
-            "assistant_log": assistant_log, "no_recommendation": crate::suggestion::NO_REC,
-        });
-        let ctx = json!({
-            "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
-            "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start,
-            "phaser": super::pages::phaser_vars(&state), "config": config,
-            "scripted_roles": sim_files::scripted_roles(&[&state.opts.compressed, &state.opts.storage], &sim),
-        });
-        Ok(html(&state, "demo.html", &ctx))
-    })();
-    r.unwrap_or_else(|e| e.page(&state))
+) -> Result<Response, PageError> {
+    let step = validate::url_step(&step)?;
+    let speed = play_speed(&speed);
+    let dir = compressed_dir(&state, &sim)?;
+    let meta = match sim_files::read_json(&dir.join("meta.json"))? {
+        Some(Value::Object(m)) => m,
+        _ => return Err(not_compressed(&sim, "has no meta.json").into()),
+    };
+    let master = match sim_files::read_json(&dir.join("master_movement.json"))? {
+        Some(Value::Object(m)) => m,
+        _ => return Err(not_compressed(&sim, "has no master_movement.json").into()),
+    };
+    let sec_per_step = meta.get("sec_per_step").and_then(Value::as_u64).unwrap_or(10);
+    let start_date = meta
+        .get("start_date")
+        .and_then(Value::as_str)
+        .ok_or_else(|| WebError::internal("meta.json has no start_date"))?;
+    let start = start_datetime(start_date, step, sec_per_step)?;
+    let (init, all) = demo_movement(&master, step)?;
+    // The assistant's suggestions and scores, if the compressor kept them (assistant.json).
+    let log = sim_files::read_json(&dir.join("assistant.json")).ok().flatten().unwrap_or(Value::Null);
+    let assistant_log: Map<String, Value> = log
+        .get("steps")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.parse::<u64>().is_ok_and(|k| k >= step))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<String> = init.keys().filter(|n| validate::is_listable_name(n)).cloned().collect();
+    let positions: Map<String, Value> =
+        init.iter().filter_map(|(n, e)| Some((n.clone(), e.get("movement")?.clone()))).collect();
+    let personas = persona_entries(&state, &names, &positions);
+    let assistant = log
+        .get("persona")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| sim_files::assistant_name(&names));
+    let last_step = numeric_steps(&master).last().map(|(k, _)| *k);
+    let config = json!({
+        "mode": "demo", "sim_code": sim, "step": step, "start_phase": "update", "personas": personas,
+        "assistant": assistant, "paused": false, "last_step": last_step, "scores": [],
+        "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start, "all_movement": all,
+        "assistant_log": assistant_log, "no_recommendation": crate::suggestion::NO_REC,
+    });
+    let ctx = json!({
+        "mode": "demo", "sim_code": sim, "step": step, "personas": personas, "assistant": assistant,
+        "play_speed": speed, "sec_per_step": sec_per_step, "start_datetime": start,
+        "phaser": super::pages::phaser_vars(&state), "config": config,
+        "scripted_roles": sim_files::scripted_roles(&[&state.opts.compressed, &state.opts.storage], &sim),
+    });
+    Ok(html(&state, "demo.html", &ctx))
 }
 
 #[cfg(test)]

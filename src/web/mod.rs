@@ -22,7 +22,6 @@ pub mod sim_files;
 pub mod sims;
 pub mod slash;
 pub mod sweeps;
-pub mod test_double;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -31,7 +30,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::{from_fn, from_fn_with_state, map_response_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::services::ServeDir;
@@ -200,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/experiments/{name}/", get(experiments::show))
         .merge(static_files)
         .fallback(slash::fallback)
+        .layer(map_response_with_state(state.clone(), error::error_pages))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")))
         .with_state(state)

@@ -4,7 +4,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use super::error::WebError;
+use super::error::{PageError, WebError};
 use super::sim_files::{self, StartPoint};
 use super::{validate, AppState};
 
@@ -52,47 +52,44 @@ pub async fn phaser(State(state): State<AppState>) -> Response {
 /// `GET /simulator_home`: the live run. With an in-process engine the sim and step come from it
 /// (refresh-safe). Without one, from the temp_storage handshake like the original, except that
 /// `curr_step.json` is read but never deleted, and the page resumes after the last movement file.
-pub async fn simulator_home(State(state): State<AppState>) -> Response {
-    let r = (|| {
-        let (sim, step, paused) = match &state.live {
-            Some(live) => (live.sim_code(), live.current_step(), live.paused()),
-            None => {
-                let temp = &state.opts.temp_storage;
-                let Some(step_file) = sim_files::read_json(&temp.join("curr_step.json")).ok().flatten() else {
-                    return Ok(html(&state, "start_backend.html", &json!({})));
-                };
-                let sim_file = sim_files::read_json(&temp.join("curr_sim_code.json"))?.ok_or_else(|| {
-                    WebError::not_found("temp_storage/curr_sim_code.json is missing; start the backend first")
-                })?;
-                let sim = sim_file
-                    .get("sim_code")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| WebError::internal("curr_sim_code.json has no \"sim_code\""))?;
-                let step = validate::json_step(step_file.get("step"))?;
-                let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
-                (sim.to_string(), sim_files::resume_step(&dir, step), false)
-            }
-        };
-        home_page(&state, "simulate", &sim, step, paused)
-    })();
-    r.unwrap_or_else(|e| e.page(&state))
+pub async fn simulator_home(State(state): State<AppState>) -> Result<Response, PageError> {
+    let (sim, step, paused) = match &state.live {
+        Some(live) => (live.sim_code(), live.current_step(), live.paused()),
+        None => {
+            let temp = &state.opts.temp_storage;
+            let Some(step_file) = sim_files::read_json(&temp.join("curr_step.json")).ok().flatten() else {
+                return Ok(html(&state, "start_backend.html", &json!({})));
+            };
+            let sim_file = sim_files::read_json(&temp.join("curr_sim_code.json"))?.ok_or_else(|| {
+                WebError::not_found("temp_storage/curr_sim_code.json is missing; start the backend first")
+            })?;
+            let sim = sim_file
+                .get("sim_code")
+                .and_then(Value::as_str)
+                .ok_or_else(|| WebError::internal("curr_sim_code.json has no \"sim_code\""))?;
+            let step = validate::json_step(step_file.get("step"))?;
+            let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
+            (sim.to_string(), sim_files::resume_step(&dir, step), false)
+        }
+    };
+    home_page(&state, "simulate", &sim, step, paused)
 }
 
 /// `GET /replay/<sim>/<step>/`: plays recorded movement files; never writes to storage.
-pub async fn replay(State(state): State<AppState>, UrlPath((sim, step)): UrlPath<(String, String)>) -> Response {
-    let r = (|| {
-        let step = validate::url_step(&step)?;
-        home_page(&state, "replay", &sim, step, false)
-    })();
-    r.unwrap_or_else(|e| e.page(&state))
+pub async fn replay(
+    State(state): State<AppState>,
+    UrlPath((sim, step)): UrlPath<(String, String)>,
+) -> Result<Response, PageError> {
+    let step = validate::url_step(&step)?;
+    home_page(&state, "replay", &sim, step, false)
 }
 
-fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -> Result<Response, WebError> {
+fn home_page(state: &AppState, mode: &str, sim: &str, step: u64, paused: bool) -> Result<Response, PageError> {
     let dir = sim_files::sim_dir(&state.opts.storage, sim)?;
     let meta = sim_files::meta(&dir)?;
     let names = sim_files::persona_names(&dir, &meta);
     if names.is_empty() {
-        return Err(WebError::not_found(format!("simulation {sim:?} has no personas")));
+        return Err(WebError::not_found(format!("simulation {sim:?} has no personas")).into());
     }
     let StartPoint { phase, positions } = sim_files::start_point(&dir, step)?;
     let personas = persona_entries(state, &names, &positions);

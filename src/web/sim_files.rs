@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::error::WebError;
 use super::validate;
+use crate::storage::sim::assistant_persona;
 
 /// `root/<sim>` if it is a folder; 404 with a message otherwise.
 pub fn sim_dir(root: &Path, sim: &str) -> Result<PathBuf, WebError> {
@@ -164,13 +165,11 @@ pub fn resume_step(sim_dir: &Path, from: u64) -> u64 {
     s
 }
 
-/// The persona the evaluator's fields belong to: "Eddy Lin" (ProPerSim's assistant) if present,
-/// else the last persona.
+/// The persona the evaluator's fields belong to, the assistant, from `personas` in
+/// `meta.persona_names` order (as [`persona_names`] gives them): found as the engine finds it
+/// ([`assistant_persona`]: the second, or the only one). Empty for no personas.
 pub fn assistant_name(personas: &[String]) -> String {
-    if personas.iter().any(|p| p == "Eddy Lin") {
-        return "Eddy Lin".into();
-    }
-    personas.last().cloned().unwrap_or_default()
+    assistant_persona(personas).unwrap_or_default().to_string()
 }
 
 /// The date part of `"February 13, 2025, 00:02:30"` → `"February 13, 2025"`.

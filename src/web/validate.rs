@@ -4,16 +4,14 @@
 use serde_json::Value;
 
 use super::error::WebError;
+use crate::storage::sim::check_sim_code;
 
 const MAX_NAME: usize = 128;
 
-/// A sim code: 1–128 of `[A-Za-z0-9_-]` (the original's `[\w-]`, restricted to ASCII).
+/// A sim code, by the rule the CLI and the report use ([`check_sim_code`]: 1–128 ASCII letters,
+/// digits, `_`, `-` and `.`, not starting with `.`); a 400 with its message otherwise.
 pub fn sim_code(s: &str) -> Result<&str, WebError> {
-    if s.is_empty() || s.len() > MAX_NAME || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(WebError::bad_request(format!(
-            "invalid sim code {s:?}: use 1-{MAX_NAME} letters, digits, '_' or '-'"
-        )));
-    }
+    check_sim_code(s).map_err(WebError::bad_request)?;
     Ok(s)
 }
 
@@ -136,6 +134,8 @@ mod tests {
         assert!(sim_code("a/b").is_err());
         assert!(sim_code("").is_err());
         assert!(sim_code("ok_sim-1").is_ok());
+        assert!(sim_code("a.b_c-1").is_ok());
+        assert_eq!(sim_code(".x").unwrap_err().status, axum::http::StatusCode::BAD_REQUEST);
         assert!(url_step("1_0").is_err());
         assert!(url_step("-1").is_err());
         assert!(url_step("99999999999999999999").is_err());

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mock_llm;
+pub mod test_double;
 
 use std::path::PathBuf;
 

@@ -17,14 +17,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
 use super::pyjson;
+use super::sim::{assistant_persona, check_sim_code};
 
 const KEYS: [&str; 4] = ["movement", "pronunciatio", "description", "chat"];
 
 /// Compress `storage_dir/<sim>` into `out_root/<sim>/`; returns that folder.
 pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBuf> {
-    if sim.is_empty() || !sim.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        bail!("invalid sim code {sim:?}: use letters, digits, '_' or '-'");
-    }
+    check_sim_code(sim).map_err(anyhow::Error::msg)?;
     let src = storage_dir.join(sim);
     if !src.is_dir() {
         bail!("no simulation {sim:?} in {}", storage_dir.display());
@@ -64,11 +63,6 @@ pub fn compress(storage_dir: &Path, sim: &str, out_root: &Path) -> Result<PathBu
 /// The ProPerSim fields kept in `assistant.json`.
 const ASSISTANT_KEYS: [&str; 4] = ["suggestion", "user_action_for_suggestion", "eval_res_score", "eval_res_reason"];
 
-/// The persona whose ProPerSim fields are meaningful: "Eddy Lin" if present, else the last one.
-fn assistant_of(personas: &[String]) -> Option<&String> {
-    personas.iter().find(|p| *p == "Eddy Lin").or(personas.last())
-}
-
 /// `({"<step>": {persona: {movement, pronunciatio, description, chat}}}, assistant log)` over
 /// every movement file. The log is `{"persona": name, "steps": {"<step>": {curr_time, suggestion,
 /// user_action_for_suggestion, eval_res_score, eval_res_reason}}}` for steps that have any of them.
@@ -107,6 +101,8 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
             bail!("{} has no \"persona\" object", path.display())
         };
         if step == first {
+            // Movement order is meta.json's `persona_names` order (the user first), in the
+            // original's files and ours: the assistant is then found as the engine finds it.
             personas.sort_by_key(|p| d.keys().position(|k| k == p).unwrap_or(usize::MAX));
         }
         let mut out = Map::new();
@@ -121,7 +117,7 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
             }
         }
         master.insert(step.to_string(), Value::Object(out));
-        if let Some(entry) = assistant_of(&personas).and_then(|a| d.get(a)) {
+        if let Some(entry) = assistant_persona(&personas).and_then(|a| d.get(a)) {
             if ASSISTANT_KEYS.iter().any(|k| entry.get(*k).is_some()) {
                 let mut e = Map::new();
                 e.insert("curr_time".into(), doc.pointer("/meta/curr_time").cloned().unwrap_or(Value::Null));
@@ -133,7 +129,7 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
         }
     }
     let mut assistant = Map::new();
-    assistant.insert("persona".into(), assistant_of(&personas).map(|a| Value::from(a.as_str())).unwrap_or(Value::Null));
+    assistant.insert("persona".into(), assistant_persona(&personas).map(Value::from).unwrap_or(Value::Null));
     assistant.insert("steps".into(), Value::Object(log));
     Ok((master, assistant))
 }
@@ -191,7 +187,7 @@ mod tests {
         assert_eq!(fs::read_to_string(out.join("meta.json")).unwrap(), "{\"step\": 0}");
         assert!(out.join("personas/A B/bootstrap_memory/scratch.json").is_file());
         let log: Value = serde_json::from_str(&fs::read_to_string(out.join("assistant.json")).unwrap()).unwrap();
-        assert_eq!(log["persona"], "A B", "no Eddy Lin: the last persona in movement order");
+        assert_eq!(log["persona"], "A B", "the second persona in movement order");
         assert_eq!(log["steps"]["2"]["suggestion"], "s");
         // Recompressing replaces the output; a gap is an error.
         compress(&d.path().join("storage"), "s", &d.path().join("compressed")).unwrap();

@@ -28,6 +28,13 @@ pub struct Meta {
     pub extra: IndexMap<String, Value>,
 }
 
+impl Meta {
+    /// The assistant's name: see [`assistant_persona`].
+    pub fn assistant_persona(&self) -> Option<&str> {
+        assistant_persona(&self.persona_names)
+    }
+}
+
 /// A persona's tile in `environment/<n>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EnvTile {
@@ -39,14 +46,40 @@ pub struct EnvTile {
 /// `environment/<n>.json`: persona name → tile, in file order.
 pub type Environment = IndexMap<String, EnvTile>;
 
-/// Is `name` a safe single path component for a sim code (no traversal, no separators)?
-pub fn valid_sim_code(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && name != "."
-        && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+/// The longest sim code, in characters (all ASCII).
+pub const MAX_SIM_CODE: usize = 128;
+
+/// The one rule for sim codes, checked wherever a name becomes `storage/<sim>/` (forking, the
+/// report, compression, the web pages): 1–128 ASCII letters, digits, `_`, `-` and `.`, not
+/// starting with `.`. So a code is one plain folder name that can neither climb out of storage
+/// (`..`) nor hide (`.x`), and every name the CLI makes (`--sim`, a sweep's `<NAME>_p<k>`, an
+/// experiment's `<NAME>_<arm>`, the seeds `base_the_ville_persona_<k>`) passes. The error is the
+/// message to show, naming the rule.
+pub fn check_sim_code(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SIM_CODE
         && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "invalid simulation name {name:?}: a sim code is 1-{MAX_SIM_CODE} ASCII letters, digits, '_', '-' or '.', \
+         not starting with '.'"
+    ))
+}
+
+/// Whether `name` passes [`check_sim_code`] (seeds, sweeps and experiments are named by the same
+/// rule).
+pub fn valid_sim_code(name: &str) -> bool {
+    check_sim_code(name).is_ok()
+}
+
+/// The assistant among a sim's personas, listed as in `meta.json`'s `persona_names` (the user
+/// first): the second; for a list of one, that one (the last). `None` for an empty list. The
+/// original's meta lists `["<user>", "Eddy Lin"]`.
+pub fn assistant_persona(names: &[String]) -> Option<&str> {
+    names.get(1).or(names.last()).map(String::as_str)
 }
 
 /// Handle on `storage/<sim>/`.
@@ -59,9 +92,7 @@ pub struct SimDir {
 impl SimDir {
     /// Open an existing sim.
     pub fn open(storage: &Path, sim: &str) -> Result<SimDir> {
-        if !valid_sim_code(sim) {
-            bail!("invalid sim code `{sim}`: use letters, digits, `_`, `-` and `.`");
-        }
+        check_sim_code(sim).map_err(anyhow::Error::msg)?;
         let root = storage.join(sim);
         if !root.join("reverie/meta.json").is_file() {
             bail!("no simulation `{sim}` in {} (missing reverie/meta.json)", storage.display());
@@ -137,9 +168,7 @@ impl SimDir {
         force: bool,
         edit: impl FnOnce(&mut Meta, &Path) -> Result<()>,
     ) -> Result<SimDir> {
-        if !valid_sim_code(sim) {
-            bail!("invalid sim code `{sim}`: use letters, digits, `_`, `-` and `.`");
-        }
+        check_sim_code(sim).map_err(anyhow::Error::msg)?;
         let src = Self::find_seed(storage, seeds, seed)?;
         let dst = storage.join(sim);
         if dst.exists() && !force {
@@ -399,10 +428,26 @@ mod tests {
 
     #[test]
     fn sim_codes_are_validated() {
-        for bad in ["", "..", "../x", "a/b", ".hidden", "a\\b", "x\0"] {
+        let long = "x".repeat(MAX_SIM_CODE + 1);
+        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a\\b", "x\0", "a b", "\u{e9}t\u{e9}", &long] {
+            let e = check_sim_code(bad).unwrap_err();
+            assert!(e.starts_with("invalid simulation name") && e.contains("1-128"), "{bad:?}: {e}");
             assert!(!valid_sim_code(bad), "{bad:?}");
         }
-        assert!(valid_sim_code("base_the_ville_persona_1"));
+        // What the CLI makes: --sim names, sweep and experiment sims, seeds.
+        let longest = "x".repeat(MAX_SIM_CODE);
+        for good in ["base_the_ville_persona_1", "a.b_c-1", "my-sweep_p32", "exp.2_none", "a..b", &longest] {
+            assert_eq!(check_sim_code(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_assistant_is_the_second_persona() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(assistant_persona(&names(&["John Lin", "Eddy Lin"])), Some("Eddy Lin"));
+        assert_eq!(assistant_persona(&names(&["Sam Moore", "Ada Park", "Third"])), Some("Ada Park"));
+        assert_eq!(assistant_persona(&names(&["Solo"])), Some("Solo"));
+        assert_eq!(assistant_persona(&[]), None);
     }
 
     #[test]

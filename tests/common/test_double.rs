@@ -2,6 +2,7 @@
 //! [`LiveSim`] in the web tests (the "stub backend" of protocol.md §9.12): for each environment
 //! the page posts, it writes a movement file that walks every persona one tile left or right, with
 //! scripted actions, chat, a suggestion and an evaluator score, so the pages have something to show.
+//! It lives with the tests, so release builds of the library do not contain it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::live::LiveSim;
-use crate::storage::write_json_py;
+use propersim::storage::write_json_py;
+use propersim::web::LiveSim;
 
 pub struct CopyEnvToMovement {
     sim_dir: PathBuf,
