@@ -1,5 +1,5 @@
 //! Optional MLflow tracking (`[tracking] mlflow_uri`): one MLflow run per sim, fed with the lines
-//! of its `metrics.jsonl` ([`crate::report::live`]) as they are written, through MLflow's REST
+//! of its `metrics.jsonl` (`report::live`) as they are written, through MLflow's REST
 //! API (`/api/2.0/mlflow/...`), and the report files uploaded as artifacts at the end
 //! (`/api/2.0/mlflow-artifacts/...`, the artifact proxy of `mlflow server --serve-artifacts`).
 //!

@@ -19,9 +19,10 @@ use propersim::storage::compress::compress;
 use std::sync::atomic::AtomicBool;
 
 use propersim::llm::cache::CacheMode;
+use propersim::sim::live::LiveSim;
 use propersim::sim::setup::{open_engine, Open};
 use propersim::storage::sim::copy_tree;
-use propersim::web::{router, AppState, LiveSim, ServeOptions};
+use propersim::web::{router, AppState, ServeOptions};
 use serde_json::{json, Value};
 
 const SIM: &str = "e2e_sim";

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::test_double::CopyEnvToMovement;
+use propersim::sim::live::LiveSim;
 use propersim::storage::compress::compress;
 use propersim::storage::sim::{check_sim_code, copy_tree, SimDir, MAX_SIM_CODE};
-use propersim::web::{router, AppState, LiveSim, ServeOptions};
+use propersim::web::{router, AppState, ServeOptions};
 use serde_json::{json, Value};
 
 const SIM: &str = "fixture_sim";

@@ -57,7 +57,7 @@ impl MetricsLog {
         for line in read_jsonl::<Value>(&root.join(crate::train::adapter::TRAINING_LOG))? {
             log.training(&line)?;
         }
-        for line in read_jsonl::<Value>(&root.join(crate::sim::training::MMLU_FILE))? {
+        for line in read_jsonl::<Value>(&root.join(crate::train::mmlu::MMLU_FILE))? {
             log.mmlu(&line)?;
         }
         Ok(log)
@@ -159,7 +159,7 @@ impl MetricsLog {
         }
         files.push(path);
         files.push(root.join(crate::train::adapter::TRAINING_LOG));
-        files.push(root.join(crate::sim::training::MMLU_FILE));
+        files.push(root.join(crate::train::mmlu::MMLU_FILE));
         Some(tracker.finish(end, files).await)
     }
 }

@@ -108,7 +108,7 @@ pub fn follower(engine: &Engine) -> Arc<Follower> {
 }
 
 /// The web server's view of the run.
-impl crate::web::LiveSim for Follower {
+impl super::live::LiveSim for Follower {
     fn sim_code(&self) -> String {
         self.sim_code.clone()
     }

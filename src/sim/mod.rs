@@ -5,6 +5,7 @@ pub mod experiment;
 pub mod follow;
 pub mod headless;
 pub mod hooks;
+pub mod live;
 pub mod provenance;
 pub mod setup;
 pub mod sweep;

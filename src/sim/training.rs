@@ -23,6 +23,7 @@ use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
 use crate::report::live::MetricsLog;
 use crate::train::data::{read_pairs, PreferencePair};
+use crate::train::mmlu::MMLU_FILE;
 use crate::train::replay::ReplayBuffer;
 use crate::train::worker::{JobResult, TrainJob, TrainWorker, WorkerSetup};
 use crate::train::{adapter, TrainConfig};
@@ -283,10 +284,6 @@ impl Training {
         }
     }
 }
-
-/// The daily MMLU results in a sim's folder: one line per simulated day, for the model that day
-/// ran with (day 1: the base model; day N + 1: the adapter trained on day N's pairs).
-pub const MMLU_FILE: &str = "mmlu.jsonl";
 
 /// Whether `path` has no result for `day` (a missing file has none).
 fn mmlu_day_missing(path: &Path, day: u32) -> Result<bool> {

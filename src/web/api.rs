@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::error::WebError;
 use super::sim_files;
 use super::{validate, AppState};
+use crate::sim::live::LiveSim;
 use crate::storage::{pyjson, write_json_py};
 
 /// A JSON reply in Python's `json.dumps` format (`", "`/`": "`, non-ASCII escaped), as Django's
@@ -147,7 +148,7 @@ pub async fn path_tester_update(State(state): State<AppState>, body: Bytes) -> R
 /// What the in-process run is doing, as `(state, explanation)`. `paused` alone cannot say it: an
 /// engine that is not paused still does nothing until a browser tab posts the environment of its
 /// next step (the file handshake), so that wait is reported as such.
-fn run_state(state: &AppState, live: &dyn super::LiveSim) -> (&'static str, String) {
+fn run_state(state: &AppState, live: &dyn LiveSim) -> (&'static str, String) {
     let step = live.current_step();
     if live.paused() {
         return ("paused", format!("paused before step {step}; press Play on the simulator page"));

@@ -13,7 +13,6 @@ pub mod embedded;
 pub mod error;
 pub mod experiments;
 pub mod guard;
-pub mod live;
 pub mod pages;
 pub mod persona_state;
 pub mod render;
@@ -36,7 +35,7 @@ use axum::Router;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use live::LiveSim;
+use crate::sim::live::LiveSim;
 pub use server::Limits;
 
 /// Largest request body accepted (an environment of 25 personas is ~3 KiB); bigger → 413.

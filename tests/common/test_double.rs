@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use propersim::sim::live::LiveSim;
 use propersim::storage::write_json_py;
-use propersim::web::LiveSim;
 
 pub struct CopyEnvToMovement {
     sim_dir: PathBuf,

@@ -6,6 +6,7 @@ use propersim_core::config;
 
 pub mod llama;
 pub mod lora;
+pub mod shape;
 
 /// A causal language model that the local inference engine can drive token by token.
 pub trait CausalLm: Send {

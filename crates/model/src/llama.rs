@@ -18,101 +18,11 @@ use std::sync::Arc;
 use candle_core::backprop::GradStore;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var, D};
-use serde::{Deserialize, Serialize};
 
 use super::lora::{AdapterSlot, LoraAdapter, LoraTarget};
+pub use super::shape::LlamaConfig;
 use super::CausalLm;
 pub use crate::config::TrainWeights;
-
-/// Shape hyper-parameters of a llama-family model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LlamaConfig {
-    pub vocab: usize,
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub rope_theta: f64,
-    pub rms_eps: f64,
-}
-
-impl LlamaConfig {
-    /// Read the `llama.*` keys of a GGUF file's metadata. The vocabulary size comes from
-    /// `llama.vocab_size` or, when absent (SmolLM2), from the tokenizer's token list.
-    pub fn from_gguf_metadata(md: &HashMap<String, gguf_file::Value>) -> Result<Self> {
-        let arch = match md.get("general.architecture") {
-            Some(v) => v.to_string()?.clone(),
-            None => "llama".to_string(),
-        };
-        if arch != "llama" {
-            bail!("unsupported GGUF architecture {arch:?}: this trainable forward handles llama-family models (interleaved RoPE) only");
-        }
-        let get_u = |k: &str| -> Result<usize> {
-            match md.get(k) {
-                Some(v) => Ok(v.to_u32()? as usize),
-                None => bail!("GGUF metadata lacks {k}"),
-            }
-        };
-        let hidden = get_u("llama.embedding_length")?;
-        let heads = get_u("llama.attention.head_count")?;
-        let kv_heads = get_u("llama.attention.head_count_kv").unwrap_or(heads);
-        let head_dim = match md.get("llama.attention.key_length") {
-            Some(v) => v.to_u32()? as usize,
-            None => hidden / heads.max(1),
-        };
-        let vocab = match md.get("llama.vocab_size") {
-            Some(v) => v.to_u32()? as usize,
-            None => match md.get("tokenizer.ggml.tokens") {
-                Some(v) => v.to_vec()?.len(),
-                None => bail!("GGUF metadata lacks llama.vocab_size and tokenizer.ggml.tokens"),
-            },
-        };
-        let rope_theta = match md.get("llama.rope.freq_base") {
-            Some(v) => v.to_f32()? as f64,
-            None => 10_000.0,
-        };
-        let rms_eps = match md.get("llama.attention.layer_norm_rms_epsilon") {
-            Some(v) => v.to_f32()? as f64,
-            None => 1e-5,
-        };
-        Ok(LlamaConfig {
-            vocab,
-            hidden,
-            intermediate: get_u("llama.feed_forward_length")?,
-            layers: get_u("llama.block_count")?,
-            heads,
-            kv_heads,
-            head_dim,
-            rope_theta,
-            rms_eps,
-        })
-    }
-
-    /// `(in, out)` features of one projection, as PEFT sees them.
-    pub fn proj_dims(&self, t: LoraTarget) -> (usize, usize) {
-        let q = self.heads * self.head_dim;
-        let kv = self.kv_heads * self.head_dim;
-        match t {
-            LoraTarget::Q => (self.hidden, q),
-            LoraTarget::K | LoraTarget::V => (self.hidden, kv),
-            LoraTarget::O => (q, self.hidden),
-            LoraTarget::Gate | LoraTarget::Up => (self.hidden, self.intermediate),
-            LoraTarget::Down => (self.intermediate, self.hidden),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            bail!("heads ({}) must be a positive multiple of kv_heads ({})", self.heads, self.kv_heads);
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("head_dim {} must be even for RoPE", self.head_dim);
-        }
-        Ok(())
-    }
-}
 
 /// One frozen base matrix `[out, in]` (GGUF/PyTorch layout), dense or as quantized blocks.
 /// Cheap to clone: both variants are reference-counted.

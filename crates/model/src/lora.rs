@@ -14,65 +14,8 @@ use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::llama::LlamaConfig;
-
-/// A projection LoRA can wrap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum LoraTarget {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LoraTarget {
-    pub const ALL: [LoraTarget; 7] = [
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// PEFT's `target_modules` name (`q_proj`, ...).
-    pub fn peft_name(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "q_proj",
-            LoraTarget::K => "k_proj",
-            LoraTarget::V => "v_proj",
-            LoraTarget::O => "o_proj",
-            LoraTarget::Gate => "gate_proj",
-            LoraTarget::Up => "up_proj",
-            LoraTarget::Down => "down_proj",
-        }
-    }
-
-    /// The HF module path below `model.layers.N.` (`self_attn.q_proj`, `mlp.gate_proj`, ...).
-    pub fn peft_module(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "self_attn.q_proj",
-            LoraTarget::K => "self_attn.k_proj",
-            LoraTarget::V => "self_attn.v_proj",
-            LoraTarget::O => "self_attn.o_proj",
-            LoraTarget::Gate => "mlp.gate_proj",
-            LoraTarget::Up => "mlp.up_proj",
-            LoraTarget::Down => "mlp.down_proj",
-        }
-    }
-
-    pub fn from_peft_name(s: &str) -> Option<Self> {
-        LoraTarget::ALL.into_iter().find(|t| t.peft_name() == s)
-    }
-}
+use super::shape::LlamaConfig;
+pub use super::shape::LoraTarget;
 
 /// LoRA hyper-parameters (defaults: the original's r16, α32, dropout 0.05, all 7 projections).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -63,13 +63,13 @@ pub fn train_dpo(
         bail!("batch size, gradient accumulation and epochs must be positive");
     }
     let t0 = Instant::now();
-    let c0 = super::offline::cpu_seconds().unwrap_or(0.0);
+    let c0 = super::fit::cpu_seconds().unwrap_or(0.0);
     adapter.set_dropout(cfg.lora_dropout_in_training);
     let refs = reference_logps(model, pairs)?;
     let summary = TrainSummary {
         examples: pairs.len(),
         ref_seconds: t0.elapsed().as_secs_f64(),
-        ref_cpu_seconds: super::offline::cpu_seconds().map_or(0.0, |c| c - c0),
+        ref_cpu_seconds: super::fit::cpu_seconds().map_or(0.0, |c| c - c0),
         ..Default::default()
     };
     let mut dpo = Dpo { model, adapter, pairs, cfg, refs, rng: rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed) };

@@ -89,7 +89,7 @@ pub fn train_kto(
         bail!("KTO needs batch size ≥ 2 and positive gradient accumulation and epochs");
     }
     let t0 = Instant::now();
-    let c0 = super::offline::cpu_seconds().unwrap_or(0.0);
+    let c0 = super::fit::cpu_seconds().unwrap_or(0.0);
     adapter.set_dropout(cfg.lora_dropout_in_training);
     let (dt, dev) = (model.dtype(), model.device());
     let mut micros = build_micro_batches(examples, cfg)?;
@@ -102,7 +102,7 @@ pub fn train_kto(
     let summary = TrainSummary {
         examples: examples.len(),
         ref_seconds: t0.elapsed().as_secs_f64(),
-        ref_cpu_seconds: super::offline::cpu_seconds().map_or(0.0, |c| c - c0),
+        ref_cpu_seconds: super::fit::cpu_seconds().map_or(0.0, |c| c - c0),
         ..Default::default()
     };
     let n = micros.len();

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::CausalLm;
 
+/// The daily MMLU results in a sim's folder: one line per simulated day, for the model that day
+/// ran with (day 1: the base model; day N + 1: the adapter trained on day N's pairs).
+pub const MMLU_FILE: &str = "mmlu.jsonl";
+
 pub const SUBJECTS: [&str; 5] = ["human_aging", "nutrition", "world_religions", "prehistory", "sociology"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

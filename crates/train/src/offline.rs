@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::data::{completion_text, read_pairs, tokenize, tokenize_pair, ChatFormatter, PreferencePair, TokenLimits};
+pub use super::fit::cpu_seconds;
 use super::kto::KtoExample;
 use super::logprob::{completion_logps_f64, Batch};
 use super::{adapter, dpo, kto, StepMetrics, TrainConfig, TrainMethod, TrainSummary};
@@ -200,16 +201,6 @@ pub fn bench_dpo(
         weight_bytes: model.weight_bytes(),
         lora_params: adapter.num_params(),
     })
-}
-
-/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux only). On a
-/// shared machine it is a fairer speed measure than wall time.
-pub fn cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 /// The process's peak resident set size, from `/proc/self/status` (Linux only).

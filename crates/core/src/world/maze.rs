@@ -19,9 +19,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use indexmap::IndexMap;
 use serde_json::Value;
 
-use super::spatial::Tree;
 use super::Pos;
 
 /// One tile. Absent levels are empty strings, as in the original's tile dictionaries.
@@ -310,6 +310,9 @@ fn tile_addresses(t: &Tile) -> Vec<String> {
     }
     out
 }
+
+/// world → sector → arena → objects.
+pub type Tree = IndexMap<String, IndexMap<String, IndexMap<String, Vec<String>>>>;
 
 /// Add a tile's names to a spatial tree. A level is only added under a complete parent chain
 /// (the original's perceive raises KeyError on an arena without a sector; we skip it instead).

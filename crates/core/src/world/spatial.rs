@@ -7,14 +7,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+pub use super::maze::Tree;
 use super::maze::{add_to_tree, Maze};
 use super::Pos;
-
-/// world → sector → arena → objects.
-pub type Tree = IndexMap<String, IndexMap<String, IndexMap<String, Vec<String>>>>;
 
 /// A persona's spatial memory. Serializes as the bare tree, like the original file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

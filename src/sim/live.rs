@@ -1,4 +1,4 @@
-//! The seam between the web server and the in-process simulation engine.
+//! The seam between the in-process simulation engine and the web server, which consumes it.
 //!
 //! The server never computes steps itself; it only tells the engine that the page has written an
 //! environment file and asks it where the run is, so that reopening `simulator_home` resumes.
