@@ -4,6 +4,8 @@
 //! one pass in the notebook's style (read `movement/0.json`, `1.json`, ... until one is missing)
 //! with plain HashMaps and its own "No Recommendation" and score rules.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,19 +15,6 @@ use propersim::storage::sim::copy_tree;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
-
-const KEYS: [&str; 10] = [
-    "date",
-    "steps",
-    "mean_score",
-    "recs",
-    "rec_mean",
-    "norecs",
-    "norec_mean",
-    "success_rate",
-    "recs_per_awake_hour",
-    "dimensions",
-];
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report_sim")
@@ -211,7 +200,7 @@ fn outputs_have_the_promised_shape() {
     let list: Vec<serde_json::Map<String, Value>> = serde_json::from_str(&written).unwrap();
     assert_eq!(list.len(), 2);
     for obj in &list {
-        assert_eq!(obj.keys().map(String::as_str).collect::<Vec<_>>(), KEYS);
+        assert_eq!(obj.keys().map(String::as_str).collect::<Vec<_>>(), common::METRIC_KEYS);
         assert!(obj["success_rate"].as_f64().unwrap() <= 1.0, "success_rate is a fraction");
     }
     let back: Vec<DayMetrics> = serde_json::from_str(&written).unwrap();

@@ -90,19 +90,5 @@ async fn two_days_hook_pairs_and_report() {
     propersim::report::write_outputs(&tmp.path().join("storage"), "two", &days).unwrap();
     let json: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(sim.join("metrics.json")).unwrap()).unwrap();
     let keys: Vec<&str> = json[0].as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "date",
-            "steps",
-            "mean_score",
-            "recs",
-            "rec_mean",
-            "norecs",
-            "norec_mean",
-            "success_rate",
-            "recs_per_awake_hour",
-            "dimensions"
-        ]
-    );
+    assert_eq!(keys, common::METRIC_KEYS);
 }

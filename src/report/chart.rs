@@ -387,18 +387,7 @@ mod tests {
 
     #[test]
     fn rate_axis_covers_the_data() {
-        let day = |r: f64| DayMetrics {
-            date: "d".into(),
-            steps: 1,
-            mean_score: None,
-            recs: 0,
-            rec_mean: None,
-            norecs: 0,
-            norec_mean: None,
-            success_rate: None,
-            recs_per_awake_hour: r,
-            dimensions: Default::default(),
-        };
+        let day = |r: f64| DayMetrics { steps: 1, recs_per_awake_hour: r, ..DayMetrics::empty("d") };
         assert_eq!(rate_axis_max(&[day(3.0)]), 24.0);
         assert_eq!(rate_axis_max(&[day(30.5)]), 32.0);
     }

@@ -14,7 +14,7 @@ macro_rules! files {
 
 pub const TEMPLATES: &[(&str, &str)] = files!("templates":
     "base.html", "landing.html", "start_backend.html", "error.html", "home.html", "demo.html",
-    "path_tester.html", "persona_state.html", "_personas.html", "_sim_page.html", "_phaser.html", "_scripted_banner.html", "sweeps.html", "sweep.html",
+    "path_tester.html", "persona_state.html", "_personas.html", "_sim_page.html", "_phaser.html", "_scripted_banner.html", "_table.html", "sweeps.html", "sweep.html",
     "experiments.html", "experiment.html", "metrics.html");
 
 pub const STATIC: &[(&str, &str)] = files!("static":

@@ -460,15 +460,6 @@
   $("pause_button").onclick = () => setPaused(true);
   $("play_button").onclick = () => setPaused(false);
   $("play_button").disabled = !state.paused;
-  // WebGL only if it can hold the tallest tileset (interiors_pt3 is 10032 px high); software
-  // WebGL (e.g. headless Chromium) often stops at 8192 and would draw those tiles black.
-  function pickRenderer() {
-    try {
-      const gl = document.createElement("canvas").getContext("webgl");
-      if (gl && gl.getParameter(gl.MAX_TEXTURE_SIZE) >= 10240) return Phaser.WEBGL;
-    } catch (e) { /* fall through */ }
-    return Phaser.CANVAS;
-  }
 
   if (typeof Phaser === "undefined") {
     status(`Phaser did not load (tried ${document.querySelector("script[src*=phaser]")?.src || "its URL"}); the map cannot be drawn.`);
@@ -476,7 +467,7 @@
   }
   // Exposed for debugging in the console and for the browser test's checks.
   window.propersimGame = new Phaser.Game({
-    type: pickRenderer(),
+    type: VilleMap.renderer(),
     width: 448,
     height: 704,
     parent: "game-container",

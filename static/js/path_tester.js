@@ -43,16 +43,7 @@
     }
   }
 
-  // WebGL only if it can hold the tallest tileset (interiors_pt3 is 10032 px high); software
-  // WebGL (e.g. headless Chromium) often stops at 8192 and would draw those tiles black.
-  function pickRenderer() {
-    try {
-      const gl = document.createElement("canvas").getContext("webgl");
-      if (gl && gl.getParameter(gl.MAX_TEXTURE_SIZE) >= 10240) return Phaser.WEBGL;
-    } catch (e) { /* fall through */ }
-    return Phaser.CANVAS;
-  }
 
   if (typeof Phaser === "undefined") { setText("status", "Phaser did not load; the map cannot be drawn."); return; }
-  new Phaser.Game({ type: pickRenderer(), width: 448, height: 704, parent: "game-container", pixelArt: true, scene: [Tester] });
+  new Phaser.Game({ type: VilleMap.renderer(), width: 448, height: 704, parent: "game-container", pixelArt: true, scene: [Tester] });
 })();

@@ -50,5 +50,15 @@ window.VilleMap = (function () {
     return { map, sets };
   }
 
-  return { TILE, ASSETS, preload, create };
+  // WebGL only if it can hold the tallest tileset (interiors_pt3 is 10032 px high); software
+  // WebGL (e.g. headless Chromium) often stops at 8192 and would draw those tiles black.
+  function renderer() {
+    try {
+      const gl = document.createElement("canvas").getContext("webgl");
+      if (gl && gl.getParameter(gl.MAX_TEXTURE_SIZE) >= 10240) return Phaser.WEBGL;
+    } catch (e) { /* fall through */ }
+    return Phaser.CANVAS;
+  }
+
+  return { TILE, ASSETS, preload, create, renderer };
 })();

@@ -6,6 +6,20 @@ pub mod test_double;
 
 use std::path::PathBuf;
 
+/// The keys of a day in `metrics.json`, in file order: the file's contract with its readers.
+pub const METRIC_KEYS: [&str; 10] = [
+    "date",
+    "steps",
+    "mean_score",
+    "recs",
+    "rec_mean",
+    "norecs",
+    "norec_mean",
+    "success_rate",
+    "recs_per_awake_hour",
+    "dimensions",
+];
+
 /// `../shared/frontend_server` (or `$PROPERSIM_SHARED/frontend_server`), if present.
 pub fn frontend_server() -> Option<PathBuf> {
     let base = std::env::var_os("PROPERSIM_SHARED")

@@ -263,6 +263,19 @@ impl RoleConfig {
         "price_completion_per_mtok",
     ];
 
+    /// The same model with every sampling setting left to each request.
+    pub fn without_sampling(self) -> Self {
+        RoleConfig {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            max_tokens: None,
+            repeat_penalty: None,
+            seed: None,
+            ..self
+        }
+    }
+
     pub fn scripted() -> Self {
         RoleConfig {
             provider: ProviderKind::Scripted,

@@ -95,15 +95,7 @@ impl Providers {
             ProviderKey::LocalChat { .. } => {
                 // Sampling defaults come from each request (its role's settings), not from
                 // whichever role loaded the model first.
-                let neutral = RoleConfig {
-                    temperature: None,
-                    top_p: None,
-                    top_k: None,
-                    max_tokens: None,
-                    repeat_penalty: None,
-                    seed: None,
-                    ..rc.clone()
-                };
+                let neutral = rc.clone().without_sampling();
                 tokio::task::spawn_blocking(move || build_local(&neutral, role))
                     .await
                     .map_err(|e| anyhow!("loading the local model for role {role} failed: {e}"))??
