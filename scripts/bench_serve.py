@@ -7,7 +7,7 @@ concurrently, the user's 5 rubric checks for each candidate (10 requests). Steps
 sequence from 07:00, 2.5 simulated minutes apart. Every answer is schema-bound
 (`response_format` json_schema), with the schemas, prompts and token limits our tasks use
 (src/assistant/prompt.rs, src/assistant/suggest.rs, src/user/evaluator.rs, `token_bound` in
-src/llm/task.rs). As in a run, the shown candidate (the second) and its score go into both
+crates/llm/src/task.rs). As in a run, the shown candidate (the second) and its score go into both
 memories, so consecutive steps share most of their prompts and each step's checks judge what the
 server answered; an answer that is not valid JSON for its schema counts as invalid and is then
 treated as the task's fallback ("No Recommendation", score 0).
@@ -75,7 +75,7 @@ SCORE_SCHEMA = object_schema([("Score", {"type": "integer", "enum": [0, 1]}), ("
 
 
 def token_bound(s):
-    """Port of `token_bound` (src/llm/task.rs): most tokens a compact answer can take."""
+    """Port of `token_bound` (crates/llm/src/task.rs): most tokens a compact answer can take."""
     def bound(s):
         if "enum" in s:
             return max(len(json.dumps(v)) for v in s["enum"]) + 1
@@ -241,7 +241,7 @@ def run(args):
         user_view = f"walking, on the way to {action}" if walking else action
         t0 = time.perf_counter()
         msgs = suggest_messages(assistant, persona.name, memory_text(amem), t, user_action)
-        # Candidate i is its own draw: the run's seed plus 1000 * i (src/llm/client.rs).
+        # Candidate i is its own draw: the run's seed plus 1000 * i (crates/llm/src/client.rs).
         cands = list(pool.map(lambda i: client.ask("suggest", msgs, SUGGEST_SCHEMA, args.seed + 1000 * i), range(2)))
         t1 = time.perf_counter()
         suggestions = [as_suggestion(c["value"]["Suggestion"]) if c["ok"] else None for c in cands]
