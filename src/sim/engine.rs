@@ -487,7 +487,7 @@ impl Engine {
             Shown { entry: PersonaEntry::idle(assistant_tile, &self.user_name), tokens: 0 }
         } else {
             if let Some(h) = self.hook.as_mut() {
-                h.before_suggest()?;
+                h.before_suggest().await?;
             }
             let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.sim.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let moment = Moment {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use futures::future::BoxFuture;
 
 /// Called by the engine at day boundaries and before each step.
 pub trait DayHook: Send {
@@ -19,7 +20,9 @@ pub trait DayHook: Send {
         Ok(())
     }
     /// The assistant is about to suggest: whatever must be in use by now (the new adapter) is.
-    fn before_suggest(&mut self) -> Result<()> {
-        Ok(())
+    /// Async, so waiting for the night's training (or a server loading the adapter) holds no
+    /// runtime thread, and a cancelled step stops waiting.
+    fn before_suggest(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use futures::future::BoxFuture;
 
 use super::hooks::DayHook;
 use crate::config::{Config, ConfigError, ProviderKind, ReplayMode, Role, TrainMethod, TrainWeights};
@@ -378,23 +379,16 @@ impl DayHook for Training {
         }
     }
 
-    fn before_suggest(&mut self) -> Result<()> {
-        if self.pending.is_some() {
-            // The engine runs on tokio: block this worker thread, not the runtime.
-            let worker = &mut self.worker;
-            let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
-                    bail!("training needs a multi-thread tokio runtime")
+    fn before_suggest(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.pending.is_some() {
+                match self.worker.next_result().await {
+                    Some(r) => self.finish(r)?,
+                    None => bail!("the training worker stopped without a result"),
                 }
-                Ok(_) => tokio::task::block_in_place(|| worker.wait_result()),
-                Err(_) => worker.wait_result(),
-            };
-            match result {
-                Some(r) => self.finish(r)?,
-                None => bail!("the training worker stopped without a result"),
             }
-        }
-        self.serve_remote_adapter()
+            self.serve_remote_adapter().await
+        })
     }
 }
 
@@ -403,7 +397,7 @@ impl Training {
     /// assistant's requests name it. The load is retried (`LoraServer::load`); when the server
     /// still refuses, the step fails and the run stops at its last complete step, to be resumed
     /// once the server is fixed. The adapter before it is unloaded after the new one is in.
-    fn serve_remote_adapter(&mut self) -> Result<()> {
+    async fn serve_remote_adapter(&mut self) -> Result<()> {
         let Some(r) = &mut self.remote else { return Ok(()) };
         let Some(day) = r.wanted else { return Ok(()) };
         let name = lora_name(&r.sim, day);
@@ -417,7 +411,7 @@ impl Training {
             let dir = adapter::day_dir(&self.adapters, day);
             // The server reads the folder itself: give it an absolute path.
             let path = std::fs::canonicalize(&dir).with_context(|| format!("the adapter folder {}", dir.display()))?;
-            block_on(r.server.load(&name, &path))?.with_context(|| {
+            r.server.load(&name, &path).await.with_context(|| {
                 format!(
                     "day {day}'s adapter is not served, so the run stops at its last complete step; \
                      continue it with --resume once the server loads adapters"
@@ -437,7 +431,7 @@ impl Training {
             if let Some(old) = old {
                 // A failed unload leaves the old adapter in one of the server's LoRA slots; the
                 // run goes on.
-                if let Err(e) = block_on(r.server.unload(&old))? {
+                if let Err(e) = r.server.unload(&old).await {
                     eprintln!("warning: {e:#}");
                 }
             }
@@ -447,18 +441,5 @@ impl Training {
             l.set_served_model(Role::Assistant, Some(name));
         }
         Ok(())
-    }
-}
-
-/// Run `f` to completion from the engine's synchronous hook: on tokio's multi-thread runtime
-/// the worker thread blocks (the runtime moves its other tasks away), with no runtime on a
-/// runtime of its own.
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread => {
-            bail!("an assistant on vLLM that trains needs a multi-thread tokio runtime")
-        }
-        Ok(h) => Ok(tokio::task::block_in_place(|| h.block_on(f))),
-        Err(_) => Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)),
     }
 }
