@@ -225,7 +225,7 @@ mod tests {
     use super::*;
     use crate::assistant::memory::Record;
     use crate::config::{Config, ProviderKind};
-    use crate::llm::client::scripted_embedding;
+    use crate::llm::scripted::scripted_embedding;
     use crate::memory::Interaction;
     use crate::user::profile::{Scratch, DIMENSIONS};
     use chrono::NaiveDate;
