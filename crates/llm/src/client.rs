@@ -23,7 +23,7 @@ use super::cache::{embed_key, lock, reply_key, CacheMiss, CacheMode, CachedReply
 use super::http::{counting_retries, estimate_tokens};
 use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
 use super::providers::Providers;
-use super::scripted;
+use super::scripted::{self, ScriptedReply};
 use super::task::token_bound;
 use super::{AnswerSchema, ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
 use crate::config::{Config, ProviderKind, Role, RoleConfig};
@@ -240,12 +240,14 @@ impl Llm {
     /// server once more, and one bad call should not end a run. Authentication and request
     /// errors, a strict-replay miss ([`CacheMiss`]) and the budget cap ([`BudgetExceeded`]) are
     /// returned as errors; match them with `err.downcast_ref`.
-    pub async fn run<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
+    ///
+    /// A role on the scripted brain gets the task's [`ScriptedReply`] instead of a provider's.
+    pub async fn run<T: Task + ScriptedReply>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let span = tracing::debug_span!("llm_task", task = task.name(), role = %task.role());
         self.run_inner(task).instrument(span).await
     }
 
-    async fn run_inner<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
+    async fn run_inner<T: Task + ScriptedReply>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let slot = self.slot(task.role())?;
         let messages = task.messages();
         let schema = (slot.rc.structured() && matches!(slot.backend, Backend::Provider(_)))
@@ -621,7 +623,7 @@ mod tests {
 
     /// The simulation shares one `Llm` across spawned tasks: it and its futures must be Send.
     #[allow(dead_code)]
-    fn llm_and_its_futures_are_send<T: Task>(llm: &Llm, task: &T) {
+    fn llm_and_its_futures_are_send<T: Task + ScriptedReply>(llm: &Llm, task: &T) {
         fn send_sync<S: Send + Sync>() {}
         fn send<F: Send>(_: &F) {}
         send_sync::<Llm>();

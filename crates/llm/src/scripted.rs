@@ -1,7 +1,8 @@
 //! TEST/BENCHMARK BRAIN — not a model.
 //!
 //! The scripted brain (`--provider scripted`) is an offline, deterministic stand-in for the
-//! models: each task's reply comes from rules (`Task::scripted`), seeded from
+//! models: each task's reply comes from rules ([`ScriptedReply`], implemented beside the tasks
+//! of each area of the simulation, never inside their `Task` impls), seeded from
 //! `(seed, task, prompt, attempt, candidate)` so that a run is byte-identical however its
 //! concurrent calls interleave, and its embeddings are a hashed bag of words
 //! ([`scripted_embedding`]). It exists for CI, the engine benchmark and tests. Here are all of
@@ -16,6 +17,15 @@ use rand_chacha::ChaCha8Rng;
 
 use super::http::estimate_tokens;
 use super::{Message, Task};
+
+/// A task's reply on the scripted brain. It goes through the task's `parse` like any reply.
+/// The client runs a task only if it has one (`Llm::run` takes `T: Task + ScriptedReply`), so
+/// a task without rules does not build; `Task` itself knows nothing of the scripted brain.
+pub trait ScriptedReply {
+    /// The reply text, from the rules and `rng` (seeded from the task, its prompt, the attempt
+    /// and the candidate).
+    fn scripted(&self, rng: &mut ChaCha8Rng) -> String;
+}
 
 /// One scripted reply and its token estimates (characters / 4) for the ledger.
 pub(crate) struct Reply {
@@ -34,7 +44,7 @@ pub(crate) struct Brain {
 impl Brain {
     /// The reply to attempt/candidate `draw` of `task`, whose prompt is `messages`, in a run
     /// seeded with `seed`.
-    pub fn reply<T: Task>(&self, seed: u64, task: &T, messages: &[Message], draw: u32) -> Reply {
+    pub fn reply<T: Task + ScriptedReply>(&self, seed: u64, task: &T, messages: &[Message], draw: u32) -> Reply {
         let _timer = Timer(&self.nanos, Instant::now());
         let mut rng = ChaCha8Rng::seed_from_u64(task_seed(seed, task.name(), messages, draw));
         let text = task.scripted(&mut rng);
