@@ -91,17 +91,9 @@ async fn every_task_type_answers_in_shape_on_the_first_try() {
         let system = propersim::assistant::prompt::system("Eddy Lin", "John Lin", mode, None);
         let user =
             propersim::assistant::prompt::user("(nothing yet today)", "08:05", "John Lin", "cooking breakfast", mode);
-        let a = first_try(
-            &llm,
-            &propersim::assistant::suggest::Suggest {
-                system: &system,
-                user: &user,
-                mode,
-                sample: 0,
-                action: "cooking breakfast",
-            },
-        )
-        .await;
+        let a =
+            first_try(&llm, &propersim::assistant::suggest::Suggest { system: &system, user: &user, mode, sample: 0 })
+                .await;
         assert_eq!(a.reason.is_some(), mode != ReasonMode::None);
     }
     let _ = system;

@@ -2,8 +2,8 @@
 //!
 //! The scripted brain's suggestions (`--provider scripted`, see [`crate::llm::scripted`]):
 //! "No Recommendation" 45% of the time, otherwise one of ten canned ideas around the user's
-//! action. Each candidate skips its index's worth of draws first, so the candidates of one
-//! prompt differ.
+//! action, which it reads from the prompt like a model would. Each candidate skips its index's
+//! worth of draws first, so the candidates of one prompt differ.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
@@ -35,12 +35,46 @@ impl ScriptedReply for Suggest<'_> {
         let s = if rng.gen_bool(0.45) {
             NO_REC.to_string()
         } else {
-            IDEAS.choose(rng).expect("non-empty").replace("{a}", self.action)
+            IDEAS.choose(rng).expect("non-empty").replace("{a}", action_of(self.user))
         };
         match self.mode {
             ReasonMode::None => json!({ "Suggestion": s }).to_string(),
             ReasonMode::After => format!("{{\"Suggestion\": {}, \"Reason\": \"It suits the moment.\"}}", json!(s)),
             ReasonMode::Before => format!("{{\"Reason\": \"It suits the moment.\", \"Suggestion\": {}}}", json!(s)),
         }
+    }
+}
+
+/// The user's action in an assistant user prompt ([`super::prompt::user`]): after the last
+/// `[ACTION]` heading and the time, `"<name>'s action: <name> is <action>."`, then the answer
+/// format. Exact whenever the action itself holds no `"\n[ACTION]\n"`; a prompt of another
+/// shape gives the whole prompt.
+fn action_of(user: &str) -> &str {
+    let action = || {
+        let (_, moment) = user.rsplit_once("\n[ACTION]\n")?;
+        let (moment, _format) = moment.rsplit_once(".\n\nAnswer in the format ")?;
+        let (_time, line) = moment.split_once('\n')?;
+        let (name, said) = line.split_once("'s action: ")?;
+        said.strip_prefix(name)?.strip_prefix(" is ")
+    };
+    action().unwrap_or(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assistant::prompt;
+
+    #[test]
+    fn the_action_is_read_back_from_the_prompt() {
+        let memory =
+            "This hour so far:\nThursday February 13 -- 07:05:00 AM\n[ACTION]\nJohn Lin's action: John Lin is x.\n";
+        for action in ["walking", "cooking breakfast", "reading. Then: a nap\nand more", "is is"] {
+            for mode in [ReasonMode::None, ReasonMode::After, ReasonMode::Before] {
+                let user = prompt::user(memory, "Thursday February 13 -- 07:10:00 AM", "John Lin", action, mode);
+                assert_eq!(action_of(&user), action, "{user}");
+            }
+        }
+        assert_eq!(action_of("no prompt of ours"), "no prompt of ours");
     }
 }

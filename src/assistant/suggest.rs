@@ -12,8 +12,6 @@ pub struct Suggest<'a> {
     pub mode: ReasonMode,
     /// Candidate number (independent samples of the same prompt).
     pub sample: u32,
-    /// For the scripted brain only: the action, to pick a fitting canned suggestion.
-    pub action: &'a str,
 }
 
 /// A parsed answer.

@@ -123,7 +123,9 @@ pub struct EvalInput {
     pub walking: bool,
     pub suggestion: Suggestion,
     pub memory: String,
-    /// Recommendations the user heard in the last hour (for the scripted rules).
+    /// Recommendations the user heard in the last hour. Only the scripted brain's frequency
+    /// rules read it (`user::scripted`): the prompt holds it only as `memory` text (hourly
+    /// summaries, entries with times of day), which cannot be counted back exactly.
     pub recs_last_hour: usize,
 }
 
