@@ -21,6 +21,7 @@ use propersim::llm::gemini::GeminiProvider;
 use propersim::llm::http::HttpPolicy;
 use propersim::llm::ledger::{BudgetExceeded, LedgerEntry};
 use propersim::llm::openai::OpenAiProvider;
+use propersim::llm::scripted::ScriptedReply;
 use propersim::llm::task::json_str;
 use propersim::llm::{extract_json, ChatProvider, ChatRequest, Llm, Message, ProviderError, Sampling, Task};
 
@@ -369,6 +370,10 @@ impl Task for Ask {
     fn fallback(&self) -> String {
         "FALLBACK".into()
     }
+}
+
+/// The scripted brain's reply (the evaluator role is scripted in some tests).
+impl ScriptedReply for Ask {
     fn scripted(&self, rng: &mut rand_chacha::ChaCha8Rng) -> String {
         use rand_chacha::rand_core::RngCore;
         format!("{{\"answer\": \"scripted {}\"}}", rng.next_u32() % 100)

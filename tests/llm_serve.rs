@@ -298,7 +298,7 @@ async fn llm_serve_answers_openai_requests_on_smollm2() {
     );
     for sample in 0..2 {
         let t = Instant::now();
-        let task = Suggest { system: &system, user: &user, mode: ReasonMode::None, sample, action: "making breakfast" };
+        let task = Suggest { system: &system, user: &user, mode: ReasonMode::None, sample };
         assert_eq!(task.role(), Role::Assistant);
         let out = llm.run(&task).await.expect("the typed task runs against the server");
         assert!(

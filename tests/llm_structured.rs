@@ -10,6 +10,7 @@ use std::sync::Arc;
 use propersim::config::{Config, ReasonMode, Role};
 use propersim::llm::local::batch::SeqKv;
 use propersim::llm::local::{EngineModel, LoadMode, LocalProvider, QuantizedLm};
+use propersim::llm::scripted::ScriptedReply;
 use propersim::llm::{ChatProvider, ChatRequest, Llm, Message, Sampling, Task};
 use propersim::model::CausalLm;
 use propersim::user::evaluator::{Check, DimScore, EvalInput, Judgement, Revise, ScoreAll, ScoreCheck};
@@ -22,7 +23,7 @@ fn profile(fs: &Path) -> Profile {
 }
 
 /// Runs `task` and asserts it answered on the first attempt without the fallback.
-async fn first_try<T: Task>(llm: &Llm, task: &T) -> T::Output {
+async fn first_try<T: Task + ScriptedReply>(llm: &Llm, task: &T) -> T::Output {
     let o = llm.run(task).await.unwrap();
     assert!(
         !o.fallback && o.attempts == 1,
@@ -90,17 +91,9 @@ async fn every_task_type_answers_in_shape_on_the_first_try() {
         let system = propersim::assistant::prompt::system("Eddy Lin", "John Lin", mode, None);
         let user =
             propersim::assistant::prompt::user("(nothing yet today)", "08:05", "John Lin", "cooking breakfast", mode);
-        let a = first_try(
-            &llm,
-            &propersim::assistant::suggest::Suggest {
-                system: &system,
-                user: &user,
-                mode,
-                sample: 0,
-                action: "cooking breakfast",
-            },
-        )
-        .await;
+        let a =
+            first_try(&llm, &propersim::assistant::suggest::Suggest { system: &system, user: &user, mode, sample: 0 })
+                .await;
         assert_eq!(a.reason.is_some(), mode != ReasonMode::None);
     }
     let _ = system;

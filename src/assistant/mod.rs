@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod prompt;
 pub mod records;
+pub mod scripted;
 pub mod suggest;
 
 pub use memory::AssistantMemory;

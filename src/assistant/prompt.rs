@@ -90,7 +90,7 @@ mod tests {
             assert!(sys.contains(&format!("An example of a suggestion: {ex}")), "{sys}");
             assert!(ex.contains("recap of what happened earlier in this series"), "{ex}");
             // The example is a valid answer of the suggestion task, in the mode's key order.
-            let task = Suggest { system: &sys, user: "", mode, sample: 0, action: "watching TV" };
+            let task = Suggest { system: &sys, user: "", mode, sample: 0 };
             let a = task.parse(&ex).expect("the example parses");
             assert!(!a.suggestion.is_norec());
             assert_eq!(a.reason.is_some(), mode != ReasonMode::None);

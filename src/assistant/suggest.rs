@@ -1,10 +1,5 @@
 //! The assistant's suggestion task.
 
-use rand::seq::SliceRandom;
-use rand::{Rng, RngCore};
-use rand_chacha::ChaCha8Rng;
-use serde_json::json;
-
 use crate::config::{ReasonMode, Role};
 use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
@@ -17,8 +12,6 @@ pub struct Suggest<'a> {
     pub mode: ReasonMode,
     /// Candidate number (independent samples of the same prompt).
     pub sample: u32,
-    /// For the scripted brain only: the action, to pick a fitting canned suggestion.
-    pub action: &'a str,
 }
 
 /// A parsed answer.
@@ -69,32 +62,5 @@ impl Task for Suggest<'_> {
     }
     fn fallback(&self) -> Answer {
         Answer { suggestion: Suggestion::NoRec, reason: (self.mode != ReasonMode::None).then(|| NO_REC.to_string()) }
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        for _ in 0..self.sample {
-            rng.next_u64();
-        }
-        const IDEAS: &[&str] = &[
-            "Take a two-minute stretch before you carry on with {a}.",
-            "Put on a playlist you love while {a}.",
-            "Drink a glass of water; you have been {a} for a while.",
-            "Jot down one idea that came up while {a}.",
-            "Open a window for some fresh air while {a}.",
-            "Try a new seasonal decoration idea after {a}.",
-            "Plan a themed dinner for friends once you finish {a}.",
-            "Sketch a quick design idea when you pause {a}.",
-            "Call a friend for a short chat after {a}.",
-            "Set a timer so {a} doesn't eat the whole afternoon.",
-        ];
-        let s = if rng.gen_bool(0.45) {
-            NO_REC.to_string()
-        } else {
-            IDEAS.choose(rng).expect("non-empty").replace("{a}", self.action)
-        };
-        match self.mode {
-            ReasonMode::None => json!({ "Suggestion": s }).to_string(),
-            ReasonMode::After => format!("{{\"Suggestion\": {}, \"Reason\": \"It suits the moment.\"}}", json!(s)),
-            ReasonMode::Before => format!("{{\"Reason\": \"It suits the moment.\", \"Suggestion\": {}}}", json!(s)),
-        }
     }
 }

@@ -1,8 +1,5 @@
 //! The summarizer task.
 
-use rand_chacha::ChaCha8Rng;
-use serde_json::json;
-
 use crate::config::Role;
 use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
@@ -60,11 +57,5 @@ impl Task for Summarize<'_> {
     }
     fn fallback(&self) -> String {
         format!("{} interactions (summary unavailable).", self.entries.len())
-    }
-    fn scripted(&self, _rng: &mut ChaCha8Rng) -> String {
-        let recs =
-            self.entries.iter().filter(|e| e.contains("Suggestion") && !e.contains(crate::suggestion::NO_REC)).count();
-        let first = self.entries.first().map(|e| e.lines().next().unwrap_or("").to_string()).unwrap_or_default();
-        json!({ "Summary": format!("{} interactions, {} with a recommendation. It began with: {}", self.entries.len(), recs, first) }).to_string()
     }
 }

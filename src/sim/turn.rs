@@ -107,9 +107,8 @@ pub async fn turn(
     let forced: Vec<bool> = (0..n)
         .map(|i| i == 0 && s.ranking && !s.user_revision && rng.gen_bool(s.forced_norec_ratio.probability()))
         .collect();
-    let tasks: Vec<Suggest> = (0..n as u32)
-        .map(|i| Suggest { system: &system, user: &user, mode: s.reason_mode, sample: i, action: &user_action })
-        .collect();
+    let tasks: Vec<Suggest> =
+        (0..n as u32).map(|i| Suggest { system: &system, user: &user, mode: s.reason_mode, sample: i }).collect();
     let generated = try_join_all(tasks.iter().zip(&forced).filter(|(_, f)| !**f).map(|(t, _)| llm.run(t))).await?;
     let mut gen_iter = generated.into_iter();
     let mut answers: Vec<Answer> = forced
@@ -225,7 +224,7 @@ mod tests {
     use super::*;
     use crate::assistant::memory::Record;
     use crate::config::{Config, ProviderKind};
-    use crate::llm::client::scripted_embedding;
+    use crate::llm::scripted::scripted_embedding;
     use crate::memory::Interaction;
     use crate::user::profile::{Scratch, DIMENSIONS};
     use chrono::NaiveDate;

@@ -11,12 +11,10 @@
 
 use futures::future::try_join_all;
 use indexmap::IndexMap;
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::profile::{content_words, Profile, DIMENSIONS};
+use super::profile::{Profile, DIMENSIONS};
 use crate::config::{Evaluation as Mode, Role};
 use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Llm, Message, Task};
@@ -125,7 +123,9 @@ pub struct EvalInput {
     pub walking: bool,
     pub suggestion: Suggestion,
     pub memory: String,
-    /// Recommendations the user heard in the last hour (for the scripted rules).
+    /// Recommendations the user heard in the last hour. Only the scripted brain's frequency
+    /// rules read it (`user::scripted`): the prompt holds it only as `memory` text (hourly
+    /// summaries, entries with times of day), which cannot be counted back exactly.
     pub recs_last_hour: usize,
 }
 
@@ -276,53 +276,6 @@ impl Task for ScoreCheck<'_> {
     fn fallback(&self) -> DimScore {
         DimScore { score: 0, reason: "Evaluation failed".into() }
     }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let (s, r) = scripted_check(self.profile, self.check, self.input, rng);
-        json!({"Score": s, "Reason": r}).to_string()
-    }
-}
-
-/// The subtask of a `"task (subtask)"` action (the text in its last parentheses, the original's
-/// rule for what the assistant sees), or the whole action.
-pub fn subtask(act: &str) -> &str {
-    let Some(open) = act.rfind('(') else { return act };
-    let rest = &act[open + 1..];
-    rest.find(')').map(|close| &rest[..close]).unwrap_or(act)
-}
-
-/// The scripted brain's rules (a test/benchmark provider): plain, learnable preferences.
-fn scripted_check(p: &Profile, check: Check, input: &EvalInput, rng: &mut ChaCha8Rng) -> (u8, &'static str) {
-    let text = input.suggestion.text().to_lowercase();
-    // The action as the assistant sees it (a decomposed block's subtask), so that the rules stay
-    // learnable from the assistant's side.
-    let action = subtask(&input.action).to_lowercase();
-    let busy = ["sleep", "shower", "bath", "toilet", "journal"].iter().any(|w| action.contains(w));
-    match (check, &input.suggestion) {
-        (Check::Preference, Suggestion::NoRec) => {
-            (rng.gen_bool(0.4) as u8, "Nothing offered; it may have missed a chance.")
-        }
-        (Check::Preference, Suggestion::Text(_)) => {
-            let mut liked = p.keywords();
-            liked.extend(content_words(p.criterion("Personal_Preference")));
-            let hit = content_words(&text).iter().any(|w| liked.contains(w));
-            if hit || rng.gen_bool(0.25) {
-                (1, "It fits my interests.")
-            } else {
-                (0, "Not the kind of thing I care about.")
-            }
-        }
-        (Check::Timing, Suggestion::NoRec) => (1, "Quiet is fine now."),
-        (Check::Timing, Suggestion::Text(_)) if input.walking || busy => (0, "Bad moment to interrupt."),
-        (Check::Timing, Suggestion::Text(_)) => (rng.gen_bool(0.85) as u8, "Reasonable moment."),
-        (Check::TooOften, Suggestion::NoRec) => (1, "Quiet never makes it too often."),
-        (Check::TooOften, Suggestion::Text(_)) => {
-            ((input.recs_last_hour < 2) as u8, "Depends on how many I had this hour.")
-        }
-        (Check::TooRarely, Suggestion::Text(_)) => (1, "A suggestion never makes it too rare."),
-        (Check::TooRarely, Suggestion::NoRec) => ((input.recs_last_hour >= 1) as u8, "I had none for a while."),
-        (Check::Communication, Suggestion::NoRec) => (1, "Nothing to object to."),
-        (Check::Communication, Suggestion::Text(t)) => ((t.len() <= 240) as u8, "Tone and length."),
-    }
 }
 
 /// Every check in one call (`all` mode; the original's was broken).
@@ -378,14 +331,6 @@ impl Task for ScoreAll<'_> {
     }
     fn fallback(&self) -> Vec<DimScore> {
         vec![DimScore { score: 0, reason: "Evaluation failed".into() }; 5]
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let mut m = serde_json::Map::new();
-        for c in Check::ALL {
-            let (s, r) = scripted_check(self.profile, c, self.input, rng);
-            m.insert(c.key().into(), json!({"Score": s, "Reason": r}));
-        }
-        serde_json::Value::Object(m).to_string()
     }
 }
 
@@ -477,17 +422,6 @@ impl Task for Revise<'_> {
     fn fallback(&self) -> Suggestion {
         Suggestion::NoRec
     }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let timing_failed = self.judgement.dimensions.get("Timing").map(|d| d.score == 0).unwrap_or(false);
-        let r = if timing_failed || self.input.walking || rng.gen_bool(0.3) {
-            crate::suggestion::NO_REC.to_string()
-        } else {
-            let kw = self.profile.keywords();
-            let w = kw.get(rng.gen_range(0..kw.len().max(1))).cloned().unwrap_or_else(|| "something you enjoy".into());
-            format!("When you have a moment, maybe spend a few minutes on {w}?")
-        };
-        json!({ "Revision": r }).to_string()
-    }
 }
 
 #[cfg(test)]
@@ -511,12 +445,6 @@ mod tests {
         let j = combine(&[ds(1, "p"), ds(1, "t"), ds(1, "o"), ds(1, "r"), ds(1, "c")], 0);
         assert_eq!(j.total, 4.0);
         assert_eq!(j.dimensions.keys().collect::<Vec<_>>(), DIMENSIONS.iter().collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn the_assistants_view_of_an_action_is_its_subtask() {
-        assert_eq!(subtask("cooking breakfast (frying eggs)"), "frying eggs");
-        assert_eq!(subtask("sleeping"), "sleeping");
     }
 
     #[test]

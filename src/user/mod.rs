@@ -7,5 +7,6 @@ pub mod evaluator;
 pub mod memory;
 pub mod plan_tasks;
 pub mod profile;
+pub mod scripted;
 
 pub use agent::{UserAgent, UserState, UserStep};

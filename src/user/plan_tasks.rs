@@ -1,12 +1,9 @@
 //! LLM tasks of the user agent's day: wake-up hour, broad plan, hourly schedule, decomposition,
 //! placement, emoji, poignancy, and the new-day revision. Prompts are ours; each asks for JSON.
 
-use rand::seq::SliceRandom;
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use super::profile::{content_words, Profile};
+use super::profile::Profile;
 use crate::config::Role;
 use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
@@ -62,15 +59,6 @@ impl Task for WakeUpHour<'_> {
     }
     fn fallback(&self) -> u32 {
         7
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let re = regex::Regex::new(r"(?i)\b(\d{1,2})(?::\d\d)?\s*a\.?m").expect("static regex");
-        let h = re
-            .captures(&self.profile.lifestyle)
-            .and_then(|c| c[1].parse::<u32>().ok())
-            .filter(|h| (4..=11).contains(h))
-            .unwrap_or_else(|| rng.gen_range(6..=8));
-        json!({ "wake_up_hour": h }).to_string()
     }
 }
 
@@ -129,20 +117,6 @@ impl Task for DailyPlan<'_> {
             "have dinner at 6:00 pm".into(),
             "get ready for bed at 10:00 pm".into(),
         ]
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let mut items = vec![format!("wake up and complete the morning routine at {}:00 am", self.wake_hour)];
-        let mut wishes: Vec<String> = numbered_items(&self.profile.daily_plan_req);
-        wishes.extend(numbered_items(&self.profile.lifestyle).into_iter().take(2));
-        wishes.shuffle(rng);
-        let slots = ["10:00 am", "2:00 pm", "4:00 pm", "8:00 pm"];
-        for (w, t) in wishes.iter().zip(slots) {
-            items.push(format!("{} at {t}", w.trim_end_matches('.').to_lowercase()));
-        }
-        items.push("have lunch at 12:00 pm".into());
-        items.push("have dinner at 6:00 pm".into());
-        items.push("go to bed at 11:00 pm".into());
-        json!({ "plan": items }).to_string()
     }
 }
 
@@ -230,29 +204,6 @@ impl Task for HourlySchedule<'_> {
             })
             .collect()
     }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let mut acts = self.fallback();
-        let mut fillers: Vec<String> = self
-            .plan
-            .iter()
-            .skip(1)
-            .map(|p| strip_time(p))
-            .filter(|p| !p.contains("lunch") && !p.contains("dinner") && !p.contains("bed"))
-            .collect();
-        fillers.extend(["tidying up the common room", "reading on the couch", "tending the garden"].map(String::from));
-        for h in (self.wake_hour + 1)..23 {
-            if h == 12 || h == 18 {
-                continue;
-            }
-            if let Some(f) = fillers.choose(rng) {
-                acts[h as usize] = f.clone();
-            }
-        }
-        acts[(self.wake_hour + 1).min(22) as usize] = "having breakfast".into();
-        let sched: Vec<Value> =
-            acts.iter().enumerate().map(|(h, a)| json!({"hour": hour_label(h as u32), "activity": a})).collect();
-        json!({ "schedule": sched }).to_string()
-    }
 }
 
 /// "make breakfast at 8:00 am" → "make breakfast".
@@ -315,19 +266,6 @@ impl Task for Decompose<'_> {
     }
     fn fallback(&self) -> Vec<(String, u32)> {
         vec![(self.activity.to_string(), self.minutes)]
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let phases = ["getting started", "in full swing", "keeping at it", "wrapping up"];
-        let n = rng.gen_range(2..=4).min((self.minutes / 10).max(1) as usize);
-        let base = (self.minutes / 5 / n as u32) * 5;
-        let subs: Vec<Value> = (0..n)
-            .map(|i| {
-                let m = if i + 1 == n { self.minutes - base * (n as u32 - 1) } else { base };
-                let phase = if n == 1 { "in full swing" } else { phases[(i * 3 / (n - 1)).min(3)] };
-                json!({"task": format!("{} ({phase})", self.activity), "minutes": m})
-            })
-            .collect();
-        json!({ "subtasks": subs }).to_string()
     }
 }
 
@@ -400,11 +338,6 @@ impl Task for ChoosePlace<'_> {
     }
     fn fallback(&self) -> String {
         keyword_place(self.action, self.options).unwrap_or_else(|| self.options.first().cloned().unwrap_or_default())
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let c =
-            keyword_place(self.action, self.options).or_else(|| self.options.choose(rng).cloned()).unwrap_or_default();
-        json!({ "choice": c }).to_string()
     }
 }
 
@@ -479,31 +412,6 @@ impl Task for Emoji<'_> {
     fn fallback(&self) -> String {
         "🙂".into()
     }
-    fn scripted(&self, _rng: &mut ChaCha8Rng) -> String {
-        const MAP: &[(&str, &str)] = &[
-            ("sleep", "😴"),
-            ("breakfast", "🍳"),
-            ("lunch", "🥗"),
-            ("dinner", "🍲"),
-            ("cook", "🍳"),
-            ("shower", "🚿"),
-            ("garden", "🌱"),
-            ("read", "📖"),
-            ("journal", "📓"),
-            ("sketch", "✏️"),
-            ("work", "💻"),
-            ("music", "🎵"),
-            ("call", "📞"),
-            ("clean", "🧹"),
-            ("tidy", "🧹"),
-            ("decor", "🖼️"),
-            ("bed", "🛏️"),
-            ("exercise", "🏃"),
-        ];
-        let a = self.action.to_lowercase();
-        let e = MAP.iter().find(|(k, _)| a.contains(k)).map(|(_, e)| *e).unwrap_or("🙂");
-        json!({ "emoji": e }).to_string()
-    }
 }
 
 /// How memorable an event is, 1–10.
@@ -543,10 +451,6 @@ impl Task for Poignancy<'_> {
     }
     fn fallback(&self) -> u32 {
         4
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let n = if self.event.contains("sleep") { 1 } else { rng.gen_range(2..=6) };
-        json!({ "poignancy": n }).to_string()
     }
 }
 
@@ -590,12 +494,6 @@ impl Task for ReviseStatus<'_> {
     }
     fn fallback(&self) -> String {
         String::new()
-    }
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String {
-        let words = content_words(&self.yesterday.join(" "));
-        let w = words.choose(rng).cloned().unwrap_or_else(|| "home".into());
-        json!({ "status": format!("I feel settled after yesterday. I want to keep some of the {w} going today.") })
-            .to_string()
     }
 }
 

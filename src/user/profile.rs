@@ -100,11 +100,6 @@ impl Profile {
             .collect::<Vec<_>>()
             .join("\n")
     }
-
-    /// Content words of the persona's interests and lifestyle, for the scripted brain.
-    pub fn keywords(&self) -> Vec<String> {
-        content_words(&format!("{} {} {}", self.interests, self.lifestyle, self.daily_plan_req))
-    }
 }
 
 /// Lower-cased words of four letters or more, minus a few fillers.

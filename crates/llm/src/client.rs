@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
@@ -25,6 +23,7 @@ use super::cache::{embed_key, lock, reply_key, CacheMiss, CacheMode, CachedReply
 use super::http::{counting_retries, estimate_tokens};
 use super::ledger::{cost_usd, BudgetExceeded, Ledger, LedgerEntry, LedgerTotals};
 use super::providers::Providers;
+use super::scripted::{self, ScriptedReply};
 use super::task::token_bound;
 use super::{AnswerSchema, ChatProvider, ChatReply, ChatRequest, Message, ProviderError, Sampling, Task};
 use crate::config::{Config, ProviderKind, Role, RoleConfig};
@@ -82,23 +81,14 @@ pub struct Llm {
     embed_mem: Mutex<HashMap<String, Vec<f32>>>,
     fallbacks: AtomicU64,
     calls: AtomicU64,
-    /// Time spent inside the scripted brain (its replies, their parsing, its embeddings), so a
-    /// benchmark can tell the engine's own cost from the brain's.
-    scripted_nanos: AtomicU64,
+    /// The scripted brain, which answers the roles on [`Backend::Scripted`] (and keeps the time
+    /// spent in it, so a benchmark can tell the engine's own cost from the brain's).
+    brain: scripted::Brain,
     /// Where role providers come from: roles that name the same local model or HTTP endpoint
     /// share one (the default configuration puts every chat role on the same model), and so do
     /// the sims of a sweep. The trained assistant is not in here: it gets its own copy, whose
     /// adapters must not reach the other roles.
     providers: Arc<Providers>,
-}
-
-/// Adds the time from its start to its drop to a counter.
-struct ScriptedTimer<'a>(&'a AtomicU64, Instant);
-
-impl Drop for ScriptedTimer<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
 }
 
 /// What one task run or embedding request added up to, for its ledger line.
@@ -138,7 +128,7 @@ impl Llm {
             embed_mem: Mutex::new(HashMap::new()),
             fallbacks: AtomicU64::new(0),
             calls: AtomicU64::new(0),
-            scripted_nanos: AtomicU64::new(0),
+            brain: scripted::Brain::default(),
             providers: Providers::new(),
         })
     }
@@ -250,12 +240,14 @@ impl Llm {
     /// server once more, and one bad call should not end a run. Authentication and request
     /// errors, a strict-replay miss ([`CacheMiss`]) and the budget cap ([`BudgetExceeded`]) are
     /// returned as errors; match them with `err.downcast_ref`.
-    pub async fn run<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
+    ///
+    /// A role on the scripted brain gets the task's [`ScriptedReply`] instead of a provider's.
+    pub async fn run<T: Task + ScriptedReply>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let span = tracing::debug_span!("llm_task", task = task.name(), role = %task.role());
         self.run_inner(task).instrument(span).await
     }
 
-    async fn run_inner<T: Task>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
+    async fn run_inner<T: Task + ScriptedReply>(&self, task: &T) -> Result<TaskOutcome<T::Output>> {
         let slot = self.slot(task.role())?;
         let messages = task.messages();
         let schema = (slot.rc.structured() && matches!(slot.backend, Backend::Provider(_)))
@@ -267,16 +259,10 @@ impl Llm {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let text = match &slot.backend {
                 Backend::Scripted => {
-                    let _timer = ScriptedTimer(&self.scripted_nanos, Instant::now());
-                    let mut rng = ChaCha8Rng::seed_from_u64(self.task_seed(
-                        task.name(),
-                        &messages,
-                        draw_index(attempt, task.sample_index()),
-                    ));
-                    let t = task.scripted(&mut rng);
-                    acc.prompt_tokens += estimate_tokens(messages.iter().map(|m| m.content.chars().count()).sum());
-                    acc.completion_tokens += estimate_tokens(t.chars().count());
-                    Some(t)
+                    let r = self.brain.reply(self.seed, task, &messages, draw_index(attempt, task.sample_index()));
+                    acc.prompt_tokens += r.prompt_tokens;
+                    acc.completion_tokens += r.completion_tokens;
+                    Some(r.text)
                 }
                 Backend::Provider(_) => match self
                     .ask(
@@ -448,10 +434,8 @@ impl Llm {
         let started = Instant::now();
         let mut acc = CallAcc::default();
         if let Backend::Scripted = slot.backend {
-            let timer = ScriptedTimer(&self.scripted_nanos, Instant::now());
-            let out: Vec<Vec<f32>> = texts.iter().map(|t| scripted_embedding(t)).collect();
-            acc.prompt_tokens = texts.iter().map(|t| estimate_tokens(t.chars().count())).sum();
-            drop(timer);
+            let (out, tokens) = self.brain.embed(texts);
+            acc.prompt_tokens = tokens;
             self.record(slot, "embed", &acc, started, 1, false, None)?;
             return Ok(out);
         }
@@ -534,7 +518,7 @@ impl Llm {
 
     /// Seconds spent in the scripted brain so far.
     pub fn scripted_seconds(&self) -> f64 {
-        self.scripted_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        self.brain.seconds()
     }
 
     fn slot(&self, role: Role) -> Result<&Slot> {
@@ -607,49 +591,6 @@ impl Llm {
         }
         slot.model()
     }
-
-    /// Scripted replies are a pure function of (seed, task, prompt, attempt), so a run is
-    /// reproducible no matter in which order concurrent tasks finish.
-    fn task_seed(&self, name: &str, messages: &[super::Message], attempt: u32) -> u64 {
-        // The JSON of the tuple goes straight into the hash (the same bytes as serializing it
-        // first, without a copy of every prompt).
-        let mut w = std::io::BufWriter::with_capacity(8192, HashWriter(sha2::Sha256::default()));
-        if serde_json::to_writer(&mut w, &(self.seed, name, messages, attempt)).is_err() {
-            return stable_hash(&[]);
-        }
-        // Writing into a hash cannot fail, so neither can the last flush.
-        w.into_inner().map_or_else(|_| stable_hash(&[]), |h| digest_u64(h.0))
-    }
-}
-
-/// A hash that stays the same across Rust releases and platforms (std's `DefaultHasher` does
-/// not promise that): the scripted brain's replies and embeddings derive from it, and recorded
-/// runs must replay the same.
-fn stable_hash(bytes: &[u8]) -> u64 {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::default();
-    h.update(bytes);
-    digest_u64(h)
-}
-
-/// The first 8 bytes of the digest, little-endian.
-fn digest_u64(h: sha2::Sha256) -> u64 {
-    use sha2::Digest;
-    let d = h.finalize();
-    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
-/// Feeds what is written into a hash.
-struct HashWriter(sha2::Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(&mut self.0, buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Whether `e` is a provider whose transport retries ran out (429s, 5xx, timeouts, unreadable
@@ -676,28 +617,13 @@ pub fn sampling_of(rc: &RoleConfig) -> Sampling {
     }
 }
 
-/// The scripted brain's embedding: a normalized hashed bag of words (256 dims). Texts sharing
-/// words are similar; it is a test/benchmark stand-in, not a language model.
-pub fn scripted_embedding(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; 256];
-    for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let x = stable_hash(w.to_lowercase().as_bytes());
-        v[(x % 256) as usize] += if (x >> 8) & 1 == 0 { 1.0 } else { -1.0 };
-    }
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The simulation shares one `Llm` across spawned tasks: it and its futures must be Send.
     #[allow(dead_code)]
-    fn llm_and_its_futures_are_send<T: Task>(llm: &Llm, task: &T) {
+    fn llm_and_its_futures_are_send<T: Task + ScriptedReply>(llm: &Llm, task: &T) {
         fn send_sync<S: Send + Sync>() {}
         fn send<F: Send>(_: &F) {}
         send_sync::<Llm>();

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod local;
 pub mod openai;
 pub mod providers;
+pub mod scripted;
 pub mod serve;
 pub mod task;
 pub mod vllm;

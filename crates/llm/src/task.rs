@@ -1,6 +1,5 @@
 //! The `Task` abstraction and reply parsing shared by all tasks.
 
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
 use super::Message;
@@ -23,9 +22,6 @@ pub trait Task: Send + Sync {
     fn parse(&self, reply: &str) -> Result<Self::Output, String>;
     /// What to use when every attempt failed. Its use is counted in the ledger.
     fn fallback(&self) -> Self::Output;
-    /// The offline scripted brain's reply text for this task (a test/benchmark provider, never a
-    /// model). It goes through `parse` like any reply.
-    fn scripted(&self, rng: &mut ChaCha8Rng) -> String;
     /// Distinguishes independent samples of the same prompt (ranking candidates): it is mixed
     /// into the sampling seed and the cache key, so two candidates are two draws, not one.
     fn sample_index(&self) -> u32 {
