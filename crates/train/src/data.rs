@@ -175,18 +175,18 @@ pub fn completion_text(msgs: &[Message]) -> String {
 mod tests {
     use super::*;
 
-    /// ChatML with a byte-level "tokenizer" (one token per byte, specials as single ids).
-    struct ByteChatMl;
+    /// ChatML with a byte-level "tokenizer" (one token per byte, specials as single ids), and
+    /// the EOS id a real tokenizer has, if given.
+    struct ByteChatMl {
+        eos: Option<u32>,
+    }
+    const CHATML: ByteChatMl = ByteChatMl { eos: None };
+    const CHATML_EOS: ByteChatMl = ByteChatMl { eos: Some(7) };
     impl ChatFormatter for ByteChatMl {
         fn render(&self, msgs: &[Message], gen: bool) -> Result<String> {
-            let mut s = String::new();
-            for m in msgs {
-                s += &format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
-            }
-            if gen {
-                s += "<|im_start|>assistant\n";
-            }
-            Ok(s)
+            let turns: String =
+                msgs.iter().map(|m| format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content)).collect();
+            Ok(if gen { turns + "<|im_start|>assistant\n" } else { turns })
         }
         fn encode(&self, text: &str) -> Result<Vec<u32>> {
             let mut out = Vec::new();
@@ -205,29 +205,18 @@ mod tests {
             }
             Ok(out)
         }
+        fn eos_id(&self) -> Option<u32> {
+            self.eos
+        }
     }
 
     #[test]
     fn completion_is_answer_plus_end_and_newline() -> Result<()> {
-        let s = tokenize(&ByteChatMl, &[Message::user("hi")], &[Message::assistant("ok")], &TokenLimits::default())?;
+        let s = tokenize(&CHATML, &[Message::user("hi")], &[Message::assistant("ok")], &TokenLimits::default())?;
         assert_eq!(s.completion, vec![b'o' as u32, b'k' as u32, 1001, b'\n' as u32]);
         assert_eq!(*s.prompt.last().unwrap(), b'\n' as u32);
         assert_eq!(s.prompt[0], 1000);
         Ok(())
-    }
-
-    /// The same with an EOS id (7), as a real tokenizer has.
-    struct ByteChatMlEos;
-    impl ChatFormatter for ByteChatMlEos {
-        fn render(&self, msgs: &[Message], gen: bool) -> Result<String> {
-            ByteChatMl.render(msgs, gen)
-        }
-        fn encode(&self, text: &str) -> Result<Vec<u32>> {
-            ByteChatMl.encode(text)
-        }
-        fn eos_id(&self) -> Option<u32> {
-            Some(7)
-        }
     }
 
     #[test]
@@ -235,7 +224,7 @@ mod tests {
         let (p, a) = ([Message::user("hi")], [Message::assistant("ok")]);
         let end = |mode| -> Result<Vec<u32>> {
             let limits = TokenLimits { append_eos: mode, ..TokenLimits::default() };
-            Ok(tokenize(&ByteChatMlEos, &p, &a, &limits)?.completion)
+            Ok(tokenize(&CHATML_EOS, &p, &a, &limits)?.completion)
         };
         let (o, k, nl) = (b'o' as u32, b'k' as u32, b'\n' as u32);
         // DPO (the default): the template's end of turn, its newline, then the EOS.
@@ -277,12 +266,12 @@ mod tests {
     #[test]
     fn truncation_cuts_prompt_from_the_left() -> Result<()> {
         let limits = TokenLimits { max_prompt: 10, max_length: 12, append_eos: AppendEos::Always };
-        let s = tokenize(&ByteChatMlEos, &[Message::user("abcdefghijklmnop")], &[Message::assistant("xyz")], &limits)?;
+        let s = tokenize(&CHATML_EOS, &[Message::user("abcdefghijklmnop")], &[Message::assistant("xyz")], &limits)?;
         // completion: x y z <end> \n eos = 6 tokens; prompt keeps its last 6.
         assert_eq!(s.completion.len(), 6);
         assert_eq!(*s.completion.last().unwrap(), 7);
         assert_eq!(s.prompt.len(), 6);
-        assert_eq!(s.prompt, ByteChatMl.encode("stant\n")?);
+        assert_eq!(s.prompt, CHATML.encode("stant\n")?);
         Ok(())
     }
 
