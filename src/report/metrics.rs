@@ -102,30 +102,14 @@ pub fn date_of(curr_time: &str) -> &str {
 /// Numbered `movement/<n>.json` files in step order; other names (temporary files) are ignored.
 pub fn movement_files(sim_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let dir = sim_dir.join("movement");
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no movement files: {} does not exist (has the simulation run a step?)", dir.display())
-        }
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(".json") else { continue };
-        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(step) = stem.parse::<u64>() else { continue };
-        files.push((step, entry.path()));
+    if !dir.exists() {
+        bail!("no movement files: {} does not exist (has the simulation run a step?)", dir.display());
     }
-    if files.is_empty() {
+    let steps = crate::storage::sim::step_files(&dir)?;
+    if steps.is_empty() {
         bail!("no movement files in {} (has the simulation run a step?)", dir.display());
     }
-    files.sort_by_key(|(step, _)| *step);
-    Ok(files)
+    Ok(steps.into_iter().map(|s| (s, dir.join(format!("{s}.json")))).collect())
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -47,23 +47,10 @@ pub fn read_json(path: &Path) -> Result<Option<Value>, WebError> {
         .map_err(|e| WebError::internal(format!("{} is not valid JSON: {e}", path.display())))
 }
 
-/// The step numbers of `<dir>/<n>.json`, ascending (other names are ignored).
+/// The step numbers of `<dir>/<n>.json`, ascending (other names are ignored; a folder that
+/// cannot be listed has none, so a page shows an empty run rather than failing).
 pub fn numbered_files(dir: &Path) -> Vec<u64> {
-    let mut out: Vec<u64> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".json")?;
-            if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            stem.parse().ok()
-        })
-        .collect();
-    out.sort_unstable();
-    out
+    crate::storage::sim::step_files(dir).unwrap_or_default()
 }
 
 /// `reverie/meta.json` of a sim (empty object if missing).

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
 use super::pyjson;
-use super::sim::{assistant_persona, check_sim_code};
+use super::sim::{assistant_persona, check_sim_code, copy_tree, step_files};
 
 const KEYS: [&str; 4] = ["movement", "pronunciatio", "description", "chat"];
 
@@ -68,12 +68,7 @@ const ASSISTANT_KEYS: [&str; 4] = ["suggestion", "user_action_for_suggestion", "
 /// user_action_for_suggestion, eval_res_score, eval_res_reason}}}` for steps that have any of them.
 pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String, Value>)> {
     let mdir = sim_dir.join("movement");
-    let mut steps: Vec<u64> = fs::read_dir(&mdir)
-        .with_context(|| format!("reading {}", mdir.display()))?
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".json")?.parse().ok())
-        .collect();
-    steps.sort_unstable();
+    let steps = step_files(&mdir)?;
     let (Some(&first), Some(&last)) = (steps.first(), steps.last()) else {
         bail!("{} has no movement files", mdir.display())
     };
@@ -132,20 +127,6 @@ pub fn master_movement(sim_dir: &Path) -> Result<(Map<String, Value>, Map<String
     assistant.insert("persona".into(), assistant_persona(&personas).map(Value::from).unwrap_or(Value::Null));
     assistant.insert("steps".into(), Value::Object(log));
     Ok((master, assistant))
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to)?;
-    for e in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_tree(&e.path(), &target)?;
-        } else {
-            fs::copy(e.path(), &target).with_context(|| format!("copying {}", e.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

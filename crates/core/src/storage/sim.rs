@@ -263,30 +263,39 @@ impl SimDir {
         write_json_py(&self.movement_path(step), movement)
     }
 
-    /// Numbers of the `.json` files in a subfolder, sorted.
+    /// The steps of a subfolder's `<n>.json` files (`movement`, `environment`): see
+    /// [`step_files`].
     pub fn steps_in(&self, sub: &str) -> Result<Vec<u64>> {
-        let dir = self.root.join(sub);
-        let mut out = Vec::new();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        for e in rd {
-            let name = e?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(n) = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) {
-                out.push(n);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
+        step_files(&self.root.join(sub))
     }
 
     /// Folder of a persona's saved state.
     pub fn bootstrap(&self, persona: &str) -> PathBuf {
         self.root.join("personas").join(persona).join("bootstrap_memory")
     }
+}
+
+/// The steps `n` of the files `<dir>/<n>.json`, ascending: the one listing of step files.
+/// Only plain decimal names count (temporary files of atomic writes and anything else are
+/// ignored); a missing folder has none.
+pub fn step_files(dir: &Path) -> Result<Vec<u64>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let name = e.with_context(|| format!("listing {}", dir.display()))?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = stem.parse() {
+                out.push(n);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Where seeds are looked up: `storage` first, then each extra seeds folder.
