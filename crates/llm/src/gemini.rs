@@ -97,13 +97,15 @@ pub fn generate_body(req: &ChatRequest) -> Value {
 /// A JSON schema in the OpenAPI subset Gemini's `responseSchema` reads: it has no
 /// `additionalProperties`, `const` or `prefixItems`, and orders properties by `propertyOrdering`
 /// (it would sort them alphabetically otherwise, and the order is part of what we ask for).
+/// A string's `pattern` is left out too (not every Gemini version takes one); the task's own
+/// parse still checks what it said.
 pub fn gemini_schema(schema: &Value) -> Value {
     match schema {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
                 match k.as_str() {
-                    "additionalProperties" | "prefixItems" | "$schema" => {}
+                    "additionalProperties" | "prefixItems" | "$schema" | "pattern" => {}
                     "const" => {
                         out.insert("enum".into(), json!([v]));
                     }
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn schemas_become_gemini_response_schemas() {
         let schema = json!({"type": "object", "additionalProperties": false, "required": ["b", "a"],
-            "properties": {"b": {"type": "integer", "enum": [0, 1]}, "a": {"type": "string", "const": "x"}}});
+            "properties": {"b": {"type": "integer", "enum": [0, 1]}, "a": {"type": "string", "const": "x", "pattern": "^x$"}}});
         let req = ChatRequest {
             model: "gemini-2.0-flash".into(),
             messages: vec![Message::user("hi")],
@@ -262,6 +264,7 @@ mod tests {
             (Some(0.0), Some(1.0))
         );
         assert_eq!(s["properties"]["a"]["enum"], json!(["x"]));
+        assert!(s["properties"]["a"].get("pattern").is_none());
     }
 
     #[test]

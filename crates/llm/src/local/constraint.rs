@@ -6,6 +6,11 @@
 //!
 //! The grammar is compact JSON with one space after `:` and `,` (what chat models were trained
 //! to write), with no free whitespace a weak model could loop on.
+//!
+//! The token budget is part of the constraint: a free-text field can run past `max_tokens` (a
+//! 135M model writes 300-character strings of run-together words), and a cut answer does not
+//! parse, costing a retry. So in its last [`CLOSE_RESERVE`] tokens the answer may only close
+//! what is open (`"`, `}`, `]`) wherever the grammar allows that, and it ends complete.
 
 use std::sync::Arc;
 
@@ -21,7 +26,13 @@ use super::tokenizer::Tokenizer;
 #[derive(Clone)]
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    /// Tokens made only of `"`, `}` and `]`: what an answer short of tokens may still write.
+    closers: Arc<[u32]>,
 }
+
+/// The last tokens of the budget, in which an open answer is closed (a string's `"`, then what
+/// the grammar forces, such as a required key, then that key's shortest value and `}`).
+pub const CLOSE_RESERVE: usize = 16;
 
 impl Grammars {
     /// For `tokenizer`, with `n_vocab` logits per step (a model may have more logits than
@@ -36,9 +47,16 @@ impl Grammars {
         }
         let n_vocab = n_vocab.max(bt.tokrx_info().vocab_size as usize);
         let env = bt.into_tok_env(Some(n_vocab))?;
+        let trie = env.tok_trie();
+        let closers: Vec<u32> = (0..trie.vocab_size() as u32)
+            .filter(|&t| {
+                let b = trie.token(t);
+                !b.is_empty() && !trie.is_special_token(t) && b.iter().all(|c| matches!(c, b'"' | b'}' | b']'))
+            })
+            .collect();
         let mut factory = ParserFactory::new_simple(&env)?;
         factory.quiet();
-        Ok(Grammars { factory: Arc::new(factory) })
+        Ok(Grammars { factory: Arc::new(factory), closers: closers.into() })
     }
 
     /// A fresh constraint for one answer of `schema`.
@@ -55,20 +73,35 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(anyhow!("the answer schema does not compile to a grammar: {e}"));
         }
-        Ok(Constraint { matcher })
+        Ok(Constraint { matcher, closers: self.closers.clone() })
     }
 }
 
 /// The grammar state of one generation.
 pub struct Constraint {
     matcher: Matcher,
+    closers: Arc<[u32]>,
 }
 
 impl Constraint {
     /// Set the logits of every token the grammar forbids here to -inf. When the answer is
-    /// complete, only the end-of-sequence tokens remain.
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+    /// complete, only the end-of-sequence tokens remain. With `tokens_left` within
+    /// [`CLOSE_RESERVE`], only closing tokens remain wherever the grammar allows one.
+    pub fn mask(&mut self, logits: &mut [f32], tokens_left: usize) -> Result<()> {
         let allowed = self.matcher.compute_mask_or_eos().map_err(|e| anyhow!("grammar mask: {e}"))?;
+        let closing: Vec<u32> = if tokens_left <= CLOSE_RESERVE {
+            self.closers.iter().copied().filter(|&t| allowed.is_allowed(t) && (t as usize) < logits.len()).collect()
+        } else {
+            Vec::new()
+        };
+        if !closing.is_empty() {
+            let keep: Vec<(u32, f32)> = closing.iter().map(|&t| (t, logits[t as usize])).collect();
+            logits.fill(f32::NEG_INFINITY);
+            for (t, l) in keep {
+                logits[t as usize] = l;
+            }
+            return Ok(());
+        }
         for (i, l) in logits.iter_mut().enumerate() {
             if !allowed.is_allowed(i as u32) {
                 *l = f32::NEG_INFINITY;

@@ -568,7 +568,7 @@ fn sample(seq: &mut Seq, logits: &mut [f32], stop_ids: &[u32], max_seq_len: usiz
         return Ok(Sampled::Stop(StopReason::MaxTokens));
     }
     if let Some(c) = &mut seq.constraint {
-        c.mask(logits)?;
+        c.mask(logits, seq.sampler.params().max_new_tokens - generated)?;
     }
     let next = seq.sampler.sample(logits, &seq.history);
     if stop_ids.contains(&next) {
@@ -631,7 +631,7 @@ pub fn generate(
         }
         let mut l: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         if let Some(c) = constraint.as_deref_mut() {
-            c.mask(&mut l)?;
+            c.mask(&mut l, max_new - tokens.len())?;
         }
         let next = sampler.sample(&l, &history);
         if stop_ids.contains(&next) {
