@@ -67,12 +67,21 @@ enum Command {
         /// build's training device).
         #[arg(long, requires = "plan")]
         compute: Option<String>,
-        /// Passes over the pairs (default: the method's, as the original's daily training).
+        /// Passes over the pairs (default: the config's [sim] train_epochs, 2 as the original's
+        /// daily training).
         #[arg(long)]
         epochs: Option<usize>,
-        /// Peak learning rate (default: the method's, 5e-5).
+        /// Peak learning rate (default: the config's [sim] train_lr, else the method's, 5e-5).
         #[arg(long)]
         lr: Option<f64>,
+        /// Prompt tokens an example keeps, its last ones (default: the config's [sim]
+        /// train_max_prompt, else 2048), to train offline as a sim of that config trains.
+        #[arg(long)]
+        max_prompt: Option<usize>,
+        /// DPO: weight of the chosen answer's per-token NLL added to the loss, TRL's rpo_alpha
+        /// (default: the config's [sim] train_rpo_alpha, else none: plain DPO).
+        #[arg(long)]
+        rpo_alpha: Option<f64>,
         /// Continue from this adapter instead of a fresh one.
         #[arg(long)]
         init_adapter: Option<PathBuf>,
@@ -473,8 +482,8 @@ fn bench_pairs() -> Vec<propersim::train::data::PreferencePair> {
     (0..8)
         .map(|i| propersim::train::data::PreferencePair {
             prompt: vec![Message::system(sys.clone()), Message::user(format!("[MEMORY]\nNo interactions yet.\n[ACTION]\nThursday February 13 -- 0{}:30:00 PM\nJohn Lin's action: John Lin is cooking dinner (step {i}).", i % 9))],
-            chosen: vec![Message::assistant(r#"{"Suggestion":"No Recommendation"}"#)],
-            rejected: vec![Message::assistant(r#"{"Suggestion":"Call your boss about the quarterly report right now."}"#)],
+            chosen: vec![Message::assistant(r#"{"Suggestion": "No Recommendation"}"#)],
+            rejected: vec![Message::assistant(r#"{"Suggestion": "Call your boss about the quarterly report right now."}"#)],
             extra: Default::default(),
         })
         .collect()
@@ -944,58 +953,73 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(cfg.as_ref(), a).await,
         Command::Bench(a) => bench(cfg.as_ref(), a).await,
         Command::Serve(a) => serve(cfg.as_ref(), a).await,
-        Command::Train { pairs, method, model, out, epochs, lr, init_adapter, weights, plan, seq_len, compute } => {
-            tokio::task::block_in_place(|| -> Result<()> {
-                if plan {
-                    let compute = match compute.as_deref() {
-                        None => propersim::train::model_dtype(&propersim::train::pick_device()),
-                        Some("f32") => candle_core::DType::F32,
-                        Some("bf16") => candle_core::DType::BF16,
-                        Some(c) => anyhow::bail!("--compute `{c}` is not allowed; choose one of: f32, bf16"),
-                    };
-                    let shape = propersim::train::plan::ModelShape::resolve(&model)?;
-                    let opts = match seq_len {
-                        Some(n) => propersim::train::plan::PlanOptions::with_seq_len(compute, n),
-                        None => propersim::train::plan::PlanOptions::new(compute),
-                    };
-                    print!("{}", propersim::train::plan::render(&shape, &opts)?);
-                    return Ok(());
-                }
-                let (Some(pairs), Some(out)) = (pairs, out) else {
-                    anyhow::bail!("train needs --pairs and --out (or --plan)");
+        Command::Train {
+            pairs,
+            method,
+            model,
+            out,
+            epochs,
+            lr,
+            max_prompt,
+            rpo_alpha,
+            init_adapter,
+            weights,
+            plan,
+            seq_len,
+            compute,
+        } => tokio::task::block_in_place(|| -> Result<()> {
+            if plan {
+                let compute = match compute.as_deref() {
+                    None => propersim::train::model_dtype(&propersim::train::pick_device()),
+                    Some("f32") => candle_core::DType::F32,
+                    Some("bf16") => candle_core::DType::BF16,
+                    Some(c) => anyhow::bail!("--compute `{c}` is not allowed; choose one of: f32, bf16"),
                 };
-                let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
-                let method: TrainMethod = method
-                    .parse()
-                    .map_err(|allowed| anyhow::anyhow!("unknown --method {method:?}: choose one of {allowed}"))?;
-                let mut config = propersim::train::TrainConfig::for_method(method)?;
-                if let Some(e) = epochs {
-                    config.epochs = e;
-                }
-                if let Some(l) = lr {
-                    config.adam.lr = l;
-                }
-                let (m, fmt) = load_for_training(&model, weights)?;
-                let opts = propersim::train::offline::OfflineTrainOptions {
-                    pairs,
-                    out: out.clone(),
-                    config,
-                    base_model_name: model.display().to_string(),
-                    init_adapter,
+                let shape = propersim::train::plan::ModelShape::resolve(&model)?;
+                let opts = match seq_len {
+                    Some(n) => propersim::train::plan::PlanOptions::with_seq_len(compute, n),
+                    None => propersim::train::plan::PlanOptions::new(compute),
                 };
-                let s = propersim::train::offline::train_offline(&m, &fmt, &opts)?;
-                println!(
-                    "{} optimizer steps on {} examples, loss {:.4} -> {:.4}, {:.1}s; adapter in {}",
-                    s.steps,
-                    s.examples,
-                    s.first_loss,
-                    s.last_loss,
-                    s.seconds,
-                    out.display()
-                );
-                Ok(())
-            })
-        }
+                print!("{}", propersim::train::plan::render(&shape, &opts)?);
+                return Ok(());
+            }
+            let (Some(pairs), Some(out)) = (pairs, out) else {
+                anyhow::bail!("train needs --pairs and --out (or --plan)");
+            };
+            let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
+            let method: TrainMethod = method
+                .parse()
+                .map_err(|allowed| anyhow::anyhow!("unknown --method {method:?}: choose one of {allowed}"))?;
+            let mut config = propersim::train::TrainConfig::for_method(method)?;
+            let sim = Config::load(cfg.as_deref())?.sim;
+            config.epochs = epochs.unwrap_or(sim.train_epochs);
+            if let Some(l) = lr.or(sim.train_lr) {
+                config.adam.lr = l;
+            }
+            if let Some(n) = max_prompt.or(sim.train_max_prompt) {
+                config.set_max_prompt(n);
+            }
+            config.rpo_alpha = rpo_alpha.or(sim.train_rpo_alpha);
+            let (m, fmt) = load_for_training(&model, weights)?;
+            let opts = propersim::train::offline::OfflineTrainOptions {
+                pairs,
+                out: out.clone(),
+                config,
+                base_model_name: model.display().to_string(),
+                init_adapter,
+            };
+            let s = propersim::train::offline::train_offline(&m, &fmt, &opts)?;
+            println!(
+                "{} optimizer steps on {} examples, loss {:.4} -> {:.4}, {:.1}s; adapter in {}",
+                s.steps,
+                s.examples,
+                s.first_loss,
+                s.last_loss,
+                s.seconds,
+                out.display()
+            );
+            Ok(())
+        }),
         Command::Score { pairs, model, adapter, weights } => tokio::task::block_in_place(|| -> Result<()> {
             let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
             let (m, fmt) = load_for_training(&model, weights)?;

@@ -516,6 +516,37 @@ fn dpo_label_smoothing_changes_the_loss_but_still_starts_at_ln2() -> Result<()> 
     Ok(())
 }
 
+/// RPO (`rpo_alpha`): the loss adds the chosen answer's per-token NLL, so training raises the
+/// chosen answers' likelihood more than plain DPO does (which may lower it along with the
+/// rejected answers' — what a day of SmolLM2's pairs showed), and still separates the pairs.
+#[test]
+fn rpo_raises_the_chosen_answers_likelihood_above_plain_dpo() -> Result<()> {
+    let model = tiny_llama(DType::F32, 5, true);
+    let pairs = toy_pairs();
+    let chosen_gain = |rpo: Option<f64>| -> Result<(f64, Vec<StepMetrics>, Vec<f64>)> {
+        let mut cfg = toy_cfg(TrainMethod::Dpo);
+        cfg.rpo_alpha = rpo;
+        let ad = LoraAdapter::new(cfg.lora.clone(), model.config(), DType::F32, &Device::Cpu, cfg.seed)?;
+        let mut steps = Vec::new();
+        propersim::train::offline::train_pairs(&model, &ad, &ByteChat, &pairs, &cfg, &mut |m| {
+            steps.push(m.clone());
+            Ok(())
+        })?;
+        let s = score_pairs(&model, Some(&ad), &ByteChat, &pairs, &TokenLimits::default(), &mut std::io::sink())?;
+        let gain = s.iter().map(|p| p.chosen - p.ref_chosen).sum::<f64>() / s.len() as f64;
+        Ok((gain, steps, margins(&model, Some(&ad), &pairs)?))
+    };
+    let (plain, plain_steps, _) = chosen_gain(None)?;
+    let (rpo, rpo_steps, rpo_margins) = chosen_gain(Some(1.0))?;
+    println!("mean chosen log-prob gain: plain DPO {plain:.3}, RPO {rpo:.3}");
+    // At the start the policy is the reference: the DPO part is ln 2 and the rest the NLL.
+    assert!((plain_steps[0].loss - std::f64::consts::LN_2).abs() < 1e-4);
+    assert!(rpo_steps[0].loss > std::f64::consts::LN_2 + 0.1, "first RPO loss {}", rpo_steps[0].loss);
+    assert!(rpo > plain + 0.5 && rpo > 0.0, "RPO {rpo} vs plain {plain}");
+    assert!(rpo_margins.iter().all(|&m| m > 0.0), "margins {rpo_margins:?}");
+    Ok(())
+}
+
 #[test]
 fn kto_starts_at_half_and_learns_with_a_kl_term() -> Result<()> {
     let model = tiny_llama(DType::F32, 6, true);

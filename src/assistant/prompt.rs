@@ -1,9 +1,7 @@
 //! The assistant's system and user prompts.
 
-use serde_json::Value;
-
 use crate::config::ReasonMode;
-use crate::suggestion::NO_REC;
+use crate::suggestion::{json_answer, NO_REC};
 
 /// The answer format line for a reason mode.
 pub fn format_hint(mode: ReasonMode) -> &'static str {
@@ -16,14 +14,12 @@ pub fn format_hint(mode: ReasonMode) -> &'static str {
 
 /// An answer in the mode's key order, as one line of JSON (`{"Suggestion": "…", …}`).
 fn answer_line(mode: ReasonMode, suggestion: &str, reason: &str) -> String {
-    let (s, r) = (("Suggestion", suggestion), ("Reason", reason));
-    let keys = match mode {
-        ReasonMode::None => vec![s],
-        ReasonMode::After => vec![s, r],
-        ReasonMode::Before => vec![r, s],
+    let reason = match mode {
+        ReasonMode::None => None,
+        ReasonMode::After => Some((reason, false)),
+        ReasonMode::Before => Some((reason, true)),
     };
-    let parts: Vec<String> = keys.iter().map(|(k, v)| format!("\"{k}\": {}", Value::String(v.to_string()))).collect();
-    format!("{{{}}}", parts.join(", "))
+    json_answer(suggestion, reason)
 }
 
 /// The worked example the system prompt shows (the original's prompt had one: a recap offer
@@ -95,7 +91,7 @@ mod tests {
             assert!(!a.suggestion.is_norec());
             assert_eq!(a.reason.is_some(), mode != ReasonMode::None);
             // Exactly the schema's keys, in its order (the order the format line asks for).
-            let v: Value = serde_json::from_str(&ex).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&ex).unwrap();
             let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
             let schema = task.schema();
             let props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();

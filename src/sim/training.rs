@@ -48,6 +48,7 @@ pub struct Training {
     max_pairs: Option<usize>,
     lr: Option<f64>,
     max_prompt: Option<usize>,
+    rpo_alpha: Option<f64>,
     adapters: PathBuf,
     /// `training.jsonl`: a line per finished day of training.
     log: PathBuf,
@@ -219,6 +220,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         max_pairs: cfg.sim.train_max_pairs,
         lr: cfg.sim.train_lr,
         max_prompt: cfg.sim.train_max_prompt,
+        rpo_alpha: cfg.sim.train_rpo_alpha,
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
@@ -343,11 +345,9 @@ impl DayHook for Training {
             config.adam.lr = lr;
         }
         if let Some(n) = self.max_prompt {
-            // The completion keeps the room it had.
-            let room = config.limits.max_length.saturating_sub(config.limits.max_prompt);
-            config.limits.max_prompt = n;
-            config.limits.max_length = n + room;
+            config.set_max_prompt(n);
         }
+        config.rpo_alpha = self.rpo_alpha;
         self.worker.submit(TrainJob {
             day: adapter_day,
             pairs: set,

@@ -423,6 +423,10 @@ pub struct SimSettings {
     /// a CPU run trains several times faster on 512.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_max_prompt: Option<usize>,
+    /// DPO: add this weight times the chosen answer's per-token negative log-likelihood to the
+    /// loss (TRL's `rpo_alpha`; none: plain DPO, as the original). Left out of files when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_rpo_alpha: Option<f64>,
     /// How the training base's frozen weights are held (quantized / bf16 / f32). Not
     /// operational: bf16 rounds the weights, so the gradients differ slightly. The default is
     /// left out of files: it computes exactly what runs from before the setting did (f32, the
@@ -462,6 +466,7 @@ impl Default for SimSettings {
             train_max_pairs: None,
             train_lr: None,
             train_max_prompt: None,
+            train_rpo_alpha: None,
             train_weights: TrainWeights::Quantized,
             durable: true,
         }

@@ -33,24 +33,25 @@ impl Suggestion {
         }
     }
     /// The assistant's answer as valid JSON (`{"Suggestion": "No Recommendation"}` included),
-    /// which is what preference data stores and training learns.
+    /// which is what preference data stores and training learns. See [`json_answer`].
     pub fn to_json_answer(&self, reason: Option<(&str, bool)>) -> String {
-        let mut m = serde_json::Map::new();
-        match reason {
-            Some((r, true)) => {
-                m.insert("Reason".into(), r.into());
-                m.insert("Suggestion".into(), self.text().into());
-            }
-            Some((r, false)) => {
-                m.insert("Suggestion".into(), self.text().into());
-                m.insert("Reason".into(), r.into());
-            }
-            None => {
-                m.insert("Suggestion".into(), self.text().into());
-            }
-        }
-        serde_json::Value::Object(m).to_string()
+        json_answer(self.text(), reason)
     }
+}
+
+/// An answer `{"Suggestion": "…"}`, with its reason after it (`Some((reason, false))`) or
+/// before it (`Some((reason, true))`), spaced as a local model writes it under its schema (`": "`
+/// and `", "`, also the original's spacing): a trained completion must be the token sequence
+/// the model produces, and the compact form tokenizes differently (SmolLM2 puts the space and
+/// the quote in one token).
+pub fn json_answer(suggestion: &str, reason: Option<(&str, bool)>) -> String {
+    let field = |k: &str, v: &str| format!("\"{k}\": {}", serde_json::Value::from(v));
+    let fields = match reason {
+        None => vec![field("Suggestion", suggestion)],
+        Some((r, false)) => vec![field("Suggestion", suggestion), field("Reason", r)],
+        Some((r, true)) => vec![field("Reason", r), field("Suggestion", suggestion)],
+    };
+    format!("{{{}}}", fields.join(", "))
 }
 
 #[cfg(test)]
@@ -63,6 +64,8 @@ mod tests {
         assert!(Suggestion::from_text(" \"no recommendation.\" ").is_norec());
         assert!(!Suggestion::from_text("I recommend you rest now").is_norec());
         assert!(!Suggestion::from_text("No recommendation is needed, but drink water").is_norec());
-        assert_eq!(Suggestion::NoRec.to_json_answer(None), r#"{"Suggestion":"No Recommendation"}"#);
+        assert_eq!(Suggestion::NoRec.to_json_answer(None), r#"{"Suggestion": "No Recommendation"}"#);
+        assert_eq!(json_answer("Say \"hi\"", Some(("why", true))), r#"{"Reason": "why", "Suggestion": "Say \"hi\""}"#);
+        assert_eq!(json_answer("a", Some(("b", false))), r#"{"Suggestion": "a", "Reason": "b"}"#);
     }
 }

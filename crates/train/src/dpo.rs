@@ -4,6 +4,12 @@
 //! log-probs summed over completion tokens. The loss is a scalar function of the four summed
 //! log-probs, so we compute it and its derivative on the host and backpropagate the surrogate
 //! Σ (∂L/∂logπ_i)·logπ_i through the model: same gradients, no scalar-op corner cases in candle.
+//!
+//! With `rpo_alpha` (TRL's option of that name, from RPO) each pair adds α times the chosen
+//! answer's negative log-likelihood per token, −α·logπ(y_c)/|y_c|. Plain DPO can lower both
+//! answers as long as the rejected falls faster: trained on a day of SmolLM2's pairs, the chosen
+//! "No Recommendation" lost likelihood too, and the model went on recommending. The term makes
+//! the chosen answer itself more likely.
 
 use std::time::Instant;
 
@@ -35,6 +41,13 @@ pub fn dpo_terms(pc: f64, pr: f64, rc: f64, rr: f64, beta: f64, eps: f64) -> Dpo
     let loss = -(1.0 - eps) * log_sigmoid(x) - eps * log_sigmoid(-x);
     let d_delta = -(1.0 - eps) * beta * sigmoid(-x) + eps * beta * sigmoid(x);
     DpoTerms { loss, d_chosen: d_delta, chosen_reward: beta * (pc - rc), rejected_reward: beta * (pr - rr) }
+}
+
+/// The RPO term of a pair: its loss and ∂/∂logπ(y_c) for a chosen answer of `tokens` tokens
+/// whose summed log-prob is `pc`.
+pub fn nll_term(pc: f64, tokens: usize, alpha: f64) -> (f64, f64) {
+    let n = tokens.max(1) as f64;
+    (-alpha * pc / n, -alpha / n)
 }
 
 /// Reference log-probs (adapter off) of each pair: `(chosen, rejected)`.
@@ -108,9 +121,14 @@ impl Objective for Dpo<'_> {
             let mut coefs = vec![0f64; 2 * n];
             for (j, &i) in chunk.iter().enumerate() {
                 let (rc, rr) = self.refs[i];
-                let t = dpo_terms(vals[2 * j], vals[2 * j + 1], rc, rr, cfg.beta, cfg.label_smoothing);
-                coefs[2 * j] = t.d_chosen / n as f64;
+                let mut t = dpo_terms(vals[2 * j], vals[2 * j + 1], rc, rr, cfg.beta, cfg.label_smoothing);
                 coefs[2 * j + 1] = -t.d_chosen / n as f64;
+                if let Some(alpha) = cfg.rpo_alpha {
+                    let (loss, d) = nll_term(vals[2 * j], self.pairs[i].chosen.completion.len(), alpha);
+                    t.loss += loss;
+                    t.d_chosen += d;
+                }
+                coefs[2 * j] = t.d_chosen / n as f64;
                 terms.push(t);
             }
             Ok(coefs)
@@ -137,6 +155,15 @@ mod tests {
         let t = dpo_terms(-5.0, -7.0, -5.0, -7.0, 0.1, 0.0);
         assert!((t.loss - std::f64::consts::LN_2).abs() < 1e-12);
         assert!((t.d_chosen + 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rpo_term_is_the_chosen_per_token_nll_and_its_derivative() {
+        let (loss, d) = nll_term(-12.0, 4, 0.5);
+        assert!((loss - 1.5).abs() < 1e-12);
+        let h = 1e-6;
+        let fd = (nll_term(-12.0 + h, 4, 0.5).0 - nll_term(-12.0 - h, 4, 0.5).0) / (2.0 * h);
+        assert!((fd - d).abs() < 1e-9, "{fd} vs {d}");
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
     pub seed: u64,
     pub limits: TokenLimits,
+    /// DPO only: add this weight times the chosen answer's per-token negative log-likelihood
+    /// (TRL's `rpo_alpha`; none: plain DPO, as the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_alpha: Option<f64>,
 }
 
 impl TrainConfig {
@@ -93,6 +97,7 @@ impl TrainConfig {
             gradient_checkpointing: true,
             seed: 42,
             limits: TokenLimits::default(),
+            rpo_alpha: None,
         }
     }
 
@@ -104,6 +109,14 @@ impl TrainConfig {
             limits: TokenLimits { append_eos: data::AppendEos::IfMissing, ..TokenLimits::default() },
             ..TrainConfig::dpo()
         }
+    }
+
+    /// Keep the last `n` prompt tokens of each example (`[sim] train_max_prompt`); the completion
+    /// keeps the room it had.
+    pub fn set_max_prompt(&mut self, n: usize) {
+        let room = self.limits.max_length.saturating_sub(self.limits.max_prompt);
+        self.limits.max_prompt = n;
+        self.limits.max_length = n + room;
     }
 
     /// The original's settings for `m`; `none` trains nothing, and is refused.
