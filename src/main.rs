@@ -478,12 +478,13 @@ fn train_weights(cli_config: Option<&PathBuf>, flag: Option<&str>) -> Result<pro
 /// Eight realistic pairs for the DPO benchmark when no pairs file is given.
 fn bench_pairs() -> Vec<propersim::train::data::PreferencePair> {
     use propersim::llm::Message;
+    use propersim::suggestion::{json_answer, NO_REC};
     let sys = propersim::assistant::prompt::system("Eddy Lin", "John Lin", propersim::config::ReasonMode::None, None);
     (0..8)
         .map(|i| propersim::train::data::PreferencePair {
             prompt: vec![Message::system(sys.clone()), Message::user(format!("[MEMORY]\nNo interactions yet.\n[ACTION]\nThursday February 13 -- 0{}:30:00 PM\nJohn Lin's action: John Lin is cooking dinner (step {i}).", i % 9))],
-            chosen: vec![Message::assistant(r#"{"Suggestion": "No Recommendation"}"#)],
-            rejected: vec![Message::assistant(r#"{"Suggestion": "Call your boss about the quarterly report right now."}"#)],
+            chosen: vec![Message::assistant(json_answer(NO_REC, None))],
+            rejected: vec![Message::assistant(json_answer("Call your boss about the quarterly report right now.", None))],
             extra: Default::default(),
         })
         .collect()
@@ -990,16 +991,14 @@ async fn main() -> ExitCode {
             let method: TrainMethod = method
                 .parse()
                 .map_err(|allowed| anyhow::anyhow!("unknown --method {method:?}: choose one of {allowed}"))?;
-            let mut config = propersim::train::TrainConfig::for_method(method)?;
-            let sim = Config::load(cfg.as_deref())?.sim;
-            config.epochs = epochs.unwrap_or(sim.train_epochs);
-            if let Some(l) = lr.or(sim.train_lr) {
-                config.adam.lr = l;
-            }
-            if let Some(n) = max_prompt.or(sim.train_max_prompt) {
-                config.set_max_prompt(n);
-            }
-            config.rpo_alpha = rpo_alpha.or(sim.train_rpo_alpha);
+            // The config's [sim] training settings, each flag in place of its setting.
+            let mut sim = Config::load(cfg.as_deref())?.sim;
+            sim.train_method = method;
+            sim.train_epochs = epochs.unwrap_or(sim.train_epochs);
+            sim.train_lr = lr.or(sim.train_lr);
+            sim.train_max_prompt = max_prompt.or(sim.train_max_prompt);
+            sim.train_rpo_alpha = rpo_alpha.or(sim.train_rpo_alpha);
+            let config = propersim::train::TrainConfig::for_sim(&sim)?;
             let (m, fmt) = load_for_training(&model, weights)?;
             let opts = propersim::train::offline::OfflineTrainOptions {
                 pairs,

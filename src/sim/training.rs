@@ -40,15 +40,12 @@ struct Mmlu {
 pub struct Training {
     worker: TrainWorker,
     mmlu: Option<Mmlu>,
-    method: TrainMethod,
+    /// The nightly training's settings (`TrainConfig::for_sim`).
+    train: TrainConfig,
     replay: ReplayBuffer<PreferencePair>,
     mode: ReplayMode,
     seed: u64,
-    epochs: usize,
     max_pairs: Option<usize>,
-    lr: Option<f64>,
-    max_prompt: Option<usize>,
-    rpo_alpha: Option<f64>,
     adapters: PathBuf,
     /// `training.jsonl`: a line per finished day of training.
     log: PathBuf,
@@ -212,15 +209,11 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     let t = Training {
         worker,
         mmlu,
-        method,
+        train: TrainConfig::for_sim(&cfg.sim)?,
         replay,
         mode,
         seed: cfg.sim.seed,
-        epochs: cfg.sim.train_epochs,
         max_pairs: cfg.sim.train_max_pairs,
-        lr: cfg.sim.train_lr,
-        max_prompt: cfg.sim.train_max_prompt,
-        rpo_alpha: cfg.sim.train_rpo_alpha,
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
@@ -272,7 +265,7 @@ impl Training {
                     "day": o.day,
                     "version": o.version,
                     "pairs": o.summary.examples,
-                    "epochs": self.epochs,
+                    "epochs": self.train.epochs,
                     "steps": o.summary.steps,
                     "first_loss": o.summary.first_loss,
                     "last_loss": o.summary.last_loss,
@@ -339,19 +332,10 @@ impl DayHook for Training {
         }
         let adapter_day = day as u32 + 1;
         let dir = adapter::day_dir(&self.adapters, adapter_day);
-        let mut config = TrainConfig::for_method(self.method)?;
-        config.epochs = self.epochs;
-        if let Some(lr) = self.lr {
-            config.adam.lr = lr;
-        }
-        if let Some(n) = self.max_prompt {
-            config.set_max_prompt(n);
-        }
-        config.rpo_alpha = self.rpo_alpha;
         self.worker.submit(TrainJob {
             day: adapter_day,
             pairs: set,
-            config,
+            config: self.train.clone(),
             metrics_path: Some(dir.join("train_metrics.jsonl")),
             adapter_dir: Some(dir),
         })?;

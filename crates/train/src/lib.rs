@@ -111,14 +111,6 @@ impl TrainConfig {
         }
     }
 
-    /// Keep the last `n` prompt tokens of each example (`[sim] train_max_prompt`); the completion
-    /// keeps the room it had.
-    pub fn set_max_prompt(&mut self, n: usize) {
-        let room = self.limits.max_length.saturating_sub(self.limits.max_prompt);
-        self.limits.max_prompt = n;
-        self.limits.max_length = n + room;
-    }
-
     /// The original's settings for `m`; `none` trains nothing, and is refused.
     pub fn for_method(m: TrainMethod) -> anyhow::Result<Self> {
         match m {
@@ -126,6 +118,25 @@ impl TrainConfig {
             TrainMethod::Kto => Ok(TrainConfig::kto()),
             TrainMethod::None => anyhow::bail!("train_method = none trains nothing: choose dpo or kto"),
         }
+    }
+
+    /// The daily training a sim's settings ask for: `train_method`'s settings with `[sim]`'s
+    /// `train_epochs`, `train_lr`, `train_max_prompt` and `train_rpo_alpha` applied. What a sim
+    /// trains each night, and what `propersim train` trains offline from the same config.
+    pub fn for_sim(s: &config::SimSettings) -> anyhow::Result<Self> {
+        let mut c = TrainConfig::for_method(s.train_method)?;
+        c.epochs = s.train_epochs;
+        if let Some(lr) = s.train_lr {
+            c.adam.lr = lr;
+        }
+        if let Some(n) = s.train_max_prompt {
+            // The prompt keeps its last `n` tokens; the completion keeps the room it had.
+            let room = c.limits.max_length.saturating_sub(c.limits.max_prompt);
+            c.limits.max_prompt = n;
+            c.limits.max_length = n + room;
+        }
+        c.rpo_alpha = s.train_rpo_alpha;
+        Ok(c)
     }
 }
 
