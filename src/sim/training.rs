@@ -142,6 +142,9 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
             return Ok((llm, None));
         }
     };
+    if method == TrainMethod::Kto && cfg.sim.train_rpo_alpha.is_some() {
+        eprintln!("note: train_rpo_alpha adds to the DPO loss only; this KTO run trains without it.");
+    }
     let remote = rc.provider == ProviderKind::OpenAi;
     let mut base_rc = rc.clone();
     base_rc.provider = ProviderKind::Local;
@@ -172,9 +175,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
             model: model.clone(),
             slot: slot.clone(),
         }),
-        (true, None) => {
-            bail!("daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer)")
-        }
+        (true, None) => return Err(ConfigError::NoMmlu.into()),
         _ => None,
     };
     let worker = TrainWorker::spawn(WorkerSetup {

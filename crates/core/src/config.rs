@@ -39,6 +39,16 @@ pub enum ConfigError {
         }
     )]
     NoModel { provider: String, roles: Vec<String> },
+    #[error(
+        "daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer); \
+         set it in [sim] or turn daily_mmlu off"
+    )]
+    NoMmlu,
+    #[error(
+        "[sim] mmlu_path `{path}` is not a readable file (a relative path is read from the working \
+         directory, {cwd}); run from the folder it is relative to, or give an absolute path"
+    )]
+    MmluMissing { path: PathBuf, cwd: String },
 }
 
 /// Declares a string-valued enum with its config spellings (first spelling is canonical).
@@ -685,6 +695,26 @@ impl Config {
             if rc.train_base.is_some() && (*role != Role::Assistant || rc.provider != ProviderKind::OpenAi) {
                 return Err(ConfigError::TrainBase { role: role.to_string(), provider: rc.provider.to_string() });
             }
+        }
+        Ok(())
+    }
+
+    /// The daily MMLU check's file exists, so that a run stops before it forks and not after
+    /// the first step (a config's relative `mmlu_path` is read from the working directory).
+    pub fn check_mmlu(&self) -> Result<(), ConfigError> {
+        let rc = self.role(Role::Assistant);
+        let trains = match rc.provider {
+            ProviderKind::Local => true,
+            ProviderKind::OpenAi => rc.train_base.is_some(),
+            _ => false,
+        };
+        if !self.sim.daily_mmlu || self.sim.train_method == TrainMethod::None || !trains {
+            return Ok(());
+        }
+        let path = self.sim.mmlu_path.as_ref().ok_or(ConfigError::NoMmlu)?;
+        if std::fs::File::open(path).is_err() || path.is_dir() {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "unknown".into());
+            return Err(ConfigError::MmluMissing { path: path.clone(), cwd });
         }
         Ok(())
     }
