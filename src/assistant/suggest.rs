@@ -9,6 +9,31 @@ use crate::suggestion::{Suggestion, NO_REC};
 /// them, and the user reads English.
 const FOREIGN: [(char, char); 2] = [('\u{4e00}', '\u{9fff}'), ('\u{0400}', '\u{04ff}')];
 
+/// The `Suggestion` field: exactly the abstention, or up to 300 characters that do not begin like
+/// it ("No Rec") and use no [`FOREIGN`] script (the parse's language rule). A small model that
+/// once writes a misspelt abstention ("No Recommendion", scored as a suggestion) copies it from
+/// its memory for the rest of the day; with SmolLM2-135M such misspellings were a third of day 1's
+/// answers and two thirds of a trained day 2's (README, Experiments). Allowing the abstention only
+/// whole leaves every other answer as it was (same seeds, same text).
+fn suggestion_schema() -> serde_json::Value {
+    let foreign: String = FOREIGN.map(|(a, b)| format!("{a}-{b}")).concat();
+    let any = format!("[^{foreign}]");
+    // Strings that stop inside "No Rec" or leave it at some character; "No Rec" has no regex
+    // metacharacters.
+    const PREFIX: &str = "No Rec";
+    let mut alternatives = Vec::new();
+    for (i, c) in PREFIX.char_indices() {
+        let head = &PREFIX[..i];
+        if i > 0 {
+            alternatives.push(head.to_string());
+        }
+        alternatives.push(format!("{head}[^{c}{foreign}]{any}*"));
+    }
+    let mut text = text_schema(300);
+    text["pattern"] = format!("^({})$", alternatives.join("|")).into();
+    serde_json::json!({"anyOf": [{"type": "string", "const": NO_REC}, text]})
+}
+
 /// One candidate: the model's answer to the step's prompt.
 pub struct Suggest<'a> {
     pub system: &'a str,
@@ -37,9 +62,7 @@ impl Task for Suggest<'_> {
         // The original's answers ran to 128 tokens; 300 characters hold a suggestion, and the
         // reason gets as much. The suggestion's pattern is the parse's language rule, so a
         // constrained decoder never writes what the parse would refuse.
-        let mut suggestion = text_schema(300);
-        suggestion["pattern"] = format!("^[^{}]*$", FOREIGN.map(|(a, b)| format!("{a}-{b}")).concat()).into();
-        let (s, r) = (("Suggestion", suggestion), ("Reason", text_schema(300)));
+        let (s, r) = (("Suggestion", suggestion_schema()), ("Reason", text_schema(300)));
         match self.mode {
             ReasonMode::None => object_schema(&[s]),
             ReasonMode::After => object_schema(&[s, r]),
@@ -70,5 +93,25 @@ impl Task for Suggest<'_> {
     }
     fn fallback(&self) -> Answer {
         Answer { suggestion: Suggestion::NoRec, reason: (self.mode != ReasonMode::None).then(|| NO_REC.to_string()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abstention_is_allowed_only_whole() {
+        let schema = suggestion_schema();
+        assert_eq!(schema["anyOf"][0]["const"], NO_REC);
+        let text = regex::Regex::new(schema["anyOf"][1]["pattern"].as_str().unwrap()).unwrap();
+        for ok in
+            ["Note the time", "Nothing", "No rush", "No", "No Re", "Now stretch", "no recommendation", "Take a walk"]
+        {
+            assert!(text.is_match(ok), "{ok}");
+        }
+        for bad in ["No Recommendion", "No Recommend", "No Rec", NO_REC, "Try \u{4e00}"] {
+            assert!(!text.is_match(bad), "{bad}");
+        }
     }
 }

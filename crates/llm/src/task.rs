@@ -52,6 +52,12 @@ pub fn object_schema(props: &[(&str, Value)]) -> Value {
 pub fn token_bound(schema: &Value) -> usize {
     fn bound(s: &Value) -> usize {
         let get = |k: &str| s.get(k).and_then(Value::as_u64).map(|n| n as usize);
+        if let Some(alternatives) = s.get("anyOf").and_then(Value::as_array) {
+            return alternatives.iter().map(bound).max().unwrap_or(64);
+        }
+        if let Some(c) = s.get("const") {
+            return c.to_string().chars().count() + 1;
+        }
         if let Some(e) = s.get("enum").and_then(Value::as_array) {
             return e.iter().map(|v| v.to_string().chars().count()).max().unwrap_or(1) + 1;
         }
@@ -134,6 +140,17 @@ mod tests {
         assert!((110..=140).contains(&b), "{b}");
         let list = json!({"type": "array", "items": text_schema(10), "maxItems": 3});
         assert_eq!(token_bound(&list), 3 * 13 + 2);
+        // One of several shapes: the longest.
+        let either = json!({"anyOf": [{"type": "string", "const": "abc"}, text_schema(10)]});
+        assert_eq!(bound_of(&either), 12);
+        let either = json!({"anyOf": [{"type": "string", "const": "No Recommendation"}, text_schema(10)]});
+        assert_eq!(bound_of(&either), 20);
+    }
+
+    /// The bound of `s` itself, read through an array of two (so the floor of 16 stays out of it).
+    fn bound_of(s: &Value) -> usize {
+        let wrapped = json!({"type": "array", "items": s, "maxItems": 2});
+        (token_bound(&wrapped) - 4) / 2
     }
 
     #[test]
