@@ -51,7 +51,7 @@ async fn a_day_over_http_with_imperfect_replies() {
         max_hourly = max_hourly.max(engine.evaluator().hourly.len() + 4 * engine.evaluator().four_hourly.len());
     }
     assert!(max_hourly >= 3, "hourly summaries were made ({max_hourly})");
-    assert!(!engine.assistant().all.is_empty());
+    assert!(!engine.assistant().records().is_empty());
     let day1_memory = engine.evaluated_today().len();
     assert!(day1_memory > 100);
     // Day 2 begins: the user's evaluation memory is wiped at 00:02:30, the assistant's is not.
@@ -61,7 +61,7 @@ async fn a_day_over_http_with_imperfect_replies() {
             && engine.evaluator().hourly.is_empty()
             && engine.evaluated_today().is_empty()
     );
-    assert!(engine.assistant().all.len() >= day1_memory, "the assistant remembers across days");
+    assert!(engine.assistant().records().len() >= day1_memory, "the assistant remembers across days");
 
     let sim = tmp.path().join("storage/mock");
     replay_matches_without_a_server(&fs, tmp.path(), &sim).await;

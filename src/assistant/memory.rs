@@ -1,6 +1,9 @@
 //! The assistant's memory: the structured daily memory (never reset across days) plus every past
 //! interaction with its embedding, for retrieval of the most relevant ones.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
 use anyhow::Result;
 use chrono::NaiveDateTime;
 use rand::Rng;
@@ -64,13 +67,17 @@ pub fn record_text(
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AssistantMemory {
     pub structured: StructuredMemory,
+    /// Every past interaction, oldest first (the engine keeps them in a log, not the checkpoint).
     #[serde(skip)]
-    pub all: Vec<Record>,
+    all: Vec<Record>,
+    /// The distinct vectors of `all`, kept beside it.
+    #[serde(skip)]
+    distinct: Distinct,
 }
 
 impl Default for AssistantMemory {
     fn default() -> Self {
-        AssistantMemory { structured: StructuredMemory::new(1), all: Vec::new() }
+        AssistantMemory { structured: StructuredMemory::new(1), all: Vec::new(), distinct: Distinct::default() }
     }
 }
 
@@ -81,10 +88,9 @@ impl AssistantMemory {
         if n == 0 || k == 0 {
             return Vec::new();
         }
-        // One pass per record (dot and norm together) and the recency weights by repeated
-        // multiplication: this runs every step over a log that grows by ~400 records a day.
+        // The recency weights by repeated multiplication rather than a power per record.
         let focal_norm = focal.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let rel = relevance(&self.all, focal, focal_norm);
+        let rel = relevance(&self.all, &self.distinct, focal, focal_norm);
         let mut rec = vec![0f32; n];
         let mut w = 1f32;
         for r in rec.iter_mut().rev() {
@@ -143,8 +149,26 @@ impl AssistantMemory {
         self.structured.hour.len() > RUNNING_SUMMARY_AFTER
     }
 
+    /// Every past interaction, oldest first.
+    pub fn records(&self) -> &[Record] {
+        &self.all
+    }
+
     pub fn push(&mut self, r: Record) {
         self.all.push(r);
+        self.distinct.add(&self.all, self.all.len() - 1);
+    }
+
+    /// Replace every past interaction (a resume reading the log).
+    pub fn set_records(&mut self, all: Vec<Record>) {
+        self.distinct = Distinct::of(&all);
+        self.all = all;
+    }
+
+    /// Give record `i` its vector (a log of an earlier version had none).
+    pub fn set_embedding(&mut self, i: usize, embedding: Vec<f32>) {
+        self.all[i].embedding = embedding;
+        self.distinct = Distinct::of(&self.all);
     }
 
     pub fn interaction(r: &Record, score: Option<f64>) -> Interaction {
@@ -152,51 +176,139 @@ impl AssistantMemory {
     }
 }
 
-/// Each record's cosine similarity to `focal` (0 for vectors of another length: a changed
-/// embedding model counts as unrelated). Records go four at a time through
-/// [`dot_and_sq_norm4`], whose four independent sums keep the CPU busy where one record's chain
-/// of additions would make it wait (late in a run this is most of a step); each record's sums
-/// are exactly those of [`dot_and_sq_norm`].
-fn relevance(all: &[Record], focal: &[f32], focal_norm: f32) -> Vec<f32> {
-    let cos = |(dot, nn): (f32, f32)| if nn == 0.0 { 0.0 } else { dot / (nn.sqrt() * focal_norm) };
-    let usable = |r: &Record| r.embedding.len() == focal.len() && focal_norm != 0.0;
-    let mut out = Vec::with_capacity(all.len());
-    let mut i = 0;
-    while i < all.len() {
-        if i + 4 <= all.len() && all[i..i + 4].iter().all(usable) {
-            let four = [&all[i].embedding[..], &all[i + 1].embedding, &all[i + 2].embedding, &all[i + 3].embedding];
-            out.extend(dot_and_sq_norm4(four, focal).map(cos));
-            i += 4;
-        } else {
-            out.push(if usable(&all[i]) { cos(dot_and_sq_norm(&all[i].embedding, focal)) } else { 0.0 });
-            i += 1;
+/// The distinct vectors among the records. Retrieval runs every awake step over a log that
+/// grows by ~400 records a day, and the same texts recur all day ("walking", "No
+/// Recommendation"), so it computes one dot product per distinct vector, with its norm known.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Distinct {
+    /// A record holding each distinct vector.
+    reps: Vec<usize>,
+    /// `|v|²` of each distinct vector.
+    sq_norms: Vec<f32>,
+    /// Each record's distinct vector.
+    of: Vec<u32>,
+    /// Distinct vectors by a hash of their bits.
+    by_hash: HashMap<u64, Vec<u32>>,
+}
+
+impl Distinct {
+    fn of(all: &[Record]) -> Distinct {
+        let mut d = Distinct::default();
+        for i in 0..all.len() {
+            d.add(all, i);
         }
+        d
+    }
+
+    /// Take in record `i`, the next one.
+    fn add(&mut self, all: &[Record], i: usize) {
+        let v = &all[i].embedding;
+        let mut h = std::hash::DefaultHasher::new();
+        for x in v {
+            x.to_bits().hash(&mut h);
+        }
+        let same = |a: &[f32]| a.len() == v.len() && a.iter().zip(v).all(|(x, y)| x.to_bits() == y.to_bits());
+        let ids = self.by_hash.entry(h.finish()).or_default();
+        let id = match ids.iter().find(|&&id| same(&all[self.reps[id as usize]].embedding)) {
+            Some(&id) => id,
+            None => {
+                let id = self.reps.len() as u32;
+                self.reps.push(i);
+                self.sq_norms.push(sq_norm(v));
+                ids.push(id);
+                id
+            }
+        };
+        self.of.push(id);
+    }
+}
+
+/// Each record's cosine similarity to `focal` (0 for vectors of another length: a changed
+/// embedding model counts as unrelated). Distinct vectors go four at a time through [`dot4`],
+/// whose four independent sums keep the CPU busy where one vector's chain of additions would
+/// make it wait; each sum is exactly that of [`dot`].
+fn relevance(all: &[Record], distinct: &Distinct, focal: &[f32], focal_norm: f32) -> Vec<f32> {
+    let vector = |j: usize| &all[distinct.reps[j]].embedding[..];
+    let cos = |j: usize, d: f32| {
+        let nn = distinct.sq_norms[j];
+        if nn == 0.0 {
+            0.0
+        } else {
+            d / (nn.sqrt() * focal_norm)
+        }
+    };
+    let usable = |j: usize| vector(j).len() == focal.len() && focal_norm != 0.0;
+    let n = distinct.reps.len();
+    let mut per = Vec::with_capacity(n);
+    let mut j = 0;
+    while j < n {
+        if j + 4 <= n && (j..j + 4).all(usable) {
+            let dots = dot4([vector(j), vector(j + 1), vector(j + 2), vector(j + 3)], focal);
+            per.extend((0..4).map(|r| cos(j + r, dots[r])));
+            j += 4;
+        } else {
+            per.push(if usable(j) { cos(j, dot(vector(j), focal)) } else { 0.0 });
+            j += 1;
+        }
+    }
+    distinct.of.iter().map(|&id| per[id as usize]).collect()
+}
+
+/// [`dot`] of four vectors with one, each `b.len()` long: the same lane arithmetic per vector
+/// (so bit for bit the same results), interleaved.
+fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above).
+        return unsafe { dot4_avx(a, b) };
+    }
+    dot4_lanes(a, b)
+}
+
+/// [`dot4_lanes`] written out in AVX (left to itself, the compiler shuffles the four rows
+/// through the stack): each lane does the same IEEE multiplications and additions in the same
+/// order (no fused multiply-add), so the sums are bit for bit the portable ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot4_avx(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::{
+        __m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    const L: usize = 8;
+    assert!(a.iter().all(|x| x.len() == b.len()), "vectors of one length");
+    let full = b.len() / L * L;
+    let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + 8 <= full <= the length of b and of every a[r] (asserted above).
+        unsafe {
+            let y = _mm256_loadu_ps(b.as_ptr().add(c));
+            for r in 0..4 {
+                let x = _mm256_loadu_ps(a[r].as_ptr().add(c));
+                acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(x, y));
+            }
+        }
+        c += L;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut lanes = [0f32; L];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]) };
+        let mut d = lanes.iter().sum::<f32>();
+        for (x, y) in a[r][full..].iter().zip(&b[full..]) {
+            d += x * y;
+        }
+        out[r] = d;
     }
     out
 }
 
-/// [`dot_and_sq_norm`] of four vectors against one, each `b.len()` long: the same lane
-/// arithmetic per vector (so bit for bit the same results), interleaved.
-fn dot_and_sq_norm4(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above).
-        return unsafe { dot_and_sq_norm4_avx(a, b) };
-    }
-    dot_and_sq_norm4_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn dot_and_sq_norm4_avx(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
-    dot_and_sq_norm4_lanes(a, b)
-}
-
 #[inline(always)]
-fn dot_and_sq_norm4_lanes(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
+fn dot4_lanes(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     const L: usize = 8;
     assert!(a.iter().all(|x| x.len() == b.len()), "vectors of one length");
-    let (mut dot, mut sq) = ([[0f32; L]; 4], [[0f32; L]; 4]);
+    let mut acc = [[0f32; L]; 4];
     let full = b.len() / L * L;
     let mut c = 0;
     while c < full {
@@ -204,64 +316,64 @@ fn dot_and_sq_norm4_lanes(a: [&[f32]; 4], b: &[f32]) -> [(f32, f32); 4] {
         for r in 0..4 {
             let x = &a[r][c..c + L];
             for i in 0..L {
-                dot[r][i] += x[i] * y[i];
-                sq[r][i] += x[i] * x[i];
+                acc[r][i] += x[i] * y[i];
             }
         }
         c += L;
     }
-    let mut out = [(0f32, 0f32); 4];
+    let mut out = [0f32; 4];
     for r in 0..4 {
-        let (mut d, mut n) = (dot[r].iter().sum::<f32>(), sq[r].iter().sum::<f32>());
+        let mut d = acc[r].iter().sum::<f32>();
         for (x, y) in a[r][full..].iter().zip(&b[full..]) {
             d += x * y;
-            n += x * x;
         }
-        out[r] = (d, n);
+        out[r] = d;
     }
     out
 }
 
-/// `(a·b, |a|²)` in eight independent lanes, which the compiler turns into SIMD (a single
-/// running sum cannot be reordered, so it stays scalar). Retrieval runs this over every record
-/// each step, and the records grow by ~400 a day.
-fn dot_and_sq_norm(a: &[f32], b: &[f32]) -> (f32, f32) {
+/// `a·b` in eight independent lanes, which the compiler turns into SIMD (a single running sum
+/// cannot be reordered, so it stays scalar).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU has AVX (checked just above).
-        return unsafe { dot_and_sq_norm_avx(a, b) };
+        return unsafe { dot_avx(a, b) };
     }
-    dot_and_sq_norm_lanes(a, b)
+    dot_lanes(a, b)
 }
 
 /// The same lane arithmetic compiled with AVX, so the eight lanes fill one 256-bit register
 /// instead of two SSE ones: every lane does the same IEEE multiplications and additions in the
-/// same order (no fused multiply-add), so the result is bit for bit the portable one. Retrieval
-/// is most of a late day's step (this runs over every past interaction, every awake step).
+/// same order (no fused multiply-add), so the result is bit for bit the portable one and runs
+/// stay reproducible across machines.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn dot_and_sq_norm_avx(a: &[f32], b: &[f32]) -> (f32, f32) {
-    dot_and_sq_norm_lanes(a, b)
+unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
 }
 
 #[inline(always)]
-fn dot_and_sq_norm_lanes(a: &[f32], b: &[f32]) -> (f32, f32) {
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     const L: usize = 8;
-    let (mut dot, mut sq) = ([0f32; L], [0f32; L]);
+    let mut acc = [0f32; L];
     let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..L {
-            dot[i] += x[i] * y[i];
-            sq[i] += x[i] * x[i];
+            acc[i] += x[i] * y[i];
         }
     }
-    let (mut d, mut n) = (dot.iter().sum::<f32>(), sq.iter().sum::<f32>());
+    let mut d = acc.iter().sum::<f32>();
     for (x, y) in ra.iter().zip(rb) {
         d += x * y;
-        n += x * x;
     }
-    (d, n)
+    d
+}
+
+/// `|a|²`, the same lane arithmetic as [`dot`] of `a` with itself.
+fn sq_norm(a: &[f32]) -> f32 {
+    dot(a, a)
 }
 
 fn min_max(v: &[f32]) -> Vec<f32> {
@@ -308,7 +420,7 @@ mod tests {
                     if r.embedding.len() != focal.len() || fnorm == 0.0 {
                         return 0.0;
                     }
-                    let (d, n) = dot_and_sq_norm(&r.embedding, &focal);
+                    let (d, n) = (dot(&r.embedding, &focal), sq_norm(&r.embedding));
                     if n == 0.0 {
                         0.0
                     } else {
@@ -316,7 +428,9 @@ mod tests {
                     }
                 })
                 .collect();
-            let four = relevance(&all, &focal, fnorm);
+            let mut m = AssistantMemory::default();
+            m.set_records(all);
+            let four = relevance(&m.all, &m.distinct, &focal, fnorm);
             assert_eq!(
                 one.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 four.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -329,7 +443,7 @@ mod tests {
     fn lane_sums_match_plain_sums() {
         let a: Vec<f32> = (0..21).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..21).map(|i| (i as f32 * 0.11).cos()).collect();
-        let (d, n) = dot_and_sq_norm(&a, &b);
+        let (d, n) = (dot(&a, &b), sq_norm(&a));
         let d0: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         let n0: f32 = a.iter().map(|x| x * x).sum();
         assert!((d - d0).abs() < 1e-5 && (n - n0).abs() < 1e-5, "{d} {d0} {n} {n0}");
@@ -338,9 +452,23 @@ mod tests {
         for len in [0, 7, 8, 256, 384, 1001] {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.731).sin() * 1e3).collect();
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.113).cos() / 7.0).collect();
-            let (x, y) = (dot_and_sq_norm(&a, &b), dot_and_sq_norm_lanes(&a, &b));
-            assert_eq!((x.0.to_bits(), x.1.to_bits()), (y.0.to_bits(), y.1.to_bits()), "length {len}");
+            assert_eq!(dot(&a, &b).to_bits(), dot_lanes(&a, &b).to_bits(), "length {len}");
         }
+    }
+
+    #[test]
+    fn records_with_one_vector_share_its_entry() {
+        let mut m = AssistantMemory::default();
+        m.set_records(vec![rec(0, vec![]), rec(1, vec![0.0, 2.0]), rec(2, vec![0.0, 2.0])]);
+        m.push(rec(3, vec![3.0, 4.0]));
+        m.push(rec(4, vec![-0.0, 2.0]));
+        m.push(rec(5, vec![3.0, 4.0]));
+        assert_eq!(m.distinct.of, vec![0, 1, 1, 2, 3, 2]);
+        assert_eq!(m.distinct.sq_norms, vec![0.0, 4.0, 25.0, 4.0]);
+        m.set_embedding(0, vec![1.0, 0.0]);
+        assert_eq!(m.distinct.sq_norms, vec![1.0, 4.0, 25.0, 4.0]);
+        assert_eq!(m.retrieve(&[1.0, 0.0], 1), vec![0], "the vector given later is the one retrieved");
+        assert_eq!(m.retrieve(&[0.0, 1.0], 3), vec![4, 2, 1], "equal vectors score alike, newer first");
     }
 
     #[test]

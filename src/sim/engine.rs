@@ -9,7 +9,8 @@
 //! 5. **commit**: the movement file, the day's metrics line, then the checkpoint that vouches
 //!    for all of the above. A killed run resumes from its last complete step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use crate::memory::{Interaction, StructuredMemory};
 use crate::report::live::MetricsLog;
 use crate::storage::movement::{Movement, PersonaEntry};
 use crate::storage::{
-    append_bytes, count_lines, jsonl_bytes, read_jsonl, sweep_temp_files, sync_all_at_once, truncate_lines,
+    count_lines, jsonl_bytes, open_append, read_jsonl, sweep_temp_files, sync_all_at_once, truncate_lines,
     write_atomic, Meta, SimDir,
 };
 use crate::user::agent::UserStep;
@@ -166,10 +167,21 @@ pub struct Engine {
     /// Logs appended to since the last checkpoint, and folders that got a new file: flushed to
     /// disk before the next checkpoint when `durable`.
     unsynced: BTreeSet<PathBuf>,
+    /// The logs appended to, kept open (a scripted sweep appends some 258,000 times a log).
+    /// Closed whenever a log may be rewritten or cut back (a resume, a new day).
+    open_logs: HashMap<String, std::fs::File>,
     /// The newest checkpoint file, whose data is flushed with the next step's batch.
     last_checkpoint: Option<PathBuf>,
-    /// `[sim] durable`: make each checkpoint and what it counts survive a power loss.
+    /// `[sim] durable`: make each checkpoint and what it counts survive a power loss. Off for a
+    /// sim held in memory (tmpfs), where a flush does nothing: the bookkeeping for it would cost
+    /// a file check per log every step.
     durable: bool,
+    /// The environment the last movement leaves, with the step it is for: the headless driver
+    /// writes it without reading the movement file back.
+    derived_env: Option<(u64, crate::storage::Environment)>,
+    /// The environment file the headless driver wrote last, with its step: the step reads it
+    /// from here. (A page writes its own files, which the step reads.)
+    written_env: Option<(u64, crate::storage::Environment)>,
     /// A step began and neither finished nor was undone by [`Engine::reload`]: the state in
     /// memory holds part of it, so it must not be saved.
     mid_step: bool,
@@ -204,7 +216,10 @@ impl Engine {
         let Attachments { hook, token_counter, metrics } = parts;
         let mut engine = Engine {
             user,
-            durable: cfg.sim.durable,
+            durable: cfg.sim.durable && !crate::storage::in_memory_dir(&sim.root),
+            derived_env: None,
+            open_logs: HashMap::new(),
+            written_env: None,
             cfg,
             meta,
             clock,
@@ -250,6 +265,8 @@ impl Engine {
         self.log_lines.clear();
         self.unsynced.clear();
         self.last_checkpoint = None;
+        (self.derived_env, self.written_env) = (None, None);
+        self.open_logs.clear();
         self.load_checkpoint()?;
         self.mid_step = false;
         Ok(())
@@ -393,7 +410,7 @@ impl Engine {
                 }
                 self.log_lines = logs;
                 self.evaluated_today = read_jsonl::<Evaluated>(&eval_log)?;
-                self.assistant.all = load_log(&log, u64::MAX)?;
+                self.assistant.set_records(load_log(&log, u64::MAX)?);
             }
             None => {
                 // Checkpoints of earlier versions count no lines: keep those of finished steps.
@@ -402,8 +419,8 @@ impl Engine {
                     .filter(|i| i.interaction.step < self.next_step)
                     .collect();
                 rewrite_jsonl(&eval_log, &self.evaluated_today)?;
-                self.assistant.all = load_log(&log, self.next_step)?;
-                rewrite_jsonl(&log, &self.assistant.all)?;
+                self.assistant.set_records(load_log(&log, self.next_step)?);
+                rewrite_jsonl(&log, self.assistant.records())?;
                 truncate_jsonl_by_step(&records, self.next_step)?;
                 truncate_jsonl_by_step(&pairs, self.next_step)?;
                 for rel in self.counted_logs(self.next_step) {
@@ -430,12 +447,19 @@ impl Engine {
     /// the next checkpoint.
     fn append(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
         let path = self.sim.path(rel);
-        if self.durable && !path.exists() {
-            if let Some(dir) = path.parent() {
-                self.unsynced.insert(dir.to_path_buf());
+        let file = match self.open_logs.entry(rel.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if self.durable && !path.exists() {
+                    if let Some(dir) = path.parent() {
+                        self.unsynced.insert(dir.to_path_buf());
+                    }
+                }
+                e.insert(open_append(&path)?)
             }
-        }
-        append_bytes(&path, bytes)?;
+        };
+        // One `write` of whole lines, as `append_bytes` does.
+        file.write_all(bytes).with_context(|| format!("appending to {}", path.display()))?;
         self.unsynced.insert(path);
         Ok(())
     }
@@ -449,8 +473,12 @@ impl Engine {
     /// Embeddings of remembered interactions (after a resume they come from the cache).
     /// (Logs of earlier versions did not keep the vectors; they are embedded once here.)
     async fn ensure_embeddings(&mut self) -> Result<()> {
-        for r in self.assistant.all.iter_mut().filter(|r| r.embedding.is_empty()) {
-            r.embedding = self.llm.embed(&r.text).await?;
+        for i in 0..self.assistant.records().len() {
+            let r = &self.assistant.records()[i];
+            if r.embedding.is_empty() {
+                let embedding = self.llm.embed(&r.text).await?;
+                self.assistant.set_embedding(i, embedding);
+            }
         }
         for e in self.evaluated_today.iter_mut().filter(|e| e.embedding.is_empty()) {
             e.embedding = self.llm.embed(&e.interaction.text).await?;
@@ -466,7 +494,10 @@ impl Engine {
     pub async fn step(&mut self) -> Result<Movement> {
         self.mid_step = true;
         let step = self.next_step;
-        let env = self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?;
+        let env = match self.written_env.take() {
+            Some((s, env)) if s == step => env,
+            _ => self.sim.read_env(step)?.with_context(|| format!("environment/{step}.json is missing"))?,
+        };
         let now = self.clock.time(step);
         self.llm.set_step(step);
         self.ensure_embeddings().await?;
@@ -525,6 +556,8 @@ impl Engine {
         if step % self.steps_per_day() == 1 {
             self.evaluator.reset();
             self.evaluated_today.clear();
+            // The evaluated log is cut back and the day's pairs go to a new file.
+            self.open_logs.clear();
             let eval_log = self.sim.path(EVALUATED_LOG);
             truncate_lines(&eval_log, 0)?;
             self.log_lines.insert(EVALUATED_LOG.to_string(), 0);
@@ -626,6 +659,7 @@ impl Engine {
     /// everything the step wrote.
     fn commit(&mut self, step: u64, mv: &Movement) -> Result<()> {
         self.sim.write_movement(step, mv)?;
+        self.derived_env = Some((step + 1, self.environment_after(mv)));
         self.day_metrics(step);
         self.next_step = step + 1;
         self.write_checkpoint()?;
@@ -741,7 +775,7 @@ impl Engine {
         crate::user::eval_store::save(
             &adir.join("evaluation_memory"),
             &self.assistant_name,
-            self.assistant.all.iter().map(|r| (r.time, r.text.as_str(), &r.embedding[..])),
+            self.assistant.records().iter().map(|r| (r.time, r.text.as_str(), &r.embedding[..])),
         )?;
         self.meta.step = self.next_step;
         self.meta.curr_time = fmt_curr_time(now);
@@ -750,18 +784,32 @@ impl Engine {
 
     /// Write the headless driver's environment for the next step from the last movement
     /// (the original's `generate_fake_environment`).
-    pub fn write_next_environment(&self) -> Result<()> {
+    pub fn write_next_environment(&mut self) -> Result<()> {
         let step = self.next_step;
         if step == 0 {
             return Ok(());
         }
-        let prev = self.sim.read_movement(step - 1)?.with_context(|| format!("movement/{} is missing", step - 1))?;
+        let env = match self.derived_env.take() {
+            Some((s, env)) if s == step => env,
+            _ => {
+                let prev =
+                    self.sim.read_movement(step - 1)?.with_context(|| format!("movement/{} is missing", step - 1))?;
+                self.environment_after(&prev)
+            }
+        };
+        self.sim.write_env(step, &env)?;
+        self.written_env = Some((step, env));
+        Ok(())
+    }
+
+    /// Where a movement leaves each persona, as an environment file has it.
+    fn environment_after(&self, mv: &Movement) -> crate::storage::Environment {
         let mut env = crate::storage::Environment::new();
-        for (name, p) in prev.persona {
+        for (name, p) in &mv.persona {
             let [x, y] = p.movement;
-            env.insert(name, crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
+            env.insert(name.clone(), crate::storage::EnvTile { maze: self.meta.maze_name.clone(), x, y });
         }
-        self.sim.write_env(step, &env)
+        env
     }
 
     pub fn sim_path(&self, rel: &str) -> PathBuf {

@@ -104,7 +104,10 @@ impl AssociativeMemory {
         keywords: Vec<String>,
         embedding: Option<Vec<f32>>,
     ) -> &Node {
-        let type_count = self.nodes.iter().filter(|n| n.kind == kind).count() as u64 + 1;
+        // The original counted the nodes of the kind; every node saved here or by the original
+        // carries that count, so the last one of the kind gives it without a scan of all nodes
+        // (an evaluation memory rebuilt at each day's end has thousands).
+        let type_count = self.nodes.iter().rev().find(|n| n.kind == kind).map_or(0, |n| n.type_count) + 1;
         let kw_map = if kind == "thought" { &mut self.kw_thought } else { &mut self.kw_event };
         for k in &keywords {
             *kw_map.entry(k.to_lowercase()).or_insert(0) += 1;

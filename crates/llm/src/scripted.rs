@@ -78,46 +78,25 @@ impl Drop for Timer<'_> {
 }
 
 /// Scripted replies are a pure function of (seed, task, prompt, attempt and candidate), so a run
-/// is reproducible no matter in which order concurrent tasks finish.
+/// is reproducible no matter in which order concurrent tasks finish. The hash is XXH3, whose
+/// output is fixed across platforms and releases (std's `DefaultHasher` does not promise that),
+/// so recorded runs replay the same. The prompt goes in as it is, each string after its length:
+/// a scripted step hashes tens of kilobytes of prompts.
 fn task_seed(seed: u64, name: &str, messages: &[Message], draw: u32) -> u64 {
-    // The JSON of the tuple goes straight into the hash (the same bytes as serializing it
-    // first, without a copy of every prompt).
-    let mut w = std::io::BufWriter::with_capacity(8192, HashWriter(sha2::Sha256::default()));
-    if serde_json::to_writer(&mut w, &(seed, name, messages, draw)).is_err() {
-        return stable_hash(&[]);
+    fn text(h: &mut xxhash_rust::xxh3::Xxh3, s: &str) {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
     }
-    // Writing into a hash cannot fail, so neither can the last flush.
-    w.into_inner().map_or_else(|_| stable_hash(&[]), |h| digest_u64(h.0))
-}
-
-/// A hash that stays the same across Rust releases and platforms (std's `DefaultHasher` does
-/// not promise that): the scripted brain's replies and embeddings derive from it, and recorded
-/// runs must replay the same.
-fn stable_hash(bytes: &[u8]) -> u64 {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::default();
-    h.update(bytes);
-    digest_u64(h)
-}
-
-/// The first 8 bytes of the digest, little-endian.
-fn digest_u64(h: sha2::Sha256) -> u64 {
-    use sha2::Digest;
-    let d = h.finalize();
-    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
-/// Feeds what is written into a hash.
-struct HashWriter(sha2::Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(&mut self.0, buf);
-        Ok(buf.len())
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&seed.to_le_bytes());
+    text(&mut h, name);
+    h.update(&(messages.len() as u64).to_le_bytes());
+    for m in messages {
+        text(&mut h, &m.role);
+        text(&mut h, &m.content);
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    h.update(&draw.to_le_bytes());
+    h.digest()
 }
 
 /// The scripted brain's embedding: a normalized hashed bag of words (256 dims). Texts sharing
@@ -125,7 +104,7 @@ impl std::io::Write for HashWriter {
 pub fn scripted_embedding(text: &str) -> Vec<f32> {
     let mut v = vec![0f32; 256];
     for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-        let x = stable_hash(w.to_lowercase().as_bytes());
+        let x = xxhash_rust::xxh3::xxh3_64(w.to_lowercase().as_bytes());
         v[(x % 256) as usize] += if (x >> 8) & 1 == 0 { 1.0 } else { -1.0 };
     }
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();

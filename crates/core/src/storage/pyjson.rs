@@ -83,11 +83,22 @@ fn write_py_float<W: ?Sized + io::Write>(w: &mut W, v: f64) -> io::Result<()> {
         let exp: i32 = e.parse().unwrap_or(0);
         return write!(w, "{}e{}{:02}", m, if exp < 0 { '-' } else { '+' }, exp.abs());
     }
-    let s = format!("{}", v);
-    if s.contains('.') {
-        w.write_all(s.as_bytes())
+    if v == 0.0 {
+        // Most of an embedding file is zeros (the scripted brain's vectors are sparse).
+        return w.write_all(if v.is_sign_negative() { b"-0.0" } else { b"0.0" });
+    }
+    // At most 24 characters in this range (17 digits, a sign, a point and leading zeros), so a
+    // buffer on the stack rather than a String per number: embedding files hold thousands.
+    let mut arr = [0u8; 32];
+    let mut buf = io::Cursor::new(&mut arr[..]);
+    io::Write::write_fmt(&mut buf, format_args!("{}", v))?;
+    let n = buf.position() as usize;
+    let s = &arr[..n];
+    w.write_all(s)?;
+    if s.contains(&b'.') {
+        Ok(())
     } else {
-        write!(w, "{}.0", s)
+        w.write_all(b".0")
     }
 }
 
@@ -165,5 +176,20 @@ mod tests {
     fn compact_and_floats() {
         let v = json!({"a": [1, 2.5, 1e-5, 1e16, "é"]});
         assert_eq!(to_string_compact(&v).unwrap(), "{\"a\": [1, 2.5, 1e-05, 1e+16, \"\\u00e9\"]}");
+        // CPython 3.11: json.dumps of the same list; the longest reprs in the plain range.
+        let v = json!([
+            0.0,
+            -0.0,
+            1e15,
+            0.0001,
+            -0.00012345678901234567,
+            123456789012345.6,
+            0.5773502588272095,
+            9999999999999998.0
+        ]);
+        assert_eq!(
+            to_string_compact(&v).unwrap(),
+            "[0.0, -0.0, 1000000000000000.0, 0.0001, -0.00012345678901234567, 123456789012345.6, 0.5773502588272095, 9999999999999998.0]"
+        );
     }
 }
