@@ -5,7 +5,7 @@
 # the mean and median seconds per awake step, LLM calls, fallbacks, parse retries, prompt
 # tokens served from the prefix cache, and the run's peak RSS.
 #
-#   scripts/bench_awake.sh [AWAKE]        (needs target/release/propersim and ../shared)
+#   scripts/bench_awake.sh [AWAKE]        (needs target/release/propersim and ../shared; env SEED)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awake=${1:-20}
@@ -24,13 +24,16 @@ trap 'rm -rf "$work"' EXIT
   done
   printf '[roles.embedding]\nprovider = "local"\nmodel = "sentence-transformers/all-MiniLM-L6-v2"\n'
 } > "$work/smol.toml"
-# The user of base_the_ville_persona_1 wakes around 06:00-08:00 (step 144-192): run to the end
-# of the morning; the awake steps counted are the first $awake with an assistant turn.
-steps=$((200 + awake))
+# When the user of base_the_ville_persona_1 wakes is the model's plan: with the engine seed 0
+# SmolLM2-135M plans 23 hours of sleep, with seed 2 it is up from 04:00 (SEED picks another).
+# Allow until noon; the run is stopped once the first $awake steps with an assistant turn (the
+# ones counted) are done.
+seed=${SEED:-2}
+steps=$((288 + awake))
 /usr/bin/time -v "$bin" --config "$work/smol.toml" run --novis --quiet \
   --storage "$work/storage" --seeds "$shared/frontend_server/storage" \
   --assets "$shared/frontend_server/static_dirs/assets" \
-  --fork base_the_ville_persona_1 --sim awake --steps "$steps" 2> "$work/time.txt" > "$work/run.txt" &
+  --fork base_the_ville_persona_1 --sim awake --steps "$steps" --set seed="$seed" 2> "$work/time.txt" > "$work/run.txt" &
 pid=$!
 python3 - "$work/storage/awake/llm_ledger.jsonl" "$awake" "$pid" <<'EOF'
 import json, os, statistics, sys, time
@@ -54,6 +57,8 @@ while alive():
         break
     time.sleep(2)
 L = load()
+if len({l["step"] for l in L if l["task"] == "suggest"}) < 2:
+    sys.exit(f"the run ended before two awake steps (ledger: {len(L)} lines); see the run's output")
 ends = {}
 for l in L:
     t = datetime.fromisoformat(l["time"].replace("Z", "+00:00")).timestamp()
