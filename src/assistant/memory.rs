@@ -165,12 +165,6 @@ impl AssistantMemory {
         self.all = all;
     }
 
-    /// Give record `i` its vector (a log of an earlier version had none).
-    pub fn set_embedding(&mut self, i: usize, embedding: Vec<f32>) {
-        self.all[i].embedding = embedding;
-        self.distinct = Distinct::of(&self.all);
-    }
-
     pub fn interaction(r: &Record, score: Option<f64>) -> Interaction {
         Interaction { step: r.step, time: r.time, text: r.text.clone(), recommended: r.recommended, score }
     }
@@ -465,7 +459,10 @@ mod tests {
         m.push(rec(5, vec![3.0, 4.0]));
         assert_eq!(m.distinct.of, vec![0, 1, 1, 2, 3, 2]);
         assert_eq!(m.distinct.sq_norms, vec![0.0, 4.0, 25.0, 4.0]);
-        m.set_embedding(0, vec![1.0, 0.0]);
+        assert_eq!(m.retrieve(&[1.0, 0.0], 1), vec![5], "record 0 has no vector; of two equal ones, the newer");
+        let mut all = m.records().to_vec();
+        all[0].embedding = vec![1.0, 0.0];
+        m.set_records(all);
         assert_eq!(m.distinct.sq_norms, vec![1.0, 4.0, 25.0, 4.0]);
         assert_eq!(m.retrieve(&[1.0, 0.0], 1), vec![0], "the vector given later is the one retrieved");
         assert_eq!(m.retrieve(&[0.0, 1.0], 3), vec![4, 2, 1], "equal vectors score alike, newer first");

@@ -473,12 +473,12 @@ impl Engine {
     /// Embeddings of remembered interactions (after a resume they come from the cache).
     /// (Logs of earlier versions did not keep the vectors; they are embedded once here.)
     async fn ensure_embeddings(&mut self) -> Result<()> {
-        for i in 0..self.assistant.records().len() {
-            let r = &self.assistant.records()[i];
-            if r.embedding.is_empty() {
-                let embedding = self.llm.embed(&r.text).await?;
-                self.assistant.set_embedding(i, embedding);
+        if self.assistant.records().iter().any(|r| r.embedding.is_empty()) {
+            let mut all = self.assistant.records().to_vec();
+            for r in all.iter_mut().filter(|r| r.embedding.is_empty()) {
+                r.embedding = self.llm.embed(&r.text).await?;
             }
+            self.assistant.set_records(all);
         }
         for e in self.evaluated_today.iter_mut().filter(|e| e.embedding.is_empty()) {
             e.embedding = self.llm.embed(&e.interaction.text).await?;
