@@ -35,7 +35,8 @@ steps=$((288 + awake))
   --assets "$shared/frontend_server/static_dirs/assets" \
   --fork base_the_ville_persona_1 --sim awake --steps "$steps" --set seed="$seed" 2> "$work/time.txt" > "$work/run.txt" &
 pid=$!
-python3 - "$work/storage/awake/llm_ledger.jsonl" "$awake" "$pid" <<'EOF'
+status=0
+python3 - "$work/storage/awake/llm_ledger.jsonl" "$awake" "$pid" <<'EOF' || status=$?
 import json, os, statistics, sys, time
 from datetime import datetime
 path, want, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -58,7 +59,8 @@ while alive():
     time.sleep(2)
 L = load()
 if len({l["step"] for l in L if l["task"] == "suggest"}) < 2:
-    sys.exit(f"the run ended before two awake steps (ledger: {len(L)} lines); see the run's output")
+    sys.exit(f"the run ended before two awake steps (ledger: {len(L)} lines): the user may have "
+             "slept through the model's day plan (SEED picks another)")
 ends = {}
 for l in L:
     t = datetime.fromisoformat(l["time"].replace("Z", "+00:00")).timestamp()
@@ -80,4 +82,9 @@ print(f"whole run so far: {len(L)} ledger lines, fallbacks {sum(l['fallback_used
 EOF
 pkill -INT -P "$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
+if [ "$status" != 0 ]; then
+  # The run's own output, without /usr/bin/time's report.
+  { tail -n 20 "$work/run.txt"; sed '/Command being timed/,$d' "$work/time.txt" | tail -n 20; } >&2
+  exit "$status"
+fi
 grep -E "Maximum resident|Elapsed" "$work/time.txt" || true
