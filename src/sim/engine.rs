@@ -164,17 +164,18 @@ pub struct Engine {
     /// Complete lines of each other log this sim appends to (path under the sim → count); the
     /// checkpoint records them, and a resume cuts each log back to its count.
     log_lines: BTreeMap<String, usize>,
-    /// Logs appended to since the last checkpoint, and folders that got a new file: flushed to
-    /// disk before the next checkpoint when `durable`.
-    unsynced: BTreeSet<PathBuf>,
+    /// Logs appended to since the last checkpoint: flushed to disk before the next checkpoint
+    /// when `durable`.
+    unsynced_files: BTreeSet<PathBuf>,
+    /// Folders that got a new file since the last checkpoint, flushed with them. Kept apart from
+    /// the files so the flush needs no `stat` to tell them apart.
+    unsynced_dirs: BTreeSet<PathBuf>,
     /// The logs appended to, kept open (a scripted sweep appends some 258,000 times a log).
     /// Closed whenever a log may be rewritten or cut back (a resume, a new day).
     open_logs: HashMap<String, std::fs::File>,
     /// The newest checkpoint file, whose data is flushed with the next step's batch.
     last_checkpoint: Option<PathBuf>,
-    /// `[sim] durable`: make each checkpoint and what it counts survive a power loss. Off for a
-    /// sim held in memory (tmpfs), where a flush does nothing: the bookkeeping for it would cost
-    /// a file check per log every step.
+    /// `[sim] durable`: make each checkpoint and what it counts survive a power loss.
     durable: bool,
     /// The environment the last movement leaves, with the step it is for: the headless driver
     /// writes it without reading the movement file back.
@@ -216,7 +217,7 @@ impl Engine {
         let Attachments { hook, token_counter, metrics } = parts;
         let mut engine = Engine {
             user,
-            durable: cfg.sim.durable && !crate::storage::in_memory_dir(&sim.root),
+            durable: cfg.sim.durable,
             derived_env: None,
             open_logs: HashMap::new(),
             written_env: None,
@@ -233,7 +234,8 @@ impl Engine {
             next_step: 0,
             logged_nodes: 0,
             log_lines: BTreeMap::new(),
-            unsynced: BTreeSet::new(),
+            unsynced_files: BTreeSet::new(),
+            unsynced_dirs: BTreeSet::new(),
             last_checkpoint: None,
             mid_step: false,
             hook,
@@ -263,7 +265,8 @@ impl Engine {
         self.next_step = 0;
         self.logged_nodes = 0;
         self.log_lines.clear();
-        self.unsynced.clear();
+        self.unsynced_files.clear();
+        self.unsynced_dirs.clear();
         self.last_checkpoint = None;
         (self.derived_env, self.written_env) = (None, None);
         self.open_logs.clear();
@@ -452,7 +455,7 @@ impl Engine {
             std::collections::hash_map::Entry::Vacant(e) => {
                 if self.durable && !path.exists() {
                     if let Some(dir) = path.parent() {
-                        self.unsynced.insert(dir.to_path_buf());
+                        self.unsynced_dirs.insert(dir.to_path_buf());
                     }
                 }
                 e.insert(open_append(&path)?)
@@ -460,7 +463,7 @@ impl Engine {
         };
         // One `write` of whole lines, as `append_bytes` does.
         file.write_all(bytes).with_context(|| format!("appending to {}", path.display()))?;
-        self.unsynced.insert(path);
+        self.unsynced_files.insert(path);
         Ok(())
     }
 
@@ -561,7 +564,7 @@ impl Engine {
             let eval_log = self.sim.path(EVALUATED_LOG);
             truncate_lines(&eval_log, 0)?;
             self.log_lines.insert(EVALUATED_LOG.to_string(), 0);
-            self.unsynced.insert(eval_log);
+            self.unsynced_files.insert(eval_log);
             if step > 1 {
                 let day = self.clock.day(step) - 1;
                 if let Some(h) = self.hook.as_mut() {
@@ -678,8 +681,8 @@ impl Engine {
         let day = step / spd;
         match self.metrics.day_ended(day, spd, &fmt_curr_time(self.clock.time(day * spd))) {
             Ok(true) => {
-                self.unsynced.insert(self.metrics.path());
-                self.unsynced.insert(self.sim.root.clone());
+                self.unsynced_files.insert(self.metrics.path());
+                self.unsynced_dirs.insert(self.sim.root.clone());
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %format!("{e:#}"), day = day + 1, "metrics.jsonl: no line for the day"),
@@ -692,11 +695,12 @@ impl Engine {
     /// the same batch rather than on its own: a power loss can cost the last step (the resume
     /// falls back to the one before, which is on disk), never consistency.
     fn flush(&mut self) -> Result<()> {
-        let unsynced = std::mem::take(&mut self.unsynced);
+        let (files, dirs) = (std::mem::take(&mut self.unsynced_files), std::mem::take(&mut self.unsynced_dirs));
         if !self.durable {
             return Ok(());
         }
-        let (mut files, mut dirs): (Vec<PathBuf>, Vec<PathBuf>) = unsynced.into_iter().partition(|p| !p.is_dir());
+        let (mut files, mut dirs): (Vec<PathBuf>, Vec<PathBuf>) =
+            (files.into_iter().collect(), dirs.into_iter().collect());
         if let Some(last) = self.next_step.checked_sub(1) {
             files.push(self.sim.movement_path(last));
         }

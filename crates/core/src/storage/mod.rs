@@ -8,8 +8,8 @@ pub mod pyjson;
 pub mod run;
 
 pub use atomic::{
-    append_bytes, append_jsonl, count_lines, in_memory_dir, jsonl_bytes, open_append, read_jsonl, sweep_temp_files,
-    sync_all_at_once, sync_dir, sync_file, truncate_lines, write_atomic, write_json_py,
+    append_bytes, append_jsonl, count_lines, jsonl_bytes, open_append, read_jsonl, sweep_temp_files, sync_all_at_once,
+    sync_dir, sync_file, truncate_lines, write_atomic, write_json_py,
 };
 pub mod sim;
 pub mod sweep;
