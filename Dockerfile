@@ -20,12 +20,13 @@ WORKDIR /src
 # of our code.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/core/Cargo.toml crates/core/
+COPY crates/kernels/Cargo.toml crates/kernels/
 COPY crates/model/Cargo.toml crates/model/
 COPY crates/llm/Cargo.toml crates/llm/
 COPY crates/train/Cargo.toml crates/train/
-RUN mkdir -p src benches crates/core/src crates/model/src crates/llm/src crates/train/src \
+RUN mkdir -p src benches crates/core/src crates/kernels/src crates/model/src crates/llm/src crates/train/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs crates/core/src/lib.rs crates/model/src/lib.rs crates/llm/src/lib.rs crates/train/src/lib.rs \
+    && touch src/lib.rs crates/core/src/lib.rs crates/kernels/src/lib.rs crates/model/src/lib.rs crates/llm/src/lib.rs crates/train/src/lib.rs \
     && echo 'fn main() {}' > benches/sweep.rs \
     && cargo build --release --locked \
     && rm -rf src benches crates target/release/propersim target/release/deps/propersim* \

@@ -186,9 +186,12 @@ impl fmt::Display for BenchReport {
     }
 }
 
-/// Benchmark every load mode on `gguf`.
+/// Benchmark every load mode on `gguf`, or only `PROPERSIM_LOCAL_WEIGHTS`'s when it is set.
 pub fn bench_llm(gguf: &Path) -> Result<BenchReport> {
-    bench_llm_modes(gguf, &LoadMode::ALL)
+    match std::env::var("PROPERSIM_LOCAL_WEIGHTS") {
+        Ok(s) if !s.trim().is_empty() => bench_llm_modes(gguf, &[LoadMode::parse(&s)?]),
+        _ => bench_llm_modes(gguf, &LoadMode::ALL),
+    }
 }
 
 /// Benchmark the given load modes: a chat prompt of about [`BENCH_PROMPT_TOKENS`] tokens, then

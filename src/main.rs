@@ -382,7 +382,8 @@ struct BenchArgs {
     /// Steps to time.
     #[arg(long, default_value_t = 576)]
     steps: u64,
-    /// Instead: local inference speed (prompt processing and generation tokens/s) of this GGUF.
+    /// Instead: local inference speed (prompt processing and generation tokens/s) of this GGUF, in
+    /// every weight mode (only PROPERSIM_LOCAL_WEIGHTS's when set).
     #[arg(long, value_name = "GGUF")]
     llm: Option<PathBuf>,
     /// Instead: DPO optimizer steps/s, tokens/s and peak memory on this GGUF (pairs from the

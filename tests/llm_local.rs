@@ -274,7 +274,7 @@ fn dual_weights_match_candles_model_in_prefill_and_decode() {
         return;
     };
     let prompt = [1u32, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198];
-    // Our forward (f32 prompt, Q8_0 decode) against candle's quantized_llama with f32 / Q8_0 weights.
+    // Our forward (f32 prompt, quantized decode) against candle's quantized_llama with f32 / Q8_0 weights.
     let (mut ours, _) = QuantizedLm::load(&path, LoadMode::Dual).unwrap();
     let (mut f32m, _) = QuantizedLm::load(&path, LoadMode::F32).unwrap();
     let (mut q8m, _) = QuantizedLm::load(&path, LoadMode::Q8_0).unwrap();
@@ -287,9 +287,10 @@ fn dual_weights_match_candles_model_in_prefill_and_decode() {
     println!("prefill: max diff {}, mean diff {}", maxdiff(&a, &b), meandiff(&a, &b));
     assert!(maxdiff(&a, &b) < 1e-3, "prefill logits differ by {}", maxdiff(&a, &b));
     assert_eq!(argmax(&a), argmax(&b));
-    // One decode step after identical f32 prompt passes: ours runs its Q8_0 weights, candle's f32
-    // model its dense ones, so only weight/activation quantization separates them. For scale,
-    // the same step of candle's all-Q8_0 model (whose KV cache is Q8_0-made) is printed too.
+    // One decode step after identical f32 prompt passes: ours runs the GGUF's Q4_1 weights with
+    // 8-bit activations, candle's f32 model its dense ones, so only the activations' quantization
+    // separates them. For scale, the same step of candle's all-Q8_0 model (whose KV cache is
+    // Q8_0-made) is printed too.
     let a = v(ours.forward_last(&[504], prompt.len()).unwrap());
     let c = v(f32m.forward_last(&[504], prompt.len()).unwrap());
     q8m.forward_last(&prompt, 0).unwrap();
@@ -302,7 +303,42 @@ fn dual_weights_match_candles_model_in_prefill_and_decode() {
         meandiff(&q, &c)
     );
     assert!(meandiff(&a, &c) <= meandiff(&q, &c), "decode logits differ by {} on average", meandiff(&a, &c));
-    assert_eq!(argmax(&a), argmax(&c));
+    // Greedy agrees up to the f32 model's own ties: on this prompt its two best tokens are 0.008
+    // apart, closer than any 8-bit activation error, so the check is that our pick is one the
+    // f32 model also scores within 0.05 of its best.
+    let (ours_pick, best) = (argmax(&a), argmax(&c));
+    assert!(c[ours_pick] >= c[best] - 0.05, "greedy picks {ours_pick} ({}), f32 {best} ({})", c[ours_pick], c[best]);
+
+    // The engine's decode step (plain slices, batched) is as close to the f32 model as the tensor
+    // path above, and a sequence's logits are bit for bit the same alone and beside another.
+    // (The two paths sum in different orders; on this prompt that moves an activation across an
+    // 8-bit rounding boundary, and the layers after it round differently, so they are compared
+    // through the f32 model rather than with each other: llm_structured compares them directly
+    // on a prompt where no boundary is crossed.)
+    let (dual, _) = QuantizedLm::load(&path, LoadMode::Dual).unwrap();
+    let propersim::llm::local::EngineModel::Batched(mut batched) = dual.into_engine_model() else {
+        panic!("the dual model runs batched")
+    };
+    let (mut one, mut two) = (batched.new_seq(64).unwrap(), batched.new_seq(64).unwrap());
+    batched.forward_batch(&mut [(&mut one, &prompt[..])], true).unwrap();
+    batched.forward_batch(&mut [(&mut two, &prompt[..5])], true).unwrap();
+    let alone = batched.forward_batch(&mut [(&mut one, &[504][..])], false).unwrap().remove(0);
+    println!(
+        "decode step vs f32: max {}, mean {}; vs the tensor path: max {}",
+        maxdiff(&alone, &c),
+        meandiff(&alone, &c),
+        maxdiff(&alone, &a)
+    );
+    assert!(
+        meandiff(&alone, &c) <= meandiff(&q, &c),
+        "decode step logits differ by {} on average",
+        meandiff(&alone, &c)
+    );
+    assert!(c[argmax(&alone)] >= c[best] - 0.05, "the decode step picks {}", argmax(&alone));
+    let mut again = batched.new_seq(64).unwrap();
+    batched.forward_batch(&mut [(&mut again, &prompt[..])], true).unwrap();
+    let beside = batched.forward_batch(&mut [(&mut two, &[330][..]), (&mut again, &[504][..])], false).unwrap();
+    assert!(beside[1] == alone, "a sequence's decode logits changed beside another");
 }
 
 #[test]

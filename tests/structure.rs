@@ -12,7 +12,8 @@ const ROOT_LAYERS: [&str; 9] =
     ["assets", "memory", "user", "assistant", "tracking", "report", "sim", "web", "bench_llm"];
 
 /// Each crate's source folder.
-const CRATES: [&str; 5] = ["src", "crates/core/src", "crates/model/src", "crates/llm/src", "crates/train/src"];
+const CRATES: [&str; 6] =
+    ["src", "crates/core/src", "crates/kernels/src", "crates/model/src", "crates/llm/src", "crates/train/src"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

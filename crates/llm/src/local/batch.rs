@@ -87,6 +87,32 @@ impl SeqKv {
         Ok(())
     }
 
+    /// Write one position's keys and values (`kv_heads·head_dim` values each, head-major) of
+    /// `layer` at `pos`.
+    pub fn write_row(&self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let (kc, _) = &self.layers[layer];
+        let (heads, _, hd) = kc.dims3()?;
+        let row = |x: &[f32]| Tensor::from_slice(x, (heads, 1, hd), &Device::Cpu);
+        self.write(layer, pos, &row(k)?, &row(v)?)
+    }
+
+    /// Call `f` with `layer`'s whole key and value buffers, `[kv_heads, capacity, head_dim]`
+    /// (positions from `len` on hold stale values), and their capacity.
+    pub fn with_layer<R>(&self, layer: usize, f: impl FnOnce(&[f32], &[f32], usize) -> R) -> Result<R> {
+        let (kc, vc) = &self.layers[layer];
+        let capacity = kc.dims3()?.1;
+        let (ks, kl) = kc.storage_and_layout();
+        let (vs, vl) = vc.storage_and_layout();
+        match (&*ks, &*vs) {
+            (candle_core::Storage::Cpu(k), candle_core::Storage::Cpu(v)) => {
+                let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+                let (k, v) = (&k[kl.start_offset()..], &v[vl.start_offset()..]);
+                Ok(f(&k[..kc.elem_count()], &v[..vc.elem_count()], capacity))
+            }
+            _ => bail!("a sequence's cache is not in CPU memory"),
+        }
+    }
+
     /// Keys and values of `layer` for positions `0..upto`.
     pub fn view(&self, layer: usize, upto: usize) -> Result<(Tensor, Tensor)> {
         let (k, v) = &self.layers[layer];

@@ -26,7 +26,8 @@ pub enum LoadMode {
     Q8_0,
     /// Dequantized to f32 dense matrices: fastest prefill (gemm), slower decode, 4 bytes/weight.
     F32,
-    /// Both: f32 for multi-token prompts, Q8_0 for one-token decode steps (~5 bytes/weight).
+    /// Both: f32 for multi-token prompts, the GGUF's Q4_1/Q8_0 blocks (others re-quantized to
+    /// Q8_0) for one-token decode steps (~5 bytes/weight).
     /// Runs our own llama/qwen2 forward (`quantized::DualModel`) instead of candle's.
     Dual,
 }
@@ -74,7 +75,8 @@ impl LoadMode {
 }
 
 /// Largest dense f32 weight copy [`LoadMode::auto`] accepts (2 GiB: up to ~500M parameters,
-/// which covers SmolLM2-135M/360M and Qwen2-0.5B; `Dual` adds ~1.06 bytes/weight of Q8_0).
+/// which covers SmolLM2-135M/360M and Qwen2-0.5B; `Dual` adds the quantized copy, ≤ 1.06
+/// bytes/weight).
 pub const F32_BUDGET_BYTES: u64 = 2 << 30;
 
 /// The GGUF metadata a model loader and a tokenizer need, plus the raw key/value table.

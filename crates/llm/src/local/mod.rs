@@ -7,27 +7,16 @@
 //! own thread behind a request queue.
 //!
 //! **Weight format.** The SmolLM2 package ships Q4_1, which candle 0.11 runs with a scalar kernel
-//! only. [`gguf::LoadMode`] converts at load: `q8_0` (re-quantized, AVX2 kernel), `f32`
-//! (dequantized, dense gemm), or `dual`: both copies, with our own llama/qwen2 forward
-//! ([`quantized`]) using f32 for prompt passes and Q8_0 for one-token decode steps.
-//! Measured with `propersim bench --llm` on SmolLM2-135M-Instruct Q4_1 (271-token prompt, 64 greedy
-//! tokens, best of 3) on a 2-core AVX-512 box shared with other jobs (load average ≈ 8), one
-//! candle thread (`RAYON_NUM_THREADS=1`), tokens/s:
-//!
-//! | weights | prefill | decode |
-//! |---|---|---|
-//! | native Q4_1 | 10.6 | 7.7 |
-//! | Q8_0 | 71.7 | 31.4 |
-//! | f32 | 126.7 | 13.5 |
-//! | **dual** | **175.1** | **33.8** |
-//! | llama.cpp, same GGUF, 1 thread (`scripts/bench_llamacpp.py`) | 136.8 | 60.5 |
-//!
-//! So small models load as `dual` ([`gguf::LoadMode::auto`]; ~5 bytes/weight) and models whose
-//! f32 copy would exceed 2 GiB as Q8_0. With 2 threads on the busy box, prefill is similar
-//! (f32 168, dual 138) but every quantized decode collapses (dual 2.0, Q8_0 8.4, llama.cpp 3.9
-//! tok/s): candle's and llama.cpp's kernels synchronize their threads per matmul, which
-//! stalls when the cores are oversubscribed; on an idle machine they scale instead.
-//! `PROPERSIM_LOCAL_WEIGHTS=native|q8_0|f32|dual` overrides the choice.
+//! only. [`gguf::LoadMode`] converts at load: `q8_0` (re-quantized, candle's AVX2 kernel), `f32`
+//! (dequantized, dense gemm), or `dual`, the default for small models ([`gguf::LoadMode::auto`];
+//! ~5 bytes/weight): our own llama/qwen2 forward ([`quantized`]) with an f32 copy of each layer
+//! for prompt passes and the GGUF's Q4_1/Q8_0 blocks as they are for decode steps (crate
+//! `propersim-kernels`, our AVX2 kernel; other types re-quantized to Q8_0), the decode step
+//! written on plain slices. Models whose f32 copy would exceed 2 GiB load as Q8_0.
+//! `PROPERSIM_LOCAL_WEIGHTS=native|q8_0|f32|dual` overrides the choice (and makes
+//! `propersim bench --llm` time that mode alone). README's performance table has the figures:
+//! on SmolLM2-135M with 2 threads the dual decode runs at llama.cpp's speed; the other modes are
+//! for comparison and for models the dual path does not cover.
 //!
 //! **Model location.** `model` in `[roles.<role>]` is a `.gguf` file, a folder holding one (a
 //! `tokenizer.json` beside it is preferred over the GGUF tokenizer metadata), or a Hugging Face

@@ -1,7 +1,7 @@
 //! [`CausalLm`] over GGUF models: candle's KV-cached `quantized_llama` / `quantized_qwen2` for
 //! the single-format load modes, and `DualModel` — the same llama/qwen2 maths written out here
-//! so each linear layer can keep an f32 copy for prompt passes and a Q8_0 copy for decode steps
-//! (`LoadMode::Dual`, the default for small models; see the `llm::local` docs for the figures).
+//! so each linear layer can keep an f32 copy for prompt passes and the GGUF's quantized blocks for
+//! decode steps (`LoadMode::Dual`, the default for small models; see the `llm::local` docs).
 //!
 //! All are inference-only (no backward through `QMatMul`, last-position logits); training uses
 //! its own differentiable model behind the same trait.
@@ -19,6 +19,7 @@ use super::engine::EngineModel;
 use super::gguf::{self, GgufMeta, LoadMode};
 use crate::model::lora::{AdapterSlot, LoraAdapter, LoraTarget};
 use crate::model::CausalLm;
+use propersim_kernels::qmatmul::{Format, QuantMatrix};
 
 enum Weights {
     Llama(quantized_llama::ModelWeights),
@@ -127,12 +128,20 @@ impl CausalLm for QuantizedLm {
     }
 }
 
-/// A linear layer held twice: dense f32 for prompts (gemm is fastest on many rows) and Q8_0 for
-/// single-token decode (a quarter of the memory traffic, AVX2 kernel). See `LoadMode::Dual`.
+/// A linear layer held twice: dense f32 for prompts (gemm is fastest on many rows) and a
+/// quantized copy for decode steps (a quarter of the memory traffic or less). See `LoadMode::Dual`.
 struct DualLinear {
     dense: candle_nn::Linear,
-    quant: candle_core::quantized::QMatMul,
+    quant: Decode,
     bias: Option<Tensor>,
+}
+
+/// The decode copy of a layer: the GGUF's Q4_1 or Q8_0 blocks as they are, with our kernel
+/// (`propersim_kernels::qmatmul`); else candle's kernel on the GGUF's type where candle has a SIMD one, or
+/// a Q8_0 re-quantization.
+enum Decode {
+    Ours(QuantMatrix),
+    Candle(candle_core::quantized::QMatMul),
 }
 
 impl DualLinear {
@@ -146,13 +155,18 @@ impl DualLinear {
             Some(d) => d,
             None => qt.dequantize(&Device::Cpu)?,
         };
-        let fast =
-            matches!(qt.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
-        let cols = dense.dims().last().copied().unwrap_or(0);
-        let quant = if fast || cols % 32 != 0 {
-            QMatMul::from_qtensor(qt)?
-        } else {
-            QMatMul::from_qtensor(QTensor::quantize(&dense, GgmlDType::Q8_0)?)?
+        let fast = matches!(qt.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
+        let (rows, cols) = dense.dims2()?;
+        let ours = |data: Vec<u8>, f: Format| {
+            QuantMatrix::new(data, f, rows, cols)
+                .map(Decode::Ours)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+        };
+        let quant = match qt.dtype() {
+            GgmlDType::Q4_1 => ours(qt.data()?.into_owned(), Format::Q4_1)?,
+            GgmlDType::Q8_0 => ours(qt.data()?.into_owned(), Format::Q8_0)?,
+            _ if fast || cols % 32 != 0 => Decode::Candle(QMatMul::from_qtensor(qt)?),
+            _ => ours(QTensor::quantize(&dense, GgmlDType::Q8_0)?.data()?.into_owned(), Format::Q8_0)?,
         };
         Ok(DualLinear { dense: candle_nn::Linear::new(dense, None), quant, bias })
     }
@@ -164,11 +178,45 @@ impl DualLinear {
 
     fn forward_with(&self, x: &Tensor, dense: bool) -> candle_core::Result<Tensor> {
         use candle_core::Module;
-        let y = if dense { self.dense.forward(x)? } else { self.quant.forward(x)? };
+        if !dense {
+            let y = self
+                .decode_rows(&x.flatten_all()?.to_vec1::<f32>()?)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            let mut dims = x.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = self.dense.weight().dim(0)?;
+            }
+            return Tensor::from_vec(y, dims, x.device());
+        }
+        let y = self.dense.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// The decode copy applied to `x` (rows of the layer's input), bias added.
+    fn decode_rows(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let mut y = match &self.quant {
+            Decode::Ours(q) => {
+                let mut out = vec![0f32; x.len() / q.cols() * q.rows()];
+                q.matmul(x, &mut out)?;
+                out
+            }
+            Decode::Candle(q) => {
+                use candle_core::Module;
+                let cols = self.dense.weight().dim(1)?;
+                let t = Tensor::from_slice(x, (x.len() / cols, cols), &Device::Cpu)?;
+                q.forward(&t)?.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
+        if let Some(b) = &self.bias {
+            let b = b.to_vec1::<f32>()?;
+            for row in y.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);
+            }
+        }
+        Ok(y)
     }
 }
 
@@ -182,7 +230,17 @@ struct DualLayer {
     gate: DualLinear,
     up: DualLinear,
     down: DualLinear,
+    /// The norms' weights as plain values, for [`DualModel::decode_step`].
+    attn_norm_w: Vec<f32>,
+    ffn_norm_w: Vec<f32>,
     kv: Option<(Tensor, Tensor)>,
+}
+
+struct Plain {
+    norm_w: Vec<f32>,
+    eps: f32,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// Llama-family / qwen2 forward over GGUF weights with [`DualLinear`] layers. Same maths as
@@ -198,6 +256,10 @@ pub(crate) struct DualModel {
     neox: bool,
     cos: Tensor,
     sin: Tensor,
+    /// What [`DualModel::decode_step`] reads: the final norm's weights, the norms' epsilon, and
+    /// the rotary tables as plain values (`[max_seq_len, head_dim / 2]`); `None` when the rotary
+    /// dimension is not the whole head, which only the tensor path handles.
+    plain: Option<Plain>,
     /// The LoRA adapter applied on top of the base weights (a trained assistant), CPU f32.
     lora: Option<Arc<LoraAdapter>>,
 }
@@ -226,9 +288,17 @@ impl DualModel {
             };
             let (wq, wk, wv, wo) = (lin("attn_q")?, lin("attn_k")?, lin("attn_v")?, lin("attn_output")?);
             let (gate, up, down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
+            let mut norm = |s: &str| -> Result<(RmsNorm, Vec<f32>)> {
+                let plain = get(&n(s))?.dequantize(&dev)?.to_vec1::<f32>()?;
+                Ok((RmsNorm::from_qtensor(get(&n(s))?, eps)?, plain))
+            };
+            let (attn_norm, attn_norm_w) = norm("attn_norm.weight")?;
+            let (ffn_norm, ffn_norm_w) = norm("ffn_norm.weight")?;
             layers.push(DualLayer {
-                attn_norm: RmsNorm::from_qtensor(get(&n("attn_norm.weight"))?, eps)?,
-                ffn_norm: RmsNorm::from_qtensor(get(&n("ffn_norm.weight"))?, eps)?,
+                attn_norm,
+                ffn_norm,
+                attn_norm_w,
+                ffn_norm_w,
                 wq,
                 wk,
                 wv,
@@ -240,6 +310,7 @@ impl DualModel {
             });
         }
         let norm = RmsNorm::from_qtensor(get("output_norm.weight")?, eps)?;
+        let norm_w = get("output_norm.weight")?.dequantize(&dev)?.to_vec1::<f32>()?;
         let output = if has("output.weight") {
             DualLinear::new(get("output.weight")?, None, None)?
         } else {
@@ -253,6 +324,13 @@ impl DualModel {
             .to_dtype(candle_core::DType::F32)?
             .reshape((max_seq_len, 1))?;
         let freqs = pos.matmul(&theta.reshape((1, theta.elem_count()))?)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let plain = if rope_dim == head_dim {
+            let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+            Some(Plain { norm_w, eps: eps as f32, cos: flat(&cos)?, sin: flat(&sin)? })
+        } else {
+            None
+        };
         Ok(DualModel {
             embed: candle_nn::Embedding::new(emb, meta.embedding_length),
             layers,
@@ -262,8 +340,9 @@ impl DualModel {
             n_kv_head: meta.head_count_kv,
             head_dim,
             neox: arch != "llama",
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos,
+            sin,
+            plain,
             lora: None,
         })
     }
@@ -402,6 +481,9 @@ impl DualModel {
 
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>> {
         use candle_core::Module;
+        if !dense && self.plain.is_some() && items.iter().all(|(_, t)| t.len() == 1) {
+            return self.decode_step(items);
+        }
         let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         if ids.is_empty() || items.iter().any(|(_, t)| t.is_empty()) {
             bail!("every sequence in a batch needs at least one new token");
@@ -463,6 +545,99 @@ impl DualModel {
         let last = x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?;
         let logits = self.output.forward_with(&self.norm.forward(&last)?, dense)?;
         Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+}
+
+impl DualModel {
+    /// The decode copy of projection `t` of layer `li` on `x` (rows of the layer's input), plus
+    /// the adapter's low-rank correction.
+    fn decode_linear(&self, li: usize, t: LoraTarget, x: &[f32]) -> Result<Vec<f32>> {
+        let l = &self.layers[li];
+        let w = match t {
+            LoraTarget::Q => &l.wq,
+            LoraTarget::K => &l.wk,
+            LoraTarget::V => &l.wv,
+            LoraTarget::O => &l.wo,
+            LoraTarget::Gate => &l.gate,
+            LoraTarget::Up => &l.up,
+            LoraTarget::Down => &l.down,
+        };
+        let mut y = w.decode_rows(x)?;
+        if let Some(a) = &self.lora {
+            let cols = w.dense.weight().dim(1)?;
+            let xt = Tensor::from_slice(x, (x.len() / cols, cols), &Device::Cpu)?;
+            if let Some(d) = a.delta(li, t, &xt, false)? {
+                let d = d.flatten_all()?.to_vec1::<f32>()?;
+                y.iter_mut().zip(&d).for_each(|(y, d)| *y += d);
+            }
+        }
+        Ok(y)
+    }
+
+    /// One new token for each sequence: the same maths as the tensor path with the decode
+    /// weights, written on plain slices (`propersim_kernels::decode`), so that the step costs its
+    /// arithmetic rather than ~20 tensor ops a layer. Each row is computed on its own.
+    fn decode_step(&mut self, items: &mut [(&mut SeqKv, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        use candle_core::Module;
+        use propersim_kernels::decode::{attend_head, rms_norm, rope, swiglu};
+        let plain = self.plain.as_ref().expect("decode_step runs with the plain tables");
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let half = hd / 2;
+        let positions: Vec<usize> = items.iter().map(|(kv, _)| kv.len()).collect();
+        for ((kv, _), &p) in items.iter().zip(&positions) {
+            if p + 1 > kv.capacity() || p >= plain.cos.len() / half {
+                bail!("sequence of {} tokens exceeds its cache of {}", p + 1, kv.capacity());
+            }
+        }
+        let ids: Vec<u32> = items.iter().map(|(_, t)| t[0]).collect();
+        let mut x = self.embed.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut h = vec![0f32; x.len()];
+        let mut y = vec![0f32; items.len() * nh * hd];
+        for li in 0..self.layers.len() {
+            rms_norm(&x, &self.layers[li].attn_norm_w, plain.eps, &mut h);
+            let mut q = self.decode_linear(li, LoraTarget::Q, &h)?;
+            let mut k = self.decode_linear(li, LoraTarget::K, &h)?;
+            let v = self.decode_linear(li, LoraTarget::V, &h)?;
+            for (r, (kv, _)) in items.iter().enumerate() {
+                let p = positions[r];
+                let (cos, sin) = (&plain.cos[p * half..(p + 1) * half], &plain.sin[p * half..(p + 1) * half]);
+                let qr = &mut q[r * nh * hd..(r + 1) * nh * hd];
+                rope(qr, hd, cos, sin, self.neox);
+                let kr = &mut k[r * nkv * hd..(r + 1) * nkv * hd];
+                rope(kr, hd, cos, sin, self.neox);
+                kv.write_row(li, p, kr, &v[r * nkv * hd..(r + 1) * nkv * hd])?;
+                // The row's heads, split between the threads (each head writes its own part of
+                // `y`, in the same order whatever the split).
+                let (qr, out) = (&*qr, y[r * nh * hd..(r + 1) * nh * hd].as_mut_ptr() as usize);
+                kv.with_layer(li, |keys, values, cap| {
+                    candle_core::utils::barrier_pool().execute_chunked(nh, |range| {
+                        let mut scores = Vec::with_capacity(p + 1);
+                        for h in range {
+                            let g = h / (nh / nkv);
+                            let (keys, values) = (&keys[g * cap * hd..], &values[g * cap * hd..]);
+                            // SAFETY: head h alone writes y[r][h·hd..(h+1)·hd].
+                            let out = unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(h * hd), hd) };
+                            attend_head(&qr[h * hd..(h + 1) * hd], keys, values, p + 1, out, &mut scores);
+                        }
+                    })
+                })?;
+            }
+            let o = self.decode_linear(li, LoraTarget::O, &y)?;
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            rms_norm(&x, &self.layers[li].ffn_norm_w, plain.eps, &mut h);
+            let mut gate = self.decode_linear(li, LoraTarget::Gate, &h)?;
+            let up = self.decode_linear(li, LoraTarget::Up, &h)?;
+            swiglu(&mut gate, &up);
+            let down = self.decode_linear(li, LoraTarget::Down, &gate)?;
+            x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
+        }
+        for ((kv, _), &p) in items.iter_mut().zip(&positions) {
+            kv.set_len(p + 1);
+        }
+        rms_norm(&x, &plain.norm_w, plain.eps, &mut h);
+        let logits = self.output.decode_rows(&h)?;
+        let vocab = logits.len() / items.len();
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 }
 
