@@ -48,6 +48,9 @@ struct BlockQ8 {
     d: f32,
     s: f32,
     q: [i8; BLOCK],
+    /// `8·Σ q[4i..4i+4]` for each i: what centring Q4_1's nibbles (`q − 8`) takes from each of
+    /// the eight partial sums of the AVX2 kernel, computed once per activation row.
+    centring: [i32; 8],
 }
 
 /// A `[rows, cols]` weight matrix in Q4_1 or Q8_0 blocks, row-major, as in the GGUF file.
@@ -131,6 +134,9 @@ fn quantize_block(x: &[f32]) -> BlockQ8 {
         sum += *q as i32;
     }
     b.s = d * sum as f32;
+    for (c, q) in b.centring.iter_mut().zip(b.q.chunks_exact(4)) {
+        *c = 8 * q.iter().map(|&q| q as i32).sum::<i32>();
+    }
     b
 }
 
@@ -244,7 +250,7 @@ unsafe fn dot_q8_0_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
     use std::arch::x86_64::*;
-    let (low, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
+    let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let mut offset = 0f32;
@@ -256,13 +262,13 @@ unsafe fn dot_q4_1_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
         // activations are laid out.
         let packed = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        // Centred (see `dot_scalar`): -8..=7.
-        let wq = _mm256_sub_epi8(_mm256_and_si256(both, low), eight);
+        let wq = _mm256_and_si256(both, low);
         let xq = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
-        // maddubs takes unsigned × signed: |w| times x with w's sign, pairs summed into i16 (at
-        // most 2·8·127, no saturation), then into eight exact i32 sums.
-        let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-        let sums = _mm256_madd_epi16(prod, ones);
+        // Unsigned weights (0..=15) times signed activations, pairs summed into i16 (at most
+        // 2·15·127, no saturation), then into eight exact i32 sums (lane i: weights 4i..4i+4),
+        // centred (see `dot_scalar`) by taking 8·Σx of the same weights.
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
+        let sums = _mm256_sub_epi32(sums, _mm256_loadu_si256(xb.centring.as_ptr() as *const __m256i));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * xb.d), acc);
         offset += (m + 8.0 * d) * xb.s;
     }
