@@ -278,18 +278,9 @@ unsafe fn dot_q4_1_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::random;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     const FORMATS: [(Format, GgmlDType); 2] = [(Format::Q4_1, GgmlDType::Q4_1), (Format::Q8_0, GgmlDType::Q8_0)];
 

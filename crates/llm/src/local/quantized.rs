@@ -236,6 +236,21 @@ struct DualLayer {
     kv: Option<(Tensor, Tensor)>,
 }
 
+impl DualLayer {
+    /// The layer's projection `t`.
+    fn projection(&self, t: LoraTarget) -> &DualLinear {
+        match t {
+            LoraTarget::Q => &self.wq,
+            LoraTarget::K => &self.wk,
+            LoraTarget::V => &self.wv,
+            LoraTarget::O => &self.wo,
+            LoraTarget::Gate => &self.gate,
+            LoraTarget::Up => &self.up,
+            LoraTarget::Down => &self.down,
+        }
+    }
+}
+
 struct Plain {
     norm_w: Vec<f32>,
     eps: f32,
@@ -289,8 +304,9 @@ impl DualModel {
             let (wq, wk, wv, wo) = (lin("attn_q")?, lin("attn_k")?, lin("attn_v")?, lin("attn_output")?);
             let (gate, up, down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
             let mut norm = |s: &str| -> Result<(RmsNorm, Vec<f32>)> {
-                let plain = get(&n(s))?.dequantize(&dev)?.to_vec1::<f32>()?;
-                Ok((RmsNorm::from_qtensor(get(&n(s))?, eps)?, plain))
+                let w = get(&n(s))?;
+                let plain = w.dequantize(&dev)?.to_vec1::<f32>()?;
+                Ok((RmsNorm::from_qtensor(w, eps)?, plain))
             };
             let (attn_norm, attn_norm_w) = norm("attn_norm.weight")?;
             let (ffn_norm, ffn_norm_w) = norm("ffn_norm.weight")?;
@@ -309,8 +325,9 @@ impl DualModel {
                 kv: None,
             });
         }
-        let norm = RmsNorm::from_qtensor(get("output_norm.weight")?, eps)?;
-        let norm_w = get("output_norm.weight")?.dequantize(&dev)?.to_vec1::<f32>()?;
+        let norm_q = get("output_norm.weight")?;
+        let norm_w = norm_q.dequantize(&dev)?.to_vec1::<f32>()?;
+        let norm = RmsNorm::from_qtensor(norm_q, eps)?;
         let output = if has("output.weight") {
             DualLinear::new(get("output.weight")?, None, None)?
         } else {
@@ -411,16 +428,7 @@ impl DualModel {
 
     /// Projection `t` of layer `li`: the base weights, plus the adapter's low-rank correction.
     fn linear(&self, li: usize, t: LoraTarget, x: &Tensor, dense: bool) -> Result<Tensor> {
-        let l = &self.layers[li];
-        let w = match t {
-            LoraTarget::Q => &l.wq,
-            LoraTarget::K => &l.wk,
-            LoraTarget::V => &l.wv,
-            LoraTarget::O => &l.wo,
-            LoraTarget::Gate => &l.gate,
-            LoraTarget::Up => &l.up,
-            LoraTarget::Down => &l.down,
-        };
+        let w = self.layers[li].projection(t);
         let y = w.forward_with(x, dense)?;
         match self.lora.as_ref().map(|a| a.delta(li, t, x, false)).transpose()?.flatten() {
             Some(d) => Ok((y + d)?),
@@ -552,16 +560,7 @@ impl DualModel {
     /// The decode copy of projection `t` of layer `li` on `x` (rows of the layer's input), plus
     /// the adapter's low-rank correction.
     fn decode_linear(&self, li: usize, t: LoraTarget, x: &[f32]) -> Result<Vec<f32>> {
-        let l = &self.layers[li];
-        let w = match t {
-            LoraTarget::Q => &l.wq,
-            LoraTarget::K => &l.wk,
-            LoraTarget::V => &l.wv,
-            LoraTarget::O => &l.wo,
-            LoraTarget::Gate => &l.gate,
-            LoraTarget::Up => &l.up,
-            LoraTarget::Down => &l.down,
-        };
+        let w = self.layers[li].projection(t);
         let mut y = w.decode_rows(x)?;
         if let Some(a) = &self.lora {
             let cols = w.dense.weight().dim(1)?;
