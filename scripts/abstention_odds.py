@@ -71,7 +71,11 @@ def main():
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    if a.prompts < 1:
+        ap.error("--prompts must be at least 1")
     pairs = [json.loads(line) for line in open(a.pairs) if line.strip()]
+    if not pairs:
+        ap.error(f"{a.pairs} holds no preference pairs")
     pairs = pairs[:: max(1, len(pairs) // a.prompts)][: a.prompts]
     for name in ["base"] + a.adapters:
         tok, model = load(a.model, a.threads)
