@@ -102,6 +102,29 @@ enum Command {
         #[arg(long)]
         weights: Option<String>,
     },
+    /// The original's daily MMLU check (greedy; the first 100 test questions of human_aging,
+    /// nutrition, world_religions, prehistory, sociology) of a base model and then of each
+    /// adapter on it: one JSON line per model.
+    Mmlu {
+        /// A llama-family GGUF: the base model.
+        #[arg(long)]
+        model: PathBuf,
+        /// LoRA adapter folders to check after the base, each on its own (e.g. a sim's
+        /// adapters/day_01 adapters/day_02).
+        #[arg(long, num_args = 1..)]
+        adapter: Vec<PathBuf>,
+        /// The questions, JSONL in cais/mmlu's fields (default: the config's [sim] mmlu_path,
+        /// else data/mmlu.jsonl, the original's 500 questions).
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// How the frozen base weights are held: quantized, bf16, f32 (default: the config's
+        /// [sim] train_weights, as a sim's daily check holds them).
+        #[arg(long)]
+        weights: Option<String>,
+        /// Check only the adapters, not the base model.
+        #[arg(long, requires = "adapter")]
+        no_base: bool,
+    },
     /// Write the demo's compressed storage: <compressed>/<SIM>/{master_movement.json, meta.json, personas/}.
     Compress {
         /// The sim code (folder under storage/).
@@ -1040,6 +1063,39 @@ async fn main() -> ExitCode {
                 &propersim::train::data::TokenLimits::default(),
                 &mut out,
             )?;
+            Ok(())
+        }),
+        Command::Mmlu { model, adapter, items, weights, no_base } => tokio::task::block_in_place(|| -> Result<()> {
+            let items = match items {
+                Some(p) => p,
+                None => Config::load(cfg.as_deref())?.sim.mmlu_path.unwrap_or_else(|| PathBuf::from("data/mmlu.jsonl")),
+            };
+            let items = propersim::train::mmlu::read_items(&items)?;
+            let weights = train_weights(cfg.as_ref(), weights.as_deref())?;
+            let (m, text) = load_for_training(&model, weights)?;
+            let m = std::sync::Arc::new(m);
+            let opts = propersim::train::mmlu::MmluOptions::for_model(text.tokenizer.special());
+            // Every adapter loads before the first check, so a bad folder fails at once.
+            let mut models = vec![("base".to_string(), None); usize::from(!no_base)];
+            for dir in &adapter {
+                let a = propersim::train::adapter::load_adapter(dir, m.config(), m.dtype(), m.device(), false)?;
+                models.push((dir.display().to_string(), Some(std::sync::Arc::new(a))));
+            }
+            for (name, a) in models {
+                let started = std::time::Instant::now();
+                let mut session = propersim::model::llama::LlamaSession::new(m.clone(), a);
+                let report = propersim::train::mmlu::run_mmlu(&mut session, &text, &items, &opts)?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "adapter": name,
+                        "overall_accuracy": report.overall_accuracy,
+                        "subject_accuracies": report.subject_accuracies,
+                        "questions": report.questions,
+                        "seconds": started.elapsed().as_secs_f64(),
+                    })
+                );
+            }
             Ok(())
         }),
         Command::Compress { sim, out, paths } => (|| {

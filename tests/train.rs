@@ -848,6 +848,22 @@ fn mmlu_check_scores_letters_per_subject() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_shipped_mmlu_sample_is_the_originals_500_questions() -> Result<()> {
+    // data/mmlu.jsonl, written by scripts/mmlu_sample.py: the first 100 test questions of each
+    // of the original's five subjects, in MMLU's order.
+    let items = mmlu::read_items(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mmlu.jsonl"))?;
+    assert_eq!(items.len(), 500);
+    for subject in mmlu::SUBJECTS {
+        let of: Vec<_> = items.iter().filter(|i| i.subject == subject).collect();
+        assert_eq!(of.len(), 100, "{subject}");
+        assert!(of.iter().all(|i| i.choices.len() == 4), "{subject}");
+    }
+    assert_eq!(items[0].question, "The study of older adults and aging is referred to as");
+    assert_eq!(items[0].answer_letter()?, 'A');
+    Ok(())
+}
+
 // ---------------------------------------------------------------- 7. SmolLM2
 
 mod smollm2 {

@@ -300,12 +300,7 @@ impl Training {
             Some(d) if m.slot.version() > 0 => format!("day_{d:02}"),
             _ => "base".to_string(),
         };
-        let special = self.provider.try_tokenizer()?.special().clone();
-        let opts = crate::train::mmlu::MmluOptions {
-            bos: special.bos.map(|b| b.0),
-            stop: special.stop_ids,
-            ..Default::default()
-        };
+        let opts = crate::train::mmlu::MmluOptions::for_model(self.provider.try_tokenizer()?.special());
         let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
         let report = crate::train::mmlu::run_mmlu(&mut session, &*self.provider, &m.items, &opts)?;
         eprintln!(

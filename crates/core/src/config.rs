@@ -41,7 +41,7 @@ pub enum ConfigError {
     NoModel { provider: String, roles: Vec<String> },
     #[error(
         "daily_mmlu needs mmlu_path: a JSONL file of MMLU questions (subject, question, choices, answer); \
-         set it in [sim] or turn daily_mmlu off"
+         set it in [sim] (the repository's data/mmlu.jsonl holds the original's 500) or turn daily_mmlu off"
     )]
     NoMmlu,
     #[error(

@@ -84,14 +84,30 @@ pub fn prompt_text(item: &MmluItem) -> String {
     s
 }
 
-/// The original's letter parsing.
+/// The original's letter parsing of the stripped reply: the first standalone `A`-`D` of its
+/// upper-cased text, else its first character if that is one, else `A`.
 pub fn parse_letter(reply: &str) -> char {
-    let up = reply.to_uppercase();
-    let re = regex::Regex::new(r"\b[ABCD]\b").expect("static regex");
-    if let Some(m) = re.find(&up) {
+    let up = reply.trim().to_uppercase();
+    if let Some(m) = letter_regex().find(&up) {
         return m.as_str().chars().next().unwrap_or('A');
     }
     up.chars().next().filter(|c| ('A'..='D').contains(c)).unwrap_or('A')
+}
+
+/// The letter [`parse_letter`] reads from every continuation of `reply`, once more text can no
+/// longer change it: the first standalone letter is followed by an ASCII character that is not
+/// a word character, so its boundaries are fixed and no earlier match can appear. Generation
+/// stops there instead of running all 10 tokens, with the same answer.
+pub fn settled_letter(reply: &str) -> Option<char> {
+    let up = reply.trim_start().to_uppercase();
+    let m = letter_regex().find(&up)?;
+    let next = up[m.end()..].chars().next()?;
+    (next.is_ascii() && !next.is_ascii_alphanumeric() && next != '_').then(|| m.as_str().chars().next()).flatten()
+}
+
+fn letter_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\b[ABCD]\b").expect("static regex"))
 }
 
 pub use crate::llm::TextCodec;
@@ -107,6 +123,14 @@ pub struct MmluOptions {
     pub stop: Vec<u32>,
     /// Prompts are cut to this many tokens, keeping the start (HF's default truncation side).
     pub max_prompt_tokens: usize,
+}
+
+impl MmluOptions {
+    /// The original's settings for a model with these special tokens: BOS first as HF's
+    /// tokenizer adds it, generation ending at any stop token.
+    pub fn for_model(special: &crate::llm::local::tokenizer::SpecialTokens) -> Self {
+        MmluOptions { bos: special.bos.as_ref().map(|b| b.0), stop: special.stop_ids.clone(), ..Default::default() }
+    }
 }
 
 impl Default for MmluOptions {
@@ -130,8 +154,15 @@ pub struct MmluReport {
     pub questions: usize,
 }
 
-/// Greedy generation from a fresh prompt.
-pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+/// Greedy generation from a fresh prompt, until a stop token, `max_new` tokens, or `done` says
+/// the tokens so far are enough.
+pub fn greedy(
+    lm: &mut dyn CausalLm,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    done: &mut dyn FnMut(&[u32]) -> Result<bool>,
+) -> Result<Vec<u32>> {
     lm.reset();
     let mut logits = lm.forward_last(prompt, 0)?;
     let mut out = Vec::new();
@@ -141,7 +172,7 @@ pub fn greedy(lm: &mut dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32
             break;
         }
         out.push(tok);
-        if out.len() == max_new {
+        if out.len() == max_new || done(&out)? {
             break;
         }
         logits = lm.forward_last(&[tok], pos)?;
@@ -168,7 +199,8 @@ pub fn run_mmlu(
             let mut ids: Vec<u32> = opts.bos.into_iter().collect();
             ids.extend(codec.encode(&prompt_text(item))?);
             ids.truncate(opts.max_prompt_tokens.max(1));
-            let out = greedy(lm, &ids, opts.max_new_tokens, &opts.stop)?;
+            let mut settled = |out: &[u32]| Ok(settled_letter(&codec.decode(out)?).is_some());
+            let out = greedy(lm, &ids, opts.max_new_tokens, &opts.stop, &mut settled)?;
             let reply = codec.decode(&out)?;
             if parse_letter(&reply) == item.answer_letter()? {
                 correct += 1;
@@ -192,5 +224,28 @@ mod tests {
         assert_eq!(parse_letter("Dietary fibre"), 'D');
         assert_eq!(parse_letter("none"), 'A');
         assert_eq!(parse_letter("CAB"), 'C');
+        // The original strips the reply before taking its first character.
+        assert_eq!(parse_letter(" Dietary fibre"), 'D');
+        assert_eq!(parse_letter("\n b"), 'B');
+    }
+
+    #[test]
+    fn a_settled_letter_is_what_any_continuation_parses_to() {
+        for (reply, settled) in [
+            (" B", None),
+            (" B.", Some('B')),
+            ("Bananas", None),
+            (" The answer is C)", Some('C')),
+            ("D\u{e9}", None),
+            ("b_", None),
+            ("", None),
+        ] {
+            assert_eq!(settled_letter(reply), settled, "{reply:?}");
+            if let Some(c) = settled {
+                for tail in ["", " A", "ND B.", "\u{e9} D"] {
+                    assert_eq!(parse_letter(&format!("{reply}{tail}")), c, "{reply:?} + {tail:?}");
+                }
+            }
+        }
     }
 }

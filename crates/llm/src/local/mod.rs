@@ -573,6 +573,15 @@ impl crate::ChatFormatter for ModelText {
     }
 }
 
+impl crate::TextCodec for ModelText {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
