@@ -6,6 +6,8 @@
 # tokens served from the prefix cache, and the run's peak RSS.
 #
 #   scripts/bench_awake.sh [AWAKE]        (needs target/release/propersim and ../shared; env SEED)
+#
+# LAYOUT=rubric_first measures the evaluator prompts in that order (`[sim] evaluator_layout`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awake=${1:-20}
@@ -19,6 +21,7 @@ trap 'rm -rf "$work"' EXIT
 {
   echo '[sim]'
   echo 'train_method = "none"'
+  echo "evaluator_layout = \"${LAYOUT:-original}\""
   for role in user evaluator assistant summarizer; do
     printf '[roles.%s]\nprovider = "local"\nmodel = "%s"\n' "$role" "$gguf"
   done

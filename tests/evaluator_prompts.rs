@@ -2,12 +2,14 @@
 //! (issue 15): the dimension's own rubric text, the `[Memory]` block, the action, the
 //! recommendation, what to make of "No Recommendation", the answer format and the worked
 //! examples with their verdicts. The exact wording is a snapshot in
-//! `tests/fixtures/evaluator_prompts/<check>.txt`; after a deliberate change, rewrite the
-//! snapshots with `PROPERSIM_UPDATE_FIXTURES=1 cargo test --test evaluator_prompts`.
+//! `tests/fixtures/evaluator_prompts/<check>.txt` (`<check>.rubric_first.txt` for the
+//! `rubric_first` layout); after a deliberate change, rewrite the snapshots with
+//! `PROPERSIM_UPDATE_FIXTURES=1 cargo test --test evaluator_prompts`.
 
 use std::path::PathBuf;
 
 use indexmap::IndexMap;
+use propersim::config::EvaluatorLayout as Layout;
 use propersim::llm::Task;
 use propersim::suggestion::Suggestion;
 use propersim::user::evaluator::{action_line, memory_entry, Check, EvalInput, ScoreCheck, SCORE_FORMAT};
@@ -49,8 +51,12 @@ fn input(suggestion: Suggestion) -> EvalInput {
 }
 
 fn render(check: Check, input: &EvalInput) -> (String, String) {
+    render_in(check, input, Layout::Original)
+}
+
+fn render_in(check: Check, input: &EvalInput, layout: Layout) -> (String, String) {
     let p = profile();
-    let msgs = ScoreCheck { profile: &p, check, input }.messages();
+    let msgs = ScoreCheck { profile: &p, check, input, layout }.messages();
     assert_eq!(msgs.len(), 2);
     assert_eq!((msgs[0].role.as_str(), msgs[1].role.as_str()), ("system", "user"));
     (msgs[0].content.clone(), msgs[1].content.clone())
@@ -89,11 +95,14 @@ fn snapshot(name: &str, got: &str) -> Result<(), String> {
 #[test]
 fn each_check_prompt_matches_its_snapshot() {
     let mut failures = Vec::new();
-    for check in Check::ALL {
-        let (system, user) = render(check, &input(Suggestion::Text("Add some spinach to the eggs.".into())));
-        let text = format!("=== system ===\n{system}\n=== user ===\n{user}\n");
-        if let Err(e) = snapshot(check.key(), &text) {
-            failures.push(e);
+    for (layout, suffix) in [(Layout::Original, ""), (Layout::RubricFirst, ".rubric_first")] {
+        for check in Check::ALL {
+            let inp = input(Suggestion::Text("Add some spinach to the eggs.".into()));
+            let (system, user) = render_in(check, &inp, layout);
+            let text = format!("=== system ===\n{system}\n=== user ===\n{user}\n");
+            if let Err(e) = snapshot(&format!("{}{suffix}", check.key()), &text) {
+                failures.push(e);
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -133,7 +142,8 @@ fn each_check_prompt_holds_the_original_templates_elements() {
         let tail = &user[at..];
         assert!(tail.contains(&check.guidance()));
         assert!(tail.contains(&format!("Answer with JSON in this format: {SCORE_FORMAT}")));
-        let schema = ScoreCheck { profile: &p, check, input: &input(Suggestion::NoRec) }.schema();
+        let schema =
+            ScoreCheck { profile: &p, check, input: &input(Suggestion::NoRec), layout: Layout::Original }.schema();
         assert_eq!(schema["properties"]["Score"]["enum"], serde_json::json!([0, 1]), "{schema}");
         let examples: Vec<Value> = tail
             .lines()
@@ -203,7 +213,7 @@ fn the_action_reads_as_the_originals() {
 fn all_mode_holds_every_rubric_section_and_check() {
     let p = profile();
     let inp = input(Suggestion::Text("Add some spinach to the eggs.".into()));
-    let msgs = propersim::user::evaluator::ScoreAll { profile: &p, input: &inp }.messages();
+    let msgs = propersim::user::evaluator::ScoreAll { profile: &p, input: &inp, layout: Layout::Original }.messages();
     let user = &msgs[1].content;
     assert!(user.contains(&format!("[Memory]\n{}\n\n", MEMORY.trim_end())));
     for d in DIMENSIONS {
@@ -213,4 +223,57 @@ fn all_mode_holds_every_rubric_section_and_check() {
         assert!(user.contains(&format!("{}:\n{}", c.key(), c.guidance())), "{c:?}");
     }
     assert!(user.contains("with all five keys") && user.contains(SCORE_FORMAT));
+}
+
+/// `rubric_first` holds the original layout's lines, reordered, plus one closing question; and
+/// what it puts first is what a prefix cache can keep: the same at every moment of the day.
+#[test]
+fn rubric_first_reorders_the_same_content_so_only_the_moment_changes() {
+    let spinach = input(Suggestion::Text("Add some spinach to the eggs.".into()));
+    for check in Check::ALL {
+        let (_, original) = render(check, &spinach);
+        let (system, user) = render_in(check, &spinach, Layout::RubricFirst);
+        assert!(system.contains("given before [Memory]"), "{system}");
+        let (body, closing) = user.rsplit_once("\n\n").unwrap();
+        assert_eq!(
+            closing,
+            format!(
+                "Now grade [Agent's Recommendation] against [{}]: 0 or 1, as JSON in the format above.",
+                check.section()
+            )
+        );
+        let sorted = |t: &str| {
+            let mut l: Vec<&str> = t.lines().collect();
+            l.sort();
+            l.into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(body), sorted(&original), "{check:?}: not the same lines");
+        // The check's own part comes before the moment.
+        let rubric = user.find(&format!("[{}]\n", check.section())).unwrap();
+        let examples = user.rfind("Example ").unwrap();
+        let memory = user.find("\n\n[Memory]\n").unwrap();
+        assert!(rubric < examples && examples < memory, "{user}");
+
+        // Another moment, another candidate: everything before [Memory] is unchanged.
+        let later = EvalInput {
+            time: "Thursday February 13 -- 09:05:00 AM".into(),
+            action: "washing dishes".into(),
+            memory: format!("{MEMORY}Thursday February 13 -- 09:02:30 AM\nJohn Lin's action: cooking breakfast (frying eggs)\nSuggestion: No Recommendation\n"),
+            ..input(Suggestion::NoRec)
+        };
+        let (later_system, later_user) = render_in(check, &later, Layout::RubricFirst);
+        assert_eq!(later_system, system);
+        let head = &user[..memory];
+        assert!(later_user.starts_with(head), "{check:?}");
+        // The old memory is a prefix of the new one, so the cache serves it too.
+        let old_memory_end = user.find("\n\n[Action]").unwrap();
+        assert_eq!(later_user[..old_memory_end], user[..old_memory_end]);
+    }
+    // The all-checks prompt: the same rule.
+    let p = profile();
+    let all = |layout| propersim::user::evaluator::ScoreAll { profile: &p, input: &spinach, layout }.messages();
+    let (original, first) = (all(Layout::Original)[1].content.clone(), all(Layout::RubricFirst)[1].content.clone());
+    let at = |t: &str, s: &str| t.find(s).unwrap();
+    assert!(at(&first, "[Checks]") < at(&first, "\n\n[Memory]\n"));
+    assert!(at(&original, "[Checks]") > at(&original, "\n\n[Memory]\n"));
 }

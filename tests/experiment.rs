@@ -180,3 +180,24 @@ fn bad_arguments_and_changed_reruns_get_clear_messages() {
         .unwrap();
     assert!(!out.status.success() && stderr(&out).contains("no experiment `nope`"), "{}", stderr(&out));
 }
+
+/// The configurations README points researchers at load as shipped (run from the repository
+/// root, as their headers say), and the one with a model evaluator uses the cached layout.
+#[test]
+fn the_shipped_configurations_load() {
+    use propersim::config::{Config, EvaluatorLayout};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let want = if path.ends_with("learn-cpu-smollm2-evaluator.toml") {
+            EvaluatorLayout::RubricFirst
+        } else {
+            EvaluatorLayout::Original
+        };
+        assert_eq!(cfg.sim.evaluator_layout, want, "{}", path.display());
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "configs/ holds learn-cpu.toml and learn-cpu-smollm2-evaluator.toml");
+}

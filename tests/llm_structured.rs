@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use propersim::config::{Config, ReasonMode, Role};
+use propersim::config::{Config, EvaluatorLayout, ReasonMode, Role};
 use propersim::llm::local::batch::SeqKv;
 use propersim::llm::local::{EngineModel, LoadMode, LocalProvider, QuantizedLm};
 use propersim::llm::scripted::ScriptedReply;
@@ -107,13 +107,16 @@ async fn every_task_type_answers_in_shape_on_the_first_try() {
         recs_last_hour: 0,
     };
     let mut scores = Vec::new();
-    for check in Check::ALL {
-        let s: DimScore = first_try(&llm, &ScoreCheck { profile: &p, check, input: &input }).await;
-        assert!(s.score <= 1);
-        scores.push(s);
+    for layout in EvaluatorLayout::ALL.iter().copied() {
+        for check in Check::ALL {
+            let s: DimScore = first_try(&llm, &ScoreCheck { profile: &p, check, input: &input, layout }).await;
+            assert!(s.score <= 1);
+            scores.push(s);
+        }
+        let all = first_try(&llm, &ScoreAll { profile: &p, input: &input, layout }).await;
+        assert_eq!(all.len(), 5);
     }
-    let all = first_try(&llm, &ScoreAll { profile: &p, input: &input }).await;
-    assert_eq!(all.len(), 5);
+    scores.truncate(5);
     let judgement: Judgement = propersim::user::evaluator::combine(&scores, 0);
     first_try(&llm, &Revise { profile: &p, input: &input, judgement: &judgement }).await;
     let entries = vec!["08:00 John Lin is cooking breakfast. Suggestion: No Recommendation".to_string()];

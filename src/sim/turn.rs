@@ -137,7 +137,7 @@ pub async fn turn(
     // pair is the suggestion against the revision.
     let mut judgements: Vec<Judgement>;
     if s.ranking && s.user_revision {
-        let first = judge(llm, s.evaluation, m.profile, &input(&answers[0])).await?;
+        let first = judge(llm, (s.evaluation, s.evaluator_layout), m.profile, &input(&answers[0])).await?;
         let second = if first.total >= 4.0 {
             answers[1].clone()
         } else {
@@ -148,17 +148,18 @@ pub async fn turn(
             }
         };
         answers[1] = second;
-        let j2 = judge(llm, s.evaluation, m.profile, &input(&answers[1])).await?;
+        let j2 = judge(llm, (s.evaluation, s.evaluator_layout), m.profile, &input(&answers[1])).await?;
         judgements = vec![first, j2];
     } else if n == 2 && near_identical(&answers[0], &answers[1]) {
         // As the original: the first candidate is judged only when it differs from the second by
         // more than 3 edits; otherwise it takes the second's judgement, so near-copies never
         // form a pair whose preference is only the evaluator's noise.
-        let second = judge(llm, s.evaluation, m.profile, &input(&answers[1])).await?;
+        let second = judge(llm, (s.evaluation, s.evaluator_layout), m.profile, &input(&answers[1])).await?;
         judgements = vec![second.clone(), second];
     } else {
         let inputs: Vec<EvalInput> = answers.iter().map(input).collect();
-        judgements = try_join_all(inputs.iter().map(|i| judge(llm, s.evaluation, m.profile, i))).await?;
+        judgements =
+            try_join_all(inputs.iter().map(|i| judge(llm, (s.evaluation, s.evaluator_layout), m.profile, i))).await?;
     }
 
     // The original shows (and logs) the second candidate under ranking, the first under revision.

@@ -8,6 +8,11 @@
 //! text, what to make of "No Recommendation", the hard rule of the frequency checks, the answer
 //! format and the worked examples with their verdicts. The parts all five checks share come
 //! first, so a local model computes them once per candidate (see docs/DIFFERENCES.md).
+//!
+//! `[sim] evaluator_layout = "rubric_first"` moves each check's own part before the moment
+//! (memory, action, recommendation) and closes with the question: then all but the moment is
+//! the same at every step, the memory grows at its end, and a prefix cache serves the rest, so
+//! a step computes little more than the new memory entry, the action and the recommendation.
 
 use futures::future::try_join_all;
 use indexmap::IndexMap;
@@ -15,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::profile::{Profile, DIMENSIONS};
-use crate::config::{Evaluation as Mode, Role};
+use crate::config::{Evaluation as Mode, EvaluatorLayout as Layout, Role};
 use crate::llm::task::json_str;
 use crate::llm::{extract_json, object_schema, text_schema, Llm, Message, Task};
 use crate::suggestion::Suggestion;
@@ -179,19 +184,38 @@ fn intro(p: &Profile, task: &str) -> String {
     )
 }
 
-/// The sections every evaluator prompt shares, in the original's order: who you are, memory,
-/// action, the recommendation.
-fn context(p: &Profile, input: &EvalInput) -> String {
+/// Who the user is and the day: the same all day.
+fn persona(p: &Profile, input: &EvalInput) -> String {
     let date = input.time.split(" -- ").next().unwrap_or(&input.time);
+    format!("[{}]\n{}\nToday: {date}", p.name, p.identity())
+}
+
+/// The moment being judged: memory, action, the recommendation.
+fn moment(p: &Profile, input: &EvalInput) -> String {
     format!(
-        "[{}]\n{}\nToday: {date}\n\n[Memory]\n{}\n\n[Action]\n{}\n{}\n\n[Agent's Recommendation]\n{}",
-        p.name,
-        p.identity(),
+        "[Memory]\n{}\n\n[Action]\n{}\n{}\n\n[Agent's Recommendation]\n{}",
         input.memory.trim_end(),
         input.time,
         action_line(&p.name, &input.action, input.walking),
         input.suggestion.text()
     )
+}
+
+/// A prompt's user message: the persona, then the moment and the check's own part in the
+/// layout's order. `rubric_first` closes with `closing`, so the question still comes last.
+fn arrange(p: &Profile, input: &EvalInput, layout: Layout, check: &str, closing: &str) -> String {
+    match layout {
+        Layout::Original => format!("{}\n\n{}\n\n{check}", persona(p, input), moment(p, input)),
+        Layout::RubricFirst => format!("{}\n\n{check}\n\n{}\n\n{closing}", persona(p, input), moment(p, input)),
+    }
+}
+
+/// Where the system message says the criterion is.
+fn where_criteria(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Original => "at the end of the prompt",
+        Layout::RubricFirst => "given before [Memory]",
+    }
 }
 
 /// The answer format as the prompts show it (matches [`score_schema`]).
@@ -223,6 +247,7 @@ pub struct ScoreCheck<'a> {
     pub profile: &'a Profile,
     pub check: Check,
     pub input: &'a EvalInput,
+    pub layout: Layout,
 }
 
 /// `{"Score": 0 or 1, "Reason": "..."}`: the score first, as the prompt asks.
@@ -258,15 +283,22 @@ impl Task for ScoreCheck<'_> {
         score_schema()
     }
     fn messages(&self) -> Vec<Message> {
+        let task = format!(
+            "You grade the recommendation on the single criterion {}, with a binary score: 1 if it meets the criterion, 0 if it does not.",
+            where_criteria(self.layout)
+        );
+        let closing = format!(
+            "Now grade [Agent's Recommendation] against [{}]: 0 or 1, as JSON in the format above.",
+            self.check.section()
+        );
         vec![
-            Message::system(intro(
+            Message::system(intro(self.profile, &task)),
+            Message::user(arrange(
                 self.profile,
-                "You grade the recommendation on the single criterion at the end of the prompt, with a binary score: 1 if it meets the criterion, 0 if it does not.",
-            )),
-            Message::user(format!(
-                "{}\n\n{}",
-                context(self.profile, self.input),
-                check_part(self.profile, self.check)
+                self.input,
+                self.layout,
+                &check_part(self.profile, self.check),
+                &closing,
             )),
         ]
     }
@@ -282,6 +314,7 @@ impl Task for ScoreCheck<'_> {
 pub struct ScoreAll<'a> {
     pub profile: &'a Profile,
     pub input: &'a EvalInput,
+    pub layout: Layout,
 }
 
 impl Task for ScoreAll<'_> {
@@ -300,17 +333,24 @@ impl Task for ScoreAll<'_> {
         let rubric: Vec<String> =
             DIMENSIONS.iter().map(|d| format!("[{}]\n{}", d.replace('_', " "), self.profile.criterion(d))).collect();
         let checks: Vec<String> = Check::ALL.iter().map(|c| format!("{}:\n{}", c.key(), c.guidance())).collect();
+        let task = format!(
+            "You grade the recommendation on each of the five checks {}, each with a binary score: 1 if it meets the criterion, 0 if it does not.",
+            where_criteria(self.layout)
+        );
+        let part = format!(
+            "{}\n\n[Checks]\n{}\n\nAnswer with JSON with all five keys: {{\"{}\": {SCORE_FORMAT}, ...}}",
+            rubric.join("\n\n"),
+            checks.join("\n\n"),
+            Check::Preference.key()
+        );
         vec![
-            Message::system(intro(
+            Message::system(intro(self.profile, &task)),
+            Message::user(arrange(
                 self.profile,
-                "You grade the recommendation on each of the five checks at the end of the prompt, each with a binary score: 1 if it meets the criterion, 0 if it does not.",
-            )),
-            Message::user(format!(
-                "{}\n\n{}\n\n[Checks]\n{}\n\nAnswer with JSON with all five keys: {{\"{}\": {SCORE_FORMAT}, ...}}",
-                context(self.profile, self.input),
-                rubric.join("\n\n"),
-                checks.join("\n\n"),
-                Check::Preference.key()
+                self.input,
+                self.layout,
+                &part,
+                "Now grade [Agent's Recommendation] on all five checks, as JSON in the format above.",
             )),
         ]
     }
@@ -335,16 +375,22 @@ impl Task for ScoreAll<'_> {
 }
 
 /// Judge one candidate.
-pub async fn judge(llm: &Llm, mode: Mode, profile: &Profile, input: &EvalInput) -> anyhow::Result<Judgement> {
+pub async fn judge(
+    llm: &Llm,
+    (mode, layout): (Mode, Layout),
+    profile: &Profile,
+    input: &EvalInput,
+) -> anyhow::Result<Judgement> {
     let (scores, fallbacks) = match mode {
         Mode::Separate => {
-            let tasks: Vec<ScoreCheck> = Check::ALL.iter().map(|&check| ScoreCheck { profile, check, input }).collect();
+            let tasks: Vec<ScoreCheck> =
+                Check::ALL.iter().map(|&check| ScoreCheck { profile, check, input, layout }).collect();
             let outs = try_join_all(tasks.iter().map(|t| llm.run(t))).await?;
             let fb = outs.iter().filter(|o| o.fallback).count() as u32;
             (outs.into_iter().map(|o| o.value).collect::<Vec<_>>(), fb)
         }
         Mode::All => {
-            let o = llm.run(&ScoreAll { profile, input }).await?;
+            let o = llm.run(&ScoreAll { profile, input, layout }).await?;
             (o.value, o.fallback as u32)
         }
     };
@@ -403,8 +449,9 @@ impl Task for Revise<'_> {
                 "You rewrite the recommendation so it suits you better, guided by your criteria and by how you graded it.",
             )),
             Message::user(format!(
-                "{}\n\n[Criteria]\n{}\n\n[Evaluation]\nScore: {}\nReason: {}\n\nWrite a better recommendation for this moment; \"No Recommendation\" is fine when staying quiet is the better choice. Reply as {{\"Revision\": \"...\"}}.",
-                context(self.profile, self.input),
+                "{}\n\n{}\n\n[Criteria]\n{}\n\n[Evaluation]\nScore: {}\nReason: {}\n\nWrite a better recommendation for this moment; \"No Recommendation\" is fine when staying quiet is the better choice. Reply as {{\"Revision\": \"...\"}}.",
+                persona(self.profile, self.input),
+                moment(self.profile, self.input),
                 self.profile.rubric_text(),
                 self.judgement.score_string(),
                 self.judgement.reason.trim()

@@ -126,6 +126,13 @@ choice!(
     /// `separate`: one evaluator call per rubric dimension; `all`: one call for every dimension.
     Evaluation { Separate => ["separate", "seperate"], All => ["all"] });
 choice!(
+    /// Where each evaluator check's prompt puts its own part (the dimension's rubric, what to
+    /// weigh, the answer format, the worked examples): `original` after the moment (memory,
+    /// action, recommendation), as the original's templates; `rubric_first` before it, so that
+    /// all but the moment is the same from step to step and a prefix cache (the local engine's,
+    /// a provider's prompt caching) serves it.
+    EvaluatorLayout { Original => ["original"], RubricFirst => ["rubric_first"] });
+choice!(
     /// Probability (percent) that the first ranking candidate is forced to "No Recommendation".
     NoRecRatio { P0 => ["0", "norec0"], P30 => ["30", "norec30"], P70 => ["70", "norec70"], P100 => ["100", "norec100"] });
 choice!(
@@ -400,6 +407,10 @@ pub struct SimSettings {
     pub evaluator_model: String,
     /// 11. separate / all.
     pub evaluation: Evaluation,
+    /// Order of each evaluator prompt's parts (not the original's 14: it had one). Left out of
+    /// files when `original`, so manifests written before it existed still match.
+    #[serde(skip_serializing_if = "EvaluatorLayout::is_default")]
+    pub evaluator_layout: EvaluatorLayout,
     /// 12. 0 / 30 / 70 / 100.
     pub forced_norec_ratio: NoRecRatio,
     /// 13. drive from a browser (true) or headless (false).
@@ -462,6 +473,7 @@ impl Default for SimSettings {
             memory_level: MemoryLevel::As,
             evaluator_model: "gemini-2.0".into(),
             evaluation: Evaluation::Separate,
+            evaluator_layout: EvaluatorLayout::Original,
             forced_norec_ratio: NoRecRatio::P0,
             visualization: false,
             replay_buffer: ReplayMode::Equally200,
@@ -480,6 +492,12 @@ impl Default for SimSettings {
             train_weights: TrainWeights::Quantized,
             durable: true,
         }
+    }
+}
+
+impl EvaluatorLayout {
+    fn is_default(&self) -> bool {
+        *self == EvaluatorLayout::Original
     }
 }
 
@@ -753,6 +771,7 @@ impl SimSettings {
         "memory_level",
         "evaluator_model",
         "evaluation",
+        "evaluator_layout",
         "forced_norec_ratio",
         "visualization",
         "replay_buffer",
@@ -785,6 +804,7 @@ impl SimSettings {
             "reason_mode" => self.reason_mode = choice(key, v)?,
             "memory_level" => self.memory_level = choice(key, v)?,
             "evaluation" => self.evaluation = choice(key, v)?,
+            "evaluator_layout" => self.evaluator_layout = choice(key, v)?,
             "forced_norec_ratio" => self.forced_norec_ratio = choice(key, v)?,
             "replay_buffer" => self.replay_buffer = choice(key, v)?,
             "persona_given" => self.persona_given = parse_bool(key, v)?,
