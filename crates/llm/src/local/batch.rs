@@ -4,12 +4,12 @@
 //! A forward takes a ragged batch: for each sequence, the tokens that follow what its cache
 //! holds (a whole prompt remainder, or the one token just sampled). The linear layers run over
 //! all rows at once, which is where batching pays: a decode step of ten sequences reads the
-//! weights once instead of ten times. Attention runs per sequence against its own cache.
+//! weights once instead of ten times. Attention runs per row against its sequence's cache.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use propersim_kernels::attention::{key_index, KEY_TILE};
 
 use crate::model::lora::AdapterSlot;
 
@@ -20,8 +20,9 @@ pub trait BatchLm: Send {
     /// Feed each `(cache, tokens)` pair: `tokens` follow the cache's positions and are appended
     /// to it. Returns the logits after the last token of each pair, in order. `dense` asks for
     /// the f32 weights (prompt passes); otherwise the quantized ones (decode steps). Either way
-    /// a pair's keys, values and logits are the same bits as when it is fed alone, so a
-    /// sequence's tokens do not depend on what it was batched with.
+    /// a pair's keys, values and logits are the same bits as when it is fed alone, and a
+    /// sequence's keys and values the same however its tokens were split between calls of one
+    /// kind, so its tokens depend neither on what it was batched with nor on the prefix cache.
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>>;
     /// Longest sequence the model covers.
     fn max_seq_len(&self) -> usize;
@@ -42,23 +43,29 @@ pub trait BatchLm: Send {
     }
 }
 
-/// The keys and values of one sequence, per layer `[kv_heads, capacity, head_dim]`, filled up
-/// to `len` positions. Preallocated: appending a token writes in place instead of copying the
+/// The keys and values of one sequence, per layer and key/value head, filled up to `len`
+/// positions: the keys transposed in tiles as the attention kernel reads them
+/// (`propersim_kernels::attention::key_index`, the capacity rounded up to whole tiles), the values
+/// `[capacity, head_dim]`. Preallocated: appending a token writes in place instead of copying the
 /// whole cache, which is what a concatenating cache costs per decode step.
 pub struct SeqKv {
-    layers: Vec<(Tensor, Tensor)>,
+    /// Per layer, its keys and its values, head after head.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    kv_heads: usize,
+    head_dim: usize,
     len: usize,
     capacity: usize,
 }
 
 impl SeqKv {
     pub fn new(n_layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Result<SeqKv> {
-        let mut layers = Vec::with_capacity(n_layers);
-        for _ in 0..n_layers {
-            let z = || Tensor::zeros((kv_heads, capacity, head_dim), DType::F32, &Device::Cpu);
-            layers.push((z()?, z()?));
-        }
-        Ok(SeqKv { layers, len: 0, capacity })
+        let size = |cap: usize| kv_heads.checked_mul(head_dim).and_then(|x| x.checked_mul(cap));
+        let (Some(kn), Some(vn)) = (size(capacity.div_ceil(KEY_TILE) * KEY_TILE), size(capacity)) else {
+            bail!("a cache of {capacity} positions is too large");
+        };
+        // Zeroed allocations: the pages are only touched as positions are written.
+        let layers = (0..n_layers).map(|_| (vec![0f32; kn], vec![0f32; vn])).collect();
+        Ok(SeqKv { layers, kv_heads, head_dim, len: 0, capacity })
     }
 
     /// Positions filled.
@@ -76,47 +83,43 @@ impl SeqKv {
 
     /// Memory held (the whole capacity).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.elem_count() + v.elem_count()) * 4).sum()
+        self.layers.iter().map(|(k, v)| (k.len() + v.len()) * 4).sum()
     }
 
-    /// Write `k` and `v` (`[kv_heads, t, head_dim]`, contiguous) of `layer` at position `pos`.
-    pub fn write(&self, layer: usize, pos: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (kc, vc) = &self.layers[layer];
-        kc.slice_set(k, 1, pos)?;
-        vc.slice_set(v, 1, pos)?;
+    /// Values of one key head (a whole number of tiles).
+    fn key_head_len(&self) -> usize {
+        self.capacity.div_ceil(KEY_TILE) * KEY_TILE * self.head_dim
+    }
+
+    /// Write the keys and values of `t` positions of `layer` from `pos` on: `k` and `v` are
+    /// `[t, kv_heads·head_dim]`, row-major (as the projections produce them).
+    pub fn write_rows(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let (heads, hd, cap) = (self.kv_heads, self.head_dim, self.capacity);
+        let width = heads * hd;
+        let t = k.len() / width.max(1);
+        if k.len() != t * width || v.len() != k.len() || pos + t > cap || layer >= self.layers.len() {
+            bail!("{t} positions from {pos} do not fit a cache of {cap} ({} values for rows of {width})", k.len());
+        }
+        let key_head = self.key_head_len();
+        let (kc, vc) = &mut self.layers[layer];
+        for (r, (krow, vrow)) in k.chunks_exact(width).zip(v.chunks_exact(width)).enumerate() {
+            for (h, (kh, vh)) in krow.chunks_exact(hd).zip(vrow.chunks_exact(hd)).enumerate() {
+                for (d, x) in kh.iter().enumerate() {
+                    kc[h * key_head + key_index(pos + r, d, hd)] = *x;
+                }
+                let at = (h * cap + pos + r) * hd;
+                vc[at..at + hd].copy_from_slice(vh);
+            }
+        }
         Ok(())
     }
 
-    /// Write one position's keys and values (`kv_heads·head_dim` values each, head-major) of
-    /// `layer` at `pos`.
-    pub fn write_row(&self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
-        let (kc, _) = &self.layers[layer];
-        let (heads, _, hd) = kc.dims3()?;
-        let row = |x: &[f32]| Tensor::from_slice(x, (heads, 1, hd), &Device::Cpu);
-        self.write(layer, pos, &row(k)?, &row(v)?)
-    }
-
-    /// Call `f` with `layer`'s whole key and value buffers, `[kv_heads, capacity, head_dim]`
-    /// (positions from `len` on hold stale values), and their capacity.
-    pub fn with_layer<R>(&self, layer: usize, f: impl FnOnce(&[f32], &[f32], usize) -> R) -> Result<R> {
-        let (kc, vc) = &self.layers[layer];
-        let capacity = kc.dims3()?.1;
-        let (ks, kl) = kc.storage_and_layout();
-        let (vs, vl) = vc.storage_and_layout();
-        match (&*ks, &*vs) {
-            (candle_core::Storage::Cpu(k), candle_core::Storage::Cpu(v)) => {
-                let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
-                let (k, v) = (&k[kl.start_offset()..], &v[vl.start_offset()..]);
-                Ok(f(&k[..kc.elem_count()], &v[..vc.elem_count()], capacity))
-            }
-            _ => bail!("a sequence's cache is not in CPU memory"),
-        }
-    }
-
-    /// Keys and values of `layer` for positions `0..upto`.
-    pub fn view(&self, layer: usize, upto: usize) -> Result<(Tensor, Tensor)> {
+    /// Key head `h` of `layer` (tiled, see [`SeqKv`]) and its value head (`[capacity,
+    /// head_dim]`); positions from `len` on hold stale values.
+    pub fn head(&self, layer: usize, h: usize) -> (&[f32], &[f32]) {
         let (k, v) = &self.layers[layer];
-        Ok((k.narrow(1, 0, upto)?, v.narrow(1, 0, upto)?))
+        let (kn, vn) = (self.key_head_len(), self.capacity * self.head_dim);
+        (&k[h * kn..(h + 1) * kn], &v[h * vn..(h + 1) * vn])
     }
 
     /// Mark `len` positions as filled (after every layer was written).
@@ -128,21 +131,32 @@ impl SeqKv {
     /// keeps).
     pub fn compact(&self, len: usize) -> Result<SeqKv> {
         let len = len.min(self.len);
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (k, v) in &self.layers {
-            layers.push((k.narrow(1, 0, len)?.contiguous()?, v.narrow(1, 0, len)?.contiguous()?));
-        }
-        Ok(SeqKv { layers, len, capacity: len })
+        let mut out = SeqKv::new(self.layers.len(), self.kv_heads, self.head_dim, len)?;
+        self.copy_prefix(len, &mut out)?;
+        Ok(out)
     }
 
     /// Copy the first `n` positions of `self` into the empty cache `into`.
     pub fn copy_prefix(&self, n: usize, into: &mut SeqKv) -> Result<()> {
         let n = n.min(self.len).min(into.capacity);
-        if n == 0 {
-            return Ok(());
+        if (into.kv_heads, into.head_dim, into.layers.len()) != (self.kv_heads, self.head_dim, self.layers.len()) {
+            bail!("the caches have different shapes");
         }
-        for (i, (k, v)) in self.layers.iter().enumerate() {
-            into.write(i, 0, &k.narrow(1, 0, n)?.contiguous()?, &v.narrow(1, 0, n)?.contiguous()?)?;
+        let hd = self.head_dim;
+        let (whole, rest) = (n / KEY_TILE * KEY_TILE, n % KEY_TILE);
+        let (kn, ikn) = (self.key_head_len(), into.key_head_len());
+        for ((k, v), (ik, iv)) in self.layers.iter().zip(&mut into.layers) {
+            for h in 0..self.kv_heads {
+                // Whole key tiles in one copy, then the first `rest` positions of the next.
+                let (src, dst) = (&k[h * kn..(h + 1) * kn], &mut ik[h * ikn..(h + 1) * ikn]);
+                dst[..whole * hd].copy_from_slice(&src[..whole * hd]);
+                for d in (0..hd).filter(|_| rest > 0) {
+                    let at = key_index(whole, d, hd);
+                    dst[at..at + rest].copy_from_slice(&src[at..at + rest]);
+                }
+                let (from, to) = (h * self.capacity * hd, h * into.capacity * hd);
+                iv[to..to + n * hd].copy_from_slice(&v[from..from + n * hd]);
+            }
         }
         into.len = n;
         Ok(())
@@ -245,8 +259,8 @@ mod tests {
 
     fn kv(len: usize) -> SeqKv {
         let mut s = SeqKv::new(1, 1, 2, len).unwrap();
-        let k = Tensor::arange(0f32, (2 * len) as f32, &Device::Cpu).unwrap().reshape((1, len, 2)).unwrap();
-        s.write(0, 0, &k, &k).unwrap();
+        let k: Vec<f32> = (0..2 * len).map(|x| x as f32).collect();
+        s.write_rows(0, 0, &k, &k).unwrap();
         s.set_len(len);
         s
     }
@@ -261,11 +275,53 @@ mod tests {
         let mut into = SeqKv::new(1, 1, 2, 8).unwrap();
         hit.kv.copy_prefix(hit.len, &mut into).unwrap();
         assert_eq!(into.len(), 3);
-        let (k, _) = into.view(0, 3).unwrap();
-        assert_eq!(k.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 1., 2., 3., 4., 5.]);
+        let keys = into.head(0, 0).0;
+        let got: Vec<f32> = (0..3).flat_map(|p| (0..2).map(move |d| keys[key_index(p, d, 2)])).collect();
+        assert_eq!(got, [0., 1., 2., 3., 4., 5.]);
         // The cap on reuse (a prompt must leave one token to compute) applies.
         assert_eq!(c.lookup(&[1, 2, 3, 4], 3).unwrap().len, 3);
         assert!(c.lookup(&[5], 1).is_none());
+    }
+
+    #[test]
+    fn rows_land_in_their_heads_and_copies_keep_them_at_any_capacity() {
+        // Two heads of three values; rows [t, heads·head_dim] as a projection writes them.
+        let (hd, n) = (3, 20);
+        let mut s = SeqKv::new(2, 2, hd, 21).unwrap();
+        let k: Vec<f32> = (0..n * 2 * hd).map(|x| x as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        s.write_rows(1, 0, &k[..6], &v[..6]).unwrap();
+        s.write_rows(1, 1, &k[6..], &v[6..]).unwrap();
+        s.set_len(n);
+        // Position p, head h, dimension d came from k[p·6 + h·3 + d].
+        let check = |s: &SeqKv| {
+            for h in 0..2 {
+                let (keys, values) = s.head(1, h);
+                for p in 0..n {
+                    for d in 0..hd {
+                        let want = (p * 2 * hd + h * hd + d) as f32;
+                        assert_eq!(keys[key_index(p, d, hd)], want, "key {p} {h} {d}");
+                        assert_eq!(values[p * hd + d], -want, "value {p} {h} {d}");
+                    }
+                }
+            }
+        };
+        check(&s);
+        // The compact copy ends at 20 positions (two tiles, the second partial).
+        let c = s.compact(n).unwrap();
+        assert_eq!(c.capacity(), n);
+        check(&c);
+        // And a copy of whole tiles that fills its target exactly.
+        let mut exact = SeqKv::new(2, 2, hd, 16).unwrap();
+        s.copy_prefix(16, &mut exact).unwrap();
+        assert_eq!(exact.head(1, 1).0[key_index(15, 2, hd)], (15 * 2 * hd + hd + 2) as f32);
+        let mut into = SeqKv::new(2, 2, hd, 40).unwrap();
+        c.copy_prefix(n, &mut into).unwrap();
+        check(&into);
+        // Past the capacity, or rows of the wrong width: an error, nothing written.
+        assert!(s.write_rows(0, 20, &k[..12], &v[..12]).is_err());
+        assert!(s.write_rows(0, 0, &k[..5], &v[..5]).is_err());
+        assert!(SeqKv::new(1, 1, 3, 2).unwrap().copy_prefix(1, &mut into).is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! The token budget is part of the constraint: a free-text field can run past `max_tokens` (a
 //! 135M model writes 300-character strings of run-together words), and a cut answer does not
 //! parse, costing a retry. So in its last [`CLOSE_RESERVE`] tokens the answer may only close
-//! what is open (`"`, `}`, `]`) wherever the grammar allows that, and it ends complete.
+//! what is open (`"`, `}`, `]`) wherever the grammar allows that, and it ends complete. Inside a
+//! string `}` and `]` are only more text, so there a token that starts with `"` (one that ends
+//! the string) is required whenever the grammar allows one.
 
 use std::sync::Arc;
 
@@ -26,8 +28,15 @@ use super::tokenizer::Tokenizer;
 #[derive(Clone)]
 pub struct Grammars {
     factory: Arc<ParserFactory>,
-    /// Tokens made only of `"`, `}` and `]`: what an answer short of tokens may still write.
-    closers: Arc<[u32]>,
+    /// Tokens made only of `"`, `}` and `]`: what an answer short of tokens may still write;
+    /// those starting with `"` first.
+    closers: Arc<Closers>,
+}
+
+/// The closing tokens, split by whether they start with `"`.
+struct Closers {
+    quote: Vec<u32>,
+    other: Vec<u32>,
 }
 
 /// The last tokens of the budget, in which an open answer is closed (a string's `"`, then what
@@ -48,15 +57,16 @@ impl Grammars {
         let n_vocab = n_vocab.max(bt.tokrx_info().vocab_size as usize);
         let env = bt.into_tok_env(Some(n_vocab))?;
         let trie = env.tok_trie();
-        let closers: Vec<u32> = (0..trie.vocab_size() as u32)
+        let (quote, other) = (0..trie.vocab_size() as u32)
             .filter(|&t| {
                 let b = trie.token(t);
                 !b.is_empty() && !trie.is_special_token(t) && b.iter().all(|c| matches!(c, b'"' | b'}' | b']'))
             })
-            .collect();
+            .partition(|&t| trie.token(t)[0] == b'"');
+        let closers = Closers { quote, other };
         let mut factory = ParserFactory::new_simple(&env)?;
         factory.quiet();
-        Ok(Grammars { factory: Arc::new(factory), closers: closers.into() })
+        Ok(Grammars { factory: Arc::new(factory), closers: Arc::new(closers) })
     }
 
     /// A fresh constraint for one answer of `schema`.
@@ -80,7 +90,7 @@ impl Grammars {
 /// The grammar state of one generation.
 pub struct Constraint {
     matcher: Matcher,
-    closers: Arc<[u32]>,
+    closers: Arc<Closers>,
 }
 
 impl Constraint {
@@ -89,10 +99,13 @@ impl Constraint {
     /// [`CLOSE_RESERVE`], only closing tokens remain wherever the grammar allows one.
     pub fn mask(&mut self, logits: &mut [f32], tokens_left: usize) -> Result<()> {
         let allowed = self.matcher.compute_mask_or_eos().map_err(|e| anyhow!("grammar mask: {e}"))?;
-        let closing: Vec<u32> = if tokens_left <= CLOSE_RESERVE {
-            self.closers.iter().copied().filter(|&t| allowed.is_allowed(t) && (t as usize) < logits.len()).collect()
-        } else {
+        let ok = |set: &[u32]| -> Vec<u32> {
+            set.iter().copied().filter(|&t| allowed.is_allowed(t) && (t as usize) < logits.len()).collect()
+        };
+        let closing = if tokens_left > CLOSE_RESERVE {
             Vec::new()
+        } else {
+            Some(ok(&self.closers.quote)).filter(|q| !q.is_empty()).unwrap_or_else(|| ok(&self.closers.other))
         };
         if !closing.is_empty() {
             let keep: Vec<(u32, f32)> = closing.iter().map(|&t| (t, logits[t as usize])).collect();

@@ -34,18 +34,18 @@ use crate::model::CausalLm;
 /// Single-sequence models are fed prompts in slices of this many tokens, bounding the
 /// attention matrix's memory.
 const PREFILL_CHUNK: usize = 512;
-/// The batched engine computes prompts in blocks of this many positions, aligned at multiples of
-/// it, and reuses cached prefixes in whole blocks. A position's keys and values are then always
-/// computed in the same attention shapes, so a prompt that starts from the cache is
-/// bit-identical to the same prompt computed cold — and a seeded sample is the same with or
-/// without the cache (decode steps quantize their activations, which turns a last-bit
-/// difference into a different token within a few steps). The attention's matmuls over a long
-/// context round differently for different numbers of query rows, so a hit cannot end inside a
-/// block. (The linear layers' rows do not depend on the rows beside them, which is what lets
-/// prompts share their passes, see [`BatchLm::forward_batch`].) Blocks cost some prompt speed
-/// (the weights are read once per block; measured ~25% at 64 for a lone prompt) and up to a
-/// block of reuse per prompt; the prefix cache saves far more.
+/// The batched engine computes prompts in passes of at most this many positions per prompt,
+/// aligned at multiples of it, which bounds a pass's memory. Where a pass starts does not change
+/// any result: every row is computed on its own (see [`BatchLm::forward_batch`]), so a prompt
+/// that starts from a cached prefix of any length is bit-identical to the same prompt computed
+/// cold, and a seeded sample is the same with or without the cache (decode steps quantize their
+/// activations, which would turn a last-bit difference into a different token within a few
+/// steps).
 pub const PROMPT_BLOCK: usize = 64;
+/// A prompt that shares at least this many uncached tokens with one already starting waits for
+/// the next round of passes and takes them from the cache; fewer are cheaper to compute twice
+/// than to spend a round on.
+const DEFER_MIN_SHARED: usize = 16;
 /// Default cap on sequences decoded together.
 pub const DEFAULT_MAX_BATCH: usize = 16;
 /// Default memory cap of the prefix cache (`prefix_cache_mb`).
@@ -404,9 +404,9 @@ impl Worker {
     }
 
     /// The prompt passes of requests that start together, each from its longest cached prefix,
-    /// then their first tokens. Their blocks go through the model together: one pass over the
+    /// then their first tokens. Their passes go through the model together: one pass over the
     /// weights per block position instead of one per request, with the same bits as alone (see
-    /// [`BatchLm::forward_batch`]). A prompt that shares uncached blocks with one already in the
+    /// [`BatchLm::forward_batch`]). A prompt that shares uncached tokens with one already in the
     /// group waits for the next round, which takes them from the cache instead of computing them
     /// twice: the two candidates' checks of one dimension share everything up to the
     /// recommendation.
@@ -415,12 +415,12 @@ impl Worker {
             let mut round: Vec<(Request, SeqKv, usize)> = Vec::new();
             let mut later = Vec::new();
             for req in waiting {
-                // Whole blocks only (see `PROMPT_BLOCK`), and at least the last prompt token is
-                // computed: its logits start the answer.
-                let most = (req.prompt.len() - 1) / PROMPT_BLOCK * PROMPT_BLOCK;
-                let whole = |n: usize| n.min(most) / PROMPT_BLOCK * PROMPT_BLOCK;
-                let cached = self.cache.lookup(&req.prompt, most).map_or(0, |hit| whole(hit.len));
-                let shares = round.iter().any(|(r, _, _)| whole(common_prefix(&r.prompt, &req.prompt)) > cached);
+                // At least the last prompt token is computed: its logits start the answer.
+                let most = req.prompt.len() - 1;
+                let cached = self.cache.lookup(&req.prompt, most).map_or(0, |hit| hit.len);
+                let shares = round
+                    .iter()
+                    .any(|(r, _, _)| common_prefix(&r.prompt, &req.prompt).min(most) >= cached + DEFER_MIN_SHARED);
                 if shares {
                     later.push(req);
                     continue;
@@ -482,12 +482,12 @@ impl Worker {
                 self.stats.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
             }
             // Requests that arrive together often share this prompt (the candidates of a step,
-            // the evaluator's checks): keep a copy of its whole blocks for them. Generated
-            // tokens are never cached: decode steps compute them differently from a prompt pass.
-            let whole = prompt.len() / PROMPT_BLOCK * PROMPT_BLOCK;
-            if self.options.prefix_cache_bytes > 0 && whole > reused {
-                if let Ok(copy) = kv.compact(whole) {
-                    self.cache.insert(prompt[..whole].to_vec(), copy);
+            // the evaluator's checks): keep a copy of it for them. Generated tokens are never
+            // cached: decode steps compute them with the quantized weights, a prompt pass with
+            // the dense ones.
+            if self.options.prefix_cache_bytes > 0 && prompt.len() > reused {
+                if let Ok(copy) = kv.compact(prompt.len()) {
+                    self.cache.insert(prompt.clone(), copy);
                     self.note_cache();
                 }
             }
@@ -589,8 +589,8 @@ impl Worker {
     }
 }
 
-/// The blocks of positions `start..end` (`start` a multiple of [`PROMPT_BLOCK`]): each ends at
-/// the next multiple of the block, or at `end`.
+/// The passes of positions `start..end`: each ends at the next multiple of [`PROMPT_BLOCK`], or
+/// at `end`.
 fn prompt_blocks(start: usize, end: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut at = start;
@@ -792,11 +792,10 @@ mod tests {
                 self.rows.fetch_add(toks.len(), Ordering::SeqCst);
                 let start = kv.len();
                 let t: Vec<f32> = toks.iter().map(|&x| x as f32).collect();
-                let v = Tensor::from_vec(t, (1, toks.len(), 1), &Device::Cpu)?;
-                kv.write(0, start, &v, &v)?;
+                kv.write_rows(0, start, &t, &t)?;
                 kv.set_len(start + toks.len());
-                let (k, _) = kv.view(0, kv.len())?;
-                let sum: f32 = k.flatten_all()?.to_vec1::<f32>()?.iter().sum();
+                // One head of one dimension: the keys lie in position order.
+                let sum: f32 = kv.head(0, 0).0[..kv.len()].iter().sum();
                 let mut l = vec![0f32; 1000];
                 l[(sum as usize) % 1000] = 10.0;
                 out.push(l);
@@ -819,10 +818,12 @@ mod tests {
         )
     }
 
-    /// Six prompts sharing their first 2 blocks and a bit, then differing.
+    /// How many leading tokens [`prompts`] share: two passes and a bit.
+    const SHARED: usize = 2 * PROMPT_BLOCK + 5;
+
+    /// Six prompts sharing their first [`SHARED`] tokens, then differing.
     fn prompts() -> Vec<Vec<u32>> {
-        let shared = 2 * PROMPT_BLOCK as u32 + 5;
-        (0..6u32).map(|i| (1..=shared).chain([i * 7 + 1, i + 2]).collect()).collect()
+        (0..6u32).map(|i| (1..=SHARED as u32).chain([i * 7 + 1, i + 2]).collect()).collect()
     }
 
     #[tokio::test]
@@ -860,18 +861,18 @@ mod tests {
             got.push(g.tokens);
         }
         assert_eq!(got, expected);
-        // Every prompt after the first shares its first two whole blocks with an earlier one.
-        assert_eq!(reused, 5 * 2 * PROMPT_BLOCK);
+        // Every prompt after the first shares its first SHARED tokens with an earlier one.
+        assert_eq!(reused, 5 * SHARED);
         assert_eq!(warm.stats().prefix_hits.load(Ordering::SeqCst), 5);
         let len = prompts()[0].len();
         let decoded = 6 * 5;
         assert!(
-            rows.load(Ordering::SeqCst) < 6 * len + decoded - 5 * 2 * PROMPT_BLOCK + 1,
+            rows.load(Ordering::SeqCst) < 6 * len + decoded - 5 * SHARED + 1,
             "cached prompt tokens were recomputed"
         );
-        // The same prompt again reuses its whole blocks.
+        // The same prompt again reuses all but its last token, whose logits start the answer.
         let g = warm.generate(prompts()[2].clone(), greedy(5), None).await.unwrap();
-        assert_eq!((g.reused_tokens, g.tokens.clone()), (2 * PROMPT_BLOCK, expected[2].clone()));
+        assert_eq!((g.reused_tokens, g.tokens.clone()), (len - 1, expected[2].clone()));
     }
 
     #[test]
@@ -879,12 +880,13 @@ mod tests {
         let b = PROMPT_BLOCK;
         assert_eq!(prompt_blocks(0, 2 * b + 3), vec![0..b, b..2 * b, 2 * b..2 * b + 3]);
         assert_eq!(prompt_blocks(b, b + 1), vec![b..b + 1]);
+        assert_eq!(prompt_blocks(b + 60, 2 * b + 3), vec![b + 60..2 * b, 2 * b..2 * b + 3]);
         assert_eq!(prompt_blocks(0, 5), vec![0..5]);
         assert!(prompt_blocks(3, 3).is_empty());
     }
 
     #[test]
-    fn prompts_that_start_together_share_their_passes_and_compute_shared_blocks_once() {
+    fn prompts_that_start_together_share_their_passes_and_compute_shared_tokens_once() {
         let (rows, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let m = SumModel { rows: rows.clone(), batches: batches.clone() };
         let opts = EngineOptions { max_batch: 8, prefix_cache_bytes: 1 << 20 };
@@ -911,13 +913,15 @@ mod tests {
             w.decode_step();
         }
         let got: Vec<Generation> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap().unwrap()).collect();
-        // The first prompt's three blocks, then the other five together: their shared first two
-        // blocks come from the cache the first filled, their differing tails in one pass.
+        // The first prompt's three passes, then the other five together: their shared tokens
+        // come from the cache the first filled, their differing tails in one pass.
         assert_eq!(prompt_passes, 3 + 1);
         let len = prompts()[0].len();
-        assert_eq!(prompt_rows, len + 5 * (len - 2 * PROMPT_BLOCK));
-        let b2 = 2 * PROMPT_BLOCK;
-        assert_eq!(got.iter().map(|g| g.reused_tokens).collect::<Vec<_>>(), [0, b2, b2, b2, b2, b2]);
+        assert_eq!(prompt_rows, len + 5 * (len - SHARED));
+        assert_eq!(
+            got.iter().map(|g| g.reused_tokens).collect::<Vec<_>>(),
+            [0, SHARED, SHARED, SHARED, SHARED, SHARED]
+        );
         // And the answers are those of the prompts computed alone and cold.
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (alone, _, _) = sum_engine(0);

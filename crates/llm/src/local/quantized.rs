@@ -19,6 +19,7 @@ use super::engine::EngineModel;
 use super::gguf::{self, GgufMeta, LoadMode};
 use crate::model::lora::{AdapterSlot, LoraAdapter, LoraTarget};
 use crate::model::CausalLm;
+use propersim_kernels::attention::attend_group;
 use propersim_kernels::qmatmul::{Format, QuantMatrix};
 
 enum Weights {
@@ -210,13 +211,19 @@ impl DualLinear {
                 q.forward(&t)?.flatten_all()?.to_vec1::<f32>()?
             }
         };
+        self.add_bias(&mut y)?;
+        Ok(y)
+    }
+
+    /// Add the bias, if any, to each row of `y`.
+    fn add_bias(&self, y: &mut [f32]) -> Result<()> {
         if let Some(b) = &self.bias {
             let b = b.to_vec1::<f32>()?;
             for row in y.chunks_exact_mut(b.len()) {
                 row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);
             }
         }
-        Ok(y)
+        Ok(())
     }
 }
 
@@ -426,8 +433,17 @@ impl DualModel {
         self.layers.iter_mut().for_each(|l| l.kv = None);
     }
 
-    /// Projection `t` of layer `li`: the base weights, plus the adapter's low-rank correction.
+    /// Projection `t` of layer `li` on the rows `x` (`[rows, in]`): the base weights, plus the
+    /// adapter's low-rank correction.
     fn linear(&self, li: usize, t: LoraTarget, x: &Tensor, dense: bool) -> Result<Tensor> {
+        if dense && x.dim(0)? == 1 {
+            // gemm multiplies a lone row with its matrix-vector kernel, which rounds differently
+            // from the rows of a larger product (those come out the same whatever rows are
+            // beside them, checked on this model's shapes). A lone row is multiplied as one of
+            // two, so that a position's values do not depend on how its prompt was split into
+            // passes or what was batched with it.
+            return Ok(self.linear(li, t, &Tensor::cat(&[x, x], 0)?, dense)?.narrow(0, 0, 1)?);
+        }
         let w = self.layers[li].projection(t);
         let y = w.forward_with(x, dense)?;
         match self.lora.as_ref().map(|a| a.delta(li, t, x, false)).transpose()?.flatten() {
@@ -448,140 +464,81 @@ impl DualModel {
         }
     }
 
-    /// Attention of one sequence's new rows (`q`: `[t, heads, 1, head_dim]`, `k`:
-    /// `[t, kv_heads, 1, head_dim]`, both rotated; `v`: `[t, kv_heads*head_dim]`) at positions
-    /// `pos..pos+t`, against its cache, which they join. The query heads that share a key/value
-    /// head are stacked as rows of one matmul, so the cache is never repeated per head.
-    fn attend(&self, kv: &SeqKv, li: usize, pos: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    /// Attention of every new row of a pass (`q`: `[rows, n_head·head_dim]`, rotated; `rows`:
+    /// each row's sequence in `kvs` and position, whose keys and values its cache already
+    /// holds). Each (row, key/value head) is computed on its own by the kernel (see
+    /// `propersim_kernels::attention`), all of them in one parallel dispatch, a head's rows one
+    /// after another so that its keys and values stay in cache.
+    fn attend_rows(&self, li: usize, kvs: &[&SeqKv], rows: &[(usize, usize)], q: &[f32]) -> Vec<f32> {
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let t = q.dim(0)?;
-        let rep = nh / nkv;
-        let (q, k, v) = if t == 1 {
-            // One row: the head-major layouts are views of the row-major ones.
-            (q.reshape((nkv, rep, hd))?, k.reshape((nkv, 1, hd))?, v.reshape((nkv, 1, hd))?)
-        } else {
-            (
-                q.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?.reshape((nkv, rep * t, hd))?,
-                k.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?,
-                v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?,
-            )
-        };
-        kv.write(li, pos, &k, &v)?;
-        let (kc, vc) = kv.view(li, pos + t)?;
-        let att = q.matmul(&kc.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let att = if t > 1 {
-            // Row r of a group is query position pos + r % t; it sees keys 0..=pos + r % t.
-            let total = pos + t;
-            let mask: Vec<f32> = (0..rep * t)
-                .flat_map(|r| (0..total).map(move |j| if j > pos + r % t { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            att.broadcast_add(&Tensor::from_vec(mask, (rep * t, total), &Device::Cpu)?)?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&vc)?; // [nkv, rep*t, hd]
-        if t == 1 {
-            return Ok(y.reshape((1, nh * hd))?);
-        }
-        Ok(y.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?)
+        let group = nh / nkv * hd;
+        let mut y = vec![0f32; rows.len() * nh * hd];
+        let out = y.as_mut_ptr() as usize;
+        candle_core::utils::barrier_pool().execute_chunked(rows.len() * nkv, |units| {
+            let mut scratch = Vec::new();
+            for u in units {
+                let (g, r) = (u / rows.len(), u % rows.len());
+                let (seq, pos) = rows[r];
+                let (keys, values) = kvs[seq].head(li, g);
+                let at = r * nh * hd + g * group;
+                // SAFETY: unit u (row r, head g) alone writes y[at..at + group], and `y` outlives
+                // the dispatch.
+                let out = unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(at), group) };
+                let cap = kvs[seq].capacity();
+                attend_group(&q[at..at + group], keys, values, cap, pos + 1, hd, out, &mut scratch);
+            }
+        });
+        y
     }
 
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>> {
         use candle_core::Module;
-        if !dense && self.plain.is_some() && items.iter().all(|(_, t)| t.len() == 1) {
+        // A sequence's result must not depend on what it is batched with, nor on how its prompt
+        // was split into passes. Every path here computes each row on its own: the attention
+        // kernel takes one (row, head) at a time, the decode weights' kernel one row at a time,
+        // and gemm's rows are the same whatever rows are beside them once there are two or more
+        // (see `linear`).
+        if !dense && self.plain.is_some() {
             return self.decode_step(items);
         }
-        if items.iter().any(|(_, t)| t.is_empty()) {
-            bail!("every sequence in a batch needs at least one new token");
-        }
-        // A sequence's result must not depend on what it is batched with, so inputs that take
-        // different paths are computed apart. In a prompt pass gemm multiplies a lone row with
-        // its matrix-vector kernel, which rounds differently from the rows of a larger product
-        // (whose rows come out the same whatever rows are beside them, checked on this model's
-        // shapes): a one-token slice runs alone, as it would if it came alone. In a decode step
-        // the one-token rows take the plain decode path and a sequence fed several tokens (the
-        // ones its grammar forces) the tensor path, whose attention rounds differently: before,
-        // one such sequence sent all the others down the tensor path too.
-        let single = |t: &[u32]| t.len() == 1;
-        let mixed = items.iter().any(|(_, t)| single(t)) && items.iter().any(|(_, t)| !single(t));
-        if items.len() > 1 && ((dense && items.iter().any(|(_, t)| single(t))) || (!dense && mixed)) {
-            let mut logits = vec![Vec::new(); items.len()];
-            let (ones, rest): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| single(items[i].1));
-            let groups: Vec<Vec<usize>> =
-                if dense { ones.into_iter().map(|i| vec![i]).chain([rest]).collect() } else { vec![ones, rest] };
-            let mut parts: Vec<Option<&mut (&mut SeqKv, &[u32])>> = items.iter_mut().map(Some).collect();
-            for idx in groups.into_iter().filter(|g| !g.is_empty()) {
-                let mut group: Vec<(&mut SeqKv, &[u32])> = idx
-                    .iter()
-                    .map(|&i| parts[i].take().map(|(kv, t)| (&mut **kv, *t)).expect("each item once"))
-                    .collect();
-                for (i, l) in idx.into_iter().zip(self.forward_batch(&mut group, dense)?) {
-                    logits[i] = l;
-                }
-            }
-            return Ok(logits);
-        }
+        let rows = rows_of(items)?;
+        let n = rows.len();
         let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let lens: Vec<usize> = items.iter().map(|(_, t)| t.len()).collect();
-        let starts: Vec<usize> = items.iter().map(|(kv, _)| kv.len()).collect();
-        for ((kv, t), &start) in items.iter().zip(&starts) {
-            if start + t.len() > kv.capacity() {
-                bail!("sequence of {} tokens exceeds its cache of {}", start + t.len(), kv.capacity());
-            }
-        }
-        let n = ids.len();
-        // Each row's position, and its rotary cos/sin rows, shared by every layer.
-        let positions: Vec<u32> = starts.iter().zip(&lens).flat_map(|(&s, &t)| (s..s + t).map(|p| p as u32)).collect();
+        // Each row's rotary cos/sin rows, shared by every layer.
+        let positions: Vec<u32> = rows.iter().map(|&(_, p)| p as u32).collect();
         let positions = Tensor::from_vec(positions, n, &Device::Cpu)?;
         let half = self.cos.dim(1)?;
         let cs = (
             self.cos.index_select(&positions, 0)?.reshape((n, 1, half))?,
             self.sin.index_select(&positions, 0)?.reshape((n, 1, half))?,
         );
-        let (nh, nkv) = (self.n_head, self.n_kv_head);
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let mut x = self.embed.forward(&Tensor::from_vec(ids, n, &Device::Cpu)?)?; // [n, hidden]
         for li in 0..self.layers.len() {
             let h = self.layers[li].attn_norm.forward(&x)?;
-            let q = self.rope_rows(&self.linear(li, LoraTarget::Q, &h, dense)?, nh, &cs)?;
-            let k = self.rope_rows(&self.linear(li, LoraTarget::K, &h, dense)?, nkv, &cs)?;
-            let v = self.linear(li, LoraTarget::V, &h, dense)?;
-            let mut ys = Vec::with_capacity(items.len());
-            let mut row = 0;
-            for (i, (kv, _)) in items.iter().enumerate() {
-                let t = lens[i];
-                ys.push(self.attend(
-                    kv,
-                    li,
-                    starts[i],
-                    &q.narrow(0, row, t)?,
-                    &k.narrow(0, row, t)?,
-                    &v.narrow(0, row, t)?,
-                )?);
-                row += t;
-            }
-            let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
+            let q = flat(self.rope_rows(&self.linear(li, LoraTarget::Q, &h, dense)?, nh, &cs)?)?;
+            let k = flat(self.rope_rows(&self.linear(li, LoraTarget::K, &h, dense)?, nkv, &cs)?)?;
+            let v = flat(self.linear(li, LoraTarget::V, &h, dense)?)?;
+            write_kv(items, li, &k, &v)?;
+            let kvs: Vec<&SeqKv> = items.iter().map(|(kv, _)| &**kv).collect();
+            let y = Tensor::from_vec(self.attend_rows(li, &kvs, &rows, &q), (n, nh * hd), &Device::Cpu)?;
             let x1 = (self.linear(li, LoraTarget::O, &y, dense)? + &x)?;
             let h = self.layers[li].ffn_norm.forward(&x1)?;
             let gate = candle_nn::ops::silu(&self.linear(li, LoraTarget::Gate, &h, dense)?)?;
             let ff = (gate * self.linear(li, LoraTarget::Up, &h, dense)?)?;
             x = (self.linear(li, LoraTarget::Down, &ff, dense)? + x1)?;
         }
-        for (i, (kv, _)) in items.iter_mut().enumerate() {
-            kv.set_len(starts[i] + lens[i]);
+        for (kv, t) in items.iter_mut() {
+            let len = kv.len() + t.len();
+            kv.set_len(len);
         }
-        let last: Vec<u32> = lens
-            .iter()
-            .scan(0usize, |end, &t| {
-                *end += t;
-                Some((*end - 1) as u32)
-            })
-            .collect();
+        let last: Vec<u32> = last_rows(items).into_iter().map(|r| r as u32).collect();
         let last = x.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?;
         let last = self.norm.forward(&last)?;
         let logits = if dense {
             // One matrix-vector product per prompt, as a prompt computed alone has, so that its
-            // logits do not depend on the prompts beside it (see above).
+            // logits do not depend on the prompts beside it.
             let rows: Vec<Tensor> = (0..items.len())
                 .map(|i| self.output.forward_with(&last.narrow(0, i, 1)?, dense))
                 .collect::<candle_core::Result<_>>()?;
@@ -593,85 +550,146 @@ impl DualModel {
     }
 }
 
+/// Each new row of a pass: its sequence (index in `items`) and position, checked against the
+/// sequence's capacity. Rows are laid out sequence after sequence.
+fn rows_of(items: &[(&mut SeqKv, &[u32])]) -> Result<Vec<(usize, usize)>> {
+    let mut rows = Vec::new();
+    for (i, (kv, t)) in items.iter().enumerate() {
+        if t.is_empty() {
+            bail!("every sequence in a batch needs at least one new token");
+        }
+        let start = kv.len();
+        if start + t.len() > kv.capacity() {
+            bail!("sequence of {} tokens exceeds its cache of {}", start + t.len(), kv.capacity());
+        }
+        rows.extend((start..start + t.len()).map(|p| (i, p)));
+    }
+    Ok(rows)
+}
+
+/// The index of each sequence's last row in a pass.
+fn last_rows(items: &[(&mut SeqKv, &[u32])]) -> Vec<usize> {
+    items
+        .iter()
+        .scan(0usize, |end, (_, t)| {
+            *end += t.len();
+            Some(*end - 1)
+        })
+        .collect()
+}
+
+/// Write a layer's new keys and values (`[rows, kv_heads·head_dim]`, rows laid out as
+/// [`rows_of`] lays them) into each sequence's cache, after what it holds.
+fn write_kv(items: &mut [(&mut SeqKv, &[u32])], li: usize, k: &[f32], v: &[f32]) -> Result<()> {
+    let width = k.len() / items.iter().map(|(_, t)| t.len()).sum::<usize>().max(1);
+    let mut row = 0;
+    for (kv, t) in items.iter_mut() {
+        let span = row * width..(row + t.len()) * width;
+        let start = kv.len();
+        kv.write_rows(li, start, &k[span.clone()], &v[span])?;
+        row += t.len();
+    }
+    Ok(())
+}
+
 impl DualModel {
     /// The decode copy of projection `t` of layer `li` on `x` (rows of the layer's input), plus
     /// the adapter's low-rank correction.
     fn decode_linear(&self, li: usize, t: LoraTarget, x: &[f32]) -> Result<Vec<f32>> {
-        let w = self.layers[li].projection(t);
-        let mut y = w.decode_rows(x)?;
+        let mut y = self.layers[li].projection(t).decode_rows(x)?;
+        self.add_delta(li, t, x, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`DualModel::decode_linear`] of several projections of layer `li` on the same rows, in
+    /// one parallel dispatch where all of them have our kernel (see
+    /// `propersim_kernels::qmatmul::matmul_many`). The same bits as one at a time.
+    fn decode_linears<const N: usize>(&self, li: usize, ts: [LoraTarget; N], x: &[f32]) -> Result<[Vec<f32>; N]> {
+        let ws = ts.map(|t| self.layers[li].projection(t));
+        let ours: Option<Vec<&QuantMatrix>> =
+            ws.iter().map(|w| if let Decode::Ours(q) = &w.quant { Some(q) } else { None }).collect();
+        let mut ys = match ours {
+            Some(qs) => {
+                let mut ys: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; x.len() / qs[i].cols() * qs[i].rows()]);
+                let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(Vec::as_mut_slice).collect();
+                propersim_kernels::qmatmul::matmul_many(&qs, x, &mut outs)?;
+                for (w, y) in ws.iter().zip(&mut ys) {
+                    w.add_bias(y)?;
+                }
+                ys
+            }
+            None => {
+                let mut ys: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+                for (w, y) in ws.iter().zip(&mut ys) {
+                    *y = w.decode_rows(x)?;
+                }
+                ys
+            }
+        };
+        for (t, y) in ts.into_iter().zip(&mut ys) {
+            self.add_delta(li, t, x, y)?;
+        }
+        Ok(ys)
+    }
+
+    /// Add the adapter's low-rank correction of projection `t` of layer `li` on `x` to `y`.
+    fn add_delta(&self, li: usize, t: LoraTarget, x: &[f32], y: &mut [f32]) -> Result<()> {
         if let Some(a) = &self.lora {
-            let cols = w.dense.weight().dim(1)?;
+            let cols = self.layers[li].projection(t).dense.weight().dim(1)?;
             let xt = Tensor::from_slice(x, (x.len() / cols, cols), &Device::Cpu)?;
             if let Some(d) = a.delta(li, t, &xt, false)? {
                 let d = d.flatten_all()?.to_vec1::<f32>()?;
                 y.iter_mut().zip(&d).for_each(|(y, d)| *y += d);
             }
         }
-        Ok(y)
+        Ok(())
     }
 
-    /// One new token for each sequence: the same maths as the tensor path with the decode
-    /// weights, written on plain slices (`propersim_kernels::decode`), so that the step costs its
-    /// arithmetic rather than ~20 tensor ops a layer. Each row is computed on its own.
-    fn decode_step(&mut self, items: &mut [(&mut SeqKv, &[u32])]) -> Result<Vec<Vec<f32>>> {
+    /// A decode step: the sampled token of each sequence, or the several tokens its grammar
+    /// forces. The same maths as the tensor path with the decode weights, written on plain
+    /// slices (`propersim_kernels`), so that the step costs its arithmetic rather than ~20
+    /// tensor ops a layer. Each row is computed on its own.
+    fn decode_step(&self, items: &mut [(&mut SeqKv, &[u32])]) -> Result<Vec<Vec<f32>>> {
         use candle_core::Module;
-        use propersim_kernels::decode::{attend_head, rms_norm, rope, swiglu};
+        use propersim_kernels::decode::{rms_norm, rope, swiglu};
         let plain = self.plain.as_ref().expect("decode_step runs with the plain tables");
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let half = hd / 2;
-        let positions: Vec<usize> = items.iter().map(|(kv, _)| kv.len()).collect();
-        for ((kv, _), &p) in items.iter().zip(&positions) {
-            if p + 1 > kv.capacity() || p >= plain.cos.len() / half {
-                bail!("sequence of {} tokens exceeds its cache of {}", p + 1, kv.capacity());
-            }
+        let rows = rows_of(items)?;
+        if let Some(&(_, p)) = rows.iter().find(|&&(_, p)| p >= plain.cos.len() / half) {
+            bail!("position {p} is past the model's rotary table");
         }
-        let ids: Vec<u32> = items.iter().map(|(_, t)| t[0]).collect();
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let mut x = self.embed.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?;
         let mut h = vec![0f32; x.len()];
-        let mut y = vec![0f32; items.len() * nh * hd];
         for li in 0..self.layers.len() {
             rms_norm(&x, &self.layers[li].attn_norm_w, plain.eps, &mut h);
-            let mut q = self.decode_linear(li, LoraTarget::Q, &h)?;
-            let mut k = self.decode_linear(li, LoraTarget::K, &h)?;
-            let v = self.decode_linear(li, LoraTarget::V, &h)?;
-            for (r, (kv, _)) in items.iter().enumerate() {
-                let p = positions[r];
+            let [mut q, mut k, v] = self.decode_linears(li, [LoraTarget::Q, LoraTarget::K, LoraTarget::V], &h)?;
+            for (r, &(_, p)) in rows.iter().enumerate() {
                 let (cos, sin) = (&plain.cos[p * half..(p + 1) * half], &plain.sin[p * half..(p + 1) * half]);
-                let qr = &mut q[r * nh * hd..(r + 1) * nh * hd];
-                rope(qr, hd, cos, sin, self.neox);
-                let kr = &mut k[r * nkv * hd..(r + 1) * nkv * hd];
-                rope(kr, hd, cos, sin, self.neox);
-                kv.write_row(li, p, kr, &v[r * nkv * hd..(r + 1) * nkv * hd])?;
-                // The row's heads, split between the threads (each head writes its own part of
-                // `y`, in the same order whatever the split).
-                let (qr, out) = (&*qr, y[r * nh * hd..(r + 1) * nh * hd].as_mut_ptr() as usize);
-                kv.with_layer(li, |keys, values, cap| {
-                    candle_core::utils::barrier_pool().execute_chunked(nh, |range| {
-                        let mut scores = Vec::with_capacity(p + 1);
-                        for h in range {
-                            let g = h / (nh / nkv);
-                            let (keys, values) = (&keys[g * cap * hd..], &values[g * cap * hd..]);
-                            // SAFETY: head h alone writes y[r][h·hd..(h+1)·hd].
-                            let out = unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(h * hd), hd) };
-                            attend_head(&qr[h * hd..(h + 1) * hd], keys, values, p + 1, out, &mut scores);
-                        }
-                    })
-                })?;
+                rope(&mut q[r * nh * hd..(r + 1) * nh * hd], hd, cos, sin, self.neox);
+                rope(&mut k[r * nkv * hd..(r + 1) * nkv * hd], hd, cos, sin, self.neox);
             }
+            write_kv(items, li, &k, &v)?;
+            let kvs: Vec<&SeqKv> = items.iter().map(|(kv, _)| &**kv).collect();
+            let y = self.attend_rows(li, &kvs, &rows, &q);
             let o = self.decode_linear(li, LoraTarget::O, &y)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &self.layers[li].ffn_norm_w, plain.eps, &mut h);
-            let mut gate = self.decode_linear(li, LoraTarget::Gate, &h)?;
-            let up = self.decode_linear(li, LoraTarget::Up, &h)?;
+            let [mut gate, up] = self.decode_linears(li, [LoraTarget::Gate, LoraTarget::Up], &h)?;
             swiglu(&mut gate, &up);
             let down = self.decode_linear(li, LoraTarget::Down, &gate)?;
             x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
         }
-        for ((kv, _), &p) in items.iter_mut().zip(&positions) {
-            kv.set_len(p + 1);
+        for (kv, t) in items.iter_mut() {
+            let len = kv.len() + t.len();
+            kv.set_len(len);
         }
-        rms_norm(&x, &plain.norm_w, plain.eps, &mut h);
-        let logits = self.output.decode_rows(&h)?;
+        let dim = x.len() / rows.len();
+        let last: Vec<f32> = last_rows(items).into_iter().flat_map(|r| x[r * dim..(r + 1) * dim].to_vec()).collect();
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &plain.norm_w, plain.eps, &mut normed);
+        let logits = self.output.decode_rows(&normed)?;
         let vocab = logits.len() / items.len();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
