@@ -125,6 +125,7 @@ pub fn open_engine_shared(cfg: &Config, opts: &OpenOptions, shared: &Shared) -> 
     // Settings that cannot run are refused before anything is forked or written.
     cfg.check_models()?;
     cfg.check_mmlu()?;
+    cfg.check_training()?;
     let storage = &cfg.paths.storage;
     let fork = |force: bool| -> Result<SimDir> {
         let label = cfg.sim.train_mode_label();

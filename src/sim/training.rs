@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use futures::future::BoxFuture;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 
 use super::hooks::DayHook;
 use crate::config::{Config, ConfigError, ProviderKind, ReplayMode, Role, TrainMethod, TrainWeights};
@@ -23,6 +25,7 @@ use crate::llm::Llm;
 use crate::model::llama::{Llama, LlamaSession};
 use crate::model::lora::{AdapterSlot, PublishedAdapter};
 use crate::report::live::MetricsLog;
+use crate::suggestion::Suggestion;
 use crate::train::data::{read_pairs, PreferencePair};
 use crate::train::mmlu::MMLU_FILE;
 use crate::train::replay::ReplayBuffer;
@@ -46,6 +49,8 @@ pub struct Training {
     mode: ReplayMode,
     seed: u64,
     max_pairs: Option<usize>,
+    /// Draw the capped pairs from their three kinds in turn (`train_balance`).
+    balance: bool,
     adapters: PathBuf,
     /// `training.jsonl`: a line per finished day of training.
     log: PathBuf,
@@ -57,6 +62,8 @@ pub struct Training {
     pub provider: Arc<LocalProvider>,
     /// Day whose training is running.
     pending: Option<u32>,
+    /// Its pairs by kind ([`pair_kind`]), for `training.jsonl`.
+    pending_kinds: Option<[usize; 3]>,
     /// The base model's MMLU check of day 1 is still to run (a fresh run with `daily_mmlu`).
     base_mmlu_due: bool,
     /// An assistant on a vLLM server: where each day's adapter goes to be served.
@@ -215,12 +222,14 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         mode,
         seed: cfg.sim.seed,
         max_pairs: cfg.sim.train_max_pairs,
+        balance: cfg.sim.train_balance,
         adapters,
         log: sim_root.join(adapter::TRAINING_LOG),
         llm: None,
         metrics: None,
         provider,
         pending: None,
+        pending_kinds: None,
         base_mmlu_due,
         remote,
     };
@@ -271,6 +280,9 @@ impl Training {
                     "first_loss": o.summary.first_loss,
                     "last_loss": o.summary.last_loss,
                     "seconds": o.summary.seconds,
+                    "kinds": self.pending_kinds.map(|[a, b, c]| serde_json::json!({
+                        "norec_chosen": a, "norec_rejected": b, "suggestions": c,
+                    })),
                 });
                 crate::storage::append_jsonl(&self.log, &line)?;
                 self.to_metrics(&line, MetricsLog::training);
@@ -280,6 +292,67 @@ impl Training {
             Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),
         }
     }
+}
+
+/// A pair's kind, for a balanced draw: "No Recommendation" chosen (0), rejected (1), or two
+/// suggestions (2).
+fn pair_kind(p: &PreferencePair) -> usize {
+    let norec = |m: &[crate::llm::Message]| m.last().is_some_and(|m| answer_is_norec(&m.content));
+    if norec(&p.chosen) {
+        0
+    } else if norec(&p.rejected) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Whether a stored answer (`{"Suggestion": ...}`, or plain text) is the abstention.
+fn answer_is_norec(content: &str) -> bool {
+    let field = serde_json::from_str::<serde_json::Value>(content)
+        .ok()
+        .and_then(|v| v.get("Suggestion").and_then(|s| s.as_str()).map(str::to_string));
+    Suggestion::from_text(field.as_deref().unwrap_or(content)).is_norec()
+}
+
+/// A night's capped set: `n` of `set`'s pairs drawn at random (the replay selection's own order
+/// would give its oldest pairs when the pool is small), or with `balance` from the three kinds
+/// of [`pair_kind`] in turn, each kind in random order, so that one kind (late in a run, the
+/// forced "No Recommendation" chosen over a suggestion) does not fill the night; a kind that runs
+/// out leaves its turns to the others.
+fn draw_capped(set: Vec<PreferencePair>, n: usize, balance: bool, seed: u64) -> Vec<PreferencePair> {
+    if set.len() <= n {
+        return set;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    if !balance {
+        let mut slots: Vec<Option<PreferencePair>> = set.into_iter().map(Some).collect();
+        return rand::seq::index::sample(&mut rng, slots.len(), n)
+            .into_iter()
+            .filter_map(|i| slots[i].take())
+            .collect();
+    }
+    let mut kinds: [Vec<PreferencePair>; 3] = Default::default();
+    for p in set {
+        kinds[pair_kind(&p)].push(p);
+    }
+    let mut kinds = kinds.map(|mut k| {
+        k.shuffle(&mut rng);
+        k.into_iter()
+    });
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let before = out.len();
+        for k in &mut kinds {
+            if out.len() < n {
+                out.extend(k.next());
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
 }
 
 /// Whether `path` has no result for `day` (a missing file has none).
@@ -319,7 +392,7 @@ impl DayHook for Training {
         let today = if pairs.exists() { read_pairs(pairs)? } else { Vec::new() };
         let mut set = self.replay.select(self.mode, today, self.seed ^ day);
         if let Some(n) = self.max_pairs {
-            set.truncate(n);
+            set = draw_capped(set, n, self.balance, (self.seed ^ day).rotate_left(32));
         }
         if set.is_empty() {
             eprintln!("day {} produced no preference pairs; the adapter stays as it is", day + 1);
@@ -327,6 +400,18 @@ impl DayHook for Training {
             return self.check_mmlu(day as u32 + 2);
         }
         let adapter_day = day as u32 + 1;
+        let mut kinds = [0; 3];
+        for p in &set {
+            kinds[pair_kind(p)] += 1;
+        }
+        eprintln!(
+            "night {adapter_day}: {} pairs ({} with \"No Recommendation\" chosen, {} with it rejected, {} of two suggestions)",
+            set.len(),
+            kinds[0],
+            kinds[1],
+            kinds[2]
+        );
+        self.pending_kinds = Some(kinds);
         let dir = adapter::day_dir(&self.adapters, adapter_day);
         self.worker.submit(TrainJob {
             day: adapter_day,
@@ -421,5 +506,74 @@ impl Training {
             l.set_served_model(Role::Assistant, Some(name));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Message;
+
+    /// `kind` 0: the abstention chosen, 1: rejected, 2: two suggestions; `i` tells pairs apart.
+    fn pair(kind: usize, i: usize) -> PreferencePair {
+        let answer =
+            |s: &str| vec![Message { role: "assistant".into(), content: crate::suggestion::json_answer(s, None) }];
+        let sug = format!("Suggestion {i}");
+        let (chosen, rejected) = match kind {
+            0 => (answer("No Recommendation"), answer(&sug)),
+            1 => (answer(&sug), answer("No Recommendation")),
+            _ => (answer(&sug), answer(&format!("{sug}, again"))),
+        };
+        let prompt = vec![Message { role: "user".into(), content: format!("step {i}") }];
+        PreferencePair { prompt, chosen, rejected, extra: Default::default() }
+    }
+
+    fn kinds(set: &[PreferencePair]) -> [usize; 3] {
+        let mut k = [0; 3];
+        set.iter().for_each(|p| k[pair_kind(p)] += 1);
+        k
+    }
+
+    #[test]
+    fn a_pair_kind_is_read_from_its_answers() {
+        assert_eq!([pair_kind(&pair(0, 0)), pair_kind(&pair(1, 1)), pair_kind(&pair(2, 2))], [0, 1, 2]);
+        assert!(answer_is_norec("No Recommendation."), "plain text counts too");
+        assert!(!answer_is_norec(r#"{"Suggestion": "No Recommendation for lunch? Try soup"}"#));
+    }
+
+    #[test]
+    fn a_balanced_night_takes_the_kinds_in_turn_and_a_scarce_kind_leaves_its_turns() {
+        // A late day: the abstention chosen dominates, few pairs reject it.
+        let set: Vec<_> = (0..200)
+            .map(|i| {
+                pair(
+                    if i < 150 {
+                        0
+                    } else if i < 155 {
+                        1
+                    } else {
+                        2
+                    },
+                    i,
+                )
+            })
+            .collect();
+        assert_eq!(kinds(&set), [150, 5, 45]);
+        let drawn = draw_capped(set.clone(), 32, true, 7);
+        assert_eq!(kinds(&drawn), [14, 5, 13], "5 rejected, then the rest in turn");
+        assert_eq!(draw_capped(set.clone(), 32, true, 7), drawn, "a seed draws the same set again");
+        // Unbalanced, the cap draws at random from the whole selection, not its first pairs.
+        let plain = draw_capped(set.clone(), 32, false, 7);
+        assert_eq!(plain.len(), 32);
+        let index = |p: &PreferencePair| p.prompt[0].content["step ".len()..].parse::<usize>().unwrap();
+        let firsts = plain.iter().filter(|p| index(p) < 32).count();
+        assert!(plain.iter().any(|p| pair_kind(p) != 0), "the later kinds are drawn too: {:?}", kinds(&plain));
+        assert!(firsts < 32, "not the selection's first 32");
+        // No pair twice, and a set under the cap is kept whole.
+        let mut names: Vec<_> = drawn.iter().map(|p| p.prompt[0].content.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 32);
+        assert_eq!(draw_capped(set[..20].to_vec(), 32, true, 7).len(), 20);
     }
 }

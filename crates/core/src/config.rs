@@ -49,6 +49,11 @@ pub enum ConfigError {
          directory, {cwd}); run from the folder it is relative to, or give an absolute path"
     )]
     MmluMissing { path: PathBuf, cwd: String },
+    #[error(
+        "[sim] train_balance draws a night's pairs up to train_max_pairs, which is not set; \
+         set train_max_pairs (e.g. 32) or turn train_balance off"
+    )]
+    BalanceWithoutCap,
 }
 
 /// Declares a string-valued enum with its config spellings (first spelling is canonical).
@@ -433,8 +438,14 @@ pub struct SimSettings {
     pub mmlu_path: Option<PathBuf>,
     /// Training epochs per day (the original: 2).
     pub train_epochs: usize,
-    /// Cap on the pairs trained per day after replay selection (none: all, as the original).
+    /// Cap on the pairs trained per day after replay selection (none: all, as the original),
+    /// drawn at random from the selection.
     pub train_max_pairs: Option<usize>,
+    /// Draw the capped pairs from three kinds in turn: "No Recommendation" chosen, "No
+    /// Recommendation" rejected, two suggestions. Needs `train_max_pairs`. Left out of files
+    /// when off, so manifests written before it existed still match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub train_balance: bool,
     /// Peak learning rate of the daily training (none: the original's 5e-5). Left out of files
     /// when unset, so manifests written before it existed still match.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -486,6 +497,7 @@ impl Default for SimSettings {
             mmlu_path: None,
             train_epochs: 2,
             train_max_pairs: None,
+            train_balance: false,
             train_lr: None,
             train_max_prompt: None,
             train_rpo_alpha: None,
@@ -738,6 +750,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Training settings that only make sense together.
+    pub fn check_training(&self) -> Result<(), ConfigError> {
+        if self.sim.train_balance && self.sim.train_max_pairs.is_none() {
+            return Err(ConfigError::BalanceWithoutCap);
+        }
+        Ok(())
+    }
+}
+
 fn bad(key: &str, value: &str, allowed: impl Into<String>) -> ConfigError {
     ConfigError::BadValue { key: key.into(), value: value.into(), allowed: allowed.into() }
 }
@@ -784,6 +806,7 @@ impl SimSettings {
         "mmlu_path",
         "train_epochs",
         "train_max_pairs",
+        "train_balance",
         "train_lr",
         "train_max_prompt",
         "train_weights",
@@ -826,6 +849,7 @@ impl SimSettings {
             "train_max_pairs" => {
                 self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
             }
+            "train_balance" => self.train_balance = parse_bool(key, v)?,
             "train_lr" => {
                 let lr: f64 = v.trim().parse().map_err(|_| bad(key, v, "a positive number"))?;
                 if !(lr > 0.0 && lr.is_finite()) {
@@ -911,6 +935,19 @@ mod tests {
             s.train_mode_label(),
             "llama-3.3-70b_DPO__noreason_ret_suggest_ranking_AS_gemini-2.0_all_norec0_novis_equally200_recnorev_"
         );
+    }
+
+    #[test]
+    fn a_balanced_draw_needs_a_cap_and_is_left_out_of_files_when_off() {
+        let mut c = Config::default();
+        c.sim.set("train_balance", "true").unwrap();
+        let e = c.check_training().unwrap_err().to_string();
+        assert!(e.contains("train_max_pairs"), "{e}");
+        c.sim.set("train_max_pairs", "32").unwrap();
+        c.check_training().unwrap();
+        assert!(serde_json::to_string(&c.sim).unwrap().contains("\"train_balance\":true"));
+        let off = serde_json::to_string(&SimSettings::default()).unwrap();
+        assert!(!off.contains("train_balance"), "{off}");
     }
 
     #[test]
