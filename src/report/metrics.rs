@@ -8,9 +8,10 @@
 //!   rubric results; it gives the dimension pass rates of the shown candidate.
 //!
 //! Decisions (documented differences from the notebook):
-//! - "No Recommendation" is recognised exactly ([`is_no_recommendation`]), not by the notebook's
-//!   substring rule (`no` anywhere plus `recom`/`recrea`), which turned real suggestions such as
-//!   "I recommend you rest now" into abstentions.
+//! - "No Recommendation" is recognised as the sim recognises it ([`is_no_recommendation`]: an
+//!   answer made only of the abstention's words), not by the notebook's substring rule (`no`
+//!   anywhere plus `recom`/`recrea`), which turned real suggestions such as "I recommend you rest
+//!   now" into abstentions.
 //! - A score that is present but does not parse (e.g. `"N/A"`) counts in the denominators as a
 //!   zero and as a failure, exactly as in the notebook. A `null` score means the step was not
 //!   evaluated (our loop carries no stale score over from an earlier step, unlike the original),
@@ -31,6 +32,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 
 use super::DayMetrics;
+use crate::suggestion::Suggestion;
 
 /// Seconds per step when the sim's `reverie/meta.json` does not say (the original's value).
 pub const DEFAULT_SEC_PER_STEP: f64 = 150.0;
@@ -62,9 +64,9 @@ impl Score {
     }
 }
 
-/// True when a suggestion is exactly "No Recommendation" (ASCII case-insensitive), possibly in
-/// its JSON forms: quoted (`"No Recommendation"`), or wrapped as `{"Suggestion": ...}` with or
-/// without quotes around the value (the original stored `{"Suggestion": No Recommendation}`).
+/// True when a suggestion is "No Recommendation" by the sim's rule ([`Suggestion::from_text`]:
+/// only the abstention's words), possibly in its JSON forms: quoted (`"No Recommendation"`), or
+/// wrapped as `{"Suggestion": ...}` with or without quotes around the value (the original stored `{"Suggestion": No Recommendation}`).
 pub fn is_no_recommendation(suggestion: &str) -> bool {
     let mut s = suggestion.trim();
     if let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
@@ -77,7 +79,7 @@ pub fn is_no_recommendation(suggestion: &str) -> bool {
     if let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
         s = inner.trim();
     }
-    s.eq_ignore_ascii_case("No Recommendation")
+    !s.is_empty() && Suggestion::from_text(s).is_norec()
 }
 
 /// What the report needs from one movement file.
@@ -436,7 +438,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_recommendation_is_exact() {
+    fn no_recommendation_is_the_sims_rule() {
         for yes in [
             "No Recommendation",
             "  no recommendation ",
@@ -444,6 +446,8 @@ mod tests {
             "{\"Suggestion\": No Recommendation}",
             "{\"Suggestion\": \"No Recommendation\"}",
             "{ \"Suggestion\" :\"NO RECOMMENDATION\" }",
+            "No Recommendations",
+            "{\"Suggestion\": \"None Recommendation\"}",
         ] {
             assert!(is_no_recommendation(yes), "{yes:?}");
         }
@@ -451,8 +455,6 @@ mod tests {
             "I recommend you rest now",
             "\"Do you know this recommended recipe?\"",
             "No Recommendation yet, but drink water",
-            "No Recommendations",
-            "\"No Recommendation",
             "{\"Reason\": \"No Recommendation\"}",
             "",
         ] {

@@ -4,6 +4,12 @@ use serde::{Deserialize, Serialize};
 
 pub const NO_REC: &str = "No Recommendation";
 
+/// An abstention says one of these...
+const NEGATIONS: [&str; 3] = ["no", "none", "not"];
+/// ...and may add only these (see [`Suggestion::from_text`]).
+const ABSTENTION_WORDS: [&str; 6] =
+    ["recommend", "recommended", "recommendation", "recommendations", "suggestion", "suggestions"];
+
 /// "No Recommendation" is a first-class value, not a magic substring.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Suggestion {
@@ -12,12 +18,20 @@ pub enum Suggestion {
 }
 
 impl Suggestion {
-    /// Exact detection: the whole text (trimmed, outer quotes and a final period removed) equals
-    /// "No Recommendation", ignoring case. "I recommend you rest now" stays a suggestion (the
-    /// original's substring rule turned it into an abstention).
+    /// An abstention is an answer made only of the abstention's words, one of them a "no":
+    /// "No Recommendation" (any case, quotes and punctuation aside) and the near-misses a small
+    /// model writes when it means it ("None Recommendation", "Not recommended", "...None", "NO").
+    /// Any other word makes it a suggestion, so "I recommend you rest now", "No rush" and
+    /// "Recommendation" stay suggestions (the original's substring rule turned the first into an
+    /// abstention; its clean-up did catch the near-misses, which were scored here as odd
+    /// suggestions until 2026-12-04: README, Experiments).
     pub fn from_text(s: &str) -> Suggestion {
-        let t = s.trim().trim_matches(|c| c == '"' || c == '\'').trim().trim_end_matches('.').trim();
-        if t.eq_ignore_ascii_case(NO_REC) || t.is_empty() {
+        let lower = s.to_lowercase();
+        let words: Vec<&str> = lower.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).collect();
+        let says_no = words.iter().any(|w| NEGATIONS.contains(w));
+        let only_abstention = words.iter().all(|w| NEGATIONS.contains(w) || ABSTENTION_WORDS.contains(w));
+        let blank = s.trim().trim_matches(|c| c == '"' || c == '\'').trim().is_empty();
+        if blank || (says_no && only_abstention) {
             Suggestion::NoRec
         } else {
             Suggestion::Text(s.trim().trim_matches('"').trim().to_string())
@@ -59,11 +73,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exact_norec_detection() {
-        assert!(Suggestion::from_text("No Recommendation").is_norec());
-        assert!(Suggestion::from_text(" \"no recommendation.\" ").is_norec());
-        assert!(!Suggestion::from_text("I recommend you rest now").is_norec());
-        assert!(!Suggestion::from_text("No recommendation is needed, but drink water").is_norec());
+    fn an_abstention_is_made_of_its_words_only() {
+        // Near-misses SmolLM2-135M wrote on its trained day 4 (run learnbal, 2026-12-04).
+        for quiet in [
+            "No Recommendation",
+            " \"no recommendation.\" ",
+            "None Recommendation",
+            "Not Recommended",
+            "...None Recommendation",
+            "NO",
+            "None",
+            "No suggestion!",
+            "",
+        ] {
+            assert!(Suggestion::from_text(quiet).is_norec(), "{quiet:?}");
+        }
+        for said in [
+            "I recommend you rest now",
+            "No recommendation is needed, but drink water",
+            "No rush",
+            "Yes Recommendation",
+            "Recommendation",
+            "Suggestion 3",
+            "Take a walk",
+            "...",
+            "Não",
+        ] {
+            assert!(!Suggestion::from_text(said).is_norec(), "{said:?}");
+        }
         assert_eq!(Suggestion::NoRec.to_json_answer(None), r#"{"Suggestion": "No Recommendation"}"#);
         assert_eq!(json_answer("Say \"hi\"", Some(("why", true))), r#"{"Reason": "why", "Suggestion": "Say \"hi\""}"#);
         assert_eq!(json_answer("a", Some(("b", false))), r#"{"Suggestion": "a", "Reason": "b"}"#);
