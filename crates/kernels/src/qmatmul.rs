@@ -208,10 +208,17 @@ fn half_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
+/// Whether the SIMD kernels may run: `PROPERSIM_Q4_SCALAR` turns all of them off (decode rows and
+/// panels alike), leaving the scalar reference.
+#[cfg(target_arch = "x86_64")]
+fn simd_allowed() -> bool {
+    std::env::var_os("PROPERSIM_Q4_SCALAR").is_none()
+}
+
 impl Kernel {
     fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("PROPERSIM_Q4_SCALAR").is_none()
+        if simd_allowed()
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
@@ -341,11 +348,11 @@ struct Panels {
     nb: usize,
 }
 
-/// Whether this CPU runs the panel kernel (AVX-512 F/BW and VNNI; `PROPERSIM_Q4_SCALAR` turns
-/// it off with the other kernels).
+/// Whether this CPU runs the panel kernel (AVX-512 F/BW and VNNI; [`simd_allowed`] turns it
+/// off with the other kernels).
 fn panel_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("PROPERSIM_Q4_SCALAR").is_none()
+    if simd_allowed()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
