@@ -932,9 +932,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_request_is_cancelled_and_the_engine_goes_on() {
-        let (e, _, _) = sum_engine(0);
-        let long = e.generate(vec![1, 2, 3], greedy(4000), None);
-        assert!(tokio::time::timeout(Duration::from_millis(50), long).await.is_err());
+        let (e, rows, _) = sum_engine(0);
+        // The caller goes away once the engine is decoding its request, well before the 4,000
+        // tokens are done (a fixed 50 ms was not: a release build finishes them sooner).
+        let mut long = Box::pin(e.generate(vec![1, 2, 3], greedy(4000), None));
+        while rows.load(Ordering::SeqCst) < 8 {
+            assert!(tokio::time::timeout(Duration::from_millis(1), &mut long).await.is_err(), "it finished");
+        }
+        drop(long);
         let g = e.generate(vec![5], greedy(3), None).await.unwrap();
         assert_eq!(g.tokens.len(), 3);
         assert_eq!(e.stats().cancelled.load(Ordering::SeqCst), 1);
