@@ -66,7 +66,8 @@ impl Score {
 
 /// True when a suggestion is "No Recommendation" by the sim's rule ([`Suggestion::from_text`]:
 /// only the abstention's words), possibly in its JSON forms: quoted (`"No Recommendation"`), or
-/// wrapped as `{"Suggestion": ...}` with or without quotes around the value (the original stored `{"Suggestion": No Recommendation}`).
+/// wrapped as `{"Suggestion": ...}` with or without quotes around the value (the original stored
+/// `{"Suggestion": No Recommendation}`).
 pub fn is_no_recommendation(suggestion: &str) -> bool {
     let mut s = suggestion.trim();
     if let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {

@@ -318,7 +318,7 @@ impl Llm {
         let mut sampling = sampling_of(&slot.rc);
         // With no seed in the role, the run's seed stands in: a provider's own default seed
         // would make the two candidates of a step one draw (identical, so never a preference pair).
-        sampling.seed = Some(draw_seed(sampling.seed.unwrap_or(self.seed), attempt, messages));
+        sampling.seed = Some(draw_seed(sampling.seed.unwrap_or(self.seed), task, attempt, messages));
         if let Some(a) = schema {
             // A constrained answer ends when its JSON closes; the limit only has to let every
             // valid answer finish (a role's `max_tokens` may be the original's 128).
@@ -604,18 +604,16 @@ fn draw_index(attempt: u32, sample: u32) -> u32 {
     attempt + 1000 * sample
 }
 
-/// The sampling seed of one request: the role's (or run's) seed, varied by the draw (attempt and
-/// candidate) and by the prompt. Without the prompt in it, every step's candidate `i` would be
+/// The sampling seed of one request: the role's (or run's) seed, the task, the prompt and the
+/// draw (attempt and candidate) hashed as the scripted brain seeds its replies
+/// ([`scripted::task_seed`]). Without the prompt in it, every step's candidate `i` would be
 /// sampled from the same random numbers, so whether it took its top token would be a fixed
 /// threshold on that token's probability rather than a draw: in the `learnrule` run of #15 the
 /// trained assistant's first candidate abstained on 83% of day 5's steps and its second, the one
-/// shown, on 38%, from the same prompts. Same seed and prompt still give the same reply.
-fn draw_seed(seed: u64, draw: u32, messages: &[Message]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(messages).unwrap_or_else(|_| format!("{messages:?}").into_bytes());
-    let digest = Sha256::digest(&bytes);
-    let prompt = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    seed.wrapping_add(u64::from(draw)).wrapping_add(u64::from(prompt))
+/// shown, on 38%, from the same prompts. Same seed and prompt still give the same reply. Kept
+/// below 2^31, since Gemini's `seed` is a 32-bit signed integer.
+fn draw_seed(seed: u64, task: &str, draw: u32, messages: &[Message]) -> u64 {
+    scripted::task_seed(seed, task, messages, draw) & 0x7fff_ffff
 }
 
 /// The sampling fields of a role's settings.
@@ -638,11 +636,15 @@ mod tests {
     fn each_prompt_and_each_draw_gets_its_own_seed() {
         let at = |t: &str| vec![Message::system("You advise John."), Message::user(t)];
         let (a, b) = (at("07:00, John is cooking."), at("07:02, John is cooking."));
-        assert_eq!(draw_seed(42, 0, &a), draw_seed(42, 0, &a), "a seed fixes the draw");
-        assert_ne!(draw_seed(42, 0, &a), draw_seed(42, 0, &b), "two steps are two draws");
-        assert_ne!(draw_seed(42, 0, &a), draw_seed(42, draw_index(0, 1), &a), "two candidates are two draws");
-        assert_ne!(draw_seed(42, 0, &a), draw_seed(42, draw_index(1, 0), &a), "a retry is a new draw");
-        assert_ne!(draw_seed(42, 0, &a), draw_seed(7, 0, &a), "the run's seed matters");
+        let seed = |s, d, m: &[Message]| draw_seed(s, "suggest", d, m);
+        assert_eq!(seed(42, 0, &a), seed(42, 0, &a), "a seed fixes the draw");
+        assert_ne!(seed(42, 0, &a), seed(42, 0, &b), "two steps are two draws");
+        assert_ne!(seed(42, 0, &a), seed(42, draw_index(0, 1), &a), "two candidates are two draws");
+        assert_ne!(seed(42, 0, &a), seed(42, draw_index(1, 0), &a), "a retry is a new draw");
+        assert_ne!(seed(42, 0, &a), seed(7, 0, &a), "the run's seed matters");
+        for s in [0, 42, u64::MAX] {
+            assert!(seed(s, 1000, &b) < 1 << 31, "a seed every provider accepts");
+        }
     }
 
     /// The simulation shares one `Llm` across spawned tasks: it and its futures must be Send.

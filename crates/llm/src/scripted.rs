@@ -78,11 +78,12 @@ impl Drop for Timer<'_> {
 }
 
 /// Scripted replies are a pure function of (seed, task, prompt, attempt and candidate), so a run
-/// is reproducible no matter in which order concurrent tasks finish. The hash is XXH3, whose
+/// is reproducible no matter in which order concurrent tasks finish; the sampling seeds sent to
+/// model providers derive from the same hash (`client::draw_seed`). The hash is XXH3, whose
 /// output is fixed across platforms and releases (std's `DefaultHasher` does not promise that),
 /// so recorded runs replay the same. The prompt goes in as it is, each string after its length:
 /// a scripted step hashes tens of kilobytes of prompts.
-fn task_seed(seed: u64, name: &str, messages: &[Message], draw: u32) -> u64 {
+pub(crate) fn task_seed(seed: u64, name: &str, messages: &[Message], draw: u32) -> u64 {
     fn text(h: &mut xxhash_rust::xxh3::Xxh3, s: &str) {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
