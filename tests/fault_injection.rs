@@ -158,7 +158,7 @@ fn kill9_at_20_moments_resumes_to_the_same_files() {
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         if !still_running {
-            panic!("run {kills} ended on its own with {status} before its kill: {}", stderr_of(&mut child));
+            panic!("run {kills} ended on its own with {status} before its kill: {}", common::stderr_of(&mut child));
         }
         kills += 1;
         if leftover(&storage) {
@@ -403,32 +403,6 @@ fn failing_llm_api_falls_back_and_counts_every_retry() {
 // second signal exits at once.
 // ------------------------------------------------------------------------------------------------
 
-fn signal(child: &Child, signals: &[&str]) {
-    let pid = child.id();
-    let script: Vec<String> = signals.iter().map(|s| format!("kill -{s} {pid}")).collect();
-    assert!(Command::new("sh").arg("-c").arg(script.join("; ")).status().unwrap().success());
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return (st, t0.elapsed());
-        }
-        if t0.elapsed() > limit {
-            child.kill().ok();
-            panic!("still running {limit:?} after the signal");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-    s
-}
-
 #[test]
 fn sigint_with_a_hanging_api_exits_130_within_2s() {
     let _serial = serial();
@@ -459,10 +433,10 @@ fn sigint_with_a_hanging_api_exits_130_within_2s() {
         std::thread::sleep(Duration::from_millis(200)); // the call is in flight, and hangs
         let finished = done();
         let t0 = Instant::now();
-        signal(&child, signals);
-        let (status, _) = wait_with_deadline(&mut child, Duration::from_secs(30));
+        common::signal(&child, signals);
+        let (status, _) = common::wait_with_deadline(&mut child, Duration::from_secs(30));
         let took = t0.elapsed();
-        let err = stderr_of(&mut child);
+        let err = common::stderr_of(&mut child);
         assert_eq!(status.code(), Some(130), "{err}");
         assert!(took <= Duration::from_secs(2), "exit took {took:?}");
         if round == 0 {

@@ -265,3 +265,37 @@ pub fn http_json(
     };
     (status, serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null))
 }
+
+/// Send `signals` (names for `kill -`, such as "INT") to `child`, one right after another.
+pub fn signal(child: &std::process::Child, signals: &[&str]) {
+    let pid = child.id();
+    let script: Vec<String> = signals.iter().map(|s| format!("kill -{s} {pid}")).collect();
+    assert!(std::process::Command::new("sh").arg("-c").arg(script.join("; ")).status().unwrap().success());
+}
+
+/// Wait for `child` to exit: its status and how long it took. Kills it and fails the test after
+/// `limit`.
+pub fn wait_with_deadline(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            child.kill().ok();
+            panic!("still running {limit:?} after the signal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// All of `child`'s piped stderr.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
