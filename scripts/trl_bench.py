@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--pairs", required=True)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--gpu", action="store_true",
+                    help="train on the GPU with bf16 autocast (as propersim's CUDA build computes in bf16)")
     a = ap.parse_args()
 
     tok, model = load(a.gguf, a.threads)
@@ -81,7 +83,7 @@ def main():
         cfg = DPOConfig(output_dir=out, per_device_train_batch_size=1, gradient_accumulation_steps=4,
                         max_steps=a.steps, num_train_epochs=1, learning_rate=5e-5, lr_scheduler_type="linear",
                         max_grad_norm=1.0, beta=0.1, max_length=2304, precompute_ref_log_probs=True,
-                        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
+                        logging_steps=1, report_to=[], save_strategy="no", use_cpu=not a.gpu, bf16=a.gpu,
                         dataloader_num_workers=0, seed=42)
         clock = Clock()
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=[clock])
@@ -99,6 +101,8 @@ def main():
         "tokens": tokens,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": torch.get_num_threads(),
+        "device": "cuda" if a.gpu else "cpu",
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if a.gpu else 0,
     }))
 
 

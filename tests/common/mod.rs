@@ -3,6 +3,7 @@
 
 pub mod mock_llm;
 pub mod test_double;
+pub mod tiny;
 
 use std::path::PathBuf;
 
