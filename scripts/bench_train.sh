@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # DPO training benchmark: `propersim bench --dpo` in each `train_weights` mode, then TRL + PEFT
 # (scripts/trl_bench.py) on the same pairs and settings, one thread each, with peak RSS and CPU
-# time from /usr/bin/time. Where the CUDA toolkit is installed it first checks that the
-# `--features cuda` build still compiles (PyPI's toolkit works: `pip install nvidia-cuda-nvcc
-# nvidia-cuda-cccl`, then PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDARC_CUDA_VERSION=13040
-# CUDA_COMPUTE_CAP=90 with CU=site-packages/nvidia/cu13; without cccl nvcc misses `nv/target`).
+# time from /usr/bin/time. Where nvcc is on PATH it first checks that the `--features cuda`
+# build still compiles (scripts/build_cuda.sh builds it from PyPI's toolkit; the GPU benchmark
+# itself is scripts/gpu_check.sh, on a machine with a GPU).
 #
 #   scripts/bench_train.sh MODEL.gguf PAIRS.jsonl [STEPS] [PROPERSIM_BINARY]
 #
