@@ -809,6 +809,7 @@ impl SimSettings {
         "train_balance",
         "train_lr",
         "train_max_prompt",
+        "train_rpo_alpha",
         "train_weights",
         "durable",
     ];
@@ -863,6 +864,13 @@ impl SimSettings {
                     return Err(bad(key, v, "a positive integer"));
                 }
                 self.train_max_prompt = Some(n)
+            }
+            "train_rpo_alpha" => {
+                let a: f64 = v.trim().parse().map_err(|_| bad(key, v, "a non-negative number"))?;
+                if !(a >= 0.0 && a.is_finite()) {
+                    return Err(bad(key, v, "a non-negative number"));
+                }
+                self.train_rpo_alpha = Some(a)
             }
             "train_weights" => self.train_weights = choice(key, v)?,
             "durable" => self.durable = parse_bool(key, v)?,
@@ -935,6 +943,18 @@ mod tests {
             s.train_mode_label(),
             "llama-3.3-70b_DPO__noreason_ret_suggest_ranking_AS_gemini-2.0_all_norec0_novis_equally200_recnorev_"
         );
+    }
+
+    #[test]
+    fn rpo_alpha_is_settable_and_refuses_what_is_not_a_weight() {
+        let mut c = Config::default();
+        c.sim.set("train_rpo_alpha", "1").unwrap();
+        assert_eq!(c.sim.train_rpo_alpha, Some(1.0));
+        for bad in ["-0.5", "NaN", "inf", "one"] {
+            let e = c.sim.set("train_rpo_alpha", bad).unwrap_err().to_string();
+            assert!(e.contains("train_rpo_alpha") && e.contains("non-negative"), "{bad}: {e}");
+        }
+        assert_eq!(c.sim.train_rpo_alpha, Some(1.0), "a refused value leaves the setting alone");
     }
 
     #[test]
