@@ -81,16 +81,6 @@ fn lora_gradients_match_central_finite_differences() -> Result<()> {
     Ok(())
 }
 
-/// Every LoRA gradient of `grads`, flattened in the adapter's variable order.
-fn lora_grads(ad: &LoraAdapter, grads: &candle_core::backprop::GradStore) -> Result<Vec<f64>> {
-    let mut out = Vec::new();
-    for v in ad.vars() {
-        let g = grads.get(v.as_tensor()).expect("every LoRA variable gets a gradient");
-        out.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
-    }
-    Ok(out)
-}
-
 #[test]
 fn packed_pairs_score_like_separate_rows_and_the_plain_forward() -> Result<()> {
     let model = tiny_llama(DType::F64, 11, false);
@@ -213,12 +203,6 @@ fn quantize_all(
 }
 
 /// Cosine of two gradient vectors.
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
-}
-
 /// The quantized base computes with the values its blocks decode to, so it scores and trains
 /// as the f32 base dequantized from the same blocks does (the old `load_gguf` path, and what
 /// PEFT loads), in a fraction of the memory; bf16 rounds the weights and stays close. The

@@ -37,11 +37,6 @@ fn copy_adapter(from: &LoraAdapter, to: &LoraAdapter) -> Result<()> {
     Ok(())
 }
 
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
-}
-
 /// Log-probs and every LoRA gradient of two packed pairs, checkpointed as training runs.
 fn logps_and_grads(model: &Llama, ad: &LoraAdapter, dtype: DType) -> Result<(Vec<f64>, Vec<f64>)> {
     let s = |p: &[u32], c: &[u32]| Sequence { prompt: p.to_vec(), completion: c.to_vec() };
@@ -49,12 +44,7 @@ fn logps_and_grads(model: &Llama, ad: &LoraAdapter, dtype: DType) -> Result<(Vec
     let p2 = (s(&[60, 61], &[70]), s(&[60, 61], &[71, 72]));
     let batch = Batch::pairs(&[(&p1.0, &p1.1), (&p2.0, &p2.1)], dtype, model.device())?;
     let (grads, logps) = completion_grads(model, &batch, ad, true, |_| Ok(vec![0.7, -1.3, 0.4, -0.2]))?;
-    let mut g = Vec::new();
-    for v in ad.vars() {
-        let t = grads.get(v.as_tensor()).expect("every LoRA variable gets a gradient");
-        g.extend(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
-    }
-    Ok((logps, g))
+    Ok((logps, lora_grads(ad, &grads)?))
 }
 
 #[test]

@@ -274,16 +274,12 @@ pub fn signal(child: &std::process::Child, signals: &[&str]) {
     assert!(std::process::Command::new("sh").arg("-c").arg(script.join("; ")).status().unwrap().success());
 }
 
-/// Wait for `child` to exit: its status and how long it took. Kills it and fails the test after
-/// `limit`.
-pub fn wait_with_deadline(
-    child: &mut std::process::Child,
-    limit: std::time::Duration,
-) -> (std::process::ExitStatus, std::time::Duration) {
+/// Wait for `child` to exit and return its status. Kills it and fails the test after `limit`.
+pub fn wait_with_deadline(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
     let t0 = std::time::Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            return (st, t0.elapsed());
+            return st;
         }
         if t0.elapsed() > limit {
             child.kill().ok();

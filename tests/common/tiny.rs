@@ -127,3 +127,20 @@ pub fn toy_pairs() -> Vec<PreferencePair> {
         .map(|(i, p)| pair(p, &format!("yes {i}"), &format!("no {i}")))
         .collect()
 }
+
+/// Every LoRA gradient of `grads`, flattened in the adapter's variable order.
+pub fn lora_grads(ad: &LoraAdapter, grads: &candle_core::backprop::GradStore) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for v in ad.vars() {
+        let g = grads.get(v.as_tensor()).expect("every LoRA variable gets a gradient");
+        out.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+    }
+    Ok(out)
+}
+
+/// The cosine of two gradient (or any) vectors.
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}

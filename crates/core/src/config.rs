@@ -764,6 +764,14 @@ fn bad(key: &str, value: &str, allowed: impl Into<String>) -> ConfigError {
     ConfigError::BadValue { key: key.into(), value: value.into(), allowed: allowed.into() }
 }
 
+/// A finite number that `ok` accepts, else an error naming `key` and `allowed`.
+fn finite(key: &str, v: &str, allowed: &str, ok: impl Fn(f64) -> bool) -> Result<f64, ConfigError> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && ok(x) => Ok(x),
+        _ => Err(bad(key, v, allowed)),
+    }
+}
+
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -851,13 +859,7 @@ impl SimSettings {
                 self.train_max_pairs = Some(v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?)
             }
             "train_balance" => self.train_balance = parse_bool(key, v)?,
-            "train_lr" => {
-                let lr: f64 = v.trim().parse().map_err(|_| bad(key, v, "a positive number"))?;
-                if !(lr > 0.0 && lr.is_finite()) {
-                    return Err(bad(key, v, "a positive number"));
-                }
-                self.train_lr = Some(lr)
-            }
+            "train_lr" => self.train_lr = Some(finite(key, v, "a positive number", |x| x > 0.0)?),
             "train_max_prompt" => {
                 let n: usize = v.trim().parse().map_err(|_| bad(key, v, "a positive integer"))?;
                 if n == 0 {
@@ -865,13 +867,7 @@ impl SimSettings {
                 }
                 self.train_max_prompt = Some(n)
             }
-            "train_rpo_alpha" => {
-                let a: f64 = v.trim().parse().map_err(|_| bad(key, v, "a non-negative number"))?;
-                if !(a >= 0.0 && a.is_finite()) {
-                    return Err(bad(key, v, "a non-negative number"));
-                }
-                self.train_rpo_alpha = Some(a)
-            }
+            "train_rpo_alpha" => self.train_rpo_alpha = Some(finite(key, v, "a non-negative number", |x| x >= 0.0)?),
             "train_weights" => self.train_weights = choice(key, v)?,
             "durable" => self.durable = parse_bool(key, v)?,
             _ => return Err(ConfigError::UnknownKey { key: key.into(), allowed: SimSettings::KEYS.join(", ") }),
@@ -946,7 +942,7 @@ mod tests {
     }
 
     #[test]
-    fn rpo_alpha_is_settable_and_refuses_what_is_not_a_weight() {
+    fn rpo_alpha_and_learning_rate_are_settable_and_refuse_what_is_out_of_range() {
         let mut c = Config::default();
         c.sim.set("train_rpo_alpha", "1").unwrap();
         assert_eq!(c.sim.train_rpo_alpha, Some(1.0));
@@ -955,6 +951,14 @@ mod tests {
             assert!(e.contains("train_rpo_alpha") && e.contains("non-negative"), "{bad}: {e}");
         }
         assert_eq!(c.sim.train_rpo_alpha, Some(1.0), "a refused value leaves the setting alone");
+        c.sim.set("train_rpo_alpha", "0").unwrap();
+        // The learning rate goes through the same check, with zero refused too.
+        c.sim.set("train_lr", "1e-4").unwrap();
+        for bad in ["0", "-1e-4", "NaN", "inf", "fast"] {
+            let e = c.sim.set("train_lr", bad).unwrap_err().to_string();
+            assert!(e.contains("train_lr") && e.contains("positive"), "{bad}: {e}");
+        }
+        assert_eq!((c.sim.train_rpo_alpha, c.sim.train_lr), (Some(0.0), Some(1e-4)));
     }
 
     #[test]
