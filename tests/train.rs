@@ -696,7 +696,8 @@ fn mmlu_check_scores_letters_per_subject() -> Result<()> {
     let items = mmlu::read_items(&fixture("mmlu_tiny.jsonl"))?;
     assert_eq!(items.len(), 10);
     let opts = MmluOptions { stop: vec![0], ..Default::default() };
-    let rep = mmlu::run_mmlu(&mut AlwaysB { emitted: 0 }, &ByteChat, &items, &opts)?;
+    let go = AtomicBool::new(false);
+    let rep = mmlu::run_mmlu(&mut AlwaysB { emitted: 0 }, &ByteChat, &items, &opts, &go)?;
     // Answers per subject: (B,A) (D,C) (B,A) (D,C) (B,A) → "B" is right in 3 subjects of 5, once each.
     assert_eq!(rep.questions, 10);
     assert_eq!(rep.subject_accuracies["human_aging"], 0.5);
@@ -710,6 +711,7 @@ fn mmlu_check_scores_letters_per_subject() -> Result<()> {
         &ByteChat,
         &items,
         &MmluOptions { per_subject: 1, max_new_tokens: 3, ..Default::default() },
+        &go,
     )?;
     assert_eq!(rep.questions, 5);
     assert!((0.0..=1.0).contains(&rep.overall_accuracy));
@@ -717,9 +719,15 @@ fn mmlu_check_scores_letters_per_subject() -> Result<()> {
         &mut AlwaysB { emitted: 0 },
         &ByteChat,
         &items,
-        &MmluOptions { subjects: vec!["astronomy".into()], ..Default::default() }
+        &MmluOptions { subjects: vec!["astronomy".into()], ..Default::default() },
+        &go,
     )
     .is_err());
+    // A raised flag stops the check before its next question, with no report.
+    let mut counted = AlwaysB { emitted: 0 };
+    let cancelled = mmlu::run_mmlu(&mut counted, &ByteChat, &items, &opts, &AtomicBool::new(true)).unwrap_err();
+    assert!(cancelled.downcast_ref::<mmlu::Cancelled>().is_some(), "{cancelled:#}");
+    assert_eq!(counted.emitted, 0, "no question was asked");
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -42,7 +43,7 @@ struct Mmlu {
 
 pub struct Training {
     worker: TrainWorker,
-    mmlu: Option<Mmlu>,
+    mmlu: Option<Arc<Mmlu>>,
     /// The nightly training's settings (`TrainConfig::for_sim`).
     train: TrainConfig,
     replay: ReplayBuffer<PreferencePair>,
@@ -64,8 +65,10 @@ pub struct Training {
     pending: Option<u32>,
     /// Its pairs by kind ([`pair_kind`]), for `training.jsonl`.
     pending_kinds: Option<[usize; 3]>,
-    /// The base model's MMLU check of day 1 is still to run (a fresh run with `daily_mmlu`).
-    base_mmlu_due: bool,
+    /// The day (1-based) whose model's MMLU check is still to run: set when that model comes
+    /// into use (day 1's base, a night's adapter, a resume that finds the check missing) and
+    /// run before the assistant's next suggestion, where a stop cancels it like any step.
+    mmlu_due: Option<u32>,
     /// An assistant on a vLLM server: where each day's adapter goes to be served.
     remote: Option<Remote>,
 }
@@ -176,12 +179,12 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         provider.follow_adapters(model.clone(), slot.clone(), version)?;
     }
     let mmlu = match (&cfg.sim.daily_mmlu, &cfg.sim.mmlu_path) {
-        (true, Some(p)) => Some(Mmlu {
+        (true, Some(p)) => Some(Arc::new(Mmlu {
             items: crate::train::mmlu::read_items(p)?,
             out: sim_root.join(MMLU_FILE),
             model: model.clone(),
             slot: slot.clone(),
-        }),
+        })),
         (true, None) => return Err(ConfigError::NoMmlu.into()),
         _ => None,
     };
@@ -213,7 +216,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
     let mode = cfg.sim.replay_buffer;
     // Like the original, day 1 starts with a check of the base model (unless a resumed run
     // already has it).
-    let base_mmlu_due = mmlu.is_some() && version == 0 && mmlu_day_missing(&sim_root.join(MMLU_FILE), 1)?;
+    let mmlu_due = (mmlu.is_some() && version == 0 && mmlu_day_missing(&sim_root.join(MMLU_FILE), 1)?).then_some(1);
     let t = Training {
         worker,
         mmlu,
@@ -230,7 +233,7 @@ pub fn attach(cfg: &Config, sim_root: &Path, llm: Llm, share: &TrainShare) -> Re
         provider,
         pending: None,
         pending_kinds: None,
-        base_mmlu_due,
+        mmlu_due,
         remote,
     };
     Ok((llm, Some(t)))
@@ -287,7 +290,8 @@ impl Training {
                 crate::storage::append_jsonl(&self.log, &line)?;
                 self.to_metrics(&line, MetricsLog::training);
                 // The adapter trained on day N is the model of day N + 1.
-                self.check_mmlu(o.day + 1)
+                self.mmlu_due = self.mmlu.is_some().then_some(o.day + 1);
+                Ok(())
             }
             Err(f) => bail!("{f} (the run stops here; fix the cause and continue with --resume)"),
         }
@@ -364,31 +368,78 @@ fn mmlu_day_missing(path: &Path, day: u32) -> Result<bool> {
     Ok(!lines.iter().any(|l| l.get("day").and_then(serde_json::Value::as_u64) == Some(day as u64)))
 }
 
-impl Training {
-    /// Greedy MMLU on the model of simulated day `day` (1-based): the adapter in use now, or the
-    /// base before any training. The original checked at the start of every day, day 1 included.
-    fn check_mmlu(&self, day: u32) -> Result<()> {
-        let Some(m) = &self.mmlu else { return Ok(()) };
-        let adapter = match m.slot.current().day {
-            Some(d) if m.slot.version() > 0 => format!("day_{d:02}"),
+impl Mmlu {
+    /// Greedy MMLU on the model in use now (the slot's adapter, or the base before any) as the
+    /// model of simulated day `day` (1-based); the line is appended to `mmlu.jsonl` and returned.
+    /// `None` when the file has the day already (a check that finished as its step was cancelled).
+    fn check(&self, provider: &LocalProvider, day: u32, cancel: &AtomicBool) -> Result<Option<serde_json::Value>> {
+        if !mmlu_day_missing(&self.out, day)? {
+            return Ok(None);
+        }
+        let adapter = match self.slot.current().day {
+            Some(d) if self.slot.version() > 0 => format!("day_{d:02}"),
             _ => "base".to_string(),
         };
-        let opts = crate::train::mmlu::MmluOptions::for_model(self.provider.try_tokenizer()?.special());
-        let mut session = LlamaSession::following(m.model.clone(), m.slot.clone());
-        let report = crate::train::mmlu::run_mmlu(&mut session, &*self.provider, &m.items, &opts)?;
+        let opts = crate::train::mmlu::MmluOptions::for_model(provider.try_tokenizer()?.special());
+        let mut session = LlamaSession::following(self.model.clone(), self.slot.clone());
+        let report = crate::train::mmlu::run_mmlu(&mut session, provider, &self.items, &opts, cancel)?;
         eprintln!(
             "MMLU of day {day}'s model ({adapter}): {:.3} over {} questions",
             report.overall_accuracy, report.questions
         );
         let line = serde_json::json!({"day": day, "adapter": adapter, "overall_accuracy": report.overall_accuracy, "subject_accuracies": report.subject_accuracies});
-        crate::storage::append_jsonl(&m.out, &line)?;
-        self.to_metrics(&line, MetricsLog::mmlu);
+        crate::storage::append_jsonl(&self.out, &line)?;
+        Ok(Some(line))
+    }
+}
+
+/// Raises its flag when dropped: a cancelled future tells the blocking work it started to stop.
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Training {
+    /// The due MMLU check, off the runtime's threads (500 questions are minutes on a CPU). The
+    /// original checked at the start of every day, day 1 included; here it runs before the
+    /// day's first suggestion, on the same model. A stop drops this future, which cancels the
+    /// check before its next question; it stays due and runs again on resume.
+    async fn check_due_mmlu(&mut self) -> Result<()> {
+        let (Some(day), Some(m)) = (self.mmlu_due, self.mmlu.clone()) else { return Ok(()) };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = RaiseOnDrop(cancel.clone());
+        let provider = self.provider.clone();
+        let line = tokio::task::spawn_blocking(move || m.check(&provider, day, &cancel))
+            .await
+            .context("the MMLU check panicked")??;
+        self.mmlu_done(line);
         Ok(())
+    }
+
+    /// The due check on this thread, before the night's training changes the model: only a day
+    /// without a suggestion (the user never woke) leaves one due at its end.
+    fn check_due_mmlu_now(&mut self) -> Result<()> {
+        let (Some(day), Some(m)) = (self.mmlu_due, &self.mmlu) else { return Ok(()) };
+        let line = m.check(&self.provider, day, &AtomicBool::new(false))?;
+        self.mmlu_done(line);
+        Ok(())
+    }
+
+    /// The due check is done; its line, if this run wrote it, goes to `metrics.jsonl` too.
+    fn mmlu_done(&mut self, line: Option<serde_json::Value>) {
+        self.mmlu_due = None;
+        if let Some(line) = line {
+            self.to_metrics(&line, MetricsLog::mmlu);
+        }
     }
 }
 
 impl DayHook for Training {
     fn day_ended(&mut self, day: u64, pairs: &Path) -> Result<()> {
+        self.check_due_mmlu_now()?;
         let today = if pairs.exists() { read_pairs(pairs)? } else { Vec::new() };
         let mut set = self.replay.select(self.mode, today, self.seed ^ day);
         if let Some(n) = self.max_pairs {
@@ -397,7 +448,8 @@ impl DayHook for Training {
         if set.is_empty() {
             eprintln!("day {} produced no preference pairs; the adapter stays as it is", day + 1);
             // The next day still gets its check, as in the original.
-            return self.check_mmlu(day as u32 + 2);
+            self.mmlu_due = self.mmlu.is_some().then_some(day as u32 + 2);
+            return Ok(());
         }
         let adapter_day = day as u32 + 1;
         let mut kinds = [0; 3];
@@ -431,13 +483,17 @@ impl DayHook for Training {
             eprintln!("resuming after the end of day {}: its training had not finished; training now", day + 1);
             return self.day_ended(day, pairs);
         }
+        // The run may have been stopped or killed before today's check was written.
+        let today = day as u32 + 2;
+        if let Some(m) = &self.mmlu {
+            if mmlu_day_missing(&m.out, today)? {
+                self.mmlu_due = Some(today);
+            }
+        }
         Ok(())
     }
 
     fn before_step(&mut self, _step: u64) -> Result<()> {
-        if std::mem::take(&mut self.base_mmlu_due) {
-            self.check_mmlu(1)?;
-        }
         match self.worker.try_result() {
             Some(r) => self.finish(r),
             None => Ok(()),
@@ -452,6 +508,7 @@ impl DayHook for Training {
                     None => bail!("the training worker stopped without a result"),
                 }
             }
+            self.check_due_mmlu().await?;
             self.serve_remote_adapter().await
         })
     }

@@ -8,6 +8,7 @@
 //! (`subject`, `question`, `choices`, `answer` as index 0–3 or a letter).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use candle_core::D;
@@ -180,12 +181,21 @@ pub fn greedy(
     Ok(out)
 }
 
+/// A check stopped by its `cancel` flag before its last question.
+#[derive(Debug, thiserror::Error)]
+#[error("the MMLU check was cancelled")]
+pub struct Cancelled;
+
 /// Run the check over `items` (the first `per_subject` items of each subject, in file order).
+/// Once `cancel` is raised it stops before the next question with [`Cancelled`] and no report:
+/// a check cut short must not pass for the day's accuracy, and 500 questions are minutes of a
+/// CPU that a stopping run should not wait for.
 pub fn run_mmlu(
     lm: &mut dyn CausalLm,
     codec: &dyn TextCodec,
     items: &[MmluItem],
     opts: &MmluOptions,
+    cancel: &AtomicBool,
 ) -> Result<MmluReport> {
     let mut subject_accuracies = IndexMap::new();
     let mut questions = 0;
@@ -196,6 +206,9 @@ pub fn run_mmlu(
         }
         let mut correct = 0usize;
         for item in &chosen {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Cancelled.into());
+            }
             let mut ids: Vec<u32> = opts.bos.into_iter().collect();
             ids.extend(codec.encode(&prompt_text(item))?);
             ids.truncate(opts.max_prompt_tokens.max(1));
